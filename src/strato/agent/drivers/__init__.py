@@ -1,0 +1,1 @@
+"""agent/drivers layer of Strato (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""api layer of Strato (see docs/ARCHITECTURE.md)."""

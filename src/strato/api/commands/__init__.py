@@ -1,0 +1,1 @@
+"""api/commands layer of Strato (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""cli layer of Strato (see docs/ARCHITECTURE.md)."""

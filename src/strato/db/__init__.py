@@ -1,0 +1,1 @@
+"""db layer of Strato (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""protocol layer of Strato (see docs/ARCHITECTURE.md)."""

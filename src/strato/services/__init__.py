@@ -1,0 +1,1 @@
+"""services layer of Strato (see docs/ARCHITECTURE.md)."""
