@@ -1,1 +1,1 @@
-"""protocol layer of Strato (see docs/ARCHITECTURE.md)."""
+"""Typed agent protocol shared by the server and the agents, and the agent client."""

@@ -1,1 +1,1 @@
-"""agent/drivers layer of Strato (see docs/ARCHITECTURE.md)."""
+"""Hypervisor drivers: qemu (the real one) and simulator."""

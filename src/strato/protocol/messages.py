@@ -1,0 +1,286 @@
+"""Typed commands and answers exchanged by the management server and the agents.
+
+Both sides import these models, so a change here is a protocol change: bump PROTOCOL_VERSION when an
+existing field changes meaning, add optional fields freely.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PowerState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    UNKNOWN = "unknown"
+
+
+class ErrorCode(StrEnum):
+    """Why a command failed; the server maps these to CloudStack error codes."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_COMMAND = "unknown_command"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    INVALID_STATE = "invalid_state"
+    INSUFFICIENT_CAPACITY = "insufficient_capacity"
+    CANCELLED = "cancelled"
+    INJECTED_FAILURE = "injected_failure"
+    INTERNAL = "internal"
+
+
+class AgentError(Message):
+    code: ErrorCode
+    message: str
+
+
+# --- shared descriptions ---------------------------------------------------------------------------
+
+
+class PoolRef(Message):
+    """A storage pool as the agent sees it: a directory, local or a shared mount point."""
+
+    id: str
+    path: str
+
+
+class PoolReport(Message):
+    id: str
+    path: str
+    capacity_bytes: int
+    used_bytes: int
+    available_bytes: int
+
+
+class LayerRef(Message):
+    """One qcow2 file of a disk chain, named relative to its pool's directory."""
+
+    pool: PoolRef
+    name: str
+
+
+class LayerInfo(Message):
+    name: str
+    format: str
+    virtual_size: int
+    physical_size: int
+    backing_file: str | None = None
+
+
+class DiskSpec(Message):
+    """A disk of a VM: the top layer of its chain; QEMU opens the backing chain from the files."""
+
+    device_id: int
+    layer: LayerRef
+    bus: Literal["virtio", "ide", "scsi"] = "virtio"
+    readonly: bool = False
+    serial: str | None = None
+
+
+class CdromSpec(Message):
+    path: str | None = None
+
+
+class VmSpec(Message):
+    name: str
+    uuid: str
+    cpus: int = Field(ge=1, le=64)
+    memory_mib: int = Field(ge=16)
+    disks: list[DiskSpec] = []
+    cdrom: CdromSpec | None = None
+    kernel_args: str | None = None
+
+
+class VmReport(Message):
+    name: str
+    uuid: str | None = None
+    power_state: PowerState
+    pid: int | None = None
+    vnc_port: int | None = None
+
+
+class DiskStats(Message):
+    device_id: int | None = None
+    node_name: str
+    read_bytes: int
+    write_bytes: int
+    read_ops: int
+    write_ops: int
+
+
+class VmStats(Message):
+    name: str
+    cpu_time_ns: int
+    memory_mib: int
+    disks: list[DiskStats] = []
+
+
+class HostInfo(Message):
+    protocol_version: int = PROTOCOL_VERSION
+    hostname: str
+    driver: Literal["qemu", "simulator"]
+    hypervisor: Literal["KVM", "Simulator"]
+    hypervisor_version: str
+    cpus: int
+    cpu_mhz: int
+    memory_bytes: int
+    local_pool: PoolReport
+
+
+class StateReport(Message):
+    vms: list[VmReport]
+    pools: list[PoolReport]
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+class GetHostInfo(Message):
+    type: Literal["get_host_info"] = "get_host_info"
+
+
+class GetState(Message):
+    """Ground truth for reconciliation: VMs with their power states, and the given pools' capacity."""
+
+    type: Literal["get_state"] = "get_state"
+    pools: list[PoolRef] = []
+
+
+class AttachPool(Message):
+    type: Literal["attach_pool"] = "attach_pool"
+    pool: PoolRef
+    create: bool = True
+
+
+class CreateLayer(Message):
+    type: Literal["create_layer"] = "create_layer"
+    layer: LayerRef
+    size_bytes: int | None = None
+    backing: LayerRef | None = None
+
+
+class GetLayerInfo(Message):
+    type: Literal["get_layer_info"] = "get_layer_info"
+    layer: LayerRef
+
+
+class CopyLayer(Message):
+    """Sparse-aware copy of a frozen layer, possibly to another pool. Long-running: returns a task."""
+
+    type: Literal["copy_layer"] = "copy_layer"
+    source: LayerRef
+    target: LayerRef
+    bandwidth_bytes_per_s: int | None = None
+
+
+class RebaseLayer(Message):
+    """Unsafe rebase (metadata only): point a copied layer at its copied backing file."""
+
+    type: Literal["rebase_layer"] = "rebase_layer"
+    layer: LayerRef
+    backing: LayerRef | None
+
+
+class RemoveLayer(Message):
+    type: Literal["remove_layer"] = "remove_layer"
+    layer: LayerRef
+    missing_ok: bool = True
+
+
+class StartVm(Message):
+    type: Literal["start_vm"] = "start_vm"
+    spec: VmSpec
+
+
+class StopVm(Message):
+    type: Literal["stop_vm"] = "stop_vm"
+    name: str
+    force: bool = False
+    timeout_s: float = 30.0
+
+
+class RebootVm(Message):
+    type: Literal["reboot_vm"] = "reboot_vm"
+    name: str
+
+
+class GetVm(Message):
+    type: Literal["get_vm"] = "get_vm"
+    name: str
+
+
+class GetVmStats(Message):
+    type: Literal["get_vm_stats"] = "get_vm_stats"
+    name: str
+
+
+class ConfigureSimulator(Message):
+    """Simulator only: per-command delay and failure injection (as CloudStack's configureSimulator)."""
+
+    type: Literal["configure_simulator"] = "configure_simulator"
+    command: str
+    delay_s: float | None = None
+    fail_count: int | None = None
+    fail_message: str | None = None
+
+
+Command = Annotated[
+    GetHostInfo
+    | GetState
+    | AttachPool
+    | CreateLayer
+    | GetLayerInfo
+    | CopyLayer
+    | RebaseLayer
+    | RemoveLayer
+    | StartVm
+    | StopVm
+    | RebootVm
+    | GetVm
+    | GetVmStats
+    | ConfigureSimulator,
+    Field(discriminator="type"),
+]
+
+LONG_RUNNING_COMMANDS = frozenset({"copy_layer"})
+
+
+class CommandEnvelope(Message):
+    version: int = PROTOCOL_VERSION
+    command: Command
+
+
+class Ack(Message):
+    ok: Literal[True] = True
+
+
+class TaskStarted(Message):
+    task_id: str
+
+
+class TaskState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskReport(Message):
+    task_id: str
+    command: str
+    state: TaskState
+    progress_done: int = 0
+    progress_total: int = 0
+    answer: dict[str, object] | None = None
+    error: AgentError | None = None
