@@ -1,0 +1,327 @@
+"""QemuDriver: the `Driver` contract implemented with daemonized QEMU processes and qemu-img.
+
+The driver keeps no state of its own beyond locks: every answer is read from the run directories,
+/proc and QMP, so a new driver object after an agent restart sees exactly what the old one saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from strato.agent.drivers.base import Driver, DriverError, ProgressFn
+from strato.agent.drivers.qemu import layers, pools, process
+from strato.agent.drivers.qemu.process import Accel, RunDir
+from strato.agent.drivers.qemu.qmp import QmpUnavailable, qmp_execute
+from strato.protocol.messages import (
+    DiskStats,
+    ErrorCode,
+    HostInfo,
+    LayerInfo,
+    LayerRef,
+    PoolRef,
+    PoolReport,
+    PowerState,
+    StateReport,
+    VmReport,
+    VmSpec,
+    VmStats,
+)
+
+LOCAL_POOL_ID = "local"
+QUIT_GRACE_S = 5.0
+_RUNNING_STATES = {"running"}
+_NODE_RE = re.compile(r"^disk(\d+)-fmt$")
+
+
+class QemuDriver(Driver):
+    """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local."""
+
+    def __init__(
+        self, data_dir: Path, accel: Accel = "auto", qemu_binary: str = "qemu-system-x86_64"
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.accel = accel
+        self.qemu_binary = qemu_binary
+        self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._vnc_lock = asyncio.Lock()
+        self._version: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.data_dir / "vms"
+
+    @property
+    def local_pool(self) -> PoolRef:
+        return PoolRef(id=LOCAL_POOL_ID, path=str(self.data_dir / "pools" / LOCAL_POOL_ID))
+
+    async def start(self) -> None:
+        """Re-attach: nothing to hold open, but tidy the run files of VMs that died meanwhile."""
+        self.vms_dir.mkdir(parents=True, exist_ok=True)
+        pools.attach(self.local_pool, create=True)
+        for run in self._run_dirs():
+            if process.live_pid(run) is None:
+                run.remove_stale()
+
+    async def close(self) -> None:
+        """Nothing to release: QMP connections are per call, and VMs must outlive the agent."""
+
+    def _run(self, name: str) -> RunDir:
+        process.check_name(name)
+        return RunDir(self.vms_dir / name)
+
+    def _run_dirs(self) -> list[RunDir]:
+        if not self.vms_dir.is_dir():
+            return []
+        return [RunDir(p) for p in sorted(self.vms_dir.iterdir()) if (p / "spec.json").is_file()]
+
+    # --- host and pools ----------------------------------------------------------------------------
+
+    async def host_info(self) -> HostInfo:
+        return HostInfo(
+            hostname=socket.gethostname(),
+            driver="qemu",
+            hypervisor="KVM",
+            hypervisor_version=await self._qemu_version(),
+            cpus=os.cpu_count() or 1,
+            cpu_mhz=_cpu_mhz(),
+            memory_bytes=_memory_bytes(),
+            local_pool=pools.attach(self.local_pool, create=True),
+        )
+
+    async def _qemu_version(self) -> str:
+        if self._version is None:
+            proc = await asyncio.create_subprocess_exec(
+                self.qemu_binary, "--version", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            out, _ = await proc.communicate()
+            match = re.search(r"version (\S+)", out.decode(errors="replace"))
+            self._version = match.group(1) if match else "unknown"
+        return self._version
+
+    async def state(self, pools_: list[PoolRef]) -> StateReport:
+        """All VMs with a run directory, and the capacity of the given pools that exist (others omitted)."""
+        vms = [await self._report(run) for run in self._run_dirs()]
+        reports: list[PoolReport] = []
+        for pool in pools_:
+            try:
+                reports.append(pools.pool_report(pool))
+            except DriverError as exc:
+                if exc.code != ErrorCode.NOT_FOUND:
+                    raise
+        return StateReport(vms=vms, pools=reports)
+
+    async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
+        return pools.attach(pool, create)
+
+    # --- layers ------------------------------------------------------------------------------------
+
+    async def create_layer(
+        self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None
+    ) -> LayerInfo:
+        path = pools.layer_path(layer)
+        await layers.create(path, size_bytes, pools.layer_path(backing) if backing else None)
+        return await layers.info(layer.name, path)
+
+    async def layer_info(self, layer: LayerRef) -> LayerInfo:
+        return await layers.info(layer.name, pools.layer_path(layer))
+
+    async def copy_layer(
+        self, source: LayerRef, target: LayerRef, bandwidth: int | None, progress: ProgressFn
+    ) -> LayerInfo:
+        target_path = pools.layer_path(target)
+        await layers.copy(pools.layer_path(source), target_path, bandwidth, progress)
+        return await layers.info(target.name, target_path)
+
+    async def rebase_layer(self, layer: LayerRef, backing: LayerRef | None) -> LayerInfo:
+        path = pools.layer_path(layer)
+        await layers.rebase(path, pools.layer_path(backing) if backing else None)
+        return await layers.info(layer.name, path)
+
+    async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None:
+        layers.remove(pools.layer_path(layer), missing_ok)
+
+    # --- VMs ---------------------------------------------------------------------------------------
+
+    async def start_vm(self, spec: VmSpec) -> VmReport:
+        run = self._run(spec.name)
+        try:
+            uuid.UUID(spec.uuid)
+        except ValueError as exc:
+            raise DriverError(ErrorCode.BAD_REQUEST, f"invalid uuid {spec.uuid!r}") from exc
+        disk_paths = {disk.device_id: pools.layer_path(disk.layer) for disk in spec.disks}
+        if len(disk_paths) != len(spec.disks):
+            raise DriverError(ErrorCode.BAD_REQUEST, "duplicate disk device_id")
+        for disk in spec.disks:
+            if not disk_paths[disk.device_id].is_file():
+                raise DriverError(
+                    ErrorCode.NOT_FOUND, f"disk {disk.device_id}: layer {disk.layer.name} not found"
+                )
+        if spec.cdrom and spec.cdrom.path:
+            if not os.path.isabs(spec.cdrom.path):
+                raise DriverError(ErrorCode.BAD_REQUEST, "cdrom path must be absolute")
+            if not os.path.isfile(spec.cdrom.path):
+                raise DriverError(ErrorCode.NOT_FOUND, f"cdrom image {spec.cdrom.path} not found")
+        async with self._vm_locks[spec.name]:
+            if process.live_pid(run) is not None:
+                raise DriverError(ErrorCode.INVALID_STATE, f"VM {spec.name} is already running")
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.remove_stale()
+            run.serial_log.unlink(missing_ok=True)
+            run.spec_json.write_text(spec.model_dump_json(indent=2))
+            accel = process.resolve_accel(self.accel)
+            # The lock only orders our own starts; QEMU's `to=` covers ports taken meanwhile by others.
+            async with self._vnc_lock:
+                argv = process.command_line(
+                    self.qemu_binary, spec, run, accel, disk_paths, process.free_vnc_display()
+                )
+                pid = await process.launch(argv, run)
+            vnc_port: int | None = None
+            try:
+                vnc = await qmp_execute(run.qmp_sock, "query-vnc")
+                vnc_port = int(vnc["service"])
+            except (QmpUnavailable, KeyError, ValueError, TypeError):
+                pass
+            run.runtime_json.write_text(
+                json.dumps({"pid": pid, "accel": accel, "vnc_port": vnc_port, "argv": argv}, indent=2)
+            )
+            return await self._report(run)
+
+    async def stop_vm(self, name: str, force: bool, timeout_s: float) -> VmReport:
+        """ACPI power button, then `quit` after timeout_s (at once when force), SIGKILL as last resort."""
+        run = self._existing(name)
+        async with self._vm_locks[name]:
+            if process.live_pid(run) is None:
+                run.remove_stale()
+                return await self._report(run)
+            if not force:
+                try:
+                    await qmp_execute(run.qmp_sock, "system_powerdown")
+                except QmpUnavailable:
+                    pass
+                else:
+                    await process.wait_exit(run, timeout_s)
+            await self._kill(run)
+            return await self._report(run)
+
+    async def _kill(self, run: RunDir) -> None:
+        pid = process.live_pid(run)
+        if pid is None:
+            run.remove_stale()
+            return
+        # QEMU may close the socket before answering `quit`; the wait below decides.
+        with contextlib.suppress(DriverError):
+            await qmp_execute(run.qmp_sock, "quit")
+        if not await process.wait_exit(run, QUIT_GRACE_S):
+            process.kill(pid)
+            await process.wait_exit(run, QUIT_GRACE_S)
+        run.remove_stale()
+
+    async def reboot_vm(self, name: str) -> VmReport:
+        run = self._existing(name)
+        async with self._vm_locks[name]:
+            if process.live_pid(run) is None:
+                raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
+            await qmp_execute(run.qmp_sock, "system_reset")
+            return await self._report(run)
+
+    async def get_vm(self, name: str) -> VmReport:
+        return await self._report(self._existing(name))
+
+    async def vm_stats(self, name: str) -> VmStats:
+        run = self._existing(name)
+        spec = run.read_spec()
+        pid = process.live_pid(run)
+        if spec is None or pid is None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
+        stats = await qmp_execute(run.qmp_sock, "query-blockstats")
+        disks: list[DiskStats] = []
+        for entry in stats:
+            node = str(entry.get("node-name", ""))
+            match = _NODE_RE.match(node)
+            if not match:
+                continue  # cdrom, unnamed nodes
+            s = entry["stats"]
+            disks.append(
+                DiskStats(
+                    device_id=int(match.group(1)),
+                    node_name=node,
+                    read_bytes=s["rd_bytes"],
+                    write_bytes=s["wr_bytes"],
+                    read_ops=s["rd_operations"],
+                    write_ops=s["wr_operations"],
+                )
+            )
+        return VmStats(
+            name=name, cpu_time_ns=process.cpu_time_ns(pid), memory_mib=spec.memory_mib, disks=disks
+        )
+
+    def forget_vm(self, name: str) -> None:
+        """Remove the run directory (spec, serial log) of a stopped VM; not part of the Driver contract."""
+        run = self._existing(name)
+        if process.live_pid(run) is not None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running")
+        shutil.rmtree(run.path, ignore_errors=True)
+
+    def _existing(self, name: str) -> RunDir:
+        run = self._run(name)
+        if not run.spec_json.is_file():
+            raise DriverError(ErrorCode.NOT_FOUND, f"VM {name} not found")
+        return run
+
+    async def _report(self, run: RunDir) -> VmReport:
+        """Power state from the process and `query-status`; stale run files of dead VMs are removed."""
+        spec = run.read_spec()
+        name = run.path.name
+        vm_uuid = spec.uuid if spec else None
+        pid = process.live_pid(run)
+        if pid is None:
+            run.remove_stale()
+            return VmReport(name=name, uuid=vm_uuid, power_state=PowerState.STOPPED)
+        try:
+            status = await qmp_execute(run.qmp_sock, "query-status")
+            power = PowerState.RUNNING if status["status"] in _RUNNING_STATES else PowerState.PAUSED
+        except QmpUnavailable:
+            power = PowerState.STOPPED if process.live_pid(run) is None else PowerState.UNKNOWN
+        if power == PowerState.STOPPED:
+            run.remove_stale()
+            return VmReport(name=name, uuid=vm_uuid, power_state=power)
+        port = run.read_runtime().get("vnc_port")
+        return VmReport(
+            name=name,
+            uuid=vm_uuid,
+            power_state=power,
+            pid=pid,
+            vnc_port=port if isinstance(port, int) else None,
+        )
+
+
+def _cpu_mhz() -> int:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return round(float(line.split(":", 1)[1]))
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0

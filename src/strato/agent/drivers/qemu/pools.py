@@ -1,0 +1,74 @@
+"""Pool directories: where a layer name may point, and how full a pool is.
+
+Layer names come from the server; a name that escapes its pool's directory could make the agent read,
+overwrite or delete any file on the host, so every path is checked here before it is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from strato.agent.drivers.base import DriverError
+from strato.protocol.messages import ErrorCode, LayerRef, PoolRef, PoolReport
+
+
+def pool_dir(pool: PoolRef) -> Path:
+    """The pool's directory as an absolute, normalized path (not resolved: pools may be symlinks)."""
+    if not pool.path or not os.path.isabs(pool.path) or "\0" in pool.path:
+        raise DriverError(ErrorCode.BAD_REQUEST, f"pool {pool.id}: path must be absolute: {pool.path!r}")
+    return Path(os.path.normpath(pool.path))
+
+
+def layer_path(layer: LayerRef) -> Path:
+    """The file of a layer; refuses names that are absolute or leave the pool's directory."""
+    base = pool_dir(layer.pool)
+    name = layer.name
+    if not name or "\0" in name or os.path.isabs(name):
+        raise DriverError(ErrorCode.BAD_REQUEST, f"invalid layer name {name!r}")
+    parts = Path(name).parts
+    if any(part in ("..", ".") for part in parts) or name.endswith("/"):
+        raise DriverError(ErrorCode.BAD_REQUEST, f"layer name {name!r} must stay inside its pool")
+    path = Path(os.path.normpath(base / name))
+    real_base = Path(os.path.realpath(base))
+    real = Path(os.path.realpath(path))
+    if (path.parent != base and base not in path.parents) or real_base not in real.parents:
+        raise DriverError(ErrorCode.BAD_REQUEST, f"layer name {name!r} must stay inside its pool")
+    return path
+
+
+def pool_report(pool: PoolRef) -> PoolReport:
+    """Capacity of the file system holding the pool (statvfs); used = total - free."""
+    path = pool_dir(pool)
+    try:
+        st = os.statvfs(path)
+    except FileNotFoundError as exc:
+        raise DriverError(ErrorCode.NOT_FOUND, f"pool {pool.id}: {path} does not exist") from exc
+    total = st.f_blocks * st.f_frsize
+    free = st.f_bfree * st.f_frsize
+    available = st.f_bavail * st.f_frsize
+    return PoolReport(
+        id=pool.id, path=str(path), capacity_bytes=total, used_bytes=total - free, available_bytes=available
+    )
+
+
+def attach(pool: PoolRef, create: bool) -> PoolReport:
+    """Make sure the pool's directory exists (creating it when asked) and report its capacity."""
+    path = pool_dir(pool)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not path.is_dir():
+        raise DriverError(ErrorCode.NOT_FOUND, f"pool {pool.id}: {path} is not a directory")
+    return pool_report(pool)
+
+
+def os_error(exc: OSError, what: str) -> DriverError:
+    """Map an OSError to the error code the server understands."""
+    if exc.errno == errno.ENOENT:
+        return DriverError(ErrorCode.NOT_FOUND, f"{what}: {exc.strerror}")
+    if exc.errno == errno.EEXIST:
+        return DriverError(ErrorCode.ALREADY_EXISTS, f"{what}: {exc.strerror}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DriverError(ErrorCode.INSUFFICIENT_CAPACITY, f"{what}: {exc.strerror}")
+    return DriverError(ErrorCode.INTERNAL, f"{what}: {exc}")

@@ -1,0 +1,99 @@
+"""A thin wrapper around `qemu.qmp.QMPClient`: timeouts on every call, no unbounded event queue.
+
+`QmpSession` is an async context manager that can be held for as long as needed (later: block jobs
+that wait for events); `qmp_execute` is the one-shot form the driver uses for short calls, which
+connects per call and so works the same after an agent restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient
+
+from strato.agent.drivers.base import DriverError
+from strato.protocol.messages import ErrorCode
+
+CONNECT_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 10.0
+
+
+class QmpError(DriverError):
+    """QEMU answered a command with an error (error class kept for callers that care)."""
+
+    def __init__(self, command: str, error_class: str, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, f"{command}: {message}")
+        self.error_class = error_class
+
+
+class QmpUnavailable(DriverError):
+    """The monitor could not be reached or went away (QEMU exited or hangs)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, message)
+
+
+class QmpSession:
+    """One connection to a QEMU monitor socket."""
+
+    def __init__(self, socket_path: Path, name: str = "strato", timeout: float = CALL_TIMEOUT_S) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.client: Any = QMPClient(name)
+        # The default all-events listener queues every event forever; it cannot be removed through
+        # the public API, so make it accept nothing. Callers register their own listeners.
+        self.client.events.event_filter = lambda _event: False
+
+    async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        try:
+            await asyncio.wait_for(self.client.connect(str(self.socket_path)), timeout)
+        except (TimeoutError, OSError, EOFError) as exc:
+            await self.disconnect()
+            raise QmpUnavailable(f"cannot connect to {self.socket_path}: {exc!r}") from exc
+        except Exception as exc:  # qemu.qmp wraps failures in ConnectError
+            await self.disconnect()
+            raise QmpUnavailable(f"cannot connect to {self.socket_path}: {exc}") from exc
+
+    async def execute(
+        self, command: str, arguments: dict[str, object] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Run one command; QMP errors become QmpError, lost connections QmpUnavailable."""
+        try:
+            return await asyncio.wait_for(
+                self.client.execute(command, arguments), self.timeout if timeout is None else timeout
+            )
+        except ExecuteError as exc:
+            raise QmpError(command, exc.error_class, str(exc)) from exc
+        except TimeoutError as exc:
+            raise QmpUnavailable(f"{command}: no answer from QEMU") from exc
+        except Exception as exc:
+            raise QmpUnavailable(f"{command}: {exc!r}") from exc
+
+    async def disconnect(self) -> None:
+        """Always safe to call; errors of a connection that already broke are expected."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.disconnect(), CONNECT_TIMEOUT_S)
+
+    async def __aenter__(self) -> QmpSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.disconnect()
+
+
+async def qmp_execute(
+    socket_path: Path,
+    command: str,
+    arguments: dict[str, object] | None = None,
+    timeout: float = CALL_TIMEOUT_S,
+) -> Any:
+    """Connect, run one command, disconnect."""
+    async with QmpSession(socket_path, timeout=timeout) as session:
+        return await session.execute(command, arguments)
