@@ -1,0 +1,464 @@
+"""The simulator driver: the whole driver contract with no QEMU and no disk files.
+
+It exists so the control plane can be exercised at scale (hundreds of hosts in one process) and under
+injected delays and failures, like CloudStack's simulator hypervisor. Its state (pools, layer records,
+running VMs, injected behaviour) lives in DATA_DIR/simulator-state.json, written atomically after every
+change, so a restarted simulator agent still has its VMs and layers, as a restarted real agent would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from strato.agent.agentlog import get_logger
+from strato.agent.drivers.base import Driver, DriverError, ProgressFn
+from strato.protocol.answers import COMMAND_TYPES
+from strato.protocol.messages import (
+    ConfigureSimulator,
+    DiskStats,
+    ErrorCode,
+    HostInfo,
+    LayerInfo,
+    LayerRef,
+    PoolRef,
+    PoolReport,
+    PowerState,
+    StateReport,
+    VmReport,
+    VmSpec,
+    VmStats,
+)
+
+log = get_logger("simulator")
+
+TIB = 1 << 40
+GIB = 1 << 30
+EMPTY_QCOW2_BYTES = 196_608
+"""Physical size of a freshly created qcow2 layer (its header and tables), as qemu-img makes it."""
+STATE_FILE = "simulator-state.json"
+CONFIG_FILE = "simulator-config.json"
+PROGRESS_STEPS = 20
+
+
+class SimulatorConfig(BaseModel):
+    """The simulated host's resources; read from DATA_DIR/simulator-config.json when present."""
+
+    hostname: str | None = None
+    cpus: int = 16
+    cpu_mhz: int = 2400
+    memory_bytes: int = 64 * GIB
+    pool_capacity_bytes: int = TIB
+    pool_capacities: dict[str, int] = {}
+    """Capacity per pool id, overriding `pool_capacity_bytes`."""
+
+
+class _Layer(BaseModel):
+    format: str = "qcow2"
+    virtual_size: int
+    physical_size: int
+    backing: LayerRef | None = None
+
+
+class _Vm(BaseModel):
+    """A VM the host knows; stopped VMs stay known (as a real host keeps their run directory)."""
+
+    spec: VmSpec
+    pid: int | None = None
+    vnc_port: int | None = None
+    started_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+class _Behaviour(BaseModel):
+    delay_s: float = 0.0
+    fail_count: int = 0
+    fail_message: str | None = None
+
+
+class _State(BaseModel):
+    pools: dict[str, PoolRef] = {}
+    """Pool path -> the pool as last attached (layers are keyed by path, like files)."""
+    layers: dict[str, dict[str, _Layer]] = {}
+    """Pool path -> layer name -> record."""
+    vms: dict[str, _Vm] = {}
+    behaviour: dict[str, _Behaviour] = {}
+    next_pid: int = Field(default=100_000)
+
+
+def _layer_key(ref: LayerRef) -> tuple[str, str]:
+    return ref.pool.path, ref.name
+
+
+def _describe(ref: LayerRef) -> str:
+    return f"{ref.pool.path}/{ref.name}"
+
+
+class SimulatorDriver(Driver):
+    """A fake host: records instead of files and processes, with configurable delays and failures."""
+
+    def __init__(self, data_dir: Path, config: SimulatorConfig | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config if config is not None else self._load_config()
+        self._state_path = self.data_dir / STATE_FILE
+        self._state = self._load_state()
+        self.local_pool = PoolRef(id="local", path=str(self.data_dir / "pools" / "local"))
+        self._state.pools.setdefault(self.local_pool.path, self.local_pool)
+
+    # --- persistence ---------------------------------------------------------------------------------
+
+    def _load_config(self) -> SimulatorConfig:
+        path = self.data_dir / CONFIG_FILE
+        if path.exists():
+            return SimulatorConfig.model_validate_json(path.read_text(encoding="utf-8"))
+        return SimulatorConfig()
+
+    def _load_state(self) -> _State:
+        if self._state_path.exists():
+            return _State.model_validate_json(self._state_path.read_text(encoding="utf-8"))
+        return _State()
+
+    def _save(self) -> None:
+        """Write the state atomically (temp file + rename): a killed agent never leaves half a file."""
+        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
+        tmp.write_text(self._state.model_dump_json(), encoding="utf-8")
+        os.replace(tmp, self._state_path)
+
+    # --- simulated behaviour -------------------------------------------------------------------------
+
+    async def configure(self, command: ConfigureSimulator) -> None:
+        """Set the delay and/or arm failures for one command type (fields left None stay as they are)."""
+        if command.command not in COMMAND_TYPES or command.command == "configure_simulator":
+            known = ", ".join(sorted(COMMAND_TYPES - {"configure_simulator"}))
+            raise DriverError(ErrorCode.BAD_REQUEST, f"cannot configure {command.command!r}; known: {known}")
+        if command.delay_s is not None and command.delay_s < 0:
+            raise DriverError(ErrorCode.BAD_REQUEST, "delay_s must be >= 0")
+        if command.fail_count is not None and command.fail_count < 0:
+            raise DriverError(ErrorCode.BAD_REQUEST, "fail_count must be >= 0")
+        behaviour = self._state.behaviour.setdefault(command.command, _Behaviour())
+        if command.delay_s is not None:
+            behaviour.delay_s = command.delay_s
+        if command.fail_count is not None:
+            behaviour.fail_count = command.fail_count
+        if command.fail_message is not None:
+            behaviour.fail_message = command.fail_message or None
+        self._save()
+        log.info("simulator configured", extra={"command": command.command, **behaviour.model_dump()})
+
+    def _delay(self, command: str) -> float:
+        behaviour = self._state.behaviour.get(command)
+        return behaviour.delay_s if behaviour is not None else 0.0
+
+    def _maybe_fail(self, command: str) -> None:
+        behaviour = self._state.behaviour.get(command)
+        if behaviour is None or behaviour.fail_count <= 0:
+            return
+        behaviour.fail_count -= 1
+        self._save()
+        message = behaviour.fail_message or f"injected failure of {command} (simulator)"
+        raise DriverError(ErrorCode.INJECTED_FAILURE, message)
+
+    async def _simulate(self, command: str) -> None:
+        """The configured delay, then an injected failure if one is armed for this command."""
+        delay = self._delay(command)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._maybe_fail(command)
+
+    # --- lookups -------------------------------------------------------------------------------------
+
+    def _find_layer(self, ref: LayerRef) -> _Layer | None:
+        path, name = _layer_key(ref)
+        return self._state.layers.get(path, {}).get(name)
+
+    def _layer(self, ref: LayerRef) -> _Layer:
+        layer = self._find_layer(ref)
+        if layer is None:
+            raise DriverError(ErrorCode.NOT_FOUND, f"no layer {_describe(ref)}")
+        return layer
+
+    def _vm(self, name: str) -> _Vm:
+        vm = self._state.vms.get(name)
+        if vm is None:
+            raise DriverError(ErrorCode.NOT_FOUND, f"VM {name} not found")
+        return vm
+
+    def _register_pool(self, pool: PoolRef) -> None:
+        self._state.pools[pool.path] = pool
+        self._state.layers.setdefault(pool.path, {})
+
+    def _pool_report(self, pool: PoolRef) -> PoolReport:
+        capacity = self.config.pool_capacities.get(pool.id, self.config.pool_capacity_bytes)
+        used = sum(layer.physical_size for layer in self._state.layers.get(pool.path, {}).values())
+        return PoolReport(
+            id=pool.id,
+            path=pool.path,
+            capacity_bytes=capacity,
+            used_bytes=used,
+            available_bytes=max(0, capacity - used),
+        )
+
+    def _require_space(self, pool: PoolRef, size: int) -> None:
+        report = self._pool_report(pool)
+        if size > report.available_bytes:
+            raise DriverError(
+                ErrorCode.INSUFFICIENT_CAPACITY,
+                f"pool {pool.id} has {report.available_bytes} bytes free, {size} needed",
+            )
+
+    def _chain(self, ref: LayerRef) -> list[tuple[str, str]]:
+        """The keys of a layer and all its backing layers (as far as they are known)."""
+        keys: list[tuple[str, str]] = []
+        current: LayerRef | None = ref
+        while current is not None and _layer_key(current) not in keys:
+            keys.append(_layer_key(current))
+            found = self._find_layer(current)
+            current = found.backing if found is not None else None
+        return keys
+
+    def _vm_using(self, key: tuple[str, str]) -> str | None:
+        for vm in self._running():
+            for disk in vm.spec.disks:
+                if key in self._chain(disk.layer):
+                    return vm.spec.name
+        return None
+
+    def _layer_info(self, ref: LayerRef, layer: _Layer) -> LayerInfo:
+        backing = None if layer.backing is None else str(Path(layer.backing.pool.path) / layer.backing.name)
+        return LayerInfo(
+            name=ref.name,
+            format=layer.format,
+            virtual_size=layer.virtual_size,
+            physical_size=layer.physical_size,
+            backing_file=backing,
+        )
+
+    def _running(self) -> list[_Vm]:
+        return [vm for vm in self._state.vms.values() if vm.running]
+
+    def _vm_report(self, vm: _Vm) -> VmReport:
+        return VmReport(
+            name=vm.spec.name,
+            uuid=vm.spec.uuid,
+            power_state=PowerState.RUNNING if vm.running else PowerState.STOPPED,
+            pid=vm.pid,
+            vnc_port=vm.vnc_port,
+        )
+
+    # --- the driver contract -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log.info(
+            "simulator ready",
+            extra={
+                "vms": len(self._state.vms),
+                "pools": len(self._state.pools),
+                "data_dir": str(self.data_dir),
+            },
+        )
+
+    async def close(self) -> None:
+        """Nothing to release; the simulated VMs keep "running" in the state file."""
+        self._save()
+
+    async def host_info(self) -> HostInfo:
+        await self._simulate("get_host_info")
+        return HostInfo(
+            hostname=self.config.hostname or f"sim-{self.data_dir.name or socket.gethostname()}",
+            driver="simulator",
+            hypervisor="Simulator",
+            hypervisor_version="strato-simulator-1",
+            cpus=self.config.cpus,
+            cpu_mhz=self.config.cpu_mhz,
+            memory_bytes=self.config.memory_bytes,
+            local_pool=self._pool_report(self.local_pool),
+        )
+
+    async def state(self, pools: list[PoolRef]) -> StateReport:
+        await self._simulate("get_state")
+        return StateReport(
+            vms=[self._vm_report(vm) for vm in self._state.vms.values()],
+            pools=[self._pool_report(pool) for pool in pools],
+        )
+
+    async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
+        """Any path is accepted: there is no directory, and so no missing mount to guard against."""
+        await self._simulate("attach_pool")
+        self._register_pool(pool)
+        self._save()
+        return self._pool_report(pool)
+
+    async def create_layer(
+        self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None
+    ) -> LayerInfo:
+        await self._simulate("create_layer")
+        if self._find_layer(layer) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(layer)} already exists")
+        if size_bytes is not None and size_bytes <= 0:
+            raise DriverError(ErrorCode.BAD_REQUEST, "size_bytes must be positive")
+        virtual_size = size_bytes
+        if backing is not None:
+            base = self._layer(backing)
+            virtual_size = size_bytes if size_bytes is not None else base.virtual_size
+        if virtual_size is None:
+            raise DriverError(ErrorCode.BAD_REQUEST, "size_bytes is required for a layer without backing")
+        self._require_space(layer.pool, EMPTY_QCOW2_BYTES)
+        record = _Layer(virtual_size=virtual_size, physical_size=EMPTY_QCOW2_BYTES, backing=backing)
+        self._register_pool(layer.pool)
+        self._state.layers[layer.pool.path][layer.name] = record
+        self._save()
+        return self._layer_info(layer, record)
+
+    async def layer_info(self, layer: LayerRef) -> LayerInfo:
+        await self._simulate("get_layer_info")
+        return self._layer_info(layer, self._layer(layer))
+
+    async def copy_layer(
+        self, source: LayerRef, target: LayerRef, bandwidth: int | None, progress: ProgressFn
+    ) -> LayerInfo:
+        """Takes the configured delay (or size/bandwidth if longer), reporting progress as it goes;
+        cancelled part-way, it leaves nothing behind."""
+        self._maybe_fail("copy_layer")
+        original = self._layer(source)
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} already exists")
+        self._require_space(target.pool, original.physical_size)
+        total = original.physical_size
+        duration = self._delay("copy_layer")
+        if bandwidth:
+            duration = max(duration, total / bandwidth)
+        progress(0, total)
+        if duration > 0:
+            for step in range(1, PROGRESS_STEPS + 1):
+                await asyncio.sleep(duration / PROGRESS_STEPS)
+                progress(total * step // PROGRESS_STEPS, total)
+        source_now = self._layer(source)
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} appeared during the copy")
+        self._require_space(target.pool, source_now.physical_size)
+        record = source_now.model_copy(deep=True)
+        self._register_pool(target.pool)
+        self._state.layers[target.pool.path][target.name] = record
+        self._save()
+        progress(total, total)
+        return self._layer_info(target, record)
+
+    async def rebase_layer(self, layer: LayerRef, backing: LayerRef | None) -> LayerInfo:
+        await self._simulate("rebase_layer")
+        record = self._layer(layer)
+        if backing is not None:
+            self._layer(backing)
+            if _layer_key(layer) in self._chain(backing):
+                raise DriverError(ErrorCode.BAD_REQUEST, f"rebasing {_describe(layer)} would make a loop")
+        record.backing = backing
+        self._save()
+        return self._layer_info(layer, record)
+
+    async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None:
+        """Stricter than a file delete: refuses to remove a layer a running VM or another layer uses,
+        so control-plane ordering bugs show up in simulated runs."""
+        await self._simulate("remove_layer")
+        if self._find_layer(layer) is None:
+            if missing_ok:
+                return
+            raise DriverError(ErrorCode.NOT_FOUND, f"no layer {_describe(layer)}")
+        key = _layer_key(layer)
+        user = self._vm_using(key)
+        if user is not None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"layer {_describe(layer)} is in use by VM {user!r}")
+        for path, layers in self._state.layers.items():
+            for name, other in layers.items():
+                if other.backing is not None and _layer_key(other.backing) == key:
+                    raise DriverError(
+                        ErrorCode.INVALID_STATE, f"layer {_describe(layer)} is the backing of {path}/{name}"
+                    )
+        del self._state.layers[layer.pool.path][layer.name]
+        self._save()
+
+    async def start_vm(self, spec: VmSpec) -> VmReport:
+        await self._simulate("start_vm")
+        known = self._state.vms.get(spec.name)
+        if known is not None and known.running:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {spec.name} is already running")
+        for disk in spec.disks:
+            self._layer(disk.layer)
+            user = None if disk.readonly else self._vm_using(_layer_key(disk.layer))
+            if user is not None:
+                raise DriverError(
+                    ErrorCode.INVALID_STATE, f"layer {_describe(disk.layer)} is in use by VM {user!r}"
+                )
+        used_mib = sum(vm.spec.memory_mib for vm in self._running())
+        free_mib = self.config.memory_bytes // (1 << 20) - used_mib
+        if spec.memory_mib > free_mib:
+            raise DriverError(
+                ErrorCode.INSUFFICIENT_CAPACITY,
+                f"host has {free_mib} MiB free, {spec.memory_mib} needed",
+            )
+        ports = {vm.vnc_port for vm in self._running()}
+        vnc_port = next(port for port in range(5900, 5900 + len(ports) + 1) if port not in ports)
+        vm = _Vm(spec=spec, pid=self._state.next_pid, vnc_port=vnc_port, started_at=time.time())
+        self._state.next_pid += 1
+        self._state.vms[spec.name] = vm
+        self._save()
+        return self._vm_report(vm)
+
+    async def stop_vm(self, name: str, force: bool, timeout_s: float) -> VmReport:
+        """Stopping a stopped VM is not an error: it reports the VM stopped, as the QEMU driver does."""
+        await self._simulate("stop_vm")
+        vm = self._vm(name)
+        vm.pid = vm.vnc_port = vm.started_at = None
+        self._save()
+        return self._vm_report(vm)
+
+    async def reboot_vm(self, name: str) -> VmReport:
+        await self._simulate("reboot_vm")
+        vm = self._vm(name)
+        if not vm.running:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
+        return self._vm_report(vm)
+
+    async def get_vm(self, name: str) -> VmReport:
+        await self._simulate("get_vm")
+        return self._vm_report(self._vm(name))
+
+    def forget_vm(self, name: str) -> None:
+        """Drop a stopped VM's record (mirrors QemuDriver.forget_vm; not part of the Driver contract)."""
+        vm = self._vm(name)
+        if vm.running:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running")
+        del self._state.vms[name]
+        self._save()
+
+    async def vm_stats(self, name: str) -> VmStats:
+        """Plausible, monotonic counters derived from the VM's uptime (5% CPU, light disk traffic)."""
+        await self._simulate("get_vm_stats")
+        vm = self._vm(name)
+        if vm.started_at is None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
+        uptime = max(0.0, time.time() - vm.started_at)
+        disks = [
+            DiskStats(
+                device_id=disk.device_id,
+                node_name=f"drive{disk.device_id}",
+                read_bytes=int(uptime * 64 * 1024),
+                write_bytes=int(uptime * 16 * 1024),
+                read_ops=int(uptime * 16),
+                write_ops=int(uptime * 4),
+            )
+            for disk in vm.spec.disks
+        ]
+        return VmStats(
+            name=name,
+            cpu_time_ns=int(uptime * vm.spec.cpus * 0.05 * 1e9),
+            memory_mib=vm.spec.memory_mib,
+            disks=disks,
+        )
