@@ -27,9 +27,9 @@ def layer_path(layer: LayerRef) -> Path:
     name = layer.name
     if not name or "\0" in name or os.path.isabs(name):
         raise DriverError(ErrorCode.BAD_REQUEST, f"invalid layer name {name!r}")
-    parts = Path(name).parts
-    if any(part in ("..", ".") for part in parts) or name.endswith("/"):
-        raise DriverError(ErrorCode.BAD_REQUEST, f"layer name {name!r} must stay inside its pool")
+    # Only canonical relative names: one file has one name, which the server's records rely on.
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise DriverError(ErrorCode.BAD_REQUEST, f"layer name {name!r} must be a plain path inside its pool")
     path = Path(os.path.normpath(base / name))
     real_base = Path(os.path.realpath(base))
     real = Path(os.path.realpath(path))
