@@ -77,9 +77,17 @@ def simulator_fleet(
         name = f"{prefix}{index}"
         host_token = f"{token}-{name}" if token else secrets.token_urlsafe(24)
         data_dir = Path(base_dir) / name
-        host_config = (
-            config.model_copy(update={"hostname": name}) if config else SimulatorConfig(hostname=name)
-        )
+        host_config = config.model_copy(update={"hostname": name}) if config else None
         hosts.append(SimHost(name=name, data_dir=data_dir, token=host_token))
         agents.append((name, SimulatorDriver(data_dir, config=host_config), host_token))
     return create_multi_agent_app(agents), hosts
+
+
+def run_simulator_fleet(base_dir: Path, count: int, listen: str, token: str, prefix: str = "host-") -> None:
+    """Serve `count` simulator agents on one port until interrupted (host N at /<prefix>N/v1/...)."""
+    from strato.agent.agentlog import setup_agent_logging
+    from strato.agent.service import serve
+
+    setup_agent_logging(Path(base_dir))
+    app, _ = simulator_fleet(Path(base_dir), count, token=token, prefix=prefix)
+    serve(app, listen)

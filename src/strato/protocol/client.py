@@ -1,0 +1,230 @@
+"""Synchronous client of the agent protocol, used by the server's services from worker threads.
+
+One `AgentClient` per host keeps a pooled `httpx.Client`; it may be shared by threads. Failures come
+back as exceptions carrying the agent's typed `ErrorCode`, or as `AgentUnreachable` when no answer came.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, overload
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from strato.protocol.answers import HealthReport, answer_model
+from strato.protocol.messages import (
+    LONG_RUNNING_COMMANDS,
+    Ack,
+    AgentError,
+    AttachPool,
+    Command,
+    CommandEnvelope,
+    ConfigureSimulator,
+    CopyLayer,
+    CreateLayer,
+    ErrorCode,
+    GetHostInfo,
+    GetLayerInfo,
+    GetState,
+    GetVm,
+    GetVmStats,
+    HostInfo,
+    LayerInfo,
+    PoolReport,
+    RebaseLayer,
+    RebootVm,
+    RemoveLayer,
+    StartVm,
+    StateReport,
+    StopVm,
+    TaskReport,
+    TaskStarted,
+    TaskState,
+    VmReport,
+    VmStats,
+)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class AgentClientError(Exception):
+    """Base of everything the agent client raises."""
+
+
+class AgentCallError(AgentClientError):
+    """The agent answered with a typed error (`status` is None when a long task failed)."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class AgentUnreachable(AgentClientError):
+    """No answer: connection refused or reset, DNS failure, or timeout. The command may or may not
+    have run, so callers treat it as unknown and ask the agent for ground truth later."""
+
+
+class AgentClient:
+    """Typed calls to one agent over HTTP with its bearer token."""
+
+    def __init__(
+        self, base_url: str, token: str, timeout: float = 30.0, connect_timeout: float = 5.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, connect_timeout)),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport -----------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=json)
+        except httpx.TimeoutException as exc:
+            raise AgentUnreachable(f"agent {self.base_url} timed out on {method} {path}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise AgentUnreachable(f"agent {self.base_url} unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _error(response: httpx.Response) -> AgentCallError:
+        try:
+            error = AgentError.model_validate(response.json())
+        except (ValueError, ValidationError):
+            text = response.text[:300]
+            return AgentCallError(
+                ErrorCode.INTERNAL, f"HTTP {response.status_code}: {text}", response.status_code
+            )
+        return AgentCallError(error.code, error.message, response.status_code)
+
+    @staticmethod
+    def _parse(model: type[BaseModel], response: httpx.Response) -> Any:
+        try:
+            return model.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise AgentCallError(ErrorCode.INTERNAL, f"unreadable answer from agent: {exc}") from exc
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    @overload
+    def call(self, command: GetHostInfo) -> HostInfo: ...
+    @overload
+    def call(self, command: GetState) -> StateReport: ...
+    @overload
+    def call(self, command: AttachPool) -> PoolReport: ...
+    @overload
+    def call(self, command: CreateLayer | GetLayerInfo | CopyLayer | RebaseLayer) -> LayerInfo: ...
+    @overload
+    def call(self, command: StartVm | StopVm | RebootVm | GetVm) -> VmReport: ...
+    @overload
+    def call(self, command: GetVmStats) -> VmStats: ...
+    @overload
+    def call(self, command: RemoveLayer | ConfigureSimulator) -> Ack: ...
+    @overload
+    def call(self, command: Command) -> BaseModel: ...
+
+    def call(self, command: Command) -> BaseModel:
+        """Run a command and return its typed answer; long-running ones are started and waited for."""
+        if command.type in LONG_RUNNING_COMMANDS:
+            return self.run_long(command)
+        response = self._request("POST", "/v1/command", json=self._envelope(command))
+        result: BaseModel = self._parse(answer_model(command.type), response)
+        return result
+
+    @staticmethod
+    def _envelope(command: Command) -> dict[str, Any]:
+        return CommandEnvelope(command=command).model_dump(mode="json")
+
+    def start_task(self, command: Command) -> str:
+        """Start a long-running command and return its task id."""
+        response = self._request("POST", "/v1/command", json=self._envelope(command))
+        started: TaskStarted = self._parse(TaskStarted, response)
+        return started.task_id
+
+    def task(self, task_id: str) -> TaskReport:
+        report: TaskReport = self._parse(TaskReport, self._request("GET", f"/v1/tasks/{task_id}"))
+        return report
+
+    def cancel_task(self, task_id: str) -> TaskReport:
+        report: TaskReport = self._parse(TaskReport, self._request("DELETE", f"/v1/tasks/{task_id}"))
+        return report
+
+    @overload
+    def run_long(
+        self,
+        command: CopyLayer,
+        on_progress: ProgressCallback | None = None,
+        poll_interval: float = 0.2,
+        cancel_event: threading.Event | None = None,
+    ) -> LayerInfo: ...
+    @overload
+    def run_long(
+        self,
+        command: Command,
+        on_progress: ProgressCallback | None = None,
+        poll_interval: float = 0.2,
+        cancel_event: threading.Event | None = None,
+    ) -> BaseModel: ...
+
+    def run_long(
+        self,
+        command: Command,
+        on_progress: ProgressCallback | None = None,
+        poll_interval: float = 0.2,
+        cancel_event: threading.Event | None = None,
+    ) -> BaseModel:
+        """Start a long-running command and poll it to the end, reporting (done, total) as it changes.
+
+        When `cancel_event` is set, the remote task is cancelled and AgentCallError(CANCELLED) raised."""
+        task_id = self.start_task(command)
+        last: tuple[int, int] | None = None
+        while True:
+            report = self.task(task_id)
+            current = (report.progress_done, report.progress_total)
+            if on_progress is not None and current != last and report.progress_total > 0:
+                on_progress(*current)
+            last = current
+            if report.state != TaskState.RUNNING:
+                return self._outcome(command, report)
+            if cancel_event is not None and cancel_event.wait(poll_interval):
+                final = self.cancel_task(task_id)
+                if final.state == TaskState.SUCCEEDED:
+                    return self._outcome(command, final)
+                raise AgentCallError(ErrorCode.CANCELLED, f"{command.type} cancelled (task {task_id})")
+            if cancel_event is None:
+                time.sleep(poll_interval)
+
+    def _outcome(self, command: Command, report: TaskReport) -> BaseModel:
+        if report.state == TaskState.SUCCEEDED:
+            try:
+                return answer_model(command.type).model_validate(report.answer or {})
+            except ValidationError as exc:
+                raise AgentCallError(ErrorCode.INTERNAL, f"unreadable task answer: {exc}") from exc
+        if report.error is not None:
+            raise AgentCallError(report.error.code, report.error.message)
+        code = ErrorCode.CANCELLED if report.state == TaskState.CANCELLED else ErrorCode.INTERNAL
+        raise AgentCallError(code, f"task {report.task_id} ended {report.state.value}")
+
+    def health(self) -> HealthReport:
+        """Checks the agent serves and the token is right (raises otherwise)."""
+        report: HealthReport = self._parse(HealthReport, self._request("GET", "/v1/health"))
+        return report
