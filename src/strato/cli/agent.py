@@ -31,9 +31,10 @@ def agent_command(
     accel: AccelName = typer.Option(AccelName.AUTO, "--accel", help="QEMU accelerator: auto, kvm or tcg."),
 ) -> None:
     """Run the agent in the foreground until interrupted; stopping it never stops running VMs."""
-    from strato.agent.service import run_agent
+    from strato.agent.service import parse_listen, run_agent
 
     try:
-        run_agent(data_dir, listen, DriverName(driver).value, token, AccelName(accel).value)
+        parse_listen(listen)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise typer.BadParameter(str(exc), param_hint="--listen") from exc
+    run_agent(data_dir, listen, DriverName(driver).value, token, AccelName(accel).value)
