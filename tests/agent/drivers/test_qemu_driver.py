@@ -306,6 +306,25 @@ async def test_start_vm_errors(driver: QemuDriver) -> None:
     )
 
 
+async def test_layers_in_use_are_protected(driver: QemuDriver) -> None:
+    base = layer(driver, "base.qcow2")
+    await driver.create_layer(base, 32 * MiB, None)
+    top = layer(driver, "top.qcow2")
+    await driver.create_layer(top, None, base)
+    spec = vm_spec("vm1", [DiskSpec(device_id=0, layer=top)])
+    await driver.start_vm(spec)
+
+    await expect_error(ErrorCode.INVALID_STATE, driver.remove_layer(top, missing_ok=False))
+    await expect_error(ErrorCode.INVALID_STATE, driver.remove_layer(base, missing_ok=False))
+    # QEMU's image locking refuses a second writer of the same layer.
+    await expect_error(ErrorCode.INVALID_STATE, driver.start_vm(vm_spec("vm2", spec.disks)))
+    assert (await driver.get_vm("vm2")).power_state == PowerState.STOPPED
+
+    await driver.stop_vm("vm1", force=True, timeout_s=1)
+    await driver.remove_layer(top, missing_ok=False)
+    await driver.remove_layer(base, missing_ok=False)
+
+
 async def test_stop_timeout_kills_guest_without_os(driver: QemuDriver) -> None:
     """A guest with no OS ignores the ACPI power button: stop waits for the timeout, then kills."""
     await driver.start_vm(await blank_vm(driver))
@@ -355,24 +374,28 @@ async def test_killed_from_outside_shows_stopped(driver: QemuDriver, data_dir: P
     await restarted.stop_vm("vm1", force=True, timeout_s=1)
 
 
-async def test_boot_tiny_guest(driver: QemuDriver) -> None:
-    """Boots the tiny guest image (built by strato.image.tiny) and waits for its marker on serial."""
+async def test_boot_tiny_guest(driver: QemuDriver, data_dir: Path) -> None:
+    """Boots the tiny guest (strato.image.tiny, ~1 s to build) on a linked clone; waits for its marker."""
     try:
-        from strato.image import tiny  # type: ignore[attr-defined, unused-ignore]
+        from strato.image.tiny import build_tiny_image
+        from strato.image.tools import ImageToolError
     except ImportError:
-        pytest.skip("strato.image.tiny (the tiny guest image builder) is not available yet")
-    image = Path(tiny.default_image_path())
-    if not image.is_file():
-        image = Path(tiny.build_tiny_image(Path(driver.local_pool.path) / "tiny-src.qcow2"))
+        pytest.skip("strato.image.tiny (the tiny guest image builder) is not available")
+    images = PoolRef(id="images", path=str(data_dir / "images"))
+    try:
+        image = build_tiny_image(data_dir / "images" / "tiny.qcow2")
+    except ImageToolError as exc:
+        pytest.skip(f"cannot build the tiny guest image here: {exc}")
     base = layer(driver, "tiny.qcow2")
-    await driver.copy_layer(LayerRef(pool=PoolRef(id="img", path=str(image.parent)), name=image.name), base,
-                            None, lambda d, t: None)  # fmt: skip
+    await driver.copy_layer(LayerRef(pool=images, name=image.name), base, None, lambda d, t: None)
     top = layer(driver, "tiny-top.qcow2")
     await driver.create_layer(top, None, base)
+    started = time.monotonic()
     await driver.start_vm(vm_spec("tiny", [DiskSpec(device_id=0, layer=top)], memory_mib=128))
-    serial = Path(driver.data_dir) / "vms" / "tiny" / "serial.log"
-    deadline = time.monotonic() + 60
+    serial = data_dir / "vms" / "tiny" / "serial.log"
     while b"STRATO-TINY-BOOTED" not in serial.read_bytes():
-        assert time.monotonic() < deadline, serial.read_text(errors="replace")[-2000:]
+        assert time.monotonic() - started < 60, serial.read_text(errors="replace")[-2000:]
         await asyncio.sleep(0.2)
+    stats = await driver.vm_stats("tiny")
+    assert stats.disks[0].read_bytes > MiB  # the kernel and initramfs came from the disk
     await driver.stop_vm("tiny", force=True, timeout_s=1)

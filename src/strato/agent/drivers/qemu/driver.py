@@ -150,7 +150,26 @@ class QemuDriver(Driver):
         return await layers.info(layer.name, path)
 
     async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None:
-        layers.remove(pools.layer_path(layer), missing_ok)
+        """Refuses (INVALID_STATE) to delete a file a running QEMU has open, as top or backing layer."""
+        path = pools.layer_path(layer)
+        if path.exists():
+            real = os.path.realpath(path)
+            for run in self._run_dirs():
+                if real in await self._open_files(run):
+                    raise DriverError(
+                        ErrorCode.INVALID_STATE, f"layer {layer.name} is in use by VM {run.path.name}"
+                    )
+        layers.remove(path, missing_ok)
+
+    async def _open_files(self, run: RunDir) -> set[str]:
+        """Files QEMU has open for this VM, asked from QEMU itself (block jobs may have changed them)."""
+        if process.live_pid(run) is None:
+            return set()
+        try:
+            nodes = await qmp_execute(run.qmp_sock, "query-named-block-nodes", {"flat": True})
+        except QmpUnavailable:
+            return set()
+        return {os.path.realpath(str(node["file"])) for node in nodes if str(node.get("drv")) == "file"}
 
     # --- VMs ---------------------------------------------------------------------------------------
 

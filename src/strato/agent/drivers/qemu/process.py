@@ -238,7 +238,9 @@ async def launch(argv: list[str], run: RunDir) -> int:
         raise
     if proc.returncode != 0:
         message = err.decode(errors="replace").strip() or f"QEMU exited with {proc.returncode}"
-        raise DriverError(ErrorCode.INTERNAL, f"QEMU failed to start: {message}")
+        # QEMU's image locking: another QEMU has one of the disks open for writing.
+        code = ErrorCode.INVALID_STATE if 'Failed to get "write" lock' in message else ErrorCode.INTERNAL
+        raise DriverError(code, f"QEMU failed to start: {message}")
     pid = live_pid(run)
     if pid is None:
         raise DriverError(ErrorCode.INTERNAL, "QEMU daemonized but its process is gone")
