@@ -274,6 +274,12 @@ async def test_vm_lifecycle(driver: QemuDriver, data_dir: Path) -> None:
     assert [(d.device_id, d.node_name) for d in stats.disks] == [(0, "disk0-fmt")]
     assert stats.disks[0].read_ops > 0 and stats.disks[0].read_bytes > 0
 
+    # QEMU's monitor serves one client at a time: concurrent calls must still all succeed.
+    many = await asyncio.gather(
+        *[driver.get_vm("vm1") for _ in range(10)], *[driver.vm_stats("vm1") for _ in range(10)]
+    )
+    assert len(many) == 20
+
     rebooted = await driver.reboot_vm("vm1")
     assert rebooted.power_state == PowerState.RUNNING and rebooted.pid == report.pid
 

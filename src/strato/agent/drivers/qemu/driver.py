@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.qemu import layers, pools, process
@@ -53,6 +54,7 @@ class QemuDriver(Driver):
         self.accel = accel
         self.qemu_binary = qemu_binary
         self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._qmp_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._vnc_lock = asyncio.Lock()
         self._version: str | None = None
 
@@ -166,7 +168,7 @@ class QemuDriver(Driver):
         if process.live_pid(run) is None:
             return set()
         try:
-            nodes = await qmp_execute(run.qmp_sock, "query-named-block-nodes", {"flat": True})
+            nodes = await self._qmp(run, "query-named-block-nodes", {"flat": True})
         except QmpUnavailable:
             return set()
         return {os.path.realpath(str(node["file"])) for node in nodes if str(node.get("drv")) == "file"}
@@ -208,7 +210,7 @@ class QemuDriver(Driver):
                 pid = await process.launch(argv, run)
             vnc_port: int | None = None
             try:
-                vnc = await qmp_execute(run.qmp_sock, "query-vnc")
+                vnc = await self._qmp(run, "query-vnc")
                 vnc_port = int(vnc["service"])
             except (QmpUnavailable, KeyError, ValueError, TypeError):
                 pass
@@ -226,7 +228,7 @@ class QemuDriver(Driver):
                 return await self._report(run)
             if not force:
                 try:
-                    await qmp_execute(run.qmp_sock, "system_powerdown")
+                    await self._qmp(run, "system_powerdown")
                 except QmpUnavailable:
                     pass
                 else:
@@ -241,7 +243,7 @@ class QemuDriver(Driver):
             return
         # QEMU may close the socket before answering `quit`; the wait below decides.
         with contextlib.suppress(DriverError):
-            await qmp_execute(run.qmp_sock, "quit")
+            await self._qmp(run, "quit")
         if not await process.wait_exit(run, QUIT_GRACE_S):
             process.kill(pid)
             await process.wait_exit(run, QUIT_GRACE_S)
@@ -252,7 +254,7 @@ class QemuDriver(Driver):
         async with self._vm_locks[name]:
             if process.live_pid(run) is None:
                 raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
-            await qmp_execute(run.qmp_sock, "system_reset")
+            await self._qmp(run, "system_reset")
             return await self._report(run)
 
     async def get_vm(self, name: str) -> VmReport:
@@ -264,7 +266,7 @@ class QemuDriver(Driver):
         pid = process.live_pid(run)
         if spec is None or pid is None:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
-        stats = await qmp_execute(run.qmp_sock, "query-blockstats")
+        stats = await self._qmp(run, "query-blockstats")
         disks: list[DiskStats] = []
         for entry in stats:
             node = str(entry.get("node-name", ""))
@@ -293,6 +295,12 @@ class QemuDriver(Driver):
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running")
         shutil.rmtree(run.path, ignore_errors=True)
 
+    async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
+        """One short QMP call. QEMU's monitor serves one client at a time and drops the others, so
+        calls to one VM are serialized here (a long-lived session would take this lock's place)."""
+        async with self._qmp_locks[run.path.name]:
+            return await qmp_execute(run.qmp_sock, command, arguments)
+
     def _existing(self, name: str) -> RunDir:
         run = self._run(name)
         if not run.spec_json.is_file():
@@ -309,7 +317,7 @@ class QemuDriver(Driver):
             run.remove_stale()
             return VmReport(name=name, uuid=vm_uuid, power_state=PowerState.STOPPED)
         try:
-            status = await qmp_execute(run.qmp_sock, "query-status")
+            status = await self._qmp(run, "query-status")
             power = PowerState.RUNNING if status["status"] in _RUNNING_STATES else PowerState.PAUSED
         except QmpUnavailable:
             power = PowerState.STOPPED if process.live_pid(run) is None else PowerState.UNKNOWN
