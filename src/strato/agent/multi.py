@@ -77,9 +77,11 @@ def simulator_fleet(
         name = f"{prefix}{index}"
         host_token = f"{token}-{name}" if token else secrets.token_urlsafe(24)
         data_dir = Path(base_dir) / name
-        host_config = config.model_copy(update={"hostname": name}) if config else None
+        driver = SimulatorDriver(data_dir, config=config.model_copy() if config else None)
+        if driver.config.hostname is None:
+            driver.config.hostname = name
         hosts.append(SimHost(name=name, data_dir=data_dir, token=host_token))
-        agents.append((name, SimulatorDriver(data_dir, config=host_config), host_token))
+        agents.append((name, driver, host_token))
     return create_multi_agent_app(agents), hosts
 
 
