@@ -1,1 +1,3 @@
-"""api/commands layer of Strato (see docs/ARCHITECTURE.md)."""
+"""API command declarations, one module per area. Importing this package registers them all."""
+
+from strato.api.commands import identity, infrastructure, jobs, offerings, storage, system  # noqa: F401

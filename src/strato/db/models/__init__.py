@@ -1,0 +1,30 @@
+"""All models, imported together so that the metadata is complete for Alembic and for queries."""
+
+from strato.db.models.audit import Event, ResourceTag
+from strato.db.models.identity import Account, Domain, LoginSession, User
+from strato.db.models.infra import Cluster, Host, ImageStore, Pod, StoragePool, Zone
+from strato.db.models.jobs import Job, JobResource, ServerNode
+from strato.db.models.offerings import DiskOffering, ServiceOffering
+from strato.db.models.settings import HypervisorCapability, Setting
+
+__all__ = [
+    "Account",
+    "Cluster",
+    "DiskOffering",
+    "Domain",
+    "Event",
+    "Host",
+    "HypervisorCapability",
+    "ImageStore",
+    "Job",
+    "JobResource",
+    "LoginSession",
+    "Pod",
+    "ResourceTag",
+    "ServerNode",
+    "ServiceOffering",
+    "Setting",
+    "StoragePool",
+    "User",
+    "Zone",
+]

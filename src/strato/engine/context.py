@@ -1,0 +1,87 @@
+"""What a running job sees: its parameters, a database, progress reporting, steps and cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from strato.db.base import utcnow
+from strato.db.engine import Database
+from strato.db.models import Job
+from strato.errors import CloudError, ErrorCode
+
+
+class JobCancelled(CloudError):
+    code = ErrorCode.INTERNAL_ERROR
+
+
+class JobContext:
+    def __init__(self, db: Database, job: Job, recovering: bool = False) -> None:
+        self.db = db
+        self.job_id = job.id
+        self.job_seq = job.seq
+        self.kind = job.kind
+        self.params: dict[str, Any] = dict(job.params or {})
+        self.account_id = job.account_id
+        self.user_id = job.user_id
+        self.instance_id = job.instance_id
+        self.recovering = recovering
+        self.previous_steps: list[dict[str, Any]] = list(job.steps or [])
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+
+    # --- progress and cancellation -----------------------------------------------------------------
+
+    def progress(self, done: int, total: int) -> None:
+        """Records progress (any unit; bytes for copies). Also the point where cancellation is seen."""
+        with self.db.session() as s:
+            job = s.get(Job, self.job_seq)
+            if job is None:
+                return
+            job.progress_done, job.progress_total = max(0, done), max(0, total)
+            cancel = job.cancel_requested
+        if cancel:
+            raise JobCancelled("The job was cancelled")
+
+    def cancel_requested(self) -> bool:
+        with self.db.session() as s:
+            job = s.get(Job, self.job_seq)
+            return bool(job and job.cancel_requested)
+
+    # --- steps -------------------------------------------------------------------------------------
+
+    def step_done(self, name: str) -> bool:
+        """Whether an earlier run of this job (before a crash) completed the named step."""
+        return any(st["name"] == name and st["state"] == "done" for st in self.previous_steps)
+
+    @contextmanager
+    def step(self, name: str, undo: Callable[[], None] | None = None) -> Iterator[None]:
+        """A named step persisted in the job's step log; its undo runs if a later step fails."""
+        self._log(name, "running")
+        try:
+            yield
+        except BaseException:
+            self._log(name, "failed")
+            raise
+        self._log(name, "done")
+        if undo is not None:
+            self._undo.append((name, undo))
+
+    def compensate(self) -> None:
+        """Runs the undo actions of the completed steps, newest first, each at most once."""
+        while self._undo:
+            name, undo = self._undo.pop()
+            try:
+                undo()
+                self._log(name, "undone")
+            except Exception as exc:  # compensation is best effort; the log says what stayed
+                self._log(name, f"undo failed: {exc}")
+
+    def _log(self, name: str, state: str) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, self.job_seq)
+            if job is None:
+                return
+            steps = list(job.steps or [])
+            steps.append({"name": name, "state": state, "at": utcnow().isoformat()})
+            job.steps = steps

@@ -1,0 +1,109 @@
+"""The Starlette application of the management server and its start-up sequence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request as HttpRequest
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+import strato.api.commands  # noqa: F401  (registers every command)
+import strato.services.identity_jobs  # noqa: F401  (registers job kinds)
+from strato.api.dispatch import Dispatcher, Reply, Request
+from strato.db import migrate
+from strato.db.engine import Database
+from strato.engine.runner import JobRunner
+from strato.server.config import ServerConfig
+from strato.server.metrics import render_metrics
+from strato.services import identity, settings
+
+log = logging.getLogger("strato.server")
+
+MAX_BODY = 1024 * 1024
+JSON_TYPE = "application/json; charset=UTF-8"
+
+
+class ServerState:
+    """What lives as long as the process: the database, the job runner, the dispatcher."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.db = Database(config.db_url)
+        self.runner = JobRunner(self.db, config.node_id, workers=config.job_workers,
+                                poll_interval=config.job_poll_interval,
+                                heartbeat_interval=config.heartbeat_interval, dead_after=config.dead_after)
+        self.dispatcher = Dispatcher(self.db, self.runner.notify)
+
+    def start(self) -> None:
+        migrate.upgrade(self.db.engine)
+        with self.db.session() as s:
+            if identity.bootstrap(s, self.config.admin_password):
+                log.info("first start: created the ROOT domain and the admin account")
+            settings.bootstrap_capabilities(s)
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.db.dispose()
+
+
+def _reply_response(reply: Reply) -> Response:
+    resp = Response(json.dumps(reply.body), status_code=reply.status, media_type=JSON_TYPE)
+    for name, value in (reply.cookies or {}).items():
+        if value is None:
+            resp.delete_cookie(name, path="/client")
+        else:
+            resp.set_cookie(name, value, path="/client", httponly=True, samesite="lax")
+    return resp
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    state = ServerState(config)
+
+    async def api_endpoint(request: HttpRequest) -> Response:
+        params: dict[str, str] = dict(request.query_params)
+        if request.method == "POST":
+            body = await request.body()
+            if len(body) > MAX_BODY:
+                return _reply_response(Reply(431, {"errorresponse": {
+                    "errorcode": 431, "cserrorcode": 9999, "uuidList": [],
+                    "errortext": f"Request body larger than {MAX_BODY} bytes"}}))
+            ctype = request.headers.get("content-type", "")
+            if body and ("form" in ctype or not ctype):
+                params.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
+        req = Request(params=params, method=request.method, session_cookie=request.cookies.get("sessionkey"),
+                      remote=request.client.host if request.client else "")
+        reply = await run_in_threadpool(state.dispatcher.handle, req)
+        return _reply_response(reply)
+
+    async def metrics(_: HttpRequest) -> Response:
+        text = await run_in_threadpool(render_metrics, state.db)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    async def health(_: HttpRequest) -> Response:
+        return Response(json.dumps({"ok": True}), media_type=JSON_TYPE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(state.start)
+        app.state.strato = state
+        try:
+            yield
+        finally:
+            await run_in_threadpool(state.stop)
+
+    routes: list[Any] = [
+        Route("/client/api", api_endpoint, methods=["GET", "POST"]),
+        Route("/client/api/", api_endpoint, methods=["GET", "POST"]),
+        Route("/metrics", metrics),
+        Route("/healthz", health),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

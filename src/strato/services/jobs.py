@@ -1,0 +1,44 @@
+"""Looking up async jobs for queryAsyncJobResult and listAsyncJobs, and cancelling them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from strato.db.models import Account, Job
+from strato.db.models.jobs import JOB_ACTIVE
+from strato.errors import InvalidParameter, NotFound
+from strato.services.access import check_account_access, owner_scope
+from strato.services.context import CallContext
+from strato.services.listing import Page, run_page
+
+
+def get_job(ctx: CallContext, job_id: str) -> Job:
+    job = ctx.session.scalar(select(Job).where(Job.id == job_id))
+    if job is None:
+        raise NotFound(f"Unable to find async job with id {job_id}")
+    if job.account_id and job.account_id != ctx.account.id:
+        acct = ctx.session.get(Account, job.account_id)
+        if acct is None:
+            raise NotFound(f"Unable to find async job with id {job_id}")
+        try:
+            check_account_access(ctx, acct)
+        except Exception:
+            raise NotFound(f"Unable to find async job with id {job_id}") from None
+    return job
+
+
+def list_jobs(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Job], int]:
+    q = select(Job).where(owner_scope(ctx, args).condition(Job.account_id))
+    if args.get("startdate"):
+        q = q.where(Job.created >= args["startdate"])
+    return run_page(ctx.session, q, page, (Job.cmd,), (Job.seq.desc(),))
+
+
+def cancel_job(ctx: CallContext, job_id: str) -> Job:
+    job = get_job(ctx, job_id)
+    if job.status not in JOB_ACTIVE:
+        raise InvalidParameter(f"Async job {job_id} has already ended ({job.status})")
+    job.cancel_requested = True
+    return job

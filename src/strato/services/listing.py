@@ -1,0 +1,59 @@
+"""Pagination, keyword search and ownership filters shared by every list service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from strato.errors import InvalidParameter
+
+MAX_PAGE_SIZE = 10_000  # CloudStack's default.max.page.size is 500; we allow more, bounded.
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class Page:
+    page: int | None = None
+    pagesize: int | None = None
+    keyword: str | None = None
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Page:
+        page, size = args.get("page"), args.get("pagesize")
+        if page is not None and size is None:
+            raise InvalidParameter("Parameter page must be used together with pagesize")
+        if size is not None and size != -1 and (size < 1 or size > MAX_PAGE_SIZE):
+            raise InvalidParameter(f"Parameter pagesize must be -1 or between 1 and {MAX_PAGE_SIZE}")
+        return cls(page=page, pagesize=size, keyword=args.get("keyword"))
+
+
+def run_page(
+    session: Session,
+    query: Select[tuple[E]],
+    page: Page,
+    keyword_columns: tuple[InstrumentedAttribute[Any], ...] = (),
+    order_by: tuple[Any, ...] = (),
+) -> tuple[list[E], int]:
+    """Applies keyword and paging; returns the page's rows and the total count before paging."""
+    if page.keyword and keyword_columns:
+        pattern = f"%{page.keyword.lower()}%"
+        query = query.where(or_(*(func.lower(c).like(pattern) for c in keyword_columns)))
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    if order_by:
+        query = query.order_by(*order_by)
+    if page.pagesize is not None and page.pagesize != -1:
+        query = query.limit(page.pagesize).offset(((page.page or 1) - 1) * page.pagesize)
+    return list(session.scalars(query)), total
+
+
+def paginate_rows(rows: list[E], page: Page) -> tuple[list[E], int]:
+    """Paging for lists computed in Python (small, filtered after the query)."""
+    total = len(rows)
+    if page.pagesize is not None and page.pagesize > 0:
+        start = ((page.page or 1) - 1) * page.pagesize
+        rows = rows[start : start + page.pagesize]
+    return rows, total

@@ -1,0 +1,126 @@
+"""Service offerings (CPU, memory, storage tags for the root disk) and disk offerings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from strato.db.base import utcnow
+from strato.db.models import DiskOffering, Domain, ServiceOffering
+from strato.errors import InvalidParameter
+from strato.services.access import get_domain, in_subtree
+from strato.services.context import CallContext
+from strato.services.listing import Page, paginate_rows, run_page
+from strato.services.lookup import get_live
+from strato.services.storagepools import normalize_tags
+
+GIB = 1024**3
+
+
+def _storage_type(value: str | None) -> str:
+    st = (value or "shared").lower()
+    if st not in ("shared", "local"):
+        raise InvalidParameter(f"Parameter storagetype must be shared or local, not {value}")
+    return st
+
+
+def _offering_domain(ctx: CallContext, domain_id: str | None) -> str | None:
+    """Public offerings have no domain; a domain admin may only create offerings of its subtree."""
+    if domain_id:
+        return get_domain(ctx, domain_id).id
+    if not ctx.is_root_admin:
+        raise InvalidParameter("Domain admins must give domainid when creating an offering")
+    return None
+
+
+def _visible(ctx: CallContext, domain_id: str | None) -> bool:
+    """Offerings of a domain serve that domain's subtree; its admins above see them too."""
+    if domain_id is None or ctx.is_root_admin:
+        return True
+    domain = ctx.session.get(Domain, domain_id)
+    if domain is None:
+        return False
+    return in_subtree(ctx.domain, domain) or (ctx.is_domain_admin and in_subtree(domain, ctx.domain))
+
+
+def create_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOffering:
+    customized = args.get("customized") or args.get("cpunumber") is None
+    if not customized and (args.get("memory") is None):
+        raise InvalidParameter("Parameter memory is required for a fixed offering (or set customized=true)")
+    offering = ServiceOffering(
+        name=args["name"], display_text=args.get("displaytext") or args["name"],
+        cpu_number=args.get("cpunumber"), cpu_speed=args.get("cpuspeed"), memory_mib=args.get("memory"),
+        storage_type=_storage_type(args.get("storagetype")), tags=normalize_tags(args.get("tags")),
+        host_tags=normalize_tags(args.get("hosttags")), offer_ha=bool(args.get("offerha")),
+        limit_cpu_use=bool(args.get("limitcpuuse")),
+        root_disk_size_bytes=args["rootdisksize"] * GIB if args.get("rootdisksize") else None,
+        domain_id=_offering_domain(ctx, args.get("domainid")))
+    ctx.session.add(offering)
+    ctx.session.flush()
+    return offering
+
+
+def list_service_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ServiceOffering], int]:
+    q = select(ServiceOffering).where(ServiceOffering.removed.is_(None), ServiceOffering.is_system.is_(False))
+    for param, col in (("id", ServiceOffering.id), ("name", ServiceOffering.name)):
+        if args.get(param):
+            q = q.where(col == args[param])
+    rows, _ = run_page(ctx.session, q, Page(keyword=page.keyword), (ServiceOffering.name,),
+                       (ServiceOffering.created, ServiceOffering.id))
+    return paginate_rows([r for r in rows if _visible(ctx, r.domain_id)], page)
+
+
+def update_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOffering:
+    offering = get_live(ctx.session, ServiceOffering, args["id"], "service offering")
+    if args.get("name"):
+        offering.name = args["name"]
+    if args.get("displaytext"):
+        offering.display_text = args["displaytext"]
+    if args.get("storagetags") is not None:
+        offering.tags = normalize_tags(args["storagetags"])
+    if args.get("hosttags") is not None:
+        offering.host_tags = normalize_tags(args["hosttags"])
+    return offering
+
+
+def delete_service_offering(ctx: CallContext, offering_id: str) -> None:
+    offering = get_live(ctx.session, ServiceOffering, offering_id, "service offering")
+    offering.removed = utcnow()
+    offering.state = "Inactive"
+
+
+def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> DiskOffering:
+    size_gib = args.get("disksize")
+    customized = bool(args.get("customized"))
+    if size_gib is None and not customized:
+        raise InvalidParameter("Parameter disksize is required unless customized=true")
+    if size_gib is not None and size_gib <= 0:
+        raise InvalidParameter("Parameter disksize must be a positive number of GiB")
+    offering = DiskOffering(
+        name=args["name"], display_text=args.get("displaytext") or args["name"],
+        disk_size_bytes=(size_gib or 0) * GIB, customized=customized,
+        min_size_bytes=args["customizedminsize"] * GIB if args.get("customizedminsize") else None,
+        max_size_bytes=args["customizedmaxsize"] * GIB if args.get("customizedmaxsize") else None,
+        tags=normalize_tags(args.get("tags")), storage_type=_storage_type(args.get("storagetype")),
+        provisioning_type=(args.get("provisioningtype") or "thin").lower(),
+        domain_id=_offering_domain(ctx, args.get("domainid")))
+    ctx.session.add(offering)
+    ctx.session.flush()
+    return offering
+
+
+def list_disk_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[DiskOffering], int]:
+    q = select(DiskOffering).where(DiskOffering.removed.is_(None))
+    for param, col in (("id", DiskOffering.id), ("name", DiskOffering.name)):
+        if args.get(param):
+            q = q.where(col == args[param])
+    rows, _ = run_page(ctx.session, q, Page(keyword=page.keyword), (DiskOffering.name,),
+                       (DiskOffering.created, DiskOffering.id))
+    return paginate_rows([r for r in rows if _visible(ctx, r.domain_id)], page)
+
+
+def delete_disk_offering(ctx: CallContext, offering_id: str) -> None:
+    offering = get_live(ctx.session, DiskOffering, offering_id, "disk offering")
+    offering.removed = utcnow()
+    offering.state = "Inactive"
