@@ -205,3 +205,28 @@ def test_simulator_fleet_serves_many_hosts_over_http(agent_factory: StartAgent, 
     with pytest.raises(AgentCallError) as err:
         fleet.client(token="fleet-host-1", path="/host-2").health()
     assert err.value.status == 401
+
+
+def test_fleet_hosts_share_pools_but_not_their_local_pool(tmp_path: Path) -> None:
+    app, hosts = simulator_fleet(tmp_path, 2, token="fleet")
+    shared = {"pool": {"id": "nfs-1", "path": "/mnt/nfs-1"}, "name": "vol-1"}
+    local = {"pool": {"id": "local", "path": "/whatever"}, "name": "vol-2"}
+    with TestClient(app) as http:
+
+        def command(host: int, body: dict[str, object]) -> httpx.Response:
+            auth = {"Authorization": f"Bearer {hosts[host].token}"}
+            return http.post(f"/{hosts[host].name}/v1/command", json={"command": body}, headers=auth)
+
+        assert command(0, {"type": "create_layer", "layer": shared, "size_bytes": 1 << 30}).status_code == 200
+        assert command(0, {"type": "create_layer", "layer": local, "size_bytes": 1 << 30}).status_code == 200
+        assert command(1, {"type": "get_layer_info", "layer": shared}).json()["name"] == "vol-1"
+        assert command(1, {"type": "get_layer_info", "layer": local}).status_code == 404
+        disk = {"device_id": 0, "layer": shared}
+        spec = {"name": "vm", "uuid": "u", "cpus": 1, "memory_mib": 64, "disks": [disk]}
+        assert command(1, {"type": "start_vm", "spec": spec}).status_code == 200
+    # and a restarted fleet still has them
+    app, hosts = simulator_fleet(tmp_path, 2, token="fleet")
+    with TestClient(app) as http:
+        auth = {"Authorization": f"Bearer {hosts[0].token}"}
+        body = {"command": {"type": "get_layer_info", "layer": shared}}
+        assert http.post("/host-1/v1/command", json=body, headers=auth).status_code == 200

@@ -16,8 +16,11 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from strato.agent.drivers.base import Driver
-from strato.agent.drivers.simulator import SimulatorConfig, SimulatorDriver
+from strato.agent.drivers.simulator import SharedStorage, SimulatorConfig, SimulatorDriver
 from strato.agent.service import AgentState, agent_routes
+
+SHARED_STORAGE_FILE = "shared-pools.json"
+"""In the fleet's base dir: the layers of every pool but the hosts' local ones (see SharedStorage)."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +72,17 @@ def simulator_fleet(
 ) -> tuple[Starlette, list[SimHost]]:
     """`count` simulator agents with data dirs `base_dir/<prefix>N` (N from 1), served by one app.
 
-    Each host gets the token `<token>-<name>` when `token` is given, else a random one; the returned
-    SimHost list says which, for registering the hosts with the server."""
+    The hosts share every pool except their own local one (by pool id), as a cluster's hosts share
+    its mounted pools. Each host gets the token `<token>-<name>` when `token` is given, else a random
+    one; the returned SimHost list says which, for registering the hosts with the server."""
+    shared = SharedStorage(Path(base_dir) / SHARED_STORAGE_FILE)
     hosts: list[SimHost] = []
     agents: list[tuple[str, Driver, str]] = []
     for index in range(1, count + 1):
         name = f"{prefix}{index}"
         host_token = f"{token}-{name}" if token else secrets.token_urlsafe(24)
         data_dir = Path(base_dir) / name
-        driver = SimulatorDriver(data_dir, config=config.model_copy() if config else None)
+        driver = SimulatorDriver(data_dir, config=config.model_copy() if config else None, shared=shared)
         if driver.config.hostname is None:
             driver.config.hostname = name
         hosts.append(SimHost(name=name, data_dir=data_dir, token=host_token))

@@ -198,7 +198,15 @@ class AgentClient:
         task_id = self.start_task(command)
         last: tuple[int, int] | None = None
         while True:
-            report = self.task(task_id)
+            try:
+                report = self.task(task_id)
+            except AgentCallError as exc:
+                if exc.status != 404:
+                    raise
+                raise AgentUnreachable(
+                    f"task {task_id} ({command.type}) vanished from {self.base_url}: the agent restarted; "
+                    "its outcome is unknown"
+                ) from exc
             current = (report.progress_done, report.progress_total)
             if on_progress is not None and current != last and report.progress_total > 0:
                 on_progress(*current)

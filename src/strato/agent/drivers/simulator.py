@@ -84,18 +84,49 @@ class _Behaviour(BaseModel):
     fail_message: str | None = None
 
 
-class _State(BaseModel):
+class _Storage(BaseModel):
     pools: dict[str, PoolRef] = {}
-    """Pool path -> the pool as last attached (layers are keyed by path, like files)."""
+    """Pool id -> the pool as last attached."""
     layers: dict[str, dict[str, _Layer]] = {}
-    """Pool path -> layer name -> record."""
+    """Pool id -> layer name -> record."""
+
+
+class _State(BaseModel):
+    storage: _Storage = _Storage()
+    """This host's layers (all of them, or only its local pool's when a SharedStorage is used)."""
     vms: dict[str, _Vm] = {}
     behaviour: dict[str, _Behaviour] = {}
     next_pid: int = Field(default=100_000)
 
 
 def _layer_key(ref: LayerRef) -> tuple[str, str]:
-    return ref.pool.path, ref.name
+    return ref.pool.id, ref.name
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Temp file + rename: a killed agent never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class SharedStorage:
+    """Layer records of the pools several simulated hosts of one process share (a fleet).
+
+    On real hosts a cluster-wide pool is one mount seen by all of them; here the hosts of a fleet keep
+    every pool but their own local one in this store, so a layer created through one host is visible
+    through another. Pools are told apart by id, which the server keeps unique."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists()
+        self.data = (
+            _Storage.model_validate_json(self.path.read_text(encoding="utf-8")) if exists else _Storage()
+        )
+
+    def save(self) -> None:
+        _write_atomically(self.path, self.data.model_dump_json())
 
 
 def _describe(ref: LayerRef) -> str:
@@ -105,14 +136,17 @@ def _describe(ref: LayerRef) -> str:
 class SimulatorDriver(Driver):
     """A fake host: records instead of files and processes, with configurable delays and failures."""
 
-    def __init__(self, data_dir: Path, config: SimulatorConfig | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, config: SimulatorConfig | None = None, shared: SharedStorage | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self._shared = shared
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = config if config is not None else self._load_config()
         self._state_path = self.data_dir / STATE_FILE
         self._state = self._load_state()
         self.local_pool = PoolRef(id="local", path=str(self.data_dir / "pools" / "local"))
-        self._state.pools.setdefault(self.local_pool.path, self.local_pool)
+        self._state.storage.pools.setdefault(self.local_pool.id, self.local_pool)
 
     # --- persistence ---------------------------------------------------------------------------------
 
@@ -128,10 +162,20 @@ class SimulatorDriver(Driver):
         return _State()
 
     def _save(self) -> None:
-        """Write the state atomically (temp file + rename): a killed agent never leaves half a file."""
-        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
-        tmp.write_text(self._state.model_dump_json(), encoding="utf-8")
-        os.replace(tmp, self._state_path)
+        """Persist this host's state (after every change, so a restart finds it as it was)."""
+        _write_atomically(self._state_path, self._state.model_dump_json())
+
+    def _storage(self, pool: PoolRef) -> _Storage:
+        """Where a pool's layer records live: this host's state, or the fleet's shared store."""
+        if self._shared is None or pool.id == self.local_pool.id:
+            return self._state.storage
+        return self._shared.data
+
+    def _save_storage(self, pool: PoolRef) -> None:
+        if self._shared is None or pool.id == self.local_pool.id:
+            self._save()
+        else:
+            self._shared.save()
 
     # --- simulated behaviour -------------------------------------------------------------------------
 
@@ -177,8 +221,7 @@ class SimulatorDriver(Driver):
     # --- lookups -------------------------------------------------------------------------------------
 
     def _find_layer(self, ref: LayerRef) -> _Layer | None:
-        path, name = _layer_key(ref)
-        return self._state.layers.get(path, {}).get(name)
+        return self._storage(ref.pool).layers.get(ref.pool.id, {}).get(ref.name)
 
     def _layer(self, ref: LayerRef) -> _Layer:
         layer = self._find_layer(ref)
@@ -192,13 +235,15 @@ class SimulatorDriver(Driver):
             raise DriverError(ErrorCode.NOT_FOUND, f"VM {name} not found")
         return vm
 
-    def _register_pool(self, pool: PoolRef) -> None:
-        self._state.pools[pool.path] = pool
-        self._state.layers.setdefault(pool.path, {})
+    def _pool_layers(self, pool: PoolRef) -> dict[str, _Layer]:
+        """The pool's layer records (registering the pool on first use)."""
+        storage = self._storage(pool)
+        storage.pools[pool.id] = pool
+        return storage.layers.setdefault(pool.id, {})
 
     def _pool_report(self, pool: PoolRef) -> PoolReport:
         capacity = self.config.pool_capacities.get(pool.id, self.config.pool_capacity_bytes)
-        used = sum(layer.physical_size for layer in self._state.layers.get(pool.path, {}).values())
+        used = sum(layer.physical_size for layer in self._storage(pool).layers.get(pool.id, {}).values())
         return PoolReport(
             id=pool.id,
             path=pool.path,
@@ -261,7 +306,6 @@ class SimulatorDriver(Driver):
             "simulator ready",
             extra={
                 "vms": len(self._state.vms),
-                "pools": len(self._state.pools),
                 "data_dir": str(self.data_dir),
             },
         )
@@ -293,8 +337,8 @@ class SimulatorDriver(Driver):
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
         """Any path is accepted: there is no directory, and so no missing mount to guard against."""
         await self._simulate("attach_pool")
-        self._register_pool(pool)
-        self._save()
+        self._pool_layers(pool)
+        self._save_storage(pool)
         return self._pool_report(pool)
 
     async def create_layer(
@@ -313,9 +357,8 @@ class SimulatorDriver(Driver):
             raise DriverError(ErrorCode.BAD_REQUEST, "size_bytes is required for a layer without backing")
         self._require_space(layer.pool, EMPTY_QCOW2_BYTES)
         record = _Layer(virtual_size=virtual_size, physical_size=EMPTY_QCOW2_BYTES, backing=backing)
-        self._register_pool(layer.pool)
-        self._state.layers[layer.pool.path][layer.name] = record
-        self._save()
+        self._pool_layers(layer.pool)[layer.name] = record
+        self._save_storage(layer.pool)
         return self._layer_info(layer, record)
 
     async def layer_info(self, layer: LayerRef) -> LayerInfo:
@@ -346,9 +389,8 @@ class SimulatorDriver(Driver):
             raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} appeared during the copy")
         self._require_space(target.pool, source_now.physical_size)
         record = source_now.model_copy(deep=True)
-        self._register_pool(target.pool)
-        self._state.layers[target.pool.path][target.name] = record
-        self._save()
+        self._pool_layers(target.pool)[target.name] = record
+        self._save_storage(target.pool)
         progress(total, total)
         return self._layer_info(target, record)
 
@@ -360,7 +402,7 @@ class SimulatorDriver(Driver):
             if _layer_key(layer) in self._chain(backing):
                 raise DriverError(ErrorCode.BAD_REQUEST, f"rebasing {_describe(layer)} would make a loop")
         record.backing = backing
-        self._save()
+        self._save_storage(layer.pool)
         return self._layer_info(layer, record)
 
     async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None:
@@ -375,14 +417,17 @@ class SimulatorDriver(Driver):
         user = self._vm_using(key)
         if user is not None:
             raise DriverError(ErrorCode.INVALID_STATE, f"layer {_describe(layer)} is in use by VM {user!r}")
-        for path, layers in self._state.layers.items():
-            for name, other in layers.items():
-                if other.backing is not None and _layer_key(other.backing) == key:
-                    raise DriverError(
-                        ErrorCode.INVALID_STATE, f"layer {_describe(layer)} is the backing of {path}/{name}"
-                    )
-        del self._state.layers[layer.pool.path][layer.name]
-        self._save()
+        stores = [self._state.storage] + ([self._shared.data] if self._shared is not None else [])
+        for store in stores:
+            for pool_id, layers in store.layers.items():
+                for name, other in layers.items():
+                    if other.backing is not None and _layer_key(other.backing) == key:
+                        child = f"{store.pools[pool_id].path}/{name}"
+                        raise DriverError(
+                            ErrorCode.INVALID_STATE, f"layer {_describe(layer)} is the backing of {child}"
+                        )
+        del self._pool_layers(layer.pool)[layer.name]
+        self._save_storage(layer.pool)
 
     async def start_vm(self, spec: VmSpec) -> VmReport:
         await self._simulate("start_vm")
