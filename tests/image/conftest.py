@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +28,17 @@ def _newest_source() -> float:
 
 
 @pytest.fixture(scope="session")
-def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_image() -> Iterator[Path]:
     if not have_qemu():
         pytest.skip("qemu-system-x86_64 / qemu-img not installed")
     shared = os.environ.get("STRATO_IMAGE_DIR")
     if shared:
         prebuilt = Path(shared) / "tiny.qcow2"
         if prebuilt.is_file() and prebuilt.stat().st_mtime >= _newest_source():
-            return prebuilt
-    return build_tiny_image(tmp_path_factory.mktemp("tiny-image") / "tiny.qcow2")
+            yield prebuilt
+            return
+    tmp = Path(tempfile.mkdtemp(prefix="strato-tiny-image-"))
+    try:
+        yield build_tiny_image(tmp / "tiny.qcow2")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
