@@ -215,7 +215,10 @@ def test_fleet_hosts_share_pools_but_not_their_local_pool(tmp_path: Path) -> Non
 
         def command(host: int, body: dict[str, object]) -> httpx.Response:
             auth = {"Authorization": f"Bearer {hosts[host].token}"}
-            return http.post(f"/{hosts[host].name}/v1/command", json={"command": body}, headers=auth)
+            response: httpx.Response = http.post(
+                f"/{hosts[host].name}/v1/command", json={"command": body}, headers=auth
+            )
+            return response
 
         assert command(0, {"type": "create_layer", "layer": shared, "size_bytes": 1 << 30}).status_code == 200
         assert command(0, {"type": "create_layer", "layer": local, "size_bytes": 1 << 30}).status_code == 200
@@ -230,3 +233,26 @@ def test_fleet_hosts_share_pools_but_not_their_local_pool(tmp_path: Path) -> Non
         auth = {"Authorization": f"Bearer {hosts[0].token}"}
         body = {"command": {"type": "get_layer_info", "layer": shared}}
         assert http.post("/host-1/v1/command", json=body, headers=auth).status_code == 200
+
+
+def test_finished_tasks_are_forgotten_after_retention_or_count() -> None:
+    from strato.agent.tasks import TaskRegistry
+    from strato.protocol.messages import Ack, TaskState
+
+    async def scenario() -> None:
+        registry = TaskRegistry(retention_s=3600, max_finished=3)
+
+        async def body(progress: object) -> Ack:
+            return Ack()
+
+        ids = [registry.start("copy_layer", body) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        assert [registry.get(i) is not None for i in ids] == [False, False, True, True, True]
+        report = registry.get(ids[-1])
+        assert report is not None and report.state == TaskState.SUCCEEDED and report.answer == {"ok": True}
+
+        registry.retention_s = 0
+        await asyncio.sleep(0.01)
+        assert registry.get(ids[-1]) is None
+
+    asyncio.run(scenario())
