@@ -63,8 +63,9 @@ def authenticate(session: Session, creds: Credentials, session_timeout_s: int) -
     raise Unauthorized(BAD_CREDENTIALS)
 
 
-def login(session: Session, username: str, password: str, domain: str | None,
-          domain_id: str | None) -> tuple[CallContext, str]:
+def login(
+    session: Session, username: str, password: str, domain: str | None, domain_id: str | None
+) -> tuple[CallContext, str]:
     """Checks a password in the named domain (path like "/" or "/ROOT/sales", or an id)."""
     if domain_id:
         dom = session.get(Domain, domain_id)
@@ -75,7 +76,8 @@ def login(session: Session, username: str, password: str, domain: str | None,
     if dom is None:
         raise Unauthorized("Failed to authenticate user " + username + "; please provide valid credentials")
     user = session.scalar(
-        select(User).join(Account, Account.id == User.account_id)
+        select(User)
+        .join(Account, Account.id == User.account_id)
         .where(Account.domain_id == dom.id, User.username == username, User.removed.is_(None))
     )
     if user is None or not verify_password(password, user.password_hash):

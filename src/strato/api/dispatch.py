@@ -71,15 +71,27 @@ class Dispatcher:
             return Reply(int(exc.code), error_body(key, exc.code, exc.text))
         except Exception:
             log.exception("internal error in %s", name)
-            return Reply(530, error_body(key, ErrorCode.INTERNAL_ERROR,
-                                         f"Internal error executing command {name[:64]}; see the server log"))
+            return Reply(
+                530,
+                error_body(
+                    key,
+                    ErrorCode.INTERNAL_ERROR,
+                    f"Internal error executing command {name[:64]}; see the server log",
+                ),
+            )
 
     def _audit(self, cmd: Command, ctx: CallContext, args: dict[str, Any], result: Any) -> None:
         if cmd.event:
             entity = _entity_id(result, args)
-            record_event(ctx.session, cmd.event, _describe(cmd, args, entity, async_=cmd.is_async),
-                         account_id=ctx.account.id, user_id=ctx.user.id,
-                         state="Scheduled" if cmd.is_async else "Completed", resource_id=entity)
+            record_event(
+                ctx.session,
+                cmd.event,
+                _describe(cmd, args, entity, async_=cmd.is_async),
+                account_id=ctx.account.id,
+                user_id=ctx.user.id,
+                state="Scheduled" if cmd.is_async else "Completed",
+                resource_id=entity,
+            )
 
     def _run_anonymous(self, cmd: Command, req: Request, lowered: dict[str, str]) -> Reply:
         with self.db.session() as s:
@@ -95,11 +107,20 @@ class Dispatcher:
         try:
             with self.db.session() as s:
                 lowered = {k.lower(): v for k, v in req.params.items()}
-                ctx = authn.authenticate(s, authn.Credentials(req.params, lowered.get("sessionkey")
-                                                              or req.session_cookie),
-                                         settings.get(s, "session.timeout"))
-                record_event(s, cmd.event, f"Error while executing {cmd.name}: {exc.text}", level="ERROR",
-                             state="Completed", account_id=ctx.account.id, user_id=ctx.user.id)
+                ctx = authn.authenticate(
+                    s,
+                    authn.Credentials(req.params, lowered.get("sessionkey") or req.session_cookie),
+                    settings.get(s, "session.timeout"),
+                )
+                record_event(
+                    s,
+                    cmd.event,
+                    f"Error while executing {cmd.name}: {exc.text}",
+                    level="ERROR",
+                    state="Completed",
+                    account_id=ctx.account.id,
+                    user_id=ctx.user.id,
+                )
         except CloudError:
             pass
 
@@ -119,21 +140,25 @@ def parse_args(cmd: Command, lowered: dict[str, str]) -> dict[str, Any]:
         if p.type == T.MAP:
             entries = maps.get(p.name)
             if entries is None and p.required:
-                raise InvalidParameter(f"Unable to execute API command {cmd.name.lower()} due to missing "
-                                       f"parameter {p.name}")
+                raise InvalidParameter(
+                    f"Unable to execute API command {cmd.name.lower()} due to missing parameter {p.name}"
+                )
             if entries is not None:
                 for entry in entries:
                     for sub, value in entry.items():
                         if len(value) > p.max_length:
-                            raise InvalidParameter(f"Unable to execute API command {cmd.name.lower()}: "
-                                                   f"{p.name}[].{sub} is longer than {p.max_length} characters")
+                            raise InvalidParameter(
+                                f"Unable to execute API command {cmd.name.lower()}: "
+                                f"{p.name}[].{sub} is longer than {p.max_length} characters"
+                            )
                 args[p.name] = entries
             continue
         raw = lowered.get(p.name)
         if raw is None or (raw == "" and p.type != T.STRING):
             if p.required:
-                raise InvalidParameter(f"Unable to execute API command {cmd.name.lower()} due to missing "
-                                       f"parameter {p.name}")
+                raise InvalidParameter(
+                    f"Unable to execute API command {cmd.name.lower()} due to missing parameter {p.name}"
+                )
             continue
         args[p.name] = parse_list(cmd.name, p, raw) if p.type == T.LIST else parse_scalar(cmd.name, p, raw)
     return args

@@ -29,5 +29,11 @@ def list_body(key: str, object_name: str, listing: Listing) -> dict[str, Any]:
 
 
 def error_body(key: str, code: ErrorCode, text: str) -> dict[str, Any]:
-    return {key: {"uuidList": [], "errorcode": int(code), "cserrorcode": CS_ERROR_CODES.get(code, 9999),
-                  "errortext": text}}
+    return {
+        key: {
+            "uuidList": [],
+            "errorcode": int(code),
+            "cserrorcode": CS_ERROR_CODES.get(code, 9999),
+            "errortext": text,
+        }
+    }

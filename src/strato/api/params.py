@@ -68,8 +68,12 @@ def parse_scalar(cmd: str, p: Param, raw: str, typ: T | None = None) -> Any:
         try:
             return str(uuid.UUID(raw))
         except ValueError:
-            raise _bad(cmd, p, raw, "incorrect uuid format (expected a UUID such as "
-                       "6f0b5c1e-3d2a-4b8e-9c7f-1a2b3c4d5e6f)") from None
+            raise _bad(
+                cmd,
+                p,
+                raw,
+                "incorrect uuid format (expected a UUID such as 6f0b5c1e-3d2a-4b8e-9c7f-1a2b3c4d5e6f)",
+            ) from None
     if typ in (T.INTEGER, T.LONG, T.SHORT):
         try:
             value = int(raw)

@@ -41,11 +41,17 @@ LIST_PARAMS = (
     Param("pagesize", T.INTEGER, "The number of items per page (-1 for all)", min_value=-1),
 )
 OWNED_LIST_PARAMS = (
-    Param("listall", T.BOOLEAN, "If true, list all resources the caller may see; "
-          "if false or absent, only the caller's own"),
+    Param(
+        "listall",
+        T.BOOLEAN,
+        "If true, list all resources the caller may see; if false or absent, only the caller's own",
+    ),
     Param("domainid", T.UUID, "List only resources belonging to the domain specified"),
-    Param("isrecursive", T.BOOLEAN, "Defaults to false; if true, also lists resources of the "
-          "domain's subdomains"),
+    Param(
+        "isrecursive",
+        T.BOOLEAN,
+        "Defaults to false; if true, also lists resources of the domain's subdomains",
+    ),
     Param("account", T.STRING, "List resources by account; must be used with domainid", max_length=255),
 )
 

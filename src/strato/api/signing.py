@@ -59,8 +59,9 @@ def parse_expires(value: str) -> datetime:
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
-        raise Unauthorized(f"Parameter expires has an invalid date '{value[:40]}' "
-                           "(expected yyyy-MM-ddTHH:mm:ssZ)") from None
+        raise Unauthorized(
+            f"Parameter expires has an invalid date '{value[:40]}' (expected yyyy-MM-ddTHH:mm:ssZ)"
+        ) from None
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 

@@ -15,6 +15,7 @@ from strato.db.models import (
     DiskOffering,
     Domain,
     Event,
+    Host,
     HypervisorCapability,
     ImageStore,
     Job,
@@ -67,8 +68,9 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
 def tags(session: Session, resource_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    rows = session.scalars(select(ResourceTag).where(ResourceTag.resource_id == resource_id,
-                                                     ResourceTag.removed.is_(None)))
+    rows = session.scalars(
+        select(ResourceTag).where(ResourceTag.resource_id == resource_id, ResourceTag.removed.is_(None))
+    )
     return [tag(session, r) for r in rows]
 
 
@@ -77,23 +79,41 @@ def domain(session: Session, d: Domain) -> dict[str, Any]:
 
     children = session.scalar(select(func.count()).where(Domain.parent_id == d.id, Domain.removed.is_(None)))
     parent = session.get(Domain, d.parent_id) if d.parent_id else None
-    return _clean({
-        "id": d.id, "name": d.name, "level": d.level, "path": "/" + d.path if parent else "ROOT",
-        "parentdomainid": parent.id if parent else None, "parentdomainname": parent.name if parent else None,
-        "haschild": bool(children), "networkdomain": d.network_domain, "state": "Active",
-        "created": cs_date(d.created),
-    })
+    return _clean(
+        {
+            "id": d.id,
+            "name": d.name,
+            "level": d.level,
+            "path": "/" + d.path if parent else "ROOT",
+            "parentdomainid": parent.id if parent else None,
+            "parentdomainname": parent.name if parent else None,
+            "haschild": bool(children),
+            "networkdomain": d.network_domain,
+            "state": "Active",
+            "created": cs_date(d.created),
+        }
+    )
 
 
 def user(session: Session, u: User, with_keys: bool = False) -> dict[str, Any]:
     acct = session.get(Account, u.account_id)
     assert acct is not None
     out = {
-        "id": u.id, "username": u.username, "firstname": u.firstname, "lastname": u.lastname,
-        "email": u.email, "timezone": u.timezone, "created": cs_date(u.created), "state": u.state,
-        "account": acct.name, "accountid": acct.id, "accounttype": acct.type,
-        "roletype": ROLE_NAMES.get(acct.type), "rolename": ROLE_NAMES.get(acct.type),
-        "iscallerchilddomain": False, "isdefault": acct.name == "admin" and acct.type == ACCOUNT_TYPE_ADMIN,
+        "id": u.id,
+        "username": u.username,
+        "firstname": u.firstname,
+        "lastname": u.lastname,
+        "email": u.email,
+        "timezone": u.timezone,
+        "created": cs_date(u.created),
+        "state": u.state,
+        "account": acct.name,
+        "accountid": acct.id,
+        "accounttype": acct.type,
+        "roletype": ROLE_NAMES.get(acct.type),
+        "rolename": ROLE_NAMES.get(acct.type),
+        "iscallerchilddomain": False,
+        "isdefault": acct.name == "admin" and acct.type == ACCOUNT_TYPE_ADMIN,
         **_domain_fields(session, acct.domain_id),
     }
     if with_keys:
@@ -106,38 +126,74 @@ def account(session: Session, a: Account) -> dict[str, Any]:
     from sqlalchemy import select
 
     users = session.scalars(select(User).where(User.account_id == a.id, User.removed.is_(None)))
-    return _clean({
-        "id": a.id, "name": a.name, "accounttype": a.type, "roletype": ROLE_NAMES.get(a.type),
-        "rolename": ROLE_NAMES.get(a.type), "state": a.state, "networkdomain": a.network_domain,
-        "created": cs_date(a.created), "isdefault": a.name == "admin" and a.type == ACCOUNT_TYPE_ADMIN,
-        "user": [user(session, u) for u in users], **_domain_fields(session, a.domain_id),
-    })
+    return _clean(
+        {
+            "id": a.id,
+            "name": a.name,
+            "accounttype": a.type,
+            "roletype": ROLE_NAMES.get(a.type),
+            "rolename": ROLE_NAMES.get(a.type),
+            "state": a.state,
+            "networkdomain": a.network_domain,
+            "created": cs_date(a.created),
+            "isdefault": a.name == "admin" and a.type == ACCOUNT_TYPE_ADMIN,
+            "user": [user(session, u) for u in users],
+            **_domain_fields(session, a.domain_id),
+        }
+    )
 
 
 def zone(session: Session, z: Zone) -> dict[str, Any]:
-    return _clean({
-        "id": z.id, "name": z.name, "description": z.description, "dns1": z.dns1,
-        "internaldns1": z.internal_dns1, "networktype": z.network_type, "allocationstate": z.allocation_state,
-        "localstorageenabled": z.local_storage_enabled, "securitygroupsenabled": False,
-        "zonetoken": z.id, "tags": tags(session, z.id), "created": cs_date(z.created),
-        **_domain_fields(session, z.domain_id),
-    })
+    return _clean(
+        {
+            "id": z.id,
+            "name": z.name,
+            "description": z.description,
+            "dns1": z.dns1,
+            "internaldns1": z.internal_dns1,
+            "networktype": z.network_type,
+            "allocationstate": z.allocation_state,
+            "localstorageenabled": z.local_storage_enabled,
+            "securitygroupsenabled": False,
+            "zonetoken": z.id,
+            "tags": tags(session, z.id),
+            "created": cs_date(z.created),
+            **_domain_fields(session, z.domain_id),
+        }
+    )
 
 
 def pod(session: Session, p: Pod) -> dict[str, Any]:
-    return _clean({
-        "id": p.id, "name": p.name, "zoneid": p.zone_id, "zonename": _name(session, Zone, p.zone_id),
-        "gateway": p.gateway, "netmask": p.netmask, "startip": [p.start_ip] if p.start_ip else None,
-        "endip": [p.end_ip] if p.end_ip else None, "allocationstate": p.allocation_state,
-    })
+    return _clean(
+        {
+            "id": p.id,
+            "name": p.name,
+            "zoneid": p.zone_id,
+            "zonename": _name(session, Zone, p.zone_id),
+            "gateway": p.gateway,
+            "netmask": p.netmask,
+            "startip": [p.start_ip] if p.start_ip else None,
+            "endip": [p.end_ip] if p.end_ip else None,
+            "allocationstate": p.allocation_state,
+        }
+    )
 
 
 def cluster(session: Session, c: Cluster) -> dict[str, Any]:
-    return _clean({
-        "id": c.id, "name": c.name, "zoneid": c.zone_id, "zonename": _name(session, Zone, c.zone_id),
-        "podid": c.pod_id, "podname": _name(session, Pod, c.pod_id), "hypervisortype": c.hypervisor,
-        "clustertype": c.cluster_type, "allocationstate": c.allocation_state, "managedstate": "Managed",
-    })
+    return _clean(
+        {
+            "id": c.id,
+            "name": c.name,
+            "zoneid": c.zone_id,
+            "zonename": _name(session, Zone, c.zone_id),
+            "podid": c.pod_id,
+            "podname": _name(session, Pod, c.pod_id),
+            "hypervisortype": c.hypervisor,
+            "clustertype": c.cluster_type,
+            "allocationstate": c.allocation_state,
+            "managedstate": "Managed",
+        }
+    )
 
 
 AllocatedFn = Callable[[Session, StoragePool], int]
@@ -151,71 +207,142 @@ def register_pool_allocation(fn: AllocatedFn) -> None:
 
 def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -> dict[str, Any]:
     allocated = sum(fn(session, p) for fn in _pool_allocated)
-    return _clean({
-        "id": p.id, "name": p.name, "zoneid": p.zone_id, "zonename": _name(session, Zone, p.zone_id),
-        "podid": p.pod_id, "podname": _name(session, Pod, p.pod_id), "clusterid": p.cluster_id,
-        "clustername": _name(session, Cluster, p.cluster_id), "hostid": p.host_id,
-        "scope": p.scope, "type": p.pool_type, "path": p.path, "ipaddress": "localhost", "tags": p.tags,
-        "state": p.state, "disksizetotal": p.capacity_bytes, "disksizeused": p.used_bytes,
-        "disksizeallocated": allocated, "capacityiops": p.capacity_iops,
-        "overprovisionfactor": str(overprovision), "provider": "DefaultPrimary", "hypervisor": "KVM",
-        "storagecapabilities": {"VOLUME_SNAPSHOT_QUIESCEVM": "false"}, "created": cs_date(p.created),
-        "istagarule": False, "managed": False,
-    })
+    return _clean(
+        {
+            "id": p.id,
+            "name": p.name,
+            "zoneid": p.zone_id,
+            "zonename": _name(session, Zone, p.zone_id),
+            "podid": p.pod_id,
+            "podname": _name(session, Pod, p.pod_id),
+            "clusterid": p.cluster_id,
+            "clustername": _name(session, Cluster, p.cluster_id),
+            "hostid": p.host_id,
+            "scope": p.scope,
+            "type": p.pool_type,
+            "path": p.path,
+            "ipaddress": "localhost",
+            "tags": p.tags,
+            "state": p.state,
+            "disksizetotal": p.capacity_bytes,
+            "disksizeused": p.used_bytes,
+            "disksizeallocated": allocated,
+            "capacityiops": p.capacity_iops,
+            "overprovisionfactor": str(overprovision),
+            "provider": "DefaultPrimary",
+            "hypervisor": "KVM",
+            "storagecapabilities": {"VOLUME_SNAPSHOT_QUIESCEVM": "false"},
+            "created": cs_date(p.created),
+            "istagarule": False,
+            "managed": False,
+        }
+    )
 
 
 def image_store(session: Session, s: ImageStore) -> dict[str, Any]:
-    return _clean({
-        "id": s.id, "name": s.name, "zoneid": s.zone_id, "zonename": _name(session, Zone, s.zone_id),
-        "url": s.url, "protocol": s.protocol, "providername": s.provider, "scope": s.scope,
-        "readonly": s.readonly,
-    })
+    return _clean(
+        {
+            "id": s.id,
+            "name": s.name,
+            "zoneid": s.zone_id,
+            "zonename": _name(session, Zone, s.zone_id),
+            "url": s.url,
+            "protocol": s.protocol,
+            "providername": s.provider,
+            "scope": s.scope,
+            "readonly": s.readonly,
+        }
+    )
 
 
 def service_offering(session: Session, o: ServiceOffering) -> dict[str, Any]:
-    return _clean({
-        "id": o.id, "name": o.name, "displaytext": o.display_text, "cpunumber": o.cpu_number,
-        "cpuspeed": o.cpu_speed, "memory": o.memory_mib, "storagetype": o.storage_type, "storagetags": o.tags,
-        "hosttags": o.host_tags, "offerha": o.offer_ha, "limitcpuuse": o.limit_cpu_use,
-        "issystem": o.is_system, "iscustomized": o.cpu_number is None,
-        "rootdisksize": o.root_disk_size_bytes // GIB if o.root_disk_size_bytes else None,
-        "created": cs_date(o.created), "state": o.state, **_domain_fields(session, o.domain_id),
-    })
+    return _clean(
+        {
+            "id": o.id,
+            "name": o.name,
+            "displaytext": o.display_text,
+            "cpunumber": o.cpu_number,
+            "cpuspeed": o.cpu_speed,
+            "memory": o.memory_mib,
+            "storagetype": o.storage_type,
+            "storagetags": o.tags,
+            "hosttags": o.host_tags,
+            "offerha": o.offer_ha,
+            "limitcpuuse": o.limit_cpu_use,
+            "issystem": o.is_system,
+            "iscustomized": o.cpu_number is None,
+            "rootdisksize": o.root_disk_size_bytes // GIB if o.root_disk_size_bytes else None,
+            "created": cs_date(o.created),
+            "state": o.state,
+            **_domain_fields(session, o.domain_id),
+        }
+    )
 
 
 def disk_offering(session: Session, o: DiskOffering) -> dict[str, Any]:
-    return _clean({
-        "id": o.id, "name": o.name, "displaytext": o.display_text, "disksize": o.disk_size_bytes // GIB,
-        "iscustomized": o.customized, "customizedminsize": o.min_size_bytes // GIB if o.min_size_bytes else None,
-        "customizedmaxsize": o.max_size_bytes // GIB if o.max_size_bytes else None, "tags": o.tags,
-        "storagetype": o.storage_type, "provisioningtype": o.provisioning_type, "created": cs_date(o.created),
-        "state": o.state, **_domain_fields(session, o.domain_id),
-    })
+    return _clean(
+        {
+            "id": o.id,
+            "name": o.name,
+            "displaytext": o.display_text,
+            "disksize": o.disk_size_bytes // GIB,
+            "iscustomized": o.customized,
+            "customizedminsize": o.min_size_bytes // GIB if o.min_size_bytes else None,
+            "customizedmaxsize": o.max_size_bytes // GIB if o.max_size_bytes else None,
+            "tags": o.tags,
+            "storagetype": o.storage_type,
+            "provisioningtype": o.provisioning_type,
+            "created": cs_date(o.created),
+            "state": o.state,
+            **_domain_fields(session, o.domain_id),
+        }
+    )
 
 
 def hypervisor_capability(session: Session, h: HypervisorCapability) -> dict[str, Any]:
-    return _clean({
-        "id": h.id, "hypervisor": h.hypervisor, "hypervisorversion": h.hypervisor_version,
-        "maxguestslimit": h.max_guests_limit, "maxdatavolumeslimit": h.max_data_volumes_limit,
-        "maxhostspercluster": h.max_hosts_per_cluster, "storagemotionenabled": h.storage_motion_enabled,
-        "vmsnapshotenabled": h.vm_snapshot_enabled, "securitygroupenabled": h.security_group_enabled,
-    })
+    return _clean(
+        {
+            "id": h.id,
+            "hypervisor": h.hypervisor,
+            "hypervisorversion": h.hypervisor_version,
+            "maxguestslimit": h.max_guests_limit,
+            "maxdatavolumeslimit": h.max_data_volumes_limit,
+            "maxhostspercluster": h.max_hosts_per_cluster,
+            "storagemotionenabled": h.storage_motion_enabled,
+            "vmsnapshotenabled": h.vm_snapshot_enabled,
+            "securitygroupenabled": h.security_group_enabled,
+        }
+    )
 
 
 def event(session: Session, e: Event) -> dict[str, Any]:
     u = session.get(User, e.user_id) if e.user_id else None
-    return _clean({
-        "id": e.id, "type": e.type, "level": e.level, "state": e.state, "description": e.description,
-        "created": cs_date(e.created), "username": u.username if u else None, "resourceid": e.resource_id,
-        "resourcetype": e.resource_type, **_owner_fields(session, e.account_id),
-    })
+    return _clean(
+        {
+            "id": e.id,
+            "type": e.type,
+            "level": e.level,
+            "state": e.state,
+            "description": e.description,
+            "created": cs_date(e.created),
+            "username": u.username if u else None,
+            "resourceid": e.resource_id,
+            "resourcetype": e.resource_type,
+            **_owner_fields(session, e.account_id),
+        }
+    )
 
 
 def tag(session: Session, t: ResourceTag) -> dict[str, Any]:
-    return _clean({
-        "key": t.key, "value": t.value, "resourcetype": t.resource_type, "resourceid": t.resource_id,
-        **_owner_fields(session, t.account_id),
-    })
+    return _clean(
+        {
+            "key": t.key,
+            "value": t.value,
+            "resourcetype": t.resource_type,
+            "resourceid": t.resource_id,
+            **_owner_fields(session, t.account_id),
+        }
+    )
 
 
 JOB_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2, "cancelled": 3}
@@ -233,12 +360,22 @@ def job(session: Session, j: Job) -> dict[str, Any]:
     status = JOB_STATUS.get(j.status, 0)
     percent = int(100 * j.progress_done / j.progress_total) if j.progress_total else (100 if status else 0)
     out: dict[str, Any] = {
-        "jobid": j.id, "cmd": j.cmd, "jobstatus": status, "jobprocstatus": j.proc_status,
-        "jobresultcode": j.result_code, "jobresulttype": "object", "created": cs_date(j.created),
-        "completed": cs_date(j.completed), "jobinstancetype": j.instance_type, "jobinstanceid": j.instance_id,
-        "userid": j.user_id, "accountid": j.account_id,
+        "jobid": j.id,
+        "cmd": j.cmd,
+        "jobstatus": status,
+        "jobprocstatus": j.proc_status,
+        "jobresultcode": j.result_code,
+        "jobresulttype": "object",
+        "created": cs_date(j.created),
+        "completed": cs_date(j.completed),
+        "jobinstancetype": j.instance_type,
+        "jobinstanceid": j.instance_id,
+        "userid": j.user_id,
+        "accountid": j.account_id,
         # Strato additions: progress as a percentage and in units, and the step log.
-        "jobprogress": percent, "jobprogressdone": j.progress_done, "jobprogresstotal": j.progress_total,
+        "jobprogress": percent,
+        "jobprogressdone": j.progress_done,
+        "jobprogresstotal": j.progress_total,
         "jobsteps": j.steps or [],
     }
     if j.status in ("succeeded", "failed", "cancelled"):
@@ -259,3 +396,45 @@ def _job_result(session: Session, j: Job) -> dict[str, Any]:
         rendered = RESULT_RENDERERS[obj_type](session, obj_id)
         return {obj_type: rendered} if rendered is not None else {}
     return result
+
+
+def host(session: Session, h: Host) -> dict[str, Any]:
+    return _clean(
+        {
+            "id": h.id,
+            "name": h.name,
+            "type": "Routing",
+            "state": h.status,
+            "resourcestate": h.resource_state,
+            "hypervisor": h.hypervisor,
+            "hypervisorversion": h.hypervisor_version,
+            "zoneid": h.zone_id,
+            "zonename": _name(session, Zone, h.zone_id),
+            "podid": h.pod_id,
+            "podname": _name(session, Pod, h.pod_id),
+            "clusterid": h.cluster_id,
+            "clustername": _name(session, Cluster, h.cluster_id),
+            "clustertype": "CloudManaged",
+            "ipaddress": _host_address(h.url),
+            "url": h.url,
+            "cpunumber": h.cpus,
+            "cpuspeed": h.cpu_mhz,
+            "memorytotal": h.memory_bytes,
+            "hosttags": h.host_tags,
+            "lastpinged": cs_date(h.last_ping),
+            "created": cs_date(h.created),
+            "disconnected": cs_date(h.disconnected_since),
+            "islocalstorageactive": True,
+            "events": "AgentConnected; AgentDisconnected; "
+            "Ping; PingTimeout; ManagementServerDown; StartAgentRebalance; Remove",
+        }
+    )
+
+
+def _host_address(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or url
+
+
+register_result("host", lambda s, i: host(s, h) if (h := s.get(Host, i)) is not None else None)

@@ -25,8 +25,15 @@ def submit(
     instance_id: str | None = None,
 ) -> Job:
     """Queues a job in the caller's transaction: it exists exactly when the caller's changes commit."""
-    job = Job(kind=kind, cmd=cmd, params=params, account_id=account_id, user_id=user_id,
-              instance_type=instance_type, instance_id=instance_id)
+    job = Job(
+        kind=kind,
+        cmd=cmd,
+        params=params,
+        account_id=account_id,
+        user_id=user_id,
+        instance_type=instance_type,
+        instance_id=instance_id,
+    )
     session.add(job)
     session.flush()
     for res in sorted(set(resources)):
@@ -74,6 +81,8 @@ def claim(session: Session, owner: str, limit: int, is_postgres: bool) -> list[J
 def orphaned(session: Session, dead_owners: list[str]) -> list[Job]:
     if not dead_owners:
         return []
-    return list(session.scalars(
-        select(Job).where(Job.status == JOB_RUNNING, Job.owner.in_(dead_owners)).order_by(Job.seq)
-    ))
+    return list(
+        session.scalars(
+            select(Job).where(Job.status == JOB_RUNNING, Job.owner.in_(dead_owners)).order_by(Job.seq)
+        )
+    )

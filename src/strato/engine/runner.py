@@ -186,9 +186,15 @@ class JobRunner:
                 job.progress_done = job.progress_total
             kind = get_kind(job.kind)
             if kind is not None and kind.event:
-                record_event(s, kind.event, f"Successfully completed {job.cmd}", account_id=job.account_id,
-                             user_id=job.user_id, resource_type=job.instance_type,
-                             resource_id=job.instance_id)
+                record_event(
+                    s,
+                    kind.event,
+                    f"Successfully completed {job.cmd}",
+                    account_id=job.account_id,
+                    user_id=job.user_id,
+                    resource_type=job.instance_type,
+                    resource_id=job.instance_id,
+                )
 
     def _finish_failed(self, seq: int, code: ErrorCode, text: str, status: str = JOB_FAILED) -> None:
         with self.db.session() as s:
@@ -202,9 +208,16 @@ class JobRunner:
             if kind is not None and kind.on_fail is not None:
                 kind.on_fail(s, job)
             if kind is not None and kind.event:
-                record_event(s, kind.event, f"Error while running {job.cmd}: {text}", level="ERROR",
-                             account_id=job.account_id, user_id=job.user_id,
-                             resource_type=job.instance_type, resource_id=job.instance_id)
+                record_event(
+                    s,
+                    kind.event,
+                    f"Error while running {job.cmd}: {text}",
+                    level="ERROR",
+                    account_id=job.account_id,
+                    user_id=job.user_id,
+                    resource_type=job.instance_type,
+                    resource_id=job.instance_id,
+                )
 
 
 def wait_for_job(db: Database, job_id: str, timeout: float = 60.0) -> Job:

@@ -15,15 +15,17 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-import strato.api.commands  # noqa: F401  (registers every command)
-import strato.services.identity_jobs  # noqa: F401  (registers job kinds)
+import strato.api.commands
+import strato.services.host_jobs
+import strato.services.identity_jobs  # noqa: F401
 from strato.api.dispatch import Dispatcher, Reply, Request
 from strato.db import migrate
 from strato.db.engine import Database
+from strato.engine.monitor import HostMonitor
 from strato.engine.runner import JobRunner
 from strato.server.config import ServerConfig
 from strato.server.metrics import render_metrics
-from strato.services import identity, settings
+from strato.services import agents, identity, settings
 
 log = logging.getLogger("strato.server")
 
@@ -37,10 +39,33 @@ class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.db = Database(config.db_url)
-        self.runner = JobRunner(self.db, config.node_id, workers=config.job_workers,
-                                poll_interval=config.job_poll_interval,
-                                heartbeat_interval=config.heartbeat_interval, dead_after=config.dead_after)
+        self.runner = JobRunner(
+            self.db,
+            config.node_id,
+            workers=config.job_workers,
+            poll_interval=config.job_poll_interval,
+            heartbeat_interval=config.heartbeat_interval,
+            dead_after=config.dead_after,
+        )
         self.dispatcher = Dispatcher(self.db, self.runner.notify)
+        self.monitor = HostMonitor(
+            self.db,
+            config.node_id,
+            agents.client_for,
+            self._ping_interval,
+            self._alert_after,
+            dead_after=config.dead_after,
+        )
+
+    def _setting(self, name: str) -> float:
+        with self.db.session() as s:
+            return float(settings.get(s, name))
+
+    def _ping_interval(self) -> float:
+        return self._setting("ping.interval")
+
+    def _alert_after(self) -> float:
+        return self._setting("ping.interval") * self._setting("ping.timeout")
 
     def start(self) -> None:
         migrate.upgrade(self.db.engine)
@@ -49,9 +74,13 @@ class ServerState:
                 log.info("first start: created the ROOT domain and the admin account")
             settings.bootstrap_capabilities(s)
         self.runner.start()
+        if self.config.monitor:
+            self.monitor.start()
 
     def stop(self) -> None:
+        self.monitor.stop()
         self.runner.stop()
+        agents.close_all()
         self.db.dispose()
 
 
@@ -73,14 +102,28 @@ def create_app(config: ServerConfig) -> Starlette:
         if request.method == "POST":
             body = await request.body()
             if len(body) > MAX_BODY:
-                return _reply_response(Reply(431, {"errorresponse": {
-                    "errorcode": 431, "cserrorcode": 9999, "uuidList": [],
-                    "errortext": f"Request body larger than {MAX_BODY} bytes"}}))
+                return _reply_response(
+                    Reply(
+                        431,
+                        {
+                            "errorresponse": {
+                                "errorcode": 431,
+                                "cserrorcode": 9999,
+                                "uuidList": [],
+                                "errortext": f"Request body larger than {MAX_BODY} bytes",
+                            }
+                        },
+                    )
+                )
             ctype = request.headers.get("content-type", "")
             if body and ("form" in ctype or not ctype):
                 params.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
-        req = Request(params=params, method=request.method, session_cookie=request.cookies.get("sessionkey"),
-                      remote=request.client.host if request.client else "")
+        req = Request(
+            params=params,
+            method=request.method,
+            session_cookie=request.cookies.get("sessionkey"),
+            remote=request.client.host if request.client else "",
+        )
         reply = await run_in_threadpool(state.dispatcher.handle, req)
         return _reply_response(reply)
 

@@ -17,8 +17,9 @@ def render_metrics(db: Database) -> str:
             lines.append(f'strato_jobs{{status="{status}"}} {count}')
         lines.append("# HELP strato_hosts Hosts by connection status")
         lines.append("# TYPE strato_hosts gauge")
-        for status, count in s.execute(select(Host.status, func.count()).where(Host.removed.is_(None))
-                                       .group_by(Host.status)):
+        for status, count in s.execute(
+            select(Host.status, func.count()).where(Host.removed.is_(None)).group_by(Host.status)
+        ):
             lines.append(f'strato_hosts{{status="{status}"}} {count}')
         lines.append("# HELP strato_pool_capacity_bytes Capacity of each storage pool")
         lines.append("# TYPE strato_pool_capacity_bytes gauge")

@@ -13,5 +13,11 @@ def run_server(config: ServerConfig) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(config.data_dir / "server.log")
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

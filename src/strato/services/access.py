@@ -41,8 +41,9 @@ def check_account_access(ctx: CallContext, account: Account) -> None:
         domain = ctx.session.get(Domain, account.domain_id)
         if domain is not None and in_subtree(domain, ctx.domain):
             return
-    raise PermissionDenied(f"Account {ctx.account.name} does not have permission to access resources "
-                           f"of account {account.name}")
+    raise PermissionDenied(
+        f"Account {ctx.account.name} does not have permission to access resources of account {account.name}"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,9 @@ def owner_scope(ctx: CallContext, args: dict[str, Any]) -> OwnerScope:
         domain = get_domain(ctx, domain_id)
         if account_name:
             acct = ctx.session.scalar(
-                select(Account).where(Account.domain_id == domain.id, Account.name == account_name,
-                                      Account.removed.is_(None))
+                select(Account).where(
+                    Account.domain_id == domain.id, Account.name == account_name, Account.removed.is_(None)
+                )
             )
             if acct is None:
                 raise NotFound(f"Unable to find account {account_name} in domain {domain.name}")
@@ -94,8 +96,9 @@ def owner_scope(ctx: CallContext, args: dict[str, Any]) -> OwnerScope:
         return OwnerScope(domain_path=domain.path, recursive=recursive or listall)
     if account_name:
         acct = ctx.session.scalar(
-            select(Account).where(Account.domain_id == ctx.domain.id, Account.name == account_name,
-                                  Account.removed.is_(None))
+            select(Account).where(
+                Account.domain_id == ctx.domain.id, Account.name == account_name, Account.removed.is_(None)
+            )
         )
         if acct is None:
             raise NotFound(f"Unable to find account {account_name} in domain {ctx.domain.name}")

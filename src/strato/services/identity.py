@@ -35,8 +35,15 @@ def bootstrap(session: Session, admin_password: str) -> bool:
     admin = Account(name="admin", domain_id=root.id, type=ACCOUNT_TYPE_ADMIN)
     session.add(admin)
     session.flush()
-    session.add(User(account_id=admin.id, username="admin", password_hash=hash_password(admin_password),
-                     firstname="Admin", lastname="User"))
+    session.add(
+        User(
+            account_id=admin.id,
+            username="admin",
+            password_hash=hash_password(admin_password),
+            firstname="Admin",
+            lastname="User",
+        )
+    )
     return True
 
 
@@ -54,8 +61,13 @@ def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_do
     )
     if exists is not None:
         raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.id}")
-    domain = Domain(name=name, parent_id=parent.id, path=f"{parent.path}/{name}", level=parent.level + 1,
-                    network_domain=network_domain)
+    domain = Domain(
+        name=name,
+        parent_id=parent.id,
+        path=f"{parent.path}/{name}",
+        level=parent.level + 1,
+        network_domain=network_domain,
+    )
     ctx.session.add(domain)
     ctx.session.flush()
     return domain
@@ -80,14 +92,21 @@ def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
     domain = get_domain(ctx, domain_id)
     if domain.parent_id is None:
         raise InvalidParameter("The ROOT domain cannot be deleted")
-    subtree = [d for d in ctx.session.scalars(select(Domain).where(Domain.removed.is_(None)))
-               if in_subtree(d, domain)]
-    accounts = list(ctx.session.scalars(
-        select(Account).where(Account.domain_id.in_([d.id for d in subtree]), Account.removed.is_(None))
-    ))
+    subtree = [
+        d
+        for d in ctx.session.scalars(select(Domain).where(Domain.removed.is_(None)))
+        if in_subtree(d, domain)
+    ]
+    accounts = list(
+        ctx.session.scalars(
+            select(Account).where(Account.domain_id.in_([d.id for d in subtree]), Account.removed.is_(None))
+        )
+    )
     if accounts and not cleanup:
-        raise ResourceInUse(f"Domain {domain.name} still has {len(accounts)} account(s); "
-                            "delete them first or pass cleanup=true")
+        raise ResourceInUse(
+            f"Domain {domain.name} still has {len(accounts)} account(s); "
+            "delete them first or pass cleanup=true"
+        )
     now = utcnow()
     for acct in accounts:
         _remove_account(ctx.session, acct)
@@ -119,7 +138,8 @@ def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
 
 def _check_username_free(session: Session, domain_id: str, username: str) -> None:
     taken = session.scalar(
-        select(User).join(Account, Account.id == User.account_id)
+        select(User)
+        .join(Account, Account.id == User.account_id)
         .where(Account.domain_id == domain_id, User.username == username, User.removed.is_(None))
     )
     if taken is not None:
@@ -189,8 +209,12 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
         raise InvalidParameter("Either parameter id or parameter account (with domainid) is required")
     if args.get("newname"):
         clash = ctx.session.scalar(
-            select(Account).where(Account.name == args["newname"], Account.domain_id == acct.domain_id,
-                                  Account.removed.is_(None), Account.id != acct.id)
+            select(Account).where(
+                Account.name == args["newname"],
+                Account.domain_id == acct.domain_id,
+                Account.removed.is_(None),
+                Account.id != acct.id,
+            )
         )
         if clash is not None:
             raise InvalidParameter(f"The account {args['newname']} already exists in this domain")

@@ -33,7 +33,7 @@ class Page:
 
 def run_page(
     session: Session,
-    query: Select[tuple[E]],
+    query: Select[E],
     page: Page,
     keyword_columns: tuple[InstrumentedAttribute[Any], ...] = (),
     order_by: tuple[Any, ...] = (),

@@ -49,25 +49,38 @@ def create_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOf
     if not customized and (args.get("memory") is None):
         raise InvalidParameter("Parameter memory is required for a fixed offering (or set customized=true)")
     offering = ServiceOffering(
-        name=args["name"], display_text=args.get("displaytext") or args["name"],
-        cpu_number=args.get("cpunumber"), cpu_speed=args.get("cpuspeed"), memory_mib=args.get("memory"),
-        storage_type=_storage_type(args.get("storagetype")), tags=normalize_tags(args.get("tags")),
-        host_tags=normalize_tags(args.get("hosttags")), offer_ha=bool(args.get("offerha")),
+        name=args["name"],
+        display_text=args.get("displaytext") or args["name"],
+        cpu_number=args.get("cpunumber"),
+        cpu_speed=args.get("cpuspeed"),
+        memory_mib=args.get("memory"),
+        storage_type=_storage_type(args.get("storagetype")),
+        tags=normalize_tags(args.get("tags")),
+        host_tags=normalize_tags(args.get("hosttags")),
+        offer_ha=bool(args.get("offerha")),
         limit_cpu_use=bool(args.get("limitcpuuse")),
         root_disk_size_bytes=args["rootdisksize"] * GIB if args.get("rootdisksize") else None,
-        domain_id=_offering_domain(ctx, args.get("domainid")))
+        domain_id=_offering_domain(ctx, args.get("domainid")),
+    )
     ctx.session.add(offering)
     ctx.session.flush()
     return offering
 
 
-def list_service_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ServiceOffering], int]:
+def list_service_offerings(
+    ctx: CallContext, args: dict[str, Any], page: Page
+) -> tuple[list[ServiceOffering], int]:
     q = select(ServiceOffering).where(ServiceOffering.removed.is_(None), ServiceOffering.is_system.is_(False))
     for param, col in (("id", ServiceOffering.id), ("name", ServiceOffering.name)):
         if args.get(param):
             q = q.where(col == args[param])
-    rows, _ = run_page(ctx.session, q, Page(keyword=page.keyword), (ServiceOffering.name,),
-                       (ServiceOffering.created, ServiceOffering.id))
+    rows, _ = run_page(
+        ctx.session,
+        q,
+        Page(keyword=page.keyword),
+        (ServiceOffering.name,),
+        (ServiceOffering.created, ServiceOffering.id),
+    )
     return paginate_rows([r for r in rows if _visible(ctx, r.domain_id)], page)
 
 
@@ -98,13 +111,17 @@ def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> DiskOffering
     if size_gib is not None and size_gib <= 0:
         raise InvalidParameter("Parameter disksize must be a positive number of GiB")
     offering = DiskOffering(
-        name=args["name"], display_text=args.get("displaytext") or args["name"],
-        disk_size_bytes=(size_gib or 0) * GIB, customized=customized,
+        name=args["name"],
+        display_text=args.get("displaytext") or args["name"],
+        disk_size_bytes=(size_gib or 0) * GIB,
+        customized=customized,
         min_size_bytes=args["customizedminsize"] * GIB if args.get("customizedminsize") else None,
         max_size_bytes=args["customizedmaxsize"] * GIB if args.get("customizedmaxsize") else None,
-        tags=normalize_tags(args.get("tags")), storage_type=_storage_type(args.get("storagetype")),
+        tags=normalize_tags(args.get("tags")),
+        storage_type=_storage_type(args.get("storagetype")),
         provisioning_type=(args.get("provisioningtype") or "thin").lower(),
-        domain_id=_offering_domain(ctx, args.get("domainid")))
+        domain_id=_offering_domain(ctx, args.get("domainid")),
+    )
     ctx.session.add(offering)
     ctx.session.flush()
     return offering
@@ -115,8 +132,13 @@ def list_disk_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> t
     for param, col in (("id", DiskOffering.id), ("name", DiskOffering.name)):
         if args.get(param):
             q = q.where(col == args[param])
-    rows, _ = run_page(ctx.session, q, Page(keyword=page.keyword), (DiskOffering.name,),
-                       (DiskOffering.created, DiskOffering.id))
+    rows, _ = run_page(
+        ctx.session,
+        q,
+        Page(keyword=page.keyword),
+        (DiskOffering.name,),
+        (DiskOffering.created, DiskOffering.id),
+    )
     return paginate_rows([r for r in rows if _visible(ctx, r.domain_id)], page)
 
 

@@ -29,34 +29,106 @@ class SettingSpec:
 SPECS: dict[str, SettingSpec] = {
     s.name: s
     for s in (
-        SettingSpec("storage.overprovisioning.factor", float, 2.0, "Storage",
-                    "How many times a pool's capacity may be allocated to thin disks", 1.0),
-        SettingSpec("pool.storage.capacity.disablethreshold", float, 0.85, "Alert",
-                    "Fraction of a pool's capacity used above which no new disk is placed on it", 0.0),
-        SettingSpec("ping.interval", int, 5, "Advanced",
-                    "Seconds between two pings of every host by the monitor", 1),
-        SettingSpec("ping.timeout", float, 2.5, "Advanced",
-                    "Multiple of ping.interval after which a host that does not answer goes Alert", 1.0),
-        SettingSpec("session.timeout", int, 1800, "Advanced",
-                    "Seconds of inactivity after which a login session ends", 60),
-        SettingSpec("default.page.size", int, 500, "Advanced",
-                    "Page size of list calls that pass page without pagesize", 1),
-        SettingSpec("job.expire.minutes", int, 1440, "Advanced",
-                    "Minutes after which finished async jobs are removed", 1),
-        SettingSpec("max.account.user.vms", int, 20, "Account Defaults",
-                    "The default maximum number of VMs an account may have", -1),
-        SettingSpec("max.account.volumes", int, 20, "Account Defaults",
-                    "The default maximum number of volumes an account may have", -1),
-        SettingSpec("max.account.primary.storage", int, 200, "Account Defaults",
-                    "The default maximum primary storage (GiB) an account may use", -1),
-        SettingSpec("expunge.delay", int, 86400, "Advanced",
-                    "Seconds a destroyed VM is kept recoverable before it is expunged", 0),
-        SettingSpec("vm.snapshot.max", int, 10, "Snapshots",
-                    "Maximum number of VM snapshots per VM", 1),
-        SettingSpec("enable.storage.migration", bool, True, "Storage",
-                    "Whether storage motion (volume and VM-with-storage migration) is enabled", None),
-        SettingSpec("api.signature.version3.only", bool, False, "Advanced",
-                    "Refuse signed requests that do not carry signatureVersion=3 and expires", None),
+        SettingSpec(
+            "storage.overprovisioning.factor",
+            float,
+            2.0,
+            "Storage",
+            "How many times a pool's capacity may be allocated to thin disks",
+            1.0,
+        ),
+        SettingSpec(
+            "pool.storage.capacity.disablethreshold",
+            float,
+            0.85,
+            "Alert",
+            "Fraction of a pool's capacity used above which no new disk is placed on it",
+            0.0,
+        ),
+        SettingSpec(
+            "ping.interval", int, 5, "Advanced", "Seconds between two pings of every host by the monitor", 1
+        ),
+        SettingSpec(
+            "ping.timeout",
+            float,
+            2.5,
+            "Advanced",
+            "Multiple of ping.interval after which a host that does not answer goes Alert",
+            1.0,
+        ),
+        SettingSpec(
+            "session.timeout",
+            int,
+            1800,
+            "Advanced",
+            "Seconds of inactivity after which a login session ends",
+            60,
+        ),
+        SettingSpec(
+            "default.page.size",
+            int,
+            500,
+            "Advanced",
+            "Page size of list calls that pass page without pagesize",
+            1,
+        ),
+        SettingSpec(
+            "job.expire.minutes",
+            int,
+            1440,
+            "Advanced",
+            "Minutes after which finished async jobs are removed",
+            1,
+        ),
+        SettingSpec(
+            "max.account.user.vms",
+            int,
+            20,
+            "Account Defaults",
+            "The default maximum number of VMs an account may have",
+            -1,
+        ),
+        SettingSpec(
+            "max.account.volumes",
+            int,
+            20,
+            "Account Defaults",
+            "The default maximum number of volumes an account may have",
+            -1,
+        ),
+        SettingSpec(
+            "max.account.primary.storage",
+            int,
+            200,
+            "Account Defaults",
+            "The default maximum primary storage (GiB) an account may use",
+            -1,
+        ),
+        SettingSpec(
+            "expunge.delay",
+            int,
+            86400,
+            "Advanced",
+            "Seconds a destroyed VM is kept recoverable before it is expunged",
+            0,
+        ),
+        SettingSpec("vm.snapshot.max", int, 10, "Snapshots", "Maximum number of VM snapshots per VM", 1),
+        SettingSpec(
+            "enable.storage.migration",
+            bool,
+            True,
+            "Storage",
+            "Whether storage motion (volume and VM-with-storage migration) is enabled",
+            None,
+        ),
+        SettingSpec(
+            "api.signature.version3.only",
+            bool,
+            False,
+            "Advanced",
+            "Refuse signed requests that do not carry signatureVersion=3 and expires",
+            None,
+        ),
     )
 }
 
@@ -70,7 +142,8 @@ def _coerce(spec: SettingSpec, raw: str) -> Any:
         value = spec.type(raw)
     except ValueError:
         raise InvalidParameter(
-            f"Cannot set configuration {spec.name} to '{raw}': a value of type {spec.type.__name__} is expected"
+            f"Cannot set configuration {spec.name} to '{raw}': "
+            f"a value of type {spec.type.__name__} is expected"
         ) from None
     if spec.min_value is not None and value < spec.min_value:
         raise InvalidParameter(f"Cannot set configuration {spec.name} to {raw}: minimum is {spec.min_value}")
@@ -102,7 +175,9 @@ def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec,
     return spec, coerced
 
 
-def list_settings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[tuple[SettingSpec, Any]], int]:
+def list_settings(
+    ctx: CallContext, args: dict[str, Any], page: Page
+) -> tuple[list[tuple[SettingSpec, Any]], int]:
     specs = sorted(SPECS.values(), key=lambda s: s.name)
     if args.get("name"):
         specs = [s for s in specs if s.name == args["name"]]
@@ -117,17 +192,28 @@ def list_settings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
 # --- hypervisor capabilities ------------------------------------------------------------------------
 
 DEFAULT_CAPABILITIES = (
-    dict(hypervisor="KVM", max_guests_limit=50, max_data_volumes_limit=24, storage_motion_enabled=True,
-         vm_snapshot_enabled=True),
-    dict(hypervisor="Simulator", max_guests_limit=1000, max_data_volumes_limit=24,
-         storage_motion_enabled=True, vm_snapshot_enabled=True),
+    dict(
+        hypervisor="KVM",
+        max_guests_limit=50,
+        max_data_volumes_limit=24,
+        storage_motion_enabled=True,
+        vm_snapshot_enabled=True,
+    ),
+    dict(
+        hypervisor="Simulator",
+        max_guests_limit=1000,
+        max_data_volumes_limit=24,
+        storage_motion_enabled=True,
+        vm_snapshot_enabled=True,
+    ),
 )
 
 
 def bootstrap_capabilities(session: Session) -> None:
     for caps in DEFAULT_CAPABILITIES:
-        exists = session.scalar(select(HypervisorCapability).where(
-            HypervisorCapability.hypervisor == caps["hypervisor"]))
+        exists = session.scalar(
+            select(HypervisorCapability).where(HypervisorCapability.hypervisor == caps["hypervisor"])
+        )
         if exists is None:
             session.add(HypervisorCapability(**caps))
 
@@ -150,11 +236,14 @@ def capability_for(session: Session, hypervisor: str) -> HypervisorCapability:
 
 def update_capability(ctx: CallContext, args: dict[str, Any]) -> HypervisorCapability:
     row = get_live(ctx.session, HypervisorCapability, args["id"], "hypervisor capabilities")
-    for param, attr in (("maxguestslimit", "max_guests_limit"), ("maxdatavolumeslimit", "max_data_volumes_limit"),
-                        ("maxhostspercluster", "max_hosts_per_cluster"),
-                        ("storagemotionenabled", "storage_motion_enabled"),
-                        ("vmsnapshotenabled", "vm_snapshot_enabled"),
-                        ("securitygroupenabled", "security_group_enabled")):
+    for param, attr in (
+        ("maxguestslimit", "max_guests_limit"),
+        ("maxdatavolumeslimit", "max_data_volumes_limit"),
+        ("maxhostspercluster", "max_hosts_per_cluster"),
+        ("storagemotionenabled", "storage_motion_enabled"),
+        ("vmsnapshotenabled", "vm_snapshot_enabled"),
+        ("securitygroupenabled", "security_group_enabled"),
+    ):
         if args.get(param) is not None:
             setattr(row, attr, args[param])
     return row

@@ -42,12 +42,16 @@ def parse_pool_url(url: str, scope: str) -> PoolLocation:
             "SharedMountPoint://localhost/<path>"
         )
     if parts.hostname not in (None, "", "localhost"):
-        raise InvalidParameter("Parameter url must name the host as 'localhost': the path is on the hypervisor")
+        raise InvalidParameter(
+            "Parameter url must name the host as 'localhost': the path is on the hypervisor"
+        )
     if not path.startswith("/") or "/../" in path + "/" or len(path) < 2:
         raise InvalidParameter(f"Parameter url must carry an absolute path, got '{path}'")
     if scheme == "file" and scope != "HOST":
-        raise InvalidParameter("A file:// pool is local to one host: use scope=host with hostid, or a "
-                               "SharedMountPoint:// url for cluster or zone scope")
+        raise InvalidParameter(
+            "A file:// pool is local to one host: use scope=host with hostid, or a "
+            "SharedMountPoint:// url for cluster or zone scope"
+        )
     return PoolLocation("Filesystem" if scheme == "file" else "SharedMountPoint", path.rstrip("/"))
 
 
@@ -74,18 +78,37 @@ def create_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
         pod = get_live(ctx.session, Pod, pod_id, "pod", "podid")
         if pod.zone_id != zone.id:
             raise InvalidParameter("The pool's pod/cluster/host is not in the given zone")
-    same = ctx.session.scalar(select(StoragePool).where(
-        StoragePool.removed.is_(None), StoragePool.path == loc.path, StoragePool.zone_id == zone.id,
-        StoragePool.host_id == host_id if host_id else StoragePool.host_id.is_(None)))
+    same = ctx.session.scalar(
+        select(StoragePool).where(
+            StoragePool.removed.is_(None),
+            StoragePool.path == loc.path,
+            StoragePool.zone_id == zone.id,
+            StoragePool.host_id == host_id if host_id else StoragePool.host_id.is_(None),
+        )
+    )
     if same is not None:
         raise InvalidParameter(f"Storage pool {same.name} already uses the path {loc.path}")
-    if ctx.session.scalar(select(StoragePool).where(StoragePool.removed.is_(None),
-                                                    StoragePool.name == args["name"])) is not None:
+    if (
+        ctx.session.scalar(
+            select(StoragePool).where(StoragePool.removed.is_(None), StoragePool.name == args["name"])
+        )
+        is not None
+    ):
         raise InvalidParameter(f"A storage pool with name {args['name']} already exists")
-    pool = StoragePool(name=args["name"], zone_id=zone.id, pod_id=pod_id, cluster_id=cluster_id,
-                       host_id=host_id, scope=scope, pool_type=loc.pool_type, url=args["url"], path=loc.path,
-                       tags=normalize_tags(args.get("tags")), capacity_bytes=args.get("capacitybytes") or 0,
-                       capacity_iops=args.get("capacityiops"))
+    pool = StoragePool(
+        name=args["name"],
+        zone_id=zone.id,
+        pod_id=pod_id,
+        cluster_id=cluster_id,
+        host_id=host_id,
+        scope=scope,
+        pool_type=loc.pool_type,
+        url=args["url"],
+        path=loc.path,
+        tags=normalize_tags(args.get("tags")),
+        capacity_bytes=args.get("capacitybytes") or 0,
+        capacity_iops=args.get("capacityiops"),
+    )
     ctx.session.add(pool)
     ctx.session.flush()
     return pool
@@ -101,9 +124,15 @@ def normalize_tags(tags: str | list[str] | None) -> str | None:
 
 def list_pools(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[StoragePool], int]:
     q = select(StoragePool).where(StoragePool.removed.is_(None))
-    for param, col in (("id", StoragePool.id), ("name", StoragePool.name), ("zoneid", StoragePool.zone_id),
-                       ("podid", StoragePool.pod_id), ("clusterid", StoragePool.cluster_id),
-                       ("hostid", StoragePool.host_id), ("path", StoragePool.path)):
+    for param, col in (
+        ("id", StoragePool.id),
+        ("name", StoragePool.name),
+        ("zoneid", StoragePool.zone_id),
+        ("podid", StoragePool.pod_id),
+        ("clusterid", StoragePool.cluster_id),
+        ("hostid", StoragePool.host_id),
+        ("path", StoragePool.path),
+    ):
         if args.get(param):
             q = q.where(col == args[param])
     if args.get("scope"):
@@ -125,8 +154,10 @@ def update_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
         pool.capacity_iops = args["capacityiops"]
     if args.get("enabled") is not None:
         if pool.state not in ("Up", "Disabled"):
-            raise InvalidParameter(f"Storage pool {pool.name} is in state {pool.state}; "
-                                   "only Up or Disabled pools can be enabled or disabled")
+            raise InvalidParameter(
+                f"Storage pool {pool.name} is in state {pool.state}; "
+                "only Up or Disabled pools can be enabled or disabled"
+            )
         pool.state = "Up" if args["enabled"] else "Disabled"
     return pool
 
@@ -146,8 +177,10 @@ def add_image_store(ctx: CallContext, args: dict[str, Any]) -> ImageStore:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("file", "nfs"):
-        raise InvalidParameter(f"Parameter url has an unsupported scheme '{parts.scheme}' for an image store: "
-                               "use file://localhost/<path> (a local or already mounted directory)")
+        raise InvalidParameter(
+            f"Parameter url has an unsupported scheme '{parts.scheme}' for an image store: "
+            "use file://localhost/<path> (a local or already mounted directory)"
+        )
     path = unquote(parts.path)
     if not path.startswith("/"):
         raise InvalidParameter(f"Parameter url must carry an absolute path, got '{path}'")
@@ -160,8 +193,15 @@ def add_image_store(ctx: CallContext, args: dict[str, Any]) -> ImageStore:
     if provider.upper() not in ("NFS", "LOCAL"):
         raise InvalidParameter(f"Parameter provider must be NFS (a directory), not {provider}")
     name = args.get("name") or url
-    store = ImageStore(name=name, zone_id=zone_id, provider=provider.upper(), protocol=scheme, url=url,
-                       path=path.rstrip("/") or "/", scope="ZONE" if zone_id else "REGION")
+    store = ImageStore(
+        name=name,
+        zone_id=zone_id,
+        provider=provider.upper(),
+        protocol=scheme,
+        url=url,
+        path=path.rstrip("/") or "/",
+        scope="ZONE" if zone_id else "REGION",
+    )
     ctx.session.add(store)
     ctx.session.flush()
     return store
@@ -169,8 +209,13 @@ def add_image_store(ctx: CallContext, args: dict[str, Any]) -> ImageStore:
 
 def list_image_stores(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ImageStore], int]:
     q = select(ImageStore).where(ImageStore.removed.is_(None))
-    for param, col in (("id", ImageStore.id), ("name", ImageStore.name), ("zoneid", ImageStore.zone_id),
-                       ("provider", ImageStore.provider), ("protocol", ImageStore.protocol)):
+    for param, col in (
+        ("id", ImageStore.id),
+        ("name", ImageStore.name),
+        ("zoneid", ImageStore.zone_id),
+        ("provider", ImageStore.provider),
+        ("protocol", ImageStore.protocol),
+    ):
         if args.get(param):
             q = q.where(col == args[param])
     return run_page(ctx.session, q, page, (ImageStore.name,), (ImageStore.created, ImageStore.id))

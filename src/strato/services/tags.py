@@ -32,8 +32,10 @@ def _resolve_type(resource_type: str) -> tuple[str, Any, str | None]:
     for name, (model, owner) in TAGGABLE.items():
         if name.lower() == resource_type.lower():
             return name, model, owner
-    raise InvalidParameter(f"Parameter resourcetype: {resource_type} is not a taggable resource type "
-                           f"(one of {', '.join(sorted(TAGGABLE))})")
+    raise InvalidParameter(
+        f"Parameter resourcetype: {resource_type} is not a taggable resource type "
+        f"(one of {', '.join(sorted(TAGGABLE))})"
+    )
 
 
 def _owner(ctx: CallContext, model: Any, owner_col: str | None, resource_id: str) -> str | None:
@@ -52,31 +54,47 @@ def _owner(ctx: CallContext, model: Any, owner_col: str | None, resource_id: str
 def create_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> None:
     name, model, owner_col = _resolve_type(resource_type)
     if not tags:
-        raise InvalidParameter("Parameter tags must have at least one entry: tags[0].key=...&tags[0].value=...")
+        raise InvalidParameter(
+            "Parameter tags must have at least one entry: tags[0].key=...&tags[0].value=..."
+        )
     for entry in tags:
         if not entry.get("key") or "value" not in entry:
             raise InvalidParameter("Each tags[i] needs a key and a value")
     for rid in ids:
         owner = _owner(ctx, model, owner_col, rid)
         for entry in tags:
-            exists = ctx.session.scalar(select(ResourceTag).where(
-                ResourceTag.resource_id == rid, ResourceTag.key == entry["key"], ResourceTag.removed.is_(None)))
+            exists = ctx.session.scalar(
+                select(ResourceTag).where(
+                    ResourceTag.resource_id == rid,
+                    ResourceTag.key == entry["key"],
+                    ResourceTag.removed.is_(None),
+                )
+            )
             if exists is not None:
                 raise InvalidParameter(f"A tag with key {entry['key']} already exists on resource {rid}")
             acct = ctx.session.get(Account, owner) if owner else None
-            ctx.session.add(ResourceTag(key=entry["key"], value=entry["value"], resource_type=name,
-                                        resource_id=rid, account_id=owner,
-                                        domain_id=acct.domain_id if acct else None))
+            ctx.session.add(
+                ResourceTag(
+                    key=entry["key"],
+                    value=entry["value"],
+                    resource_type=name,
+                    resource_id=rid,
+                    account_id=owner,
+                    domain_id=acct.domain_id if acct else None,
+                )
+            )
 
 
 def delete_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> int:
-    name, model, owner_col = _resolve_type(resource_type)
+    _, model, owner_col = _resolve_type(resource_type)
     removed = 0
     for rid in ids:
         _owner(ctx, model, owner_col, rid)
         q = select(ResourceTag).where(ResourceTag.resource_id == rid, ResourceTag.removed.is_(None))
         for row in ctx.session.scalars(q):
-            wanted = not tags or any(t.get("key") == row.key and t.get("value") in (None, row.value) for t in tags)
+            wanted = not tags or any(
+                t.get("key") == row.key and t.get("value") in (None, row.value) for t in tags
+            )
             if wanted:
                 row.removed = utcnow()
                 removed += 1
@@ -85,12 +103,13 @@ def delete_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list
 
 def list_tags(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ResourceTag], int]:
     q = select(ResourceTag).where(ResourceTag.removed.is_(None))
-    if not ctx.is_root_admin:
+    if not ctx.is_root_admin or (not args.get("listall") and (args.get("domainid") or args.get("account"))):
         q = q.where(owner_scope(ctx, args).condition(ResourceTag.account_id))
-    elif not args.get("listall") and (args.get("domainid") or args.get("account")):
-        q = q.where(owner_scope(ctx, args).condition(ResourceTag.account_id))
-    for param, col in (("key", ResourceTag.key), ("value", ResourceTag.value),
-                       ("resourceid", ResourceTag.resource_id)):
+    for param, col in (
+        ("key", ResourceTag.key),
+        ("value", ResourceTag.value),
+        ("resourceid", ResourceTag.resource_id),
+    ):
         if args.get(param):
             q = q.where(col == args[param])
     if args.get("resourcetype"):
@@ -99,5 +118,8 @@ def list_tags(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
 
 
 def tags_of(ctx: CallContext, resource_id: str) -> list[ResourceTag]:
-    return list(ctx.session.scalars(select(ResourceTag).where(
-        ResourceTag.resource_id == resource_id, ResourceTag.removed.is_(None))))
+    return list(
+        ctx.session.scalars(
+            select(ResourceTag).where(ResourceTag.resource_id == resource_id, ResourceTag.removed.is_(None))
+        )
+    )

@@ -38,11 +38,16 @@ def _in_use(session: Session, label: str, name: str, checks: list[tuple[Any, Any
 
 def create_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
     _unique_name(ctx.session, Zone, args["name"], "zone")
-    zone = Zone(name=args["name"], description=args.get("description"), dns1=args.get("dns1"),
-                internal_dns1=args.get("internaldns1"), network_type=args.get("networktype") or "Advanced",
-                allocation_state=args.get("allocationstate") or "Enabled",
-                local_storage_enabled=args.get("localstorageenabled", True) is not False,
-                domain_id=args.get("domainid"))
+    zone = Zone(
+        name=args["name"],
+        description=args.get("description"),
+        dns1=args.get("dns1"),
+        internal_dns1=args.get("internaldns1"),
+        network_type=args.get("networktype") or "Advanced",
+        allocation_state=args.get("allocationstate") or "Enabled",
+        local_storage_enabled=args.get("localstorageenabled", True) is not False,
+        domain_id=args.get("domainid"),
+    )
     ctx.session.add(zone)
     ctx.session.flush()
     return zone
@@ -66,8 +71,13 @@ def update_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
     if args.get("name") and args["name"] != zone.name:
         _unique_name(ctx.session, Zone, args["name"], "zone")
         zone.name = args["name"]
-    for param, attr in (("description", "description"), ("dns1", "dns1"), ("internaldns1", "internal_dns1"),
-                        ("allocationstate", "allocation_state"), ("localstorageenabled", "local_storage_enabled")):
+    for param, attr in (
+        ("description", "description"),
+        ("dns1", "dns1"),
+        ("internaldns1", "internal_dns1"),
+        ("allocationstate", "allocation_state"),
+        ("localstorageenabled", "local_storage_enabled"),
+    ):
         if args.get(param) is not None:
             setattr(zone, attr, args[param])
     return zone
@@ -75,8 +85,16 @@ def update_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
 
 def delete_zone(ctx: CallContext, zone_id: str) -> None:
     zone = get_live(ctx.session, Zone, zone_id, "zone")
-    _in_use(ctx.session, "zone", zone.name, [(Pod, Pod.zone_id == zone.id), (StoragePool, StoragePool.zone_id == zone.id),
-                                            (ImageStore, ImageStore.zone_id == zone.id)])
+    _in_use(
+        ctx.session,
+        "zone",
+        zone.name,
+        [
+            (Pod, Pod.zone_id == zone.id),
+            (StoragePool, StoragePool.zone_id == zone.id),
+            (ImageStore, ImageStore.zone_id == zone.id),
+        ],
+    )
     zone.removed = utcnow()
 
 
@@ -86,9 +104,15 @@ def delete_zone(ctx: CallContext, zone_id: str) -> None:
 def create_pod(ctx: CallContext, args: dict[str, Any]) -> Pod:
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     _unique_name(ctx.session, Pod, args["name"], "pod in this zone", zone_id=zone.id)
-    pod = Pod(name=args["name"], zone_id=zone.id, gateway=args.get("gateway"), netmask=args.get("netmask"),
-              start_ip=args.get("startip"), end_ip=args.get("endip"),
-              allocation_state=args.get("allocationstate") or "Enabled")
+    pod = Pod(
+        name=args["name"],
+        zone_id=zone.id,
+        gateway=args.get("gateway"),
+        netmask=args.get("netmask"),
+        start_ip=args.get("startip"),
+        end_ip=args.get("endip"),
+        allocation_state=args.get("allocationstate") or "Enabled",
+    )
     ctx.session.add(pod)
     ctx.session.flush()
     return pod
@@ -96,8 +120,12 @@ def create_pod(ctx: CallContext, args: dict[str, Any]) -> Pod:
 
 def list_pods(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Pod], int]:
     q = select(Pod).where(Pod.removed.is_(None))
-    for param, col in (("id", Pod.id), ("name", Pod.name), ("zoneid", Pod.zone_id),
-                       ("allocationstate", Pod.allocation_state)):
+    for param, col in (
+        ("id", Pod.id),
+        ("name", Pod.name),
+        ("zoneid", Pod.zone_id),
+        ("allocationstate", Pod.allocation_state),
+    ):
         if args.get(param):
             q = q.where(col == args[param])
     return run_page(ctx.session, q, page, (Pod.name,), (Pod.created, Pod.id))
@@ -105,7 +133,9 @@ def list_pods(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
 
 def delete_pod(ctx: CallContext, pod_id: str) -> None:
     pod = get_live(ctx.session, Pod, pod_id, "pod")
-    _in_use(ctx.session, "pod", pod.name, [(Cluster, Cluster.pod_id == pod.id), (Host, Host.pod_id == pod.id)])
+    _in_use(
+        ctx.session, "pod", pod.name, [(Cluster, Cluster.pod_id == pod.id), (Host, Host.pod_id == pod.id)]
+    )
     pod.removed = utcnow()
 
 
@@ -117,10 +147,14 @@ def add_cluster(ctx: CallContext, args: dict[str, Any]) -> Cluster:
     if args["zoneid"] != pod.zone_id:
         raise InvalidParameter(f"Pod {pod.name} does not belong to zone {args['zoneid']}")
     _unique_name(ctx.session, Cluster, args["clustername"], "cluster in this pod", pod_id=pod.id)
-    cluster = Cluster(name=args["clustername"], zone_id=pod.zone_id, pod_id=pod.id,
-                      hypervisor=_hypervisor(args["hypervisor"]),
-                      cluster_type=args.get("clustertype") or "CloudManaged",
-                      allocation_state=args.get("allocationstate") or "Enabled")
+    cluster = Cluster(
+        name=args["clustername"],
+        zone_id=pod.zone_id,
+        pod_id=pod.id,
+        hypervisor=_hypervisor(args["hypervisor"]),
+        cluster_type=args.get("clustertype") or "CloudManaged",
+        allocation_state=args.get("allocationstate") or "Enabled",
+    )
     ctx.session.add(cluster)
     ctx.session.flush()
     return cluster
@@ -135,9 +169,14 @@ def _hypervisor(value: str) -> str:
 
 def list_clusters(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Cluster], int]:
     q = select(Cluster).where(Cluster.removed.is_(None))
-    for param, col in (("id", Cluster.id), ("name", Cluster.name), ("zoneid", Cluster.zone_id),
-                       ("podid", Cluster.pod_id), ("hypervisor", Cluster.hypervisor),
-                       ("allocationstate", Cluster.allocation_state)):
+    for param, col in (
+        ("id", Cluster.id),
+        ("name", Cluster.name),
+        ("zoneid", Cluster.zone_id),
+        ("podid", Cluster.pod_id),
+        ("hypervisor", Cluster.hypervisor),
+        ("allocationstate", Cluster.allocation_state),
+    ):
         if args.get(param):
             q = q.where(col == args[param])
     return run_page(ctx.session, q, page, (Cluster.name,), (Cluster.created, Cluster.id))
@@ -145,8 +184,12 @@ def list_clusters(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
 
 def delete_cluster(ctx: CallContext, cluster_id: str) -> None:
     cluster = get_live(ctx.session, Cluster, cluster_id, "cluster")
-    _in_use(ctx.session, "cluster", cluster.name, [(Host, Host.cluster_id == cluster.id),
-                                                  (StoragePool, StoragePool.cluster_id == cluster.id)])
+    _in_use(
+        ctx.session,
+        "cluster",
+        cluster.name,
+        [(Host, Host.cluster_id == cluster.id), (StoragePool, StoragePool.cluster_id == cluster.id)],
+    )
     cluster.removed = utcnow()
 
 

@@ -52,7 +52,9 @@ class Driver(abc.ABC):
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport: ...
 
     @abc.abstractmethod
-    async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
+    async def create_layer(
+        self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None
+    ) -> LayerInfo:
         """Create an empty qcow2 layer, optionally on a backing layer (then size defaults to its size)."""
 
     @abc.abstractmethod

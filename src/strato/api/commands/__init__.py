@@ -1,3 +1,11 @@
 """API command declarations, one module per area. Importing this package registers them all."""
 
-from strato.api.commands import identity, infrastructure, jobs, offerings, storage, system  # noqa: F401
+from strato.api.commands import (  # noqa: F401
+    hosts,
+    identity,
+    infrastructure,
+    jobs,
+    offerings,
+    storage,
+    system,
+)

@@ -26,150 +26,276 @@ USER_FIELDS = (
 )
 
 
-@api("login", "Logs a user into the CloudStack API and returns a session key", kind=Kind.RAW, anonymous=True,
-     params=(Param("username", T.STRING, "Username", required=True, max_length=255),
-             Param("password", T.STRING, "Password (clear text)", required=True, max_length=255),
-             Param("domain", T.STRING, "Path of the domain the user belongs to, e.g. / or /ROOT/sales",
-                   max_length=1024),
-             Param("domainid", T.UUID, "The id of the domain the user belongs to")))
+@api(
+    "login",
+    "Logs a user into the CloudStack API and returns a session key",
+    kind=Kind.RAW,
+    anonymous=True,
+    params=(
+        Param("username", T.STRING, "Username", required=True, max_length=255),
+        Param("password", T.STRING, "Password (clear text)", required=True, max_length=255),
+        Param(
+            "domain",
+            T.STRING,
+            "Path of the domain the user belongs to, e.g. / or /ROOT/sales",
+            max_length=1024,
+        ),
+        Param("domainid", T.UUID, "The id of the domain the user belongs to"),
+    ),
+)
 def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
     from strato.errors import CloudError, ErrorCode
 
     if req.method != "POST":
         raise CloudError("login must be sent as a POST request", ErrorCode.METHOD_NOT_ALLOWED)
-    ctx, key = authn.login(session, args["username"], args["password"], args.get("domain"), args.get("domainid"))
+    ctx, key = authn.login(
+        session, args["username"], args["password"], args.get("domain"), args.get("domainid")
+    )
     from strato.services import settings
 
-    body = {"loginresponse": {
-        "username": ctx.user.username, "userid": ctx.user.id, "domainid": ctx.domain.id,
-        "timeout": settings.get(session, "session.timeout"), "account": ctx.account.name,
-        "firstname": ctx.user.firstname, "lastname": ctx.user.lastname, "type": ctx.account.type,
-        "sessionkey": key, "registered": "false", "timezone": ctx.user.timezone,
-    }}
-    return Reply(200, {"loginresponse": {k: v for k, v in body["loginresponse"].items() if v is not None}},
-                 cookies={"sessionkey": key, "JSESSIONID": key})
+    body = {
+        "loginresponse": {
+            "username": ctx.user.username,
+            "userid": ctx.user.id,
+            "domainid": ctx.domain.id,
+            "timeout": settings.get(session, "session.timeout"),
+            "account": ctx.account.name,
+            "firstname": ctx.user.firstname,
+            "lastname": ctx.user.lastname,
+            "type": ctx.account.type,
+            "sessionkey": key,
+            "registered": "false",
+            "timezone": ctx.user.timezone,
+        }
+    }
+    return Reply(
+        200,
+        {"loginresponse": {k: v for k, v in body["loginresponse"].items() if v is not None}},
+        cookies={"sessionkey": key, "JSESSIONID": key},
+    )
 
 
-@api("logout", "Logs out the user", kind=Kind.RAW, anonymous=True,
-     params=(Param("sessionkey", T.STRING, "The session to end", max_length=255),))
+@api(
+    "logout",
+    "Logs out the user",
+    kind=Kind.RAW,
+    anonymous=True,
+    params=(Param("sessionkey", T.STRING, "The session to end", max_length=255),),
+)
 def logout(session: Session, args: dict[str, Any], req: Request) -> Reply:
     authn.logout(session, args.get("sessionkey") or req.session_cookie)
-    return Reply(200, {"logoutresponse": {"description": "success"}},
-                 cookies={"sessionkey": None, "JSESSIONID": None})
+    return Reply(
+        200, {"logoutresponse": {"description": "success"}}, cookies={"sessionkey": None, "JSESSIONID": None}
+    )
 
 
 # --- domains ---------------------------------------------------------------------------------------
 
 
-@api("createDomain", "Creates a domain", response="domain", access=DOMAIN_ADMINS, event="DOMAIN.CREATE",
-     params=(Param("name", T.STRING, "Creates a domain with this name", required=True, max_length=255),
-             Param("parentdomainid", T.UUID, "Assigns the new domain a parent domain by id"),
-             Param("networkdomain", T.STRING, "Network domain for networks in the domain", max_length=255)))
+@api(
+    "createDomain",
+    "Creates a domain",
+    response="domain",
+    access=DOMAIN_ADMINS,
+    event="DOMAIN.CREATE",
+    params=(
+        Param("name", T.STRING, "Creates a domain with this name", required=True, max_length=255),
+        Param("parentdomainid", T.UUID, "Assigns the new domain a parent domain by id"),
+        Param("networkdomain", T.STRING, "Network domain for networks in the domain", max_length=255),
+    ),
+)
 def create_domain(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     d = identity.create_domain(ctx, args["name"], args.get("parentdomainid"), args.get("networkdomain"))
     return views.domain(ctx.session, d)
 
 
-@api("listDomains", "Lists domains and provides detailed information for listed domains", kind=Kind.LIST,
-     response="domain", params=(Param("id", T.UUID, "List domain by domain id"),
-                                Param("name", T.STRING, "List domain by domain name", max_length=255),
-                                Param("level", T.INTEGER, "List domains by domain level"),
-                                Param("listall", T.BOOLEAN, "List all domains the caller may see")))
+@api(
+    "listDomains",
+    "Lists domains and provides detailed information for listed domains",
+    kind=Kind.LIST,
+    response="domain",
+    params=(
+        Param("id", T.UUID, "List domain by domain id"),
+        Param("name", T.STRING, "List domain by domain name", max_length=255),
+        Param("level", T.INTEGER, "List domains by domain level"),
+        Param("listall", T.BOOLEAN, "List all domains the caller may see"),
+    ),
+)
 def list_domains(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = identity.list_domains(ctx, args, Page.from_args(args))
     return Listing([views.domain(ctx.session, d) for d in rows], total)
 
 
-@api("deleteDomain", "Deletes a specified domain", kind=Kind.ASYNC, access=DOMAIN_ADMINS, event="DOMAIN.DELETE",
-     params=(Param("id", T.UUID, "ID of the domain to delete", required=True),
-             Param("cleanup", T.BOOLEAN, "True to delete the domain's accounts too")))
+@api(
+    "deleteDomain",
+    "Deletes a specified domain",
+    kind=Kind.ASYNC,
+    access=DOMAIN_ADMINS,
+    event="DOMAIN.DELETE",
+    params=(
+        Param("id", T.UUID, "ID of the domain to delete", required=True),
+        Param("cleanup", T.BOOLEAN, "True to delete the domain's accounts too"),
+    ),
+)
 def delete_domain(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     from strato.services.access import get_domain
 
     get_domain(ctx, args["id"])
-    job = queue.submit(ctx.session, kind="domain.delete", cmd="deleteDomain", params=args,
-                       resources=[f"domain:{args['id']}"], account_id=ctx.account.id, user_id=ctx.user.id,
-                       instance_type="Domain", instance_id=args["id"])
+    job = queue.submit(
+        ctx.session,
+        kind="domain.delete",
+        cmd="deleteDomain",
+        params=args,
+        resources=[f"domain:{args['id']}"],
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type="Domain",
+        instance_id=args["id"],
+    )
     return AsyncStarted(job.id)
 
 
 # --- accounts --------------------------------------------------------------------------------------
 
 
-@api("createAccount", "Creates an account", response="account", access=DOMAIN_ADMINS, event="ACCOUNT.CREATE",
-     params=(*USER_FIELDS,
-             Param("accounttype", T.SHORT, "Type of the account: 0 user, 1 root admin, 2 domain admin"),
-             Param("roletype", T.STRING, "Role of the account (User, DomainAdmin, Admin)",
-                   choices=("User", "DomainAdmin", "Admin")),
-             Param("account", T.STRING, "Name of the account; defaults to the username", max_length=255),
-             Param("domainid", T.UUID, "Creates the account in this domain"),
-             Param("networkdomain", T.STRING, "Network domain for the account's networks", max_length=255)))
+@api(
+    "createAccount",
+    "Creates an account",
+    response="account",
+    access=DOMAIN_ADMINS,
+    event="ACCOUNT.CREATE",
+    params=(
+        *USER_FIELDS,
+        Param("accounttype", T.SHORT, "Type of the account: 0 user, 1 root admin, 2 domain admin"),
+        Param(
+            "roletype",
+            T.STRING,
+            "Role of the account (User, DomainAdmin, Admin)",
+            choices=("User", "DomainAdmin", "Admin"),
+        ),
+        Param("account", T.STRING, "Name of the account; defaults to the username", max_length=255),
+        Param("domainid", T.UUID, "Creates the account in this domain"),
+        Param("networkdomain", T.STRING, "Network domain for the account's networks", max_length=255),
+    ),
+)
 def create_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return views.account(ctx.session, identity.create_account(ctx, args))
 
 
-@api("listAccounts", "Lists accounts and provides detailed account information", kind=Kind.LIST,
-     response="account", owned=True,
-     params=(Param("id", T.UUID, "List account by account ID"),
-             Param("name", T.STRING, "List account by account name", max_length=255),
-             Param("accounttype", T.SHORT, "List accounts by account type"),
-             Param("state", T.STRING, "List accounts by state", max_length=32)))
+@api(
+    "listAccounts",
+    "Lists accounts and provides detailed account information",
+    kind=Kind.LIST,
+    response="account",
+    owned=True,
+    params=(
+        Param("id", T.UUID, "List account by account ID"),
+        Param("name", T.STRING, "List account by account name", max_length=255),
+        Param("accounttype", T.SHORT, "List accounts by account type"),
+        Param("state", T.STRING, "List accounts by state", max_length=32),
+    ),
+)
 def list_accounts(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = identity.list_accounts(ctx, args, Page.from_args(args))
     return Listing([views.account(ctx.session, a) for a in rows], total)
 
 
-@api("updateAccount", "Updates account information for the authenticated user", response="account",
-     access=DOMAIN_ADMINS, event="ACCOUNT.UPDATE",
-     params=(Param("id", T.UUID, "Account id"),
-             Param("account", T.STRING, "The current account name", max_length=255),
-             Param("domainid", T.UUID, "The domain of the account"),
-             Param("newname", T.STRING, "New name for the account", max_length=255),
-             Param("networkdomain", T.STRING, "Network domain for the account's networks", max_length=255)))
+@api(
+    "updateAccount",
+    "Updates account information for the authenticated user",
+    response="account",
+    access=DOMAIN_ADMINS,
+    event="ACCOUNT.UPDATE",
+    params=(
+        Param("id", T.UUID, "Account id"),
+        Param("account", T.STRING, "The current account name", max_length=255),
+        Param("domainid", T.UUID, "The domain of the account"),
+        Param("newname", T.STRING, "New name for the account", max_length=255),
+        Param("networkdomain", T.STRING, "Network domain for the account's networks", max_length=255),
+    ),
+)
 def update_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return views.account(ctx.session, identity.update_account(ctx, args))
 
 
-@api("deleteAccount", "Deletes an account and all users in it", kind=Kind.ASYNC, access=DOMAIN_ADMINS,
-     event="ACCOUNT.DELETE", params=(Param("id", T.UUID, "Account id", required=True),))
+@api(
+    "deleteAccount",
+    "Deletes an account and all users in it",
+    kind=Kind.ASYNC,
+    access=DOMAIN_ADMINS,
+    event="ACCOUNT.DELETE",
+    params=(Param("id", T.UUID, "Account id", required=True),),
+)
 def delete_account(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     acct = identity.delete_account(ctx, args["id"])
-    job = queue.submit(ctx.session, kind="account.delete", cmd="deleteAccount", params={"accountid": acct.id},
-                       resources=[f"account:{acct.id}"], account_id=ctx.account.id, user_id=ctx.user.id,
-                       instance_type="Account", instance_id=acct.id)
+    job = queue.submit(
+        ctx.session,
+        kind="account.delete",
+        cmd="deleteAccount",
+        params={"accountid": acct.id},
+        resources=[f"account:{acct.id}"],
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type="Account",
+        instance_id=acct.id,
+    )
     return AsyncStarted(job.id)
 
 
 # --- users -----------------------------------------------------------------------------------------
 
 
-@api("createUser", "Creates a user for an account that already exists", response="user", access=DOMAIN_ADMINS,
-     event="USER.CREATE",
-     params=(*USER_FIELDS,
-             Param("account", T.STRING, "The account to create the user in", required=True, max_length=255),
-             Param("domainid", T.UUID, "The domain of the account")))
+@api(
+    "createUser",
+    "Creates a user for an account that already exists",
+    response="user",
+    access=DOMAIN_ADMINS,
+    event="USER.CREATE",
+    params=(
+        *USER_FIELDS,
+        Param("account", T.STRING, "The account to create the user in", required=True, max_length=255),
+        Param("domainid", T.UUID, "The domain of the account"),
+    ),
+)
 def create_user(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return views.user(ctx.session, identity.create_user(ctx, args))
 
 
-@api("listUsers", "Lists user accounts", kind=Kind.LIST, response="user", owned=True,
-     params=(Param("id", T.UUID, "List user by ID"),
-             Param("username", T.STRING, "List user by the username", max_length=255),
-             Param("state", T.STRING, "List users by state", max_length=32)))
+@api(
+    "listUsers",
+    "Lists user accounts",
+    kind=Kind.LIST,
+    response="user",
+    owned=True,
+    params=(
+        Param("id", T.UUID, "List user by ID"),
+        Param("username", T.STRING, "List user by the username", max_length=255),
+        Param("state", T.STRING, "List users by state", max_length=32),
+    ),
+)
 def list_users(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = identity.list_users(ctx, args, Page.from_args(args))
     return Listing([views.user(ctx.session, u) for u in rows], total)
 
 
-@api("registerUserKeys", "Generates a new API key and secret key for a user", kind=Kind.RAW,
-     event="REGISTER.USER.KEY", params=(Param("id", T.UUID, "User id", required=True),))
+@api(
+    "registerUserKeys",
+    "Generates a new API key and secret key for a user",
+    kind=Kind.RAW,
+    event="REGISTER.USER.KEY",
+    params=(Param("id", T.UUID, "User id", required=True),),
+)
 def register_user_keys(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     user = identity.register_user_keys(ctx, args["id"])
     return {"userkeys": {"apikey": user.api_key, "secretkey": user.secret_key}}
 
 
-@api("getUserKeys", "Returns the API key and secret key of a user", kind=Kind.RAW,
-     params=(Param("id", T.UUID, "User id", required=True),))
+@api(
+    "getUserKeys",
+    "Returns the API key and secret key of a user",
+    kind=Kind.RAW,
+    params=(Param("id", T.UUID, "User id", required=True),),
+)
 def get_user_keys(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     user = identity.get_user(ctx, args["id"])
     return {"userkeys": {"apikey": user.api_key, "secretkey": user.secret_key}}

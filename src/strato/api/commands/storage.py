@@ -8,7 +8,7 @@ from strato.api import views
 from strato.api.envelope import Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
-from strato.services import settings, storagepools
+from strato.services import hosts, settings, storagepools
 from strato.services.context import CallContext
 from strato.services.listing import Page
 
@@ -17,86 +17,154 @@ def _pool_view(ctx: CallContext, pool: Any) -> dict[str, Any]:
     return views.storage_pool(ctx.session, pool, settings.get(ctx.session, "storage.overprovisioning.factor"))
 
 
-@api("createStoragePool", "Creates a storage pool", response="storagepool", access=ADMIN,
-     event="STORAGE.POOL.CREATE",
-     params=(Param("name", T.STRING, "The name for the storage pool", required=True, max_length=255),
-             Param("url", T.STRING, "The URL of the storage pool: file://localhost/<path> (scope host) or "
-                   "SharedMountPoint://localhost/<path> (a path mounted on every host)", required=True,
-                   max_length=1024),
-             Param("zoneid", T.UUID, "The zone ID for the storage pool", required=True),
-             Param("podid", T.UUID, "The pod ID for the storage pool"),
-             Param("clusterid", T.UUID, "The cluster ID for the storage pool"),
-             Param("hostid", T.UUID, "The host ID of a host-local pool (scope host; Strato addition)"),
-             Param("scope", T.STRING, "The scope of the storage: host, cluster or zone",
-                   choices=("host", "cluster", "zone")),
-             Param("tags", T.STRING, "The storage tags for the pool, comma separated", max_length=1024),
-             Param("capacitybytes", T.LONG, "Capacity in bytes to report instead of the file system's",
-                   min_value=0),
-             Param("capacityiops", T.LONG, "IOPS the pool can deliver", min_value=0),
-             Param("provider", T.STRING, "Storage provider: DefaultPrimary", max_length=255),
-             Param("hypervisor", T.STRING, "Hypervisor type of the hosts in a zone-wide pool", max_length=32),
-             Param("managed", T.BOOLEAN, "Whether the storage is managed (not supported; false)")))
+@api(
+    "createStoragePool",
+    "Creates a storage pool",
+    response="storagepool",
+    access=ADMIN,
+    event="STORAGE.POOL.CREATE",
+    params=(
+        Param("name", T.STRING, "The name for the storage pool", required=True, max_length=255),
+        Param(
+            "url",
+            T.STRING,
+            "The URL of the storage pool: file://localhost/<path> (scope host) or "
+            "SharedMountPoint://localhost/<path> (a path mounted on every host)",
+            required=True,
+            max_length=1024,
+        ),
+        Param("zoneid", T.UUID, "The zone ID for the storage pool", required=True),
+        Param("podid", T.UUID, "The pod ID for the storage pool"),
+        Param("clusterid", T.UUID, "The cluster ID for the storage pool"),
+        Param("hostid", T.UUID, "The host ID of a host-local pool (scope host; Strato addition)"),
+        Param(
+            "scope",
+            T.STRING,
+            "The scope of the storage: host, cluster or zone",
+            choices=("host", "cluster", "zone"),
+        ),
+        Param("tags", T.STRING, "The storage tags for the pool, comma separated", max_length=1024),
+        Param(
+            "capacitybytes", T.LONG, "Capacity in bytes to report instead of the file system's", min_value=0
+        ),
+        Param("capacityiops", T.LONG, "IOPS the pool can deliver", min_value=0),
+        Param("provider", T.STRING, "Storage provider: DefaultPrimary", max_length=255),
+        Param("hypervisor", T.STRING, "Hypervisor type of the hosts in a zone-wide pool", max_length=32),
+        Param("managed", T.BOOLEAN, "Whether the storage is managed (not supported; false)"),
+    ),
+)
 def create_pool(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    return _pool_view(ctx, storagepools.create_pool(ctx, args))
+    pool = storagepools.create_pool(ctx, args)
+    hosts.attach_pool(ctx.session, pool, explicit_capacity=args.get("capacitybytes") is not None)
+    return _pool_view(ctx, pool)
 
 
-@api("listStoragePools", "Lists storage pools", kind=Kind.LIST, response="storagepool", access=ADMIN,
-     params=(Param("id", T.UUID, "The ID of the storage pool"),
-             Param("name", T.STRING, "The name of the storage pool", max_length=255),
-             Param("zoneid", T.UUID, "The zone ID of the storage pool"),
-             Param("podid", T.UUID, "The pod ID of the storage pool"),
-             Param("clusterid", T.UUID, "The cluster ID of the storage pool"),
-             Param("hostid", T.UUID, "The host ID of a host-local pool"),
-             Param("path", T.STRING, "The storage pool path", max_length=1024),
-             Param("scope", T.STRING, "The scope of the storage pool", choices=("host", "cluster", "zone")),
-             Param("status", T.STRING, "The state of the storage pool", choices=storagepools.POOL_STATES)))
+@api(
+    "listStoragePools",
+    "Lists storage pools",
+    kind=Kind.LIST,
+    response="storagepool",
+    access=ADMIN,
+    params=(
+        Param("id", T.UUID, "The ID of the storage pool"),
+        Param("name", T.STRING, "The name of the storage pool", max_length=255),
+        Param("zoneid", T.UUID, "The zone ID of the storage pool"),
+        Param("podid", T.UUID, "The pod ID of the storage pool"),
+        Param("clusterid", T.UUID, "The cluster ID of the storage pool"),
+        Param("hostid", T.UUID, "The host ID of a host-local pool"),
+        Param("path", T.STRING, "The storage pool path", max_length=1024),
+        Param("scope", T.STRING, "The scope of the storage pool", choices=("host", "cluster", "zone")),
+        Param("status", T.STRING, "The state of the storage pool", choices=storagepools.POOL_STATES),
+    ),
+)
 def list_pools(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = storagepools.list_pools(ctx, args, Page.from_args(args))
     return Listing([_pool_view(ctx, p) for p in rows], total)
 
 
-@api("updateStoragePool", "Updates a storage pool", response="storagepool", access=ADMIN,
-     event="STORAGE.POOL.UPDATE",
-     params=(Param("id", T.UUID, "The ID of the storage pool", required=True),
-             Param("name", T.STRING, "New name of the pool", max_length=255),
-             Param("tags", T.LIST, "Comma-separated list of storage tags"),
-             Param("capacitybytes", T.LONG, "Capacity in bytes", min_value=0),
-             Param("capacityiops", T.LONG, "IOPS", min_value=0),
-             Param("enabled", T.BOOLEAN, "False to disable the pool for new disks, true to enable it")))
+@api(
+    "updateStoragePool",
+    "Updates a storage pool",
+    response="storagepool",
+    access=ADMIN,
+    event="STORAGE.POOL.UPDATE",
+    params=(
+        Param("id", T.UUID, "The ID of the storage pool", required=True),
+        Param("name", T.STRING, "New name of the pool", max_length=255),
+        Param("tags", T.LIST, "Comma-separated list of storage tags"),
+        Param("capacitybytes", T.LONG, "Capacity in bytes", min_value=0),
+        Param("capacityiops", T.LONG, "IOPS", min_value=0),
+        Param("enabled", T.BOOLEAN, "False to disable the pool for new disks, true to enable it"),
+    ),
+)
 def update_pool(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return _pool_view(ctx, storagepools.update_pool(ctx, args))
 
 
-@api("deleteStoragePool", "Deletes a storage pool", kind=Kind.SUCCESS, access=ADMIN, event="STORAGE.POOL.DELETE",
-     params=(Param("id", T.UUID, "Storage pool id", required=True),
-             Param("forced", T.BOOLEAN, "Force removal even if it still has volumes")))
+@api(
+    "deleteStoragePool",
+    "Deletes a storage pool",
+    kind=Kind.SUCCESS,
+    access=ADMIN,
+    event="STORAGE.POOL.DELETE",
+    params=(
+        Param("id", T.UUID, "Storage pool id", required=True),
+        Param("forced", T.BOOLEAN, "Force removal even if it still has volumes"),
+    ),
+)
 def delete_pool(ctx: CallContext, args: dict[str, Any]) -> None:
     storagepools.delete_pool(ctx, args["id"], bool(args.get("forced")))
 
 
-@api("addImageStore", "Adds a backend image store (secondary storage)", response="imagestore", access=ADMIN,
-     event="IMAGE.STORE.ADD",
-     params=(Param("name", T.STRING, "The name for the image store", max_length=255),
-             Param("url", T.STRING, "The URL: file://localhost/<path> of a local or already mounted directory",
-                   required=True, max_length=1024),
-             Param("zoneid", T.UUID, "The zone ID of the image store"),
-             Param("provider", T.STRING, "The image store provider name: NFS", required=True, max_length=64)))
+@api(
+    "addImageStore",
+    "Adds a backend image store (secondary storage)",
+    response="imagestore",
+    access=ADMIN,
+    event="IMAGE.STORE.ADD",
+    params=(
+        Param("name", T.STRING, "The name for the image store", max_length=255),
+        Param(
+            "url",
+            T.STRING,
+            "The URL: file://localhost/<path> of a local or already mounted directory",
+            required=True,
+            max_length=1024,
+        ),
+        Param("zoneid", T.UUID, "The zone ID of the image store"),
+        Param("provider", T.STRING, "The image store provider name: NFS", required=True, max_length=64),
+    ),
+)
 def add_image_store(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return views.image_store(ctx.session, storagepools.add_image_store(ctx, args))
 
 
-@api("listImageStores", "Lists image stores", kind=Kind.LIST, response="imagestore", access=ADMIN,
-     params=(Param("id", T.UUID, "The ID of the image store"),
-             Param("name", T.STRING, "The name of the image store", max_length=255),
-             Param("zoneid", T.UUID, "The zone ID of the image store"),
-             Param("provider", T.STRING, "The image store provider", max_length=64),
-             Param("protocol", T.STRING, "The image store protocol", max_length=32)))
+@api(
+    "listImageStores",
+    "Lists image stores",
+    kind=Kind.LIST,
+    response="imagestore",
+    access=ADMIN,
+    params=(
+        Param("id", T.UUID, "The ID of the image store"),
+        Param("name", T.STRING, "The name of the image store", max_length=255),
+        Param("zoneid", T.UUID, "The zone ID of the image store"),
+        Param("provider", T.STRING, "The image store provider", max_length=64),
+        Param("protocol", T.STRING, "The image store protocol", max_length=32),
+    ),
+)
 def list_image_stores(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = storagepools.list_image_stores(ctx, args, Page.from_args(args))
     return Listing([views.image_store(ctx.session, s) for s in rows], total)
 
 
-@api("deleteImageStore", "Deletes an image store", kind=Kind.SUCCESS, access=ADMIN, event="IMAGE.STORE.DELETE",
-     params=(Param("id", T.UUID, "The image store ID", required=True),))
+@api(
+    "deleteImageStore",
+    "Deletes an image store",
+    kind=Kind.SUCCESS,
+    access=ADMIN,
+    event="IMAGE.STORE.DELETE",
+    params=(Param("id", T.UUID, "The image store ID", required=True),),
+)
 def delete_image_store(ctx: CallContext, args: dict[str, Any]) -> None:
     storagepools.delete_image_store(ctx, args["id"])

@@ -25,19 +25,35 @@ def _caller_role(ctx: CallContext) -> Role:
 def describe_api(name: str) -> dict[str, Any]:
     cmd = COMMANDS[name]
     return {
-        "name": cmd.name, "description": cmd.description, "isasync": cmd.is_async, "since": cmd.since,
-        "related": "", "type": cmd.kind.value,
+        "name": cmd.name,
+        "description": cmd.description,
+        "isasync": cmd.is_async,
+        "since": cmd.since,
+        "related": "",
+        "type": cmd.kind.value,
         "params": [
-            {"name": p.name, "description": p.description, "type": p.type.value, "required": p.required,
-             "length": p.max_length, "since": p.since or cmd.since, "related": ",".join(p.related)}
+            {
+                "name": p.name,
+                "description": p.description,
+                "type": p.type.value,
+                "required": p.required,
+                "length": p.max_length,
+                "since": p.since or cmd.since,
+                "related": ",".join(p.related),
+            }
             for p in cmd.params
         ],
         "response": [{"name": n, "description": d} for n, d in cmd.response_fields],
     }
 
 
-@api("listApis", "Lists all available APIs and their parameters", kind=Kind.LIST, response="api",
-     params=(Param("name", T.STRING, "API name", max_length=255),))
+@api(
+    "listApis",
+    "Lists all available APIs and their parameters",
+    kind=Kind.LIST,
+    response="api",
+    params=(Param("name", T.STRING, "API name", max_length=255),),
+)
 def list_apis(ctx: CallContext, args: dict[str, Any]) -> Listing:
     role = _caller_role(ctx)
     names = sorted(n for n, c in COMMANDS.items() if role in c.access or c.allow_anonymous)
@@ -52,20 +68,40 @@ def list_apis(ctx: CallContext, args: dict[str, Any]) -> Listing:
 
 @api("listCapabilities", "Lists capabilities", kind=Kind.RAW)
 def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    return {"capability": {
-        "cloudstackversion": f"{CLOUDSTACK_VERSION} (Strato {strato.__version__})",
-        "stratoversion": strato.__version__,
-        "securitygroupsenabled": False, "userpublictemplateenabled": True, "supportELB": "false",
-        "projectinviterequired": False, "allowusercreateprojects": False, "kvmsnapshotenabled": True,
-        "customdiskofferingmaxsize": 1024, "customdiskofferingminsize": 1, "apilimitinterval": 1,
-        "apilimitmax": 0, "dynamicrolesenabled": False, "allowuserviewdestroyedvm": True,
-        "allowuserexpungerecovervm": True, "storagemotionenabled": True, "vmsnapshotmemoryenabled": True,
-    }}
+    return {
+        "capability": {
+            "cloudstackversion": f"{CLOUDSTACK_VERSION} (Strato {strato.__version__})",
+            "stratoversion": strato.__version__,
+            "securitygroupsenabled": False,
+            "userpublictemplateenabled": True,
+            "supportELB": "false",
+            "projectinviterequired": False,
+            "allowusercreateprojects": False,
+            "kvmsnapshotenabled": True,
+            "customdiskofferingmaxsize": 1024,
+            "customdiskofferingminsize": 1,
+            "apilimitinterval": 1,
+            "apilimitmax": 0,
+            "dynamicrolesenabled": False,
+            "allowuserviewdestroyedvm": True,
+            "allowuserexpungerecovervm": True,
+            "storagemotionenabled": True,
+            "vmsnapshotmemoryenabled": True,
+        }
+    }
 
 
-@api("listConfigurations", "Lists all configurations", kind=Kind.LIST, response="configuration", access=ADMIN,
-     params=(Param("name", T.STRING, "Lists configuration by name", max_length=255),
-             Param("category", T.STRING, "Lists configurations by category", max_length=64)))
+@api(
+    "listConfigurations",
+    "Lists all configurations",
+    kind=Kind.LIST,
+    response="configuration",
+    access=ADMIN,
+    params=(
+        Param("name", T.STRING, "Lists configuration by name", max_length=255),
+        Param("category", T.STRING, "Lists configurations by category", max_length=64),
+    ),
+)
 def list_configurations(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = settings.list_settings(ctx, args, Page.from_args(args))
     return Listing([_setting(spec, value) for spec, value in rows], total)
@@ -75,52 +111,96 @@ def _setting(spec: settings.SettingSpec, value: Any) -> dict[str, Any]:
     def text(v: Any) -> str:
         return str(v).lower() if isinstance(v, bool) else str(v)
 
-    return {"name": spec.name, "category": spec.category, "value": text(value),
-            "defaultvalue": text(spec.default), "description": spec.description, "isdynamic": True,
-            "type": {int: "Integer", float: "Float", bool: "Boolean"}.get(spec.type, "String"),
-            "component": "management-server", "scope": "global"}
+    return {
+        "name": spec.name,
+        "category": spec.category,
+        "value": text(value),
+        "defaultvalue": text(spec.default),
+        "description": spec.description,
+        "isdynamic": True,
+        "type": {int: "Integer", float: "Float", bool: "Boolean"}.get(spec.type, "String"),
+        "component": "management-server",
+        "scope": "global",
+    }
 
 
-@api("updateConfiguration", "Updates a configuration", response="configuration", access=ADMIN,
-     event="CONFIGURATION.VALUE.EDIT",
-     params=(Param("name", T.STRING, "The name of the configuration", required=True, max_length=255),
-             Param("value", T.STRING, "The value of the configuration (empty to reset to the default)",
-                   max_length=4096)))
+@api(
+    "updateConfiguration",
+    "Updates a configuration",
+    response="configuration",
+    access=ADMIN,
+    event="CONFIGURATION.VALUE.EDIT",
+    params=(
+        Param("name", T.STRING, "The name of the configuration", required=True, max_length=255),
+        Param(
+            "value",
+            T.STRING,
+            "The value of the configuration (empty to reset to the default)",
+            max_length=4096,
+        ),
+    ),
+)
 def update_configuration(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     spec, value = settings.update(ctx, args["name"], args.get("value"))
     return _setting(spec, value)
 
 
-@api("listHypervisorCapabilities", "Lists all hypervisor capabilities", kind=Kind.LIST,
-     response="hypervisorCapabilities", access=ADMIN,
-     params=(Param("id", T.UUID, "ID of the hypervisor capability"),
-             Param("hypervisor", T.STRING, "The hypervisor for which to restrict the search", max_length=32)))
+@api(
+    "listHypervisorCapabilities",
+    "Lists all hypervisor capabilities",
+    kind=Kind.LIST,
+    response="hypervisorCapabilities",
+    access=ADMIN,
+    params=(
+        Param("id", T.UUID, "ID of the hypervisor capability"),
+        Param("hypervisor", T.STRING, "The hypervisor for which to restrict the search", max_length=32),
+    ),
+)
 def list_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = paginate_rows(settings.list_capabilities(ctx, args), Page.from_args(args))
     return Listing([views.hypervisor_capability(ctx.session, h) for h in rows], total)
 
 
-@api("updateHypervisorCapabilities", "Updates a hypervisor capabilities", response="hypervisorCapabilities",
-     access=ADMIN, event="HYPERVISOR.CAPABILITIES.UPDATE",
-     params=(Param("id", T.UUID, "ID of the hypervisor capability", required=True),
-             Param("maxguestslimit", T.LONG, "The max number of guest VMs per host", min_value=0),
-             Param("maxdatavolumeslimit", T.INTEGER, "The maximum number of data volumes that can be attached "
-                   "to a VM", min_value=0),
-             Param("maxhostspercluster", T.INTEGER, "The maximum number of hosts per cluster", min_value=1),
-             Param("storagemotionenabled", T.BOOLEAN, "Set true to enable storage motion support"),
-             Param("vmsnapshotenabled", T.BOOLEAN, "Set true to enable VM snapshots"),
-             Param("securitygroupenabled", T.BOOLEAN, "Set true to enable security groups")))
+@api(
+    "updateHypervisorCapabilities",
+    "Updates a hypervisor capabilities",
+    response="hypervisorCapabilities",
+    access=ADMIN,
+    event="HYPERVISOR.CAPABILITIES.UPDATE",
+    params=(
+        Param("id", T.UUID, "ID of the hypervisor capability", required=True),
+        Param("maxguestslimit", T.LONG, "The max number of guest VMs per host", min_value=0),
+        Param(
+            "maxdatavolumeslimit",
+            T.INTEGER,
+            "The maximum number of data volumes that can be attached to a VM",
+            min_value=0,
+        ),
+        Param("maxhostspercluster", T.INTEGER, "The maximum number of hosts per cluster", min_value=1),
+        Param("storagemotionenabled", T.BOOLEAN, "Set true to enable storage motion support"),
+        Param("vmsnapshotenabled", T.BOOLEAN, "Set true to enable VM snapshots"),
+        Param("securitygroupenabled", T.BOOLEAN, "Set true to enable security groups"),
+    ),
+)
 def update_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return views.hypervisor_capability(ctx.session, settings.update_capability(ctx, args))
 
 
-@api("listEvents", "A command to list events", kind=Kind.LIST, response="event", owned=True,
-     params=(Param("id", T.UUID, "The ID of the event"),
-             Param("type", T.STRING, "The event type (see event types)", max_length=64),
-             Param("level", T.STRING, "The event level (INFO, WARN, ERROR)", choices=("INFO", "WARN", "ERROR")),
-             Param("resourceid", T.UUID, "The ID of the resource the events are about"),
-             Param("startdate", T.DATE, "The start date range of the list you want to retrieve"),
-             Param("enddate", T.DATE, "The end date range of the list you want to retrieve")))
+@api(
+    "listEvents",
+    "A command to list events",
+    kind=Kind.LIST,
+    response="event",
+    owned=True,
+    params=(
+        Param("id", T.UUID, "The ID of the event"),
+        Param("type", T.STRING, "The event type (see event types)", max_length=64),
+        Param("level", T.STRING, "The event level (INFO, WARN, ERROR)", choices=("INFO", "WARN", "ERROR")),
+        Param("resourceid", T.UUID, "The ID of the resource the events are about"),
+        Param("startdate", T.DATE, "The start date range of the list you want to retrieve"),
+        Param("enddate", T.DATE, "The end date range of the list you want to retrieve"),
+    ),
+)
 def list_events(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = events.list_events(ctx, args, Page.from_args(args))
     return Listing([views.event(ctx.session, e) for e in rows], total)
@@ -128,29 +208,55 @@ def list_events(ctx: CallContext, args: dict[str, Any]) -> Listing:
 
 TAG_PARAMS = (
     Param("resourceids", T.LIST, "List of resources to tag", required=True, item_type=T.UUID),
-    Param("resourcetype", T.STRING, "Type of the resources (Zone, StoragePool, Account, ...)", required=True,
-          max_length=64),
+    Param(
+        "resourcetype",
+        T.STRING,
+        "Type of the resources (Zone, StoragePool, Account, ...)",
+        required=True,
+        max_length=64,
+    ),
 )
 
 
-@api("createTags", "Creates resource tag(s)", kind=Kind.SUCCESS, event="CREATE_TAGS",
-     params=(*TAG_PARAMS, Param("tags", T.MAP, "Map of tags (key/value pairs)", required=True, max_length=255),
-             Param("customer", T.STRING, "Identifies a customer the tag belongs to", max_length=255)))
+@api(
+    "createTags",
+    "Creates resource tag(s)",
+    kind=Kind.SUCCESS,
+    event="CREATE_TAGS",
+    params=(
+        *TAG_PARAMS,
+        Param("tags", T.MAP, "Map of tags (key/value pairs)", required=True, max_length=255),
+        Param("customer", T.STRING, "Identifies a customer the tag belongs to", max_length=255),
+    ),
+)
 def create_tags(ctx: CallContext, args: dict[str, Any]) -> None:
     tags.create_tags(ctx, args["resourcetype"], args["resourceids"], args["tags"])
 
 
-@api("deleteTags", "Deleting resource tag(s)", kind=Kind.SUCCESS, event="DELETE_TAGS",
-     params=(*TAG_PARAMS, Param("tags", T.MAP, "Delete tags matching key/value pairs", max_length=255)))
+@api(
+    "deleteTags",
+    "Deleting resource tag(s)",
+    kind=Kind.SUCCESS,
+    event="DELETE_TAGS",
+    params=(*TAG_PARAMS, Param("tags", T.MAP, "Delete tags matching key/value pairs", max_length=255)),
+)
 def delete_tags(ctx: CallContext, args: dict[str, Any]) -> None:
     tags.delete_tags(ctx, args["resourcetype"], args["resourceids"], args.get("tags") or [])
 
 
-@api("listTags", "List resource tag(s)", kind=Kind.LIST, response="tag", owned=True,
-     params=(Param("key", T.STRING, "List by key", max_length=255),
-             Param("value", T.STRING, "List by value", max_length=255),
-             Param("resourceid", T.STRING, "List by resource id", max_length=255),
-             Param("resourcetype", T.STRING, "List by resource type", max_length=64)))
+@api(
+    "listTags",
+    "List resource tag(s)",
+    kind=Kind.LIST,
+    response="tag",
+    owned=True,
+    params=(
+        Param("key", T.STRING, "List by key", max_length=255),
+        Param("value", T.STRING, "List by value", max_length=255),
+        Param("resourceid", T.STRING, "List by resource id", max_length=255),
+        Param("resourcetype", T.STRING, "List by resource type", max_length=64),
+    ),
+)
 def list_tags(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = tags.list_tags(ctx, args, Page.from_args(args))
     return Listing([views.tag(ctx.session, t) for t in rows], total)

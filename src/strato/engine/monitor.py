@@ -1,0 +1,184 @@
+"""The host monitor: pings every host's agent, tracks its connection status, and hands the agent's
+ground truth (VM power states, pool capacity) to whoever reconciles it.
+
+With several servers, the hosts are split among the live servers by a hash of the host id, so each
+host is pinged by exactly one server and the work spreads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from strato.db.base import as_utc, utcnow
+from strato.db.engine import Database
+from strato.db.models import Host, ServerNode, StoragePool
+from strato.engine.audit import record_event
+from strato.protocol.client import AgentClient, AgentClientError
+from strato.protocol.messages import GetState, PoolRef, StateReport
+
+log = logging.getLogger("strato.monitor")
+
+StateConsumer = Callable[[Session, Host, StateReport], None]
+STATE_CONSUMERS: list[StateConsumer] = []
+
+
+def on_state_report(fn: StateConsumer) -> StateConsumer:
+    """Registers a reconciler of agents' state reports (e.g. VM sync: the agent's power state wins)."""
+    STATE_CONSUMERS.append(fn)
+    return fn
+
+
+@dataclass
+class RoundStats:
+    hosts: int = 0
+    up: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class HostMonitor:
+    def __init__(
+        self,
+        db: Database,
+        server_id: str,
+        client_for: Callable[[str, str], AgentClient],
+        interval: Callable[[], float],
+        alert_after: Callable[[], float],
+        dead_after: float = 15.0,
+        concurrency: int = 16,
+    ) -> None:
+        self.db = db
+        self.server_id = server_id
+        self.client_for = client_for
+        self.interval = interval
+        self.alert_after = alert_after
+        self.dead_after = dead_after
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ping")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_round = RoundStats()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="host-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.last_round = self.run_round()
+            except Exception:
+                log.exception("host monitor round failed")
+            self._stop.wait(max(0.2, self.interval() - (time.monotonic() - started)))
+
+    # --- one round ---------------------------------------------------------------------------------
+
+    def my_hosts(self, session: Session) -> list[Host]:
+        hosts = list(session.scalars(select(Host).where(Host.removed.is_(None))))
+        limit = utcnow() - timedelta(seconds=self.dead_after)
+        live = sorted(
+            {n.id for n in session.scalars(select(ServerNode)) if as_utc(n.heartbeat) >= limit}
+            | {self.server_id}
+        )
+        index = live.index(self.server_id)
+        return [h for h in hosts if _shard(h.id, len(live)) == index]
+
+    def run_round(self) -> RoundStats:
+        started = time.monotonic()
+        with self.db.session() as s:
+            targets = []
+            for host in self.my_hosts(s):
+                pools = s.scalars(
+                    select(StoragePool).where(
+                        StoragePool.removed.is_(None),
+                        or_(
+                            StoragePool.host_id == host.id,
+                            (StoragePool.scope == "CLUSTER") & (StoragePool.cluster_id == host.cluster_id),
+                            (StoragePool.scope == "ZONE") & (StoragePool.zone_id == host.zone_id),
+                        ),
+                    )
+                ).all()
+                targets.append(
+                    (host.id, host.url, host.token, [PoolRef(id=p.id, path=p.path) for p in pools])
+                )
+        results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
+        stats = RoundStats(hosts=len(targets))
+        with self.db.session() as s:
+            for host_id, report in results:
+                row = s.get(Host, host_id)
+                if row is None or row.removed is not None:
+                    continue
+                change = self._apply(s, row, report)
+                if change:
+                    stats.transitions.append((row.name, change[0], change[1]))
+                if report is None:
+                    stats.failed += 1
+                else:
+                    stats.up += 1
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def _ping(self, url: str, token: str, pools: list[PoolRef]) -> StateReport | None:
+        try:
+            return self.client_for(url, token).call(GetState(pools=pools))
+        except AgentClientError as exc:
+            log.info("host %s did not answer: %s", url, exc)
+            return None
+
+    def _apply(self, s: Session, host: Host, report: StateReport | None) -> tuple[str, str] | None:
+        now = utcnow()
+        before = host.status
+        if report is not None:
+            host.last_ping = now
+            host.disconnected_since = None
+            host.status = "Up"
+            for pool_report in report.pools:
+                pool = s.get(StoragePool, pool_report.id)
+                if pool is not None and pool.removed is None:
+                    pool.capacity_bytes = pool_report.capacity_bytes
+                    pool.used_bytes = pool_report.used_bytes
+            for consumer in STATE_CONSUMERS:
+                consumer(s, host, report)
+        elif before == "Up":
+            host.status = "Disconnected"
+            host.disconnected_since = now
+        elif before == "Disconnected":
+            since = as_utc(host.disconnected_since or now)
+            if (now - since).total_seconds() >= self.alert_after():
+                host.status = "Alert"
+        if host.status == before:
+            return None
+        level = "INFO" if host.status == "Up" else ("WARN" if host.status == "Disconnected" else "ERROR")
+        record_event(
+            s,
+            f"HOST.{host.status.upper()}",
+            f"Host {host.name} changed from {before} to {host.status}",
+            account_id=None,
+            user_id=None,
+            level=level,
+            resource_type="Host",
+            resource_id=host.id,
+        )
+        log.info("host %s: %s -> %s", host.name, before, host.status)
+        return before, host.status
+
+
+def _shard(host_id: str, n: int) -> int:
+    return int(hashlib.sha1(host_id.encode()).hexdigest(), 16) % n
