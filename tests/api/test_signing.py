@@ -27,7 +27,7 @@ def _assert_still_serving(admin: CloudStack) -> None:
 
 
 def test_cs_signs_v3_with_expires_by_default(server: ServerProcess, admin: CloudStack) -> None:
-    kind, params = admin._prepare_request("listZones")
+    _kind, params = admin._prepare_request("listZones")
     assert params["signatureVersion"] == "3" and "expires" in params
     zones = admin.listZones()
     assert isinstance(zones, dict)
@@ -39,7 +39,9 @@ def test_cs_get_and_post_with_awkward_values(
 ) -> None:
     client = server.cs(admin_keys, method=method)
     name = unique(f"zone {method} * é+&=/?")
-    zone = client.createZone(name=name, networktype="Advanced", dns1="8.8.8.8", internaldns1="8.8.4.4")["zone"]
+    zone = client.createZone(name=name, networktype="Advanced", dns1="8.8.8.8", internaldns1="8.8.4.4")[
+        "zone"
+    ]
     assert zone["name"] == name
     listed = client.listZones(id=zone["id"])
     assert [z["name"] for z in listed["zone"]] == [name]
@@ -65,8 +67,14 @@ def test_cs_without_signature_version_is_accepted(server: ServerProcess, admin_k
 def test_other_clients_canonical_forms(
     server: ServerProcess, admin_keys: Keys, label: str, encode: Callable[[str], str], lower_sort: bool
 ) -> None:
-    params = {"command": "listZones", "apiKey": admin_keys.apikey, "response": "json",
-              "keyword": "a b*c~d", "signatureVersion": "3", "expires": _expires(timedelta(minutes=5))}  # fmt: skip
+    params = {
+        "command": "listZones",
+        "apiKey": admin_keys.apikey,
+        "response": "json",
+        "keyword": "a b*c~d",
+        "signatureVersion": "3",
+        "expires": _expires(timedelta(minutes=5)),
+    }
     resp = _get(server, signed_query(params, admin_keys.secretkey, encode=encode, lower_sort=lower_sort))
     assert resp.status_code == 200, (label, resp.text)
     assert resp.headers["content-type"].startswith("application/json")
@@ -92,8 +100,14 @@ def test_unknown_api_key_is_401(server: ServerProcess, admin: CloudStack) -> Non
 
 
 def test_tampered_parameter_is_401(server: ServerProcess, admin_keys: Keys, admin: CloudStack) -> None:
-    params = {"command": "listZones", "apiKey": admin_keys.apikey, "response": "json", "name": "good",
-              "signatureVersion": "3", "expires": _expires(timedelta(minutes=5))}  # fmt: skip
+    params = {
+        "command": "listZones",
+        "apiKey": admin_keys.apikey,
+        "response": "json",
+        "name": "good",
+        "signatureVersion": "3",
+        "expires": _expires(timedelta(minutes=5)),
+    }
     query = signed_query(params, admin_keys.secretkey)
     assert _get(server, query).status_code == 200
     tampered = query.replace("name=good", "name=evil")
@@ -122,18 +136,29 @@ def test_v3_without_expires_and_bad_version_are_401(server: ServerProcess, admin
     base = {"command": "listZones", "apiKey": admin_keys.apikey, "response": "json"}
     resp = _get(server, signed_query({**base, "signatureVersion": "3"}, admin_keys.secretkey))
     assert resp.status_code == 401 and "expires" in resp.json()["listzonesresponse"]["errortext"]
-    resp = _get(server, signed_query({**base, "signatureVersion": "7", "expires": _expires(timedelta(minutes=1))},
-                                     admin_keys.secretkey))
+    resp = _get(
+        server,
+        signed_query(
+            {**base, "signatureVersion": "7", "expires": _expires(timedelta(minutes=1))}, admin_keys.secretkey
+        ),
+    )
     assert resp.status_code == 401 and "signatureVersion" in resp.json()["listzonesresponse"]["errortext"]
-    resp = _get(server, signed_query({**base, "signatureVersion": "3", "expires": "tomorrow"}, admin_keys.secretkey))
+    resp = _get(
+        server, signed_query({**base, "signatureVersion": "3", "expires": "tomorrow"}, admin_keys.secretkey)
+    )
     assert resp.status_code == 401 and "expires" in resp.json()["listzonesresponse"]["errortext"]
 
 
-def test_unsigned_and_anonymous_requests_are_401(server: ServerProcess, admin_keys: Keys, admin: CloudStack) -> None:
+def test_unsigned_and_anonymous_requests_are_401(
+    server: ServerProcess, admin_keys: Keys, admin: CloudStack
+) -> None:
     resp = httpx.get(server.endpoint, params={"command": "listZones", "response": "json"}, timeout=30)
     assert resp.status_code == 401
-    resp = httpx.get(server.endpoint, params={"command": "listZones", "response": "json",
-                                              "apiKey": admin_keys.apikey}, timeout=30)
+    resp = httpx.get(
+        server.endpoint,
+        params={"command": "listZones", "response": "json", "apiKey": admin_keys.apikey},
+        timeout=30,
+    )
     assert resp.status_code == 401
     assert resp.json()["listzonesresponse"]["errorcode"] == 401
     _assert_still_serving(admin)

@@ -115,18 +115,32 @@ class ServerProcess:
         """A new process on the same data dir, database, port and server id (after stop() or kill())."""
         self.stop()
         args: dict[str, Any] = {
-            "data_dir": self.data_dir, "port": self.port, "database_url": self.database_url,
-            "server_id": self.server_id, "extra_args": self.extra_args, "timeout": timeout,
-        }  # fmt: skip
+            "data_dir": self.data_dir,
+            "port": self.port,
+            "database_url": self.database_url,
+            "server_id": self.server_id,
+            "extra_args": self.extra_args,
+            "timeout": timeout,
+        }
         args.update(overrides)
         return start_server(**args)
 
 
-def server_argv(data_dir: Path, port: int, database_url: str | None, server_id: str, extra: list[str]) -> list[str]:
+def server_argv(
+    data_dir: Path, port: int, database_url: str | None, server_id: str, extra: list[str]
+) -> list[str]:
     argv = [
-        sys.executable, "-m", "strato.cli.main", "server",
-        "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--server-id", server_id,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "strato.cli.main",
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--server-id",
+        server_id,
+    ]
     if database_url:
         argv += ["--database-url", database_url]
     return argv + extra
@@ -186,11 +200,21 @@ def _wait_healthy(server: ServerProcess, timeout: float) -> None:
 # --- plain HTTP helpers (sessions, raw requests) ------------------------------------------------------
 
 
-def login(endpoint: str, username: str, password: str, domain: str = "/") -> tuple[httpx.Client, dict[str, Any]]:
+def login(
+    endpoint: str, username: str, password: str, domain: str = "/"
+) -> tuple[httpx.Client, dict[str, Any]]:
     """POST login; returns an httpx client holding the session cookies and the loginresponse."""
     client = httpx.Client(timeout=30)
-    resp = client.post(endpoint, data={"command": "login", "username": username, "password": password,
-                                       "domain": domain, "response": "json"})
+    resp = client.post(
+        endpoint,
+        data={
+            "command": "login",
+            "username": username,
+            "password": password,
+            "domain": domain,
+            "response": "json",
+        },
+    )
     if resp.status_code != 200:
         client.close()
         raise RuntimeError(f"login of {username} failed: {resp.status_code} {resp.text}")
@@ -201,21 +225,43 @@ def login_and_register_keys(endpoint: str, username: str, password: str, domain:
     """Logs in, calls registerUserKeys on the user itself with the session key, logs out."""
     client, info = login(endpoint, username, password, domain)
     try:
-        resp = client.post(endpoint, data={"command": "registerUserKeys", "id": info["userid"],
-                                           "sessionkey": info["sessionkey"], "response": "json"})
+        resp = client.post(
+            endpoint,
+            data={
+                "command": "registerUserKeys",
+                "id": info["userid"],
+                "sessionkey": info["sessionkey"],
+                "response": "json",
+            },
+        )
         resp.raise_for_status()
         keys = resp.json()["registeruserkeysresponse"]["userkeys"]
-        client.post(endpoint, data={"command": "logout", "sessionkey": info["sessionkey"], "response": "json"})
+        client.post(
+            endpoint, data={"command": "logout", "sessionkey": info["sessionkey"], "response": "json"}
+        )
     finally:
         client.close()
     return Keys(keys["apikey"], keys["secretkey"], info["userid"], domainid=info["domainid"])
 
 
-def create_user_keys(admin: CloudStack, endpoint: str, *, username: str, password: str = "secret-pw",
-                     domainid: str | None = None, accounttype: int = 0) -> Keys:
+def create_user_keys(
+    admin: CloudStack,
+    endpoint: str,
+    *,
+    username: str,
+    password: str = "secret-pw",
+    domainid: str | None = None,
+    accounttype: int = 0,
+) -> Keys:
     """createAccount (as `admin`), then keys for its user through the user's own login."""
-    params: dict[str, Any] = {"username": username, "password": password, "accounttype": accounttype,
-                              "firstname": "Test", "lastname": "User", "email": f"{username}@example.org"}
+    params: dict[str, Any] = {
+        "username": username,
+        "password": password,
+        "accounttype": accounttype,
+        "firstname": "Test",
+        "lastname": "User",
+        "email": f"{username}@example.org",
+    }
     if domainid:
         params["domainid"] = domainid
     acct = admin.createAccount(**params)["account"]
