@@ -9,9 +9,12 @@ app = typer.Typer(no_args_is_help=True, help="Strato: storage-centric cloud mana
 
 def _register_subcommands() -> None:
     """Each area of the CLI lives in its own module and adds itself here."""
-    from strato.cli import agent, image, server
+    from strato.cli import agent, api, image, server, up
 
     app.command("server")(server.server_command)
+    app.command("up")(up.up_command)
+    app.command("login")(api.login_command)
+    app.command("api")(api.api_command)
     app.command("agent")(agent.agent_command)
     app.add_typer(image.image_app, name="image")
 

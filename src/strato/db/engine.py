@@ -53,7 +53,10 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A unit of work: commits when the block ends normally, rolls back on an exception."""
+        """A unit of work: commits when the block ends normally, rolls back on an exception.
+
+        On SQLite a session holds the single write lock from its start: never open a second session
+        in the same thread while one is open, it would wait for the first one for ever."""
         with self._factory() as s:
             try:
                 yield s

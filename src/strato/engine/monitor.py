@@ -120,12 +120,13 @@ class HostMonitor:
                 )
         results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
         stats = RoundStats(hosts=len(targets))
+        alert_after = self.alert_after()  # read before the write transaction: SQLite has one writer
         with self.db.session() as s:
             for host_id, report in results:
                 row = s.get(Host, host_id)
                 if row is None or row.removed is not None:
                     continue
-                change = self._apply(s, row, report)
+                change = self._apply(s, row, report, alert_after)
                 if change:
                     stats.transitions.append((row.name, change[0], change[1]))
                 if report is None:
@@ -142,7 +143,9 @@ class HostMonitor:
             log.info("host %s did not answer: %s", url, exc)
             return None
 
-    def _apply(self, s: Session, host: Host, report: StateReport | None) -> tuple[str, str] | None:
+    def _apply(
+        self, s: Session, host: Host, report: StateReport | None, alert_after: float
+    ) -> tuple[str, str] | None:
         now = utcnow()
         before = host.status
         if report is not None:
@@ -161,7 +164,7 @@ class HostMonitor:
             host.disconnected_since = now
         elif before == "Disconnected":
             since = as_utc(host.disconnected_since or now)
-            if (now - since).total_seconds() >= self.alert_after():
+            if (now - since).total_seconds() >= alert_after:
                 host.status = "Alert"
         if host.status == before:
             return None

@@ -1,0 +1,207 @@
+"""`strato up`: the embedded default for one machine.
+
+Starts the management server (SQLite), two QEMU agents (two hosts on loopback, each with its local pool)
+and a shared pool both hosts mount, registers them in a default zone/pod/cluster, and prints the URL and
+the admin's API keys. Everything stays in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+
+from strato.cli.apiclient import ApiError, StratoApi, login_for_keys
+from strato.cli.server import default_home
+
+console = Console()
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+
+def _spawn(name: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strato.cli.main", *args],
+        stdout=out,
+        stderr=out,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    return Child(name, proc)
+
+
+def _wait_http(url: str, child: Child, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; see its log")
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{child.name} did not answer on {url} within {timeout}s")
+
+
+def _token(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+def _first(result: dict[str, object], key: str) -> dict[str, str] | None:
+    items = result.get(key)
+    return items[0] if isinstance(items, list) and items else None
+
+
+def ensure_topology(api: StratoApi, agents: list[tuple[str, str]], shared_path: Path) -> None:
+    """Default zone, pod and cluster; the agents as hosts; one shared pool. Idempotent."""
+    zone = _first(api.call("listZones"), "zone") or api.call("createZone", name="zone1")["zone"]
+    pod = (
+        _first(api.call("listPods", zoneid=zone["id"]), "pod")
+        or api.call("createPod", name="pod1", zoneid=zone["id"])["pod"]
+    )
+    cluster = _first(api.call("listClusters", podid=pod["id"]), "cluster") or _first(
+        api.call("addCluster", clustername="cluster1", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM"),
+        "cluster",
+    )
+    assert cluster is not None
+    known = {h["url"] for h in api.call("listHosts").get("host", [])}
+    for url, token in agents:
+        if url not in known:
+            api.call(
+                "addHost",
+                zoneid=zone["id"],
+                podid=pod["id"],
+                clusterid=cluster["id"],
+                url=url,
+                username="strato",
+                password=token,
+                hypervisor="KVM",
+            )
+    pools = api.call("listStoragePools", clusterid=cluster["id"], scope="cluster").get("storagepool", [])
+    if not pools:
+        api.call(
+            "createStoragePool",
+            name="shared1",
+            zoneid=zone["id"],
+            clusterid=cluster["id"],
+            scope="cluster",
+            url=f"SharedMountPoint://localhost{shared_path}",
+        )
+
+
+def up_command(
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Where everything is kept (default ~/.local/share/strato)"
+    ),
+    port: int = typer.Option(8080, "--port", help="Port of the API"),
+    accel: str = typer.Option(
+        os.environ.get("STRATO_ACCEL", "auto"),
+        "--accel",
+        help="QEMU accelerator of the local hosts: auto, kvm or tcg",
+    ),
+    admin_password: str = typer.Option("password", "--admin-password", envvar="STRATO_ADMIN_PASSWORD"),
+    exit_after_setup: bool = typer.Option(
+        False, "--exit-after-setup", help="Stop everything once it is set up (for smoke tests)"
+    ),
+) -> None:
+    """Run Strato on this machine: server, two local QEMU hosts, a shared pool."""
+    home = (data_dir or default_home()).resolve()
+    shared = home / "shared-pool"
+    shared.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    children = [
+        _spawn(
+            "server",
+            ["server", "--data-dir", str(home / "server"), "--listen", f"127.0.0.1:{port}"],
+            home / "logs" / "server.out",
+            {"STRATO_ADMIN_PASSWORD": admin_password},
+        )
+    ]
+    agents: list[tuple[str, str]] = []
+    for n in (1, 2):
+        token = _token(home / "agents" / f"host{n}.token")
+        listen = f"127.0.0.1:{port + 170 + n}"
+        children.append(
+            _spawn(
+                f"agent{n}",
+                [
+                    "agent",
+                    "--data-dir",
+                    str(home / "agents" / f"host{n}"),
+                    "--listen",
+                    listen,
+                    "--driver",
+                    "qemu",
+                    "--accel",
+                    accel,
+                ],
+                home / "logs" / f"agent{n}.out",
+                {"STRATO_AGENT_TOKEN": token},
+            )
+        )
+        agents.append((f"http://{listen}", token))
+
+    def stop_all(*_: object) -> None:
+        for child in reversed(children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+
+    try:
+        with console.status("Starting the server and two local hosts..."):
+            _wait_http(f"{url}/healthz", children[0])
+            for child, (agent_url, token) in zip(children[1:], agents, strict=True):
+                _wait_http(f"{agent_url}/v1/health", child, headers={"Authorization": f"Bearer {token}"})
+            profile = login_for_keys(url, "admin", admin_password)
+            profile.save()
+            api = StratoApi(profile.url, profile.apikey, profile.secretkey)
+            ensure_topology(api, agents, shared)
+    except (RuntimeError, ApiError, httpx.HTTPError) as exc:
+        console.print(f"[red]Strato did not start:[/red] {exc}\nLogs are in {home / 'logs'}")
+        stop_all()
+        raise typer.Exit(1) from None
+    console.print(f"[bold green]Strato is up[/bold green] at {url}/client/api")
+    console.print(
+        f"  admin API key:    {profile.apikey}\n  admin secret key: {profile.secretkey}", soft_wrap=True
+    )
+    console.print(f"  data: {home}   logs: {home / 'logs'}")
+    console.print("  try: strato api listHosts   (Ctrl-C stops the server and agents; VMs keep running)")
+    if exit_after_setup:
+        stop_all()
+        return
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(c.proc.poll() is None for c in children):
+            time.sleep(1)
+        dead = [c.name for c in children if c.proc.poll() is not None]
+        console.print(f"[red]{', '.join(dead)} stopped[/red]; stopping the rest")
+    except KeyboardInterrupt:
+        console.print("Stopping...")
+    finally:
+        stop_all()
