@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up everything Strato needs on a fresh Debian machine: system packages (apt), a virtual
+# environment with Strato and its test tools, and the tiny guest image. Safe to run again.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+packages=(
+  qemu-system-x86 qemu-utils            # the hypervisor and qemu-img
+  postgresql                            # tests also run against PostgreSQL
+  linux-image-amd64 busybox-static kmod cpio   # the tiny guest's kernel, user space, initramfs
+  syslinux syslinux-common mtools dosfstools   # its boot loader on a FAT disk, without mounting
+  xorriso genisoimage                   # config drives (ISO 9660)
+  python3-venv
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  [[ $p == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo_cmd=()
+  [[ $(id -u) -ne 0 ]] && sudo_cmd=(sudo)
+  echo "Installing system packages: ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+bash scripts/build-guest-image.sh
