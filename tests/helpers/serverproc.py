@@ -23,6 +23,9 @@ from cs import CloudStack
 from helpers.agentproc import free_port
 
 ADMIN_PASSWORD = "password"
+# `strato server` itself (its typer command and options), without importing every other subcommand of
+# the CLI, so that server tests do not depend on unrelated CLI modules.
+SERVER_MAIN = "import typer; from strato.cli.server import server_command; typer.run(server_command)"
 
 
 @dataclass
@@ -99,15 +102,19 @@ class ServerProcess:
         return CloudStack(self.endpoint, keys.apikey, keys.secretkey, **kwargs)
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Reads the server's database directly (SQLite or PostgreSQL), for checks the API cannot show."""
+        """Runs one statement on the server's database (SQLite or PostgreSQL) and commits: for checks the
+        API cannot show, and to age rows (e.g. a session) without waiting."""
         if self.database_url and self.database_url.startswith("postgresql"):
             import psycopg
 
             with psycopg.connect(self.database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-                return list(conn.execute(query.replace("?", "%s"), args).fetchall())  # type: ignore[arg-type]
+                cur = conn.execute(query.replace("?", "%s"), args)  # type: ignore[arg-type]
+                return list(cur.fetchall()) if cur.description else []  # type: ignore[arg-type]
         conn = sqlite3.connect(self.sqlite_path, timeout=30)
         try:
-            return list(conn.execute(query, args).fetchall())
+            rows = list(conn.execute(query, args).fetchall())
+            conn.commit()
+            return rows
         finally:
             conn.close()
 
@@ -131,9 +138,8 @@ def server_argv(
 ) -> list[str]:
     argv = [
         sys.executable,
-        "-m",
-        "strato.cli.main",
-        "server",
+        "-c",
+        SERVER_MAIN,
         "--data-dir",
         str(data_dir),
         "--listen",
