@@ -26,7 +26,8 @@ APT_ARCHIVES = Path("/var/cache/apt/archives")
 
 # Module names (as in modules.dep, '-' and '_' equal) loaded by the tiny guest, in this order.
 # virtio for disks/net/SCSI; ata_piix/ahci + sr_mod + isofs for a config drive on an IDE/SATA/SCSI CD;
-# vfat for a config drive on a FAT disk; qemu_fw_cfg for `-fw_cfg name=opt/strato/run`.
+# vfat + nls (default iocharset ascii) for a config drive on a FAT disk;
+# qemu_fw_cfg for `-fw_cfg name=opt/strato/run`.
 GUEST_MODULES = (
     "virtio_pci",
     "virtio_blk",
@@ -39,6 +40,7 @@ GUEST_MODULES = (
     "isofs",
     "vfat",
     "nls_cp437",
+    "nls_ascii",
     "nls_iso8859_1",
     "nls_utf8",
     "qemu_fw_cfg",
