@@ -93,7 +93,8 @@ def owner_scope(ctx: CallContext, args: dict[str, Any]) -> OwnerScope:
             if acct is None:
                 raise NotFound(f"Unable to find account {account_name} in domain {domain.name}")
             return OwnerScope(account_ids=frozenset({acct.id}))
-        return OwnerScope(domain_path=domain.path, recursive=recursive or listall)
+        # As CloudStack: with domainid, listall does not imply the subtree; isrecursive does.
+        return OwnerScope(domain_path=domain.path, recursive=recursive)
     if account_name:
         acct = ctx.session.scalar(
             select(Account).where(
