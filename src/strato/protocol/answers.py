@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from strato.protocol.messages import (
     Ack,
+    ConsoleLog,
     HostInfo,
     LayerInfo,
     Message,
@@ -32,6 +33,15 @@ ANSWER_MODELS: dict[str, type[BaseModel]] = {
     "get_vm": VmReport,
     "get_vm_stats": VmStats,
     "configure_simulator": Ack,
+    "fetch_image": LayerInfo,
+    "convert_layer": LayerInfo,
+    "resize_layer": LayerInfo,
+    "attach_disk": VmReport,
+    "detach_disk": VmReport,
+    "change_cdrom": VmReport,
+    "build_config_drive": LayerInfo,
+    "remove_vm": Ack,
+    "get_console_log": ConsoleLog,
 }
 """Command `type` -> the model of its answer (for long-running commands: of the task's answer)."""
 

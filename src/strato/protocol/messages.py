@@ -100,6 +100,10 @@ class VmSpec(Message):
     disks: list[DiskSpec] = []
     cdrom: CdromSpec | None = None
     kernel_args: str | None = None
+    # A second CD carrying the config drive (ISO 9660, label config-2): hostname, keys, user data.
+    config_drive: CdromSpec | None = None
+    # Passed to the guest through fw_cfg as opt/strato/run (the tiny guest's per-VM commands).
+    guest_commands: str | None = None
 
 
 class VmReport(Message):
@@ -235,6 +239,91 @@ class ConfigureSimulator(Message):
     fail_message: str | None = None
 
 
+class FetchImage(Message):
+    """Download (http/https) or copy (file://, a path on the host) an image into a layer file,
+    verify its checksum, and store disks as qcow2 (RAW is converted). Long-running."""
+
+    type: Literal["fetch_image"] = "fetch_image"
+    url: str
+    target: LayerRef
+    format: Literal["qcow2", "raw", "iso"]
+    # "{md5}hex", "{sha1}hex", "{sha256}hex", "{sha512}hex", or bare hex (its length names the kind).
+    checksum: str | None = None
+
+
+class ConvertLayer(Message):
+    """Flatten a chain (the layer and its backing files) into one standalone qcow2. Long-running."""
+
+    type: Literal["convert_layer"] = "convert_layer"
+    source: LayerRef
+    target: LayerRef
+
+
+class ResizeLayer(Message):
+    """Grow a layer; when `vm_name` runs with that disk at `device_id`, through QMP block_resize."""
+
+    type: Literal["resize_layer"] = "resize_layer"
+    layer: LayerRef
+    size_bytes: int
+    vm_name: str | None = None
+    device_id: int | None = None
+
+
+class AttachDisk(Message):
+    """Hot-plug a disk into a running VM (blockdev-add + device_add)."""
+
+    type: Literal["attach_disk"] = "attach_disk"
+    vm_name: str
+    disk: DiskSpec
+
+
+class DetachDisk(Message):
+    """Hot-unplug a disk from a running VM (device_del, wait for DEVICE_DELETED, blockdev-del)."""
+
+    type: Literal["detach_disk"] = "detach_disk"
+    vm_name: str
+    device_id: int
+
+
+class ChangeCdrom(Message):
+    """Insert (path) or eject (None) the user CD of a running VM."""
+
+    type: Literal["change_cdrom"] = "change_cdrom"
+    vm_name: str
+    path: str | None = None
+
+
+class BuildConfigDrive(Message):
+    """Write a config drive ISO (label config-2) into a layer file."""
+
+    type: Literal["build_config_drive"] = "build_config_drive"
+    target: LayerRef
+    hostname: str
+    instance_id: str
+    user_data: str | None = None
+    public_keys: list[str] = []
+
+
+class RemoveVm(Message):
+    """Forget a stopped VM: remove its run directory (spec, logs). Refused while it runs."""
+
+    type: Literal["remove_vm"] = "remove_vm"
+    name: str
+
+
+class GetConsoleLog(Message):
+    """The end of a VM's serial console log (the whole log when tail_bytes is None)."""
+
+    type: Literal["get_console_log"] = "get_console_log"
+    name: str
+    tail_bytes: int | None = 65536
+
+
+class ConsoleLog(Message):
+    name: str
+    text: str
+
+
 Command = Annotated[
     GetHostInfo
     | GetState
@@ -249,11 +338,20 @@ Command = Annotated[
     | RebootVm
     | GetVm
     | GetVmStats
-    | ConfigureSimulator,
+    | ConfigureSimulator
+    | FetchImage
+    | ConvertLayer
+    | ResizeLayer
+    | AttachDisk
+    | DetachDisk
+    | ChangeCdrom
+    | BuildConfigDrive
+    | RemoveVm
+    | GetConsoleLog,
     Field(discriminator="type"),
 ]
 
-LONG_RUNNING_COMMANDS = frozenset({"copy_layer"})
+LONG_RUNNING_COMMANDS = frozenset({"copy_layer", "fetch_image", "convert_layer"})
 
 
 class CommandEnvelope(Message):
