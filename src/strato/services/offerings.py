@@ -110,6 +110,11 @@ def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> DiskOffering
         raise InvalidParameter("Parameter disksize is required unless customized=true")
     if size_gib is not None and size_gib <= 0:
         raise InvalidParameter("Parameter disksize must be a positive number of GiB")
+    low, high = args.get("customizedminsize"), args.get("customizedmaxsize")
+    if low is not None and high is not None and low > high:
+        raise InvalidParameter(
+            f"Parameter customizedminsize ({low}) is greater than customizedmaxsize ({high})"
+        )
     offering = DiskOffering(
         name=args["name"],
         display_text=args.get("displaytext") or args["name"],
