@@ -128,7 +128,7 @@ def create_app(config: ServerConfig) -> Starlette:
         return _reply_response(reply)
 
     async def metrics(_: HttpRequest) -> Response:
-        text = await run_in_threadpool(render_metrics, state.db)
+        text = await run_in_threadpool(render_metrics, state.db, state.monitor)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def health(_: HttpRequest) -> Response:

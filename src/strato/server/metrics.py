@@ -6,10 +6,26 @@ from sqlalchemy import func, select
 
 from strato.db.engine import Database
 from strato.db.models import Host, Job, StoragePool
+from strato.engine.monitor import HostMonitor
 
 
-def render_metrics(db: Database) -> str:
-    lines: list[str] = []
+def monitor_lines(monitor: HostMonitor) -> list[str]:
+    """The host monitor's last round, as this server ran it (each server pings its share of hosts)."""
+    last = monitor.last_round
+    return [
+        "# HELP strato_monitor_last_round_seconds Wall time of this server's last host monitor round",
+        "# TYPE strato_monitor_last_round_seconds gauge",
+        f"strato_monitor_last_round_seconds {last.seconds:.6f}",
+        "# HELP strato_monitor_last_round_hosts Hosts pinged in the last round, by outcome",
+        "# TYPE strato_monitor_last_round_hosts gauge",
+        f'strato_monitor_last_round_hosts{{outcome="answered"}} {last.up}',
+        f'strato_monitor_last_round_hosts{{outcome="failed"}} {last.failed}',
+        f'strato_monitor_last_round_hosts{{outcome="all"}} {last.hosts}',
+    ]
+
+
+def render_metrics(db: Database, monitor: HostMonitor | None = None) -> str:
+    lines: list[str] = monitor_lines(monitor) if monitor is not None else []
     with db.session() as s:
         lines.append("# HELP strato_jobs Async jobs by status")
         lines.append("# TYPE strato_jobs gauge")
