@@ -12,18 +12,15 @@ from strato.db.base import utcnow
 from strato.db.models import Cluster, Host, Pod, StoragePool, Zone
 from strato.errors import InvalidParameter, InvalidState
 from strato.protocol.client import AgentClientError
-from strato.protocol.messages import AttachPool, GetHostInfo, PoolRef, PoolReport
+from strato.protocol.messages import AttachPool, GetHostInfo, PoolReport
 from strato.services.agents import describe_failure, host_client
 from strato.services.context import CallContext
 from strato.services.listing import Page, run_page
 from strato.services.lookup import get_live
+from strato.services.reach import pool_ref
 from strato.services.topology import HYPERVISORS
 
 RESOURCE_STATES = ("Enabled", "Disabled", "PrepareForMaintenance", "Maintenance", "ErrorInMaintenance")
-
-
-def pool_ref(pool: StoragePool) -> PoolRef:
-    return PoolRef(id=pool.id, path=pool.path)
 
 
 def pools_of_host(session: Session, host: Host) -> list[StoragePool]:

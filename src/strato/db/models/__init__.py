@@ -6,6 +6,9 @@ from strato.db.models.infra import Cluster, Host, ImageStore, Pod, StoragePool, 
 from strato.db.models.jobs import Job, JobResource, ServerNode
 from strato.db.models.offerings import DiskOffering, ServiceOffering
 from strato.db.models.settings import HypervisorCapability, Setting
+from strato.db.models.storage import Layer, Volume
+from strato.db.models.templates import Template, TemplateStoreCopy
+from strato.db.models.vms import ResourceLimit, SSHKeyPair, VirtualMachine
 
 __all__ = [
     "Account",
@@ -18,13 +21,20 @@ __all__ = [
     "ImageStore",
     "Job",
     "JobResource",
+    "Layer",
     "LoginSession",
     "Pod",
+    "ResourceLimit",
     "ResourceTag",
+    "SSHKeyPair",
     "ServerNode",
     "ServiceOffering",
     "Setting",
     "StoragePool",
+    "Template",
+    "TemplateStoreCopy",
     "User",
+    "VirtualMachine",
+    "Volume",
     "Zone",
 ]

@@ -1,0 +1,232 @@
+"""The host planner and the storage pool allocator.
+
+They pick a host with room for the VM and, for each disk, a pool the host reaches that matches the
+disk's tags and storage type and has room for it (capacity times the over-provisioning factor, below the
+disable threshold). A disk whose pool the owner chose is checked, not moved. When nothing fits, the
+error says why for each disk and host, so that an admin can act on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from strato.db.models import Cluster, Host, Layer, StoragePool, VirtualMachine, Volume
+from strato.db.models.storage import LAYER_TEMPLATE
+from strato.errors import InsufficientCapacity
+
+GIB = 1024**3
+ACTIVE_VM_STATES = ("Starting", "Running", "Stopping", "Migrating")
+
+
+@dataclass
+class DiskRequest:
+    label: str
+    size: int
+    tags: frozenset[str] = frozenset()
+    storage_type: str = "shared"  # shared or local
+    pool_id: str | None = None  # the owner's choice
+    # Bytes this disk needs on its pool beyond its own size (a template copy not there yet).
+    extra_by_pool: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    host: Host
+    pools: list[StoragePool]
+
+
+@dataclass
+class Limits:
+    overprovision: float
+    disable_threshold: float
+
+
+def pool_allocated(session: Session, pool_id: str) -> int:
+    """Bytes promised on a pool: the virtual sizes of its volumes and of its template copies."""
+    volumes = (
+        session.scalar(
+            select(func.coalesce(func.sum(Volume.size), 0)).where(
+                Volume.pool_id == pool_id, Volume.removed.is_(None), Volume.state != "Expunged"
+            )
+        )
+        or 0
+    )
+    templates = (
+        session.scalar(
+            select(func.coalesce(func.sum(Layer.virtual_size), 0)).where(
+                Layer.pool_id == pool_id, Layer.removed.is_(None), Layer.kind == LAYER_TEMPLATE
+            )
+        )
+        or 0
+    )
+    return int(volumes) + int(templates)
+
+
+def host_memory_used(session: Session, host_id: str) -> int:
+    mib = (
+        session.scalar(
+            select(func.coalesce(func.sum(VirtualMachine.memory_mib), 0)).where(
+                VirtualMachine.host_id == host_id,
+                VirtualMachine.removed.is_(None),
+                VirtualMachine.state.in_(ACTIVE_VM_STATES),
+            )
+        )
+        or 0
+    )
+    return int(mib) * 1024 * 1024
+
+
+def reaches(host: Host, pool: StoragePool) -> bool:
+    if pool.scope == "HOST":
+        return pool.host_id == host.id
+    if pool.scope == "CLUSTER":
+        return pool.cluster_id == host.cluster_id
+    return pool.zone_id == host.zone_id
+
+
+def _tags(pool: StoragePool) -> set[str]:
+    return {t for t in (pool.tags or "").split(",") if t}
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+class Allocator:
+    def __init__(self, session: Session, limits: Limits) -> None:
+        self.session = session
+        self.limits = limits
+        self._allocated: dict[str, int] = {}
+
+    def free(self, pool: StoragePool) -> int:
+        if pool.id not in self._allocated:
+            self._allocated[pool.id] = pool_allocated(self.session, pool.id)
+        return int(pool.capacity_bytes * self.limits.overprovision) - self._allocated[pool.id]
+
+    def reserve(self, pool: StoragePool, size: int) -> None:
+        self.free(pool)
+        self._allocated[pool.id] += size
+
+    def why_not(self, pool: StoragePool, disk: DiskRequest, host: Host | None) -> str | None:
+        """None when the pool suits the disk; otherwise the reason, in words."""
+        if pool.removed is not None or pool.state != "Up":
+            return f"pool {pool.name} is {pool.state}"
+        if host is not None and not reaches(host, pool):
+            return f"pool {pool.name} is not reachable from host {host.name}"
+        if disk.pool_id is None:
+            missing = set(disk.tags) - _tags(pool)
+            if missing:
+                return f"pool {pool.name} lacks tag {', '.join(sorted(missing))}"
+            if (disk.storage_type == "local") != (pool.scope == "HOST"):
+                return f"pool {pool.name} is not {disk.storage_type} storage"
+        if pool.capacity_bytes and pool.used_bytes > pool.capacity_bytes * self.limits.disable_threshold:
+            return (
+                f"pool {pool.name} is {100 * pool.used_bytes / pool.capacity_bytes:.0f}% full, above the "
+                f"{100 * self.limits.disable_threshold:.0f}% threshold"
+            )
+        need = disk.size + disk.extra_by_pool.get(pool.id, 0)
+        if self.free(pool) < need:
+            return (
+                f"pool {pool.name} has {_gib(max(0, self.free(pool)))} free, {disk.label} needs {_gib(need)}"
+            )
+        return None
+
+    def place_disks(
+        self, host: Host | None, disks: list[DiskRequest], candidates: list[StoragePool]
+    ) -> tuple[list[StoragePool] | None, list[str]]:
+        chosen: list[StoragePool] = []
+        reasons: list[str] = []
+        snapshot = dict(self._allocated)
+        for disk in disks:
+            pools = [p for p in candidates if disk.pool_id in (None, p.id)]
+            fits = [(p, self.why_not(p, disk, host)) for p in pools]
+            good = sorted((p for p, why in fits if why is None), key=self.free, reverse=True)
+            if not good:
+                where = f"reachable from host {host.name}" if host else "in the zone"
+                tag_text = (
+                    f" with tag {', '.join(sorted(disk.tags))}" if disk.tags and not disk.pool_id else ""
+                )
+                detail = "; ".join(why for _, why in fits if why) or "no pools at all"
+                reasons.append(
+                    f"no pool{tag_text} {where} can take {disk.label} ({_gib(disk.size)}): {detail}"
+                )
+                self._allocated = snapshot
+                return None, reasons
+            pool = good[0]
+            self.reserve(pool, disk.size + disk.extra_by_pool.get(pool.id, 0))
+            chosen.append(pool)
+        return chosen, reasons
+
+
+def zone_pools(session: Session, zone_id: str) -> list[StoragePool]:
+    return list(
+        session.scalars(
+            select(StoragePool)
+            .where(StoragePool.zone_id == zone_id, StoragePool.removed.is_(None))
+            .order_by(StoragePool.created)
+        )
+    )
+
+
+def plan(
+    session: Session,
+    zone_id: str,
+    disks: list[DiskRequest],
+    memory_mib: int,
+    cpus: int,
+    limits: Limits,
+    host_id: str | None = None,
+    prefer_host_id: str | None = None,
+    need_host: bool = True,
+) -> Plan:
+    """Picks a host (Up, Enabled, memory free, reaching every chosen pool) and a pool per disk."""
+    pools = zone_pools(session, zone_id)
+    hosts_q = select(Host).where(Host.zone_id == zone_id, Host.removed.is_(None)).order_by(Host.created)
+    hosts = list(session.scalars(hosts_q))
+    if host_id:
+        hosts = [h for h in hosts if h.id == host_id]
+    hosts.sort(
+        key=lambda h: (h.id != prefer_host_id, host_memory_used(session, h.id) / max(1, h.memory_bytes))
+    )
+    reasons: list[str] = []
+    for host in hosts:
+        if host.status != "Up":
+            reasons.append(f"host {host.name} is {host.status}")
+            continue
+        if host.resource_state != "Enabled":
+            reasons.append(f"host {host.name} is {host.resource_state}")
+            continue
+        cluster = session.get(Cluster, host.cluster_id)
+        if cluster is not None and cluster.allocation_state != "Enabled":
+            reasons.append(f"cluster {cluster.name} of host {host.name} is {cluster.allocation_state}")
+            continue
+        free_mem = host.memory_bytes - host_memory_used(session, host.id)
+        if free_mem < memory_mib * 1024 * 1024:
+            reasons.append(
+                f"host {host.name} has {free_mem // (1024 * 1024)} MiB of memory free, "
+                f"the VM needs {memory_mib} MiB"
+            )
+            continue
+        allocator = Allocator(session, limits)
+        chosen, why = allocator.place_disks(host, disks, pools)
+        if chosen is not None:
+            return Plan(host=host, pools=chosen)
+        reasons.extend(why)
+    if not hosts:
+        reasons.append(
+            "there is no host in the zone" if not host_id else f"host {host_id} is not in the zone"
+        )
+    raise InsufficientCapacity("Unable to create a deployment for the VM: " + " | ".join(reasons))
+
+
+def place_volume(
+    session: Session, zone_id: str, disk: DiskRequest, limits: Limits, host: Host | None = None
+) -> StoragePool:
+    """A pool for a volume on its own (createVolume): reachable from `host` when it will attach."""
+    chosen, reasons = Allocator(session, limits).place_disks(host, [disk], zone_pools(session, zone_id))
+    if chosen is None:
+        raise InsufficientCapacity("Unable to find storage for the volume: " + " | ".join(reasons))
+    return chosen[0]

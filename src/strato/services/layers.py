@@ -1,0 +1,249 @@
+"""Layers on pools: template copies cached per pool, linked-clone top layers, and their removal.
+
+Agent calls run outside database sessions (SQLite has a single writer; a long copy must not hold it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from strato.db.base import utcnow
+from strato.db.engine import Database
+from strato.db.models import Host, ImageStore, Layer, StoragePool, Template, TemplateStoreCopy
+from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
+from strato.errors import CloudError, InsufficientCapacity, ResourceInUse, ResourceUnavailable
+from strato.protocol.client import AgentCallError, AgentClientError
+from strato.protocol.messages import CopyLayer, CreateLayer, ErrorCode, LayerInfo, LayerRef, RemoveLayer
+from strato.services.agents import describe_failure, host_client
+from strato.services.reach import host_for, pool_ref, store_ref
+
+ProgressFn = Callable[[int, int], None]
+
+
+def template_layer_path(template_id: str) -> str:
+    return f"templates/{template_id}.qcow2"
+
+
+def volume_layer_path(volume_id: str, layer_id: str) -> str:
+    return f"volumes/{volume_id}/{layer_id}.qcow2"
+
+
+def store_path(template: Template) -> str:
+    ext = "iso" if template.is_iso else "qcow2"
+    return f"template/{template.id}/{template.id}.{ext}"
+
+
+@dataclass(frozen=True)
+class Located:
+    pool: StoragePool
+    layer: Layer
+
+
+def ref(pool: StoragePool, path: str) -> LayerRef:
+    return LayerRef(pool=pool_ref(pool), name=path)
+
+
+def agent_error(host_name: str, exc: AgentClientError) -> CloudError:
+    if isinstance(exc, AgentCallError) and exc.code == ErrorCode.INSUFFICIENT_CAPACITY:
+        return InsufficientCapacity(f"Host {host_name}: {exc.message}")
+    return describe_failure(host_name, exc)
+
+
+def ensure_template_on_pool(
+    db: Database, template_id: str, pool_id: str, progress: object = None, timeout_s: float = 3600
+) -> str:
+    """Returns the id of the template's Ready base layer on the pool, copying it there first if needed.
+
+    Concurrent deploys of one template to one pool copy it once: the first inserts the layer row
+    (unique per pool and path) and copies; the others wait for it."""
+    path = template_layer_path(template_id)
+    with db.session() as s:
+        existing = s.scalar(
+            select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None))
+        )
+        if existing is None:
+            tmpl = s.get(Template, template_id)
+            assert tmpl is not None
+            layer = Layer(
+                pool_id=pool_id,
+                path=path,
+                kind=LAYER_TEMPLATE,
+                frozen=True,
+                template_id=template_id,
+                virtual_size=tmpl.virtual_size,
+                state="Creating",
+            )
+            s.add(layer)
+            try:
+                s.flush()
+            except IntegrityError:
+                s.rollback()
+                existing = s.scalar(select(Layer).where(Layer.pool_id == pool_id, Layer.path == path))
+            else:
+                layer_id, mine = layer.id, True
+        if existing is not None:
+            layer_id, mine = existing.id, False
+    if not mine:
+        return _wait_ready(db, layer_id, timeout_s)
+    try:
+        info = _copy_template_to_pool(db, template_id, pool_id, path, progress)
+    except BaseException:
+        with db.session() as s:
+            row = s.get(Layer, layer_id)
+            if row is not None:
+                s.delete(row)
+        raise
+    with db.session() as s:
+        row = s.get(Layer, layer_id)
+        assert row is not None
+        row.state, row.virtual_size, row.physical_size = "Ready", info.virtual_size, info.physical_size
+    return layer_id
+
+
+def _wait_ready(db: Database, layer_id: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with db.session() as s:
+            row = s.get(Layer, layer_id)
+            if row is None:
+                raise ResourceUnavailable("Copying the template to the pool failed in another job; try again")
+            if row.state == "Ready":
+                return layer_id
+        time.sleep(0.3)
+    raise ResourceUnavailable("Timed out waiting for the template's copy on the pool")
+
+
+def _copy_template_to_pool(
+    db: Database, template_id: str, pool_id: str, path: str, progress: ProgressFn | None
+) -> LayerInfo:
+    """Copies from an image store in the pool's zone, else from another pool holding it."""
+    with db.session() as s:
+        pool = s.get(StoragePool, pool_id)
+        assert pool is not None
+        target = ref(pool, path)
+        sources: list[tuple[LayerRef, str]] = []
+        for copy in s.scalars(
+            select(TemplateStoreCopy).where(
+                TemplateStoreCopy.template_id == template_id,
+                TemplateStoreCopy.state == "Ready",
+                TemplateStoreCopy.removed.is_(None),
+            )
+        ):
+            store = s.get(ImageStore, copy.store_id)
+            if store is None or store.removed is not None:
+                continue
+            try:
+                host = host_for(s, [pool], [store])
+            except ResourceUnavailable:
+                continue
+            sources.append((LayerRef(pool=store_ref(store), name=copy.path), host.id))
+        for other in s.scalars(
+            select(Layer).where(
+                Layer.template_id == template_id,
+                Layer.kind == LAYER_TEMPLATE,
+                Layer.state == "Ready",
+                Layer.removed.is_(None),
+                Layer.pool_id != pool_id,
+            )
+        ):
+            src_pool = s.get(StoragePool, other.pool_id)
+            if src_pool is None or src_pool.removed is not None:
+                continue
+            try:
+                host = host_for(s, [pool, src_pool])
+            except ResourceUnavailable:
+                continue
+            sources.append((ref(src_pool, other.path), host.id))
+        if not sources:
+            raise ResourceUnavailable(
+                f"Template {template_id} has no ready copy that a host reaching pool {pool.name} can read"
+            )
+        source, chosen_id = sources[0]
+        chosen = s.get(Host, chosen_id)
+        assert chosen is not None
+        client, host_name = host_client(chosen), chosen.name
+    try:
+        return client.run_long(CopyLayer(source=source, target=target), on_progress=progress)
+    except AgentClientError as exc:
+        raise agent_error(host_name, exc) from None
+
+
+def create_layer_on(
+    db: Database,
+    pool_id: str,
+    path: str,
+    size: int | None,
+    backing_id: str | None,
+    host_id: str | None = None,
+) -> LayerInfo:
+    """Creates an empty qcow2 (on a backing layer for a linked clone) through a host reaching the pool."""
+    with db.session() as s:
+        pool = s.get(StoragePool, pool_id)
+        assert pool is not None
+        backing = None
+        if backing_id:
+            row = s.get(Layer, backing_id)
+            assert row is not None
+            backing = ref(pool, row.path) if row.pool_id == pool.id else None
+            if backing is None:
+                bpool = s.get(StoragePool, row.pool_id)
+                assert bpool is not None
+                backing = ref(bpool, row.path)
+        host = host_for(s, [pool], prefer=host_id)
+        client, host_name = host_client(host), host.name
+        target = ref(pool, path)
+    try:
+        return client.call(CreateLayer(layer=target, size_bytes=size, backing=backing))
+    except AgentClientError as exc:
+        raise agent_error(host_name, exc) from None
+
+
+def remove_layer_file(db: Database, layer_id: str) -> None:
+    """Deletes a layer's file and marks its row removed. Refused while another live layer is on it."""
+    with db.session() as s:
+        layer = s.get(Layer, layer_id)
+        if layer is None or layer.removed is not None:
+            return
+        child = s.scalar(select(Layer).where(Layer.parent_id == layer.id, Layer.removed.is_(None)))
+        if child is not None:
+            raise ResourceInUse(f"Layer {layer.path} still backs layer {child.path}")
+        pool = s.get(StoragePool, layer.pool_id)
+        assert pool is not None
+        host = host_for(s, [pool])
+        target = ref(pool, layer.path)
+        client, host_name = host_client(host), host.name
+    try:
+        client.call(RemoveLayer(layer=target, missing_ok=True))
+    except AgentClientError as exc:
+        raise agent_error(host_name, exc) from None
+    with db.session() as s:
+        row = s.get(Layer, layer_id)
+        if row is not None:
+            row.removed = utcnow()
+            row.state = "Removed"
+
+
+def chain_layer_ids(db: Database, top_layer_id: str | None) -> list[str]:
+    """The layer ids from the top down to the base (template layers included)."""
+    out: list[str] = []
+    with db.session() as s:
+        current = s.get(Layer, top_layer_id) if top_layer_id else None
+        while current is not None:
+            out.append(current.id)
+            current = s.get(Layer, current.parent_id) if current.parent_id else None
+    return out
+
+
+def remove_volume_layers(db: Database, top_layer_id: str | None) -> None:
+    """Removes a volume's own layers top-down; shared template layers stay cached."""
+    for layer_id in chain_layer_ids(db, top_layer_id):
+        with db.session() as s:
+            layer = s.get(Layer, layer_id)
+            if layer is None or layer.kind != LAYER_VOLUME:
+                break
+        remove_layer_file(db, layer_id)

@@ -1,0 +1,61 @@
+"""One state machine per kind: every change of a VM's or volume's state goes through here, so an
+illegal transition is a clear error and never a silent overwrite."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from strato.errors import InvalidState
+
+VM_TRANSITIONS: dict[str, set[str]] = {
+    "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error"},
+    "Starting": {"Running", "Stopped", "Error"},
+    "Running": {"Stopping", "Stopped", "Migrating", "Running", "Error"},
+    "Stopping": {"Stopped", "Running", "Error"},
+    "Migrating": {"Running", "Stopped", "Error"},
+    "Destroyed": {"Stopped", "Expunging"},
+    "Expunging": {"Expunged", "Destroyed", "Error"},
+    "Error": {"Destroyed", "Expunging", "Stopped"},
+    "Expunged": set(),
+}
+
+VOLUME_TRANSITIONS: dict[str, set[str]] = {
+    "Allocated": {"Creating", "Ready", "Destroy", "Expunged"},
+    "Creating": {"Ready", "Allocated", "Destroy", "Expunged"},
+    "Ready": {"Migrating", "Snapshotting", "Destroy", "Ready", "Resizing"},
+    "Resizing": {"Ready"},
+    "Migrating": {"Ready"},
+    "Snapshotting": {"Ready"},
+    "Destroy": {"Expunged", "Ready"},
+    "Expunged": set(),
+}
+
+# States that only a job holds; nothing may stay in them once its job has ended.
+VM_TRANSITIONAL = {"Starting", "Stopping", "Migrating", "Expunging"}
+VOLUME_TRANSITIONAL = {"Creating", "Migrating", "Snapshotting", "Resizing"}
+
+
+class Stateful(Protocol):
+    state: str
+    name: str
+
+
+def _move(obj: Stateful, to: str, table: dict[str, set[str]], kind: str) -> None:
+    if to not in table.get(obj.state, set()):
+        raise InvalidState(f"{kind} {obj.name} is {obj.state}; it cannot go to {to}")
+    obj.state = to
+
+
+def vm_to(vm: Stateful, to: str) -> None:
+    _move(vm, to, VM_TRANSITIONS, "VM")
+
+
+def volume_to(volume: Stateful, to: str) -> None:
+    _move(volume, to, VOLUME_TRANSITIONS, "Volume")
+
+
+def require_vm_state(vm: Stateful, *allowed: str, action: str) -> None:
+    if vm.state not in allowed:
+        raise InvalidState(
+            f"Cannot {action} VM {vm.name}: it is {vm.state}; it must be {' or '.join(allowed)}"
+        )
