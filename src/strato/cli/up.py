@@ -22,6 +22,9 @@ from rich.console import Console
 
 from strato.cli.apiclient import ApiError, StratoApi, login_for_keys
 from strato.cli.server import default_home
+from strato.image.accel_probe import probe_accel, read_cache
+from strato.image.tiny import build_tiny_image, default_image_path
+from strato.image.tools import ImageToolError
 
 console = Console()
 
@@ -111,6 +114,34 @@ def ensure_topology(api: StratoApi, agents: list[tuple[str, str]], shared_path: 
         )
 
 
+def resolve_accel(accel: str, home: Path) -> str:
+    """`auto` becomes what really boots a guest here (probed once, cached in DATA_DIR/accel)."""
+    if accel != "auto":
+        if accel not in ("kvm", "tcg"):
+            raise typer.BadParameter(f"--accel must be auto, kvm or tcg, not {accel}")
+        return accel
+    cache = home / "accel"
+    cached = read_cache(cache)
+    if cached is not None:
+        console.print(f"Accelerator: {cached} (probed earlier; delete {cache} to probe again)")
+        return cached
+    image = default_image_path()
+    if not image.is_file():
+        with console.status("Building the tiny guest image (used to probe KVM)...") as status:
+            try:
+                build_tiny_image(image, progress=lambda msg: status.update(f"Tiny guest image: {msg}"))
+            except (ImageToolError, OSError) as exc:
+                console.print(f"[yellow]Could not build the tiny guest image ({exc}); using tcg[/yellow]")
+                return "tcg"
+    with console.status("Probing whether a guest boots under KVM..."):
+        chosen = probe_accel(image, cache=cache)
+    why = (
+        "a guest boots under KVM" if chosen == "kvm" else "KVM is unusable or a guest does not boot under it"
+    )
+    console.print(f"Accelerator: {chosen} ({why}; cached in {cache})")
+    return chosen
+
+
 def up_command(
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Where everything is kept (default ~/.local/share/strato)"
@@ -130,6 +161,7 @@ def up_command(
     home = (data_dir or default_home()).resolve()
     shared = home / "shared-pool"
     shared.mkdir(parents=True, exist_ok=True)
+    accel = resolve_accel(accel, home)
     url = f"http://127.0.0.1:{port}"
     children = [
         _spawn(
