@@ -23,9 +23,11 @@ from strato.protocol.messages import (
     Command,
     CommandEnvelope,
     ConfigureSimulator,
+    ConvertLayer,
     CopyLayer,
     CreateLayer,
     ErrorCode,
+    FetchImage,
     GetHostInfo,
     GetLayerInfo,
     GetState,
@@ -171,7 +173,7 @@ class AgentClient:
     @overload
     def run_long(
         self,
-        command: CopyLayer,
+        command: CopyLayer | FetchImage | ConvertLayer,
         on_progress: ProgressCallback | None = None,
         poll_interval: float = 0.2,
         cancel_event: threading.Event | None = None,

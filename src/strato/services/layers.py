@@ -33,11 +33,6 @@ def volume_layer_path(volume_id: str, layer_id: str) -> str:
     return f"volumes/{volume_id}/{layer_id}.qcow2"
 
 
-def store_path(template: Template) -> str:
-    ext = "iso" if template.is_iso else "qcow2"
-    return f"template/{template.id}/{template.id}.{ext}"
-
-
 @dataclass(frozen=True)
 class Located:
     pool: StoragePool
@@ -55,7 +50,7 @@ def agent_error(host_name: str, exc: AgentClientError) -> CloudError:
 
 
 def ensure_template_on_pool(
-    db: Database, template_id: str, pool_id: str, progress: object = None, timeout_s: float = 3600
+    db: Database, template_id: str, pool_id: str, progress: ProgressFn | None = None, timeout_s: float = 3600
 ) -> str:
     """Returns the id of the template's Ready base layer on the pool, copying it there first if needed.
 
