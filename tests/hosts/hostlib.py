@@ -15,9 +15,7 @@ from helpers.agentproc import AgentProcess
 T = TypeVar("T")
 
 
-def wait_until(
-    fetch: Callable[[], T], ok: Callable[[T], bool], timeout: float, what: str, interval: float = 0.2
-) -> T:
+def wait_until(fetch: Callable[[], T], ok: Callable[[T], bool], timeout: float, what: str, interval: float = 0.2) -> T:
     """Polls `fetch()` until `ok(value)`; fails naming `what` and the last value after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:

@@ -210,9 +210,7 @@ def test_list_hosts_filters(make_cluster: MakeCluster, agent_factory: StartAgent
     assert ids(clusterid=c1.clusterid, resourcestate="Enabled") == {h2["id"]}
 
 
-def test_update_host_allocation_state_tags_and_name(
-    make_cluster: MakeCluster, agent_factory: StartAgent
-) -> None:
+def test_update_host_allocation_state_tags_and_name(make_cluster: MakeCluster, agent_factory: StartAgent) -> None:
     cluster = make_cluster("Simulator")
     host = cluster.add_host(agent_factory())
     api = cluster.api
@@ -276,16 +274,12 @@ def test_maintenance_refused_while_a_vm_runs(make_cluster: MakeCluster, agent_fa
     assert after["state"] == "Up"
     # The failed job is on record.
     jobs = api.listAsyncJobs().get("asyncjobs", [])
-    [job] = [
-        j for j in jobs if j.get("jobinstanceid") == host["id"] and j["cmd"] == "prepareHostForMaintenance"
-    ]
+    [job] = [j for j in jobs if j.get("jobinstanceid") == host["id"] and j["cmd"] == "prepareHostForMaintenance"]
     assert job["jobstatus"] == 2
 
     # Once the VM is stopped, maintenance goes through from ErrorInMaintenance.
     client.call(StopVm(name="busy-vm", force=True))
-    assert api.prepareHostForMaintenance(id=host["id"], fetch_result=True)["host"]["resourcestate"] == (
-        "Maintenance"
-    )
+    assert api.prepareHostForMaintenance(id=host["id"], fetch_result=True)["host"]["resourcestate"] == ("Maintenance")
     assert api.cancelHostMaintenance(id=host["id"], fetch_result=True)["host"]["resourcestate"] == "Enabled"
 
 
@@ -358,9 +352,7 @@ def test_list_capacity_sums_hosts_and_pools(
     assert all(c["zoneid"] == cluster.zoneid for c in caps.values())
     assert [c["type"] for c in api.listCapacity(zoneid=cluster.zoneid, type=0)["capacity"]] == [0]
     # Per cluster: the same numbers (everything of the zone is in that cluster).
-    by_cluster = {
-        c["type"]: c["capacitytotal"] for c in api.listCapacity(clusterid=cluster.clusterid)["capacity"]
-    }
+    by_cluster = {c["type"]: c["capacitytotal"] for c in api.listCapacity(clusterid=cluster.clusterid)["capacity"]}
     assert by_cluster == {t: c["capacitytotal"] for t, c in caps.items()}
 
     # A deleted host leaves the sums.
