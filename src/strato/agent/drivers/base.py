@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from typing import Literal
 
 from strato.protocol.messages import (
+    DiskSpec,
     ErrorCode,
     HostInfo,
     LayerInfo,
@@ -52,9 +54,7 @@ class Driver(abc.ABC):
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport: ...
 
     @abc.abstractmethod
-    async def create_layer(
-        self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None
-    ) -> LayerInfo:
+    async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
         """Create an empty qcow2 layer, optionally on a backing layer (then size defaults to its size)."""
 
     @abc.abstractmethod
@@ -86,3 +86,62 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def vm_stats(self, name: str) -> VmStats: ...
+
+    @abc.abstractmethod
+    async def remove_vm(self, name: str) -> None:
+        """Forget a stopped VM (its run directory or record). Already gone is not an error (expunge
+        retries); a running VM is refused with INVALID_STATE."""
+
+    @abc.abstractmethod
+    async def console_log(self, name: str, tail_bytes: int | None) -> str:
+        """The end of the VM's serial console log ("" before its first start)."""
+
+    # --- storage -----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def fetch_image(
+        self,
+        url: str,
+        target: LayerRef,
+        fmt: Literal["qcow2", "raw", "iso"],
+        checksum: str | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """Download (http/https) or copy (file://) an image into a new layer file, verify its checksum,
+        refuse qcow2 images with a backing or external data file, convert raw to qcow2, keep ISOs as is.
+        Nothing is left behind on failure or cancellation."""
+
+    @abc.abstractmethod
+    async def convert_layer(self, source: LayerRef, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """Flatten the chain ending at `source` into a new standalone qcow2 `target`."""
+
+    @abc.abstractmethod
+    async def resize_layer(
+        self, layer: LayerRef, size_bytes: int, vm_name: str | None, device_id: int | None
+    ) -> LayerInfo:
+        """Grow a layer (shrinking is BAD_REQUEST); live through the VM when it runs with that disk."""
+
+    @abc.abstractmethod
+    async def build_config_drive(
+        self,
+        target: LayerRef,
+        hostname: str,
+        instance_id: str,
+        user_data: str | None,
+        public_keys: list[str],
+    ) -> LayerInfo:
+        """Write a config drive ISO (label config-2) to `target`, replacing an older one."""
+
+    # --- devices of running VMs --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def attach_disk(self, vm_name: str, disk: DiskSpec) -> VmReport:
+        """Hot-plug a disk into a running VM and record it in the VM's spec."""
+
+    @abc.abstractmethod
+    async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
+        """Hot-unplug a disk; INVALID_STATE (disk left attached) when the guest does not release it."""
+
+    @abc.abstractmethod
+    async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
+        """Insert an ISO into (path) or eject (None) the user CD drive of a running VM."""

@@ -13,14 +13,25 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from strato.agent.agentlog import get_logger
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
+from strato.agent.drivers.imagefetch import (
+    Checksum,
+    check_fetched_qcow2,
+    display_url,
+    file_url_path,
+    parse_checksum,
+    url_kind,
+)
 from strato.protocol.answers import COMMAND_TYPES
 from strato.protocol.messages import (
+    CdromSpec,
     ConfigureSimulator,
+    DiskSpec,
     DiskStats,
     ErrorCode,
     HostInfo,
@@ -39,8 +50,11 @@ log = get_logger("simulator")
 
 TIB = 1 << 40
 GIB = 1 << 30
+MIB = 1 << 20
 EMPTY_QCOW2_BYTES = 196_608
 """Physical size of a freshly created qcow2 layer (its header and tables), as qemu-img makes it."""
+CONFIG_DRIVE_BYTES = 374_784
+"""Size of a config drive ISO, about what genisoimage makes for one."""
 STATE_FILE = "simulator-state.json"
 CONFIG_FILE = "simulator-config.json"
 PROGRESS_STEPS = 20
@@ -56,6 +70,10 @@ class SimulatorConfig(BaseModel):
     pool_capacity_bytes: int = TIB
     pool_capacities: dict[str, int] = {}
     """Capacity per pool id, overriding `pool_capacity_bytes`."""
+    http_image_virtual_bytes: int = 2 * GIB
+    """Virtual size of an image "fetched" from an http(s) URL (which the simulator does not fetch)."""
+    http_image_physical_bytes: int = 512 * MIB
+    """Its physical size (and the size of an ISO fetched from an http(s) URL)."""
 
 
 class _Layer(BaseModel):
@@ -121,9 +139,7 @@ class SharedStorage:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         exists = self.path.exists()
-        self.data = (
-            _Storage.model_validate_json(self.path.read_text(encoding="utf-8")) if exists else _Storage()
-        )
+        self.data = _Storage.model_validate_json(self.path.read_text(encoding="utf-8")) if exists else _Storage()
 
     def save(self) -> None:
         _write_atomically(self.path, self.data.model_dump_json())
@@ -131,6 +147,26 @@ class SharedStorage:
 
 def _describe(ref: LayerRef) -> str:
     return f"{ref.pool.path}/{ref.name}"
+
+
+async def _progress_over(duration: float, total: int, progress: ProgressFn) -> None:
+    """Report progress in PROGRESS_STEPS steps spread over `duration` seconds (cancellable)."""
+    progress(0, total)
+    if duration > 0:
+        for step in range(1, PROGRESS_STEPS + 1):
+            await asyncio.sleep(duration / PROGRESS_STEPS)
+            progress(total * step // PROGRESS_STEPS, total)
+
+
+def _inspect_file(path: Path, checksum: Checksum | None) -> tuple[int, int, str | None]:
+    """(size, allocated bytes, hex digest or None) of a real file named by a file:// URL."""
+    hasher = checksum.hasher() if checksum is not None else None
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if hasher is not None:
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+    return st.st_size, st.st_blocks * 512, hasher.hexdigest() if hasher is not None else None
 
 
 class SimulatorDriver(Driver):
@@ -341,9 +377,7 @@ class SimulatorDriver(Driver):
         self._save_storage(pool)
         return self._pool_report(pool)
 
-    async def create_layer(
-        self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None
-    ) -> LayerInfo:
+    async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
         await self._simulate("create_layer")
         if self._find_layer(layer) is not None:
             raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(layer)} already exists")
@@ -379,11 +413,7 @@ class SimulatorDriver(Driver):
         duration = self._delay("copy_layer")
         if bandwidth:
             duration = max(duration, total / bandwidth)
-        progress(0, total)
-        if duration > 0:
-            for step in range(1, PROGRESS_STEPS + 1):
-                await asyncio.sleep(duration / PROGRESS_STEPS)
-                progress(total * step // PROGRESS_STEPS, total)
+        await _progress_over(duration, total, progress)
         source_now = self._layer(source)
         if self._find_layer(target) is not None:
             raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} appeared during the copy")
@@ -438,9 +468,7 @@ class SimulatorDriver(Driver):
             self._layer(disk.layer)
             user = None if disk.readonly else self._vm_using(_layer_key(disk.layer))
             if user is not None:
-                raise DriverError(
-                    ErrorCode.INVALID_STATE, f"layer {_describe(disk.layer)} is in use by VM {user!r}"
-                )
+                raise DriverError(ErrorCode.INVALID_STATE, f"layer {_describe(disk.layer)} is in use by VM {user!r}")
         used_mib = sum(vm.spec.memory_mib for vm in self._running())
         free_mib = self.config.memory_bytes // (1 << 20) - used_mib
         if spec.memory_mib > free_mib:
@@ -482,6 +510,205 @@ class SimulatorDriver(Driver):
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running")
         del self._state.vms[name]
         self._save()
+
+    async def remove_vm(self, name: str) -> None:
+        """Idempotent: a VM already forgotten is not an error."""
+        await self._simulate("remove_vm")
+        if name in self._state.vms:
+            self.forget_vm(name)
+
+    async def console_log(self, name: str, tail_bytes: int | None) -> str:
+        """A made-up console: one boot line per the VM's current run."""
+        await self._simulate("get_console_log")
+        vm = self._vm(name)
+        lines = [f"strato simulator: VM {name} uuid {vm.spec.uuid}"]
+        if vm.started_at is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(vm.started_at))
+            lines.append(f"{stamp} STRATO-SIM-BOOTED {name} cpus={vm.spec.cpus} memory={vm.spec.memory_mib}M")
+            if vm.spec.config_drive is not None and vm.spec.config_drive.path:
+                lines.append(f"STRATO-CONFIGDRIVE: {vm.spec.config_drive.path}")
+        data = "".join(line + "\n" for line in lines).encode()
+        if tail_bytes is not None:
+            data = data[-tail_bytes:] if tail_bytes else b""
+        return data.decode(errors="replace")
+
+    # --- storage commands ----------------------------------------------------------------------------
+
+    async def fetch_image(
+        self,
+        url: str,
+        target: LayerRef,
+        fmt: Literal["qcow2", "raw", "iso"],
+        checksum: str | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """file:// URLs name real files: they are read, checksummed and (qcow2) header-checked exactly
+        as the real driver does, and their sizes recorded. http(s) URLs are not fetched (scale tests use
+        made-up URLs): only the checksum's syntax is checked, and the sizes come from the config."""
+        self._maybe_fail("fetch_image")
+        expected = parse_checksum(checksum)
+        kind = url_kind(url)
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} already exists")
+        digest: str | None = None
+        header_virtual: int | None = None
+        if kind == "file":
+            path = file_url_path(url)
+            if not path.is_file():
+                raise DriverError(ErrorCode.NOT_FOUND, f"{url}: no such file")
+            size, allocated, digest = await asyncio.to_thread(_inspect_file, path, expected)
+            if fmt == "qcow2":
+                header_virtual = check_fetched_qcow2(path, url).virtual_size
+            virtual = header_virtual if header_virtual is not None else size
+            physical = size if fmt != "raw" else min(size, allocated) + EMPTY_QCOW2_BYTES
+            transferred = size
+        else:
+            virtual = self.config.http_image_virtual_bytes
+            physical = self.config.http_image_physical_bytes
+            transferred = physical
+        if fmt == "iso":
+            virtual = physical = transferred
+        self._require_space(target.pool, physical)
+        await _progress_over(self._delay("fetch_image"), transferred, progress)
+        if expected is not None and digest is not None:
+            expected.verify(digest, display_url(url))
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} appeared during the fetch")
+        self._require_space(target.pool, physical)
+        record = _Layer(format="iso" if fmt == "iso" else "qcow2", virtual_size=virtual, physical_size=physical)
+        self._pool_layers(target.pool)[target.name] = record
+        self._save_storage(target.pool)
+        return self._layer_info(target, record)
+
+    async def convert_layer(self, source: LayerRef, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """A standalone copy of the chain: its physical size is the chain's data, at most its virtual size."""
+        self._maybe_fail("convert_layer")
+        original = self._layer(source)
+        if original.format != "qcow2":
+            raise DriverError(ErrorCode.BAD_REQUEST, f"layer {_describe(source)} is {original.format}")
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} already exists")
+        chain = [self._find_layer(LayerRef(pool=self._pool_ref(pid), name=n)) for pid, n in self._chain(source)]
+        data = sum(layer.physical_size - EMPTY_QCOW2_BYTES for layer in chain if layer is not None)
+        physical = min(original.virtual_size, max(0, data)) + EMPTY_QCOW2_BYTES
+        self._require_space(target.pool, physical)
+        await _progress_over(self._delay("convert_layer"), original.virtual_size, progress)
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} appeared during the copy")
+        self._require_space(target.pool, physical)
+        record = _Layer(virtual_size=original.virtual_size, physical_size=physical)
+        self._pool_layers(target.pool)[target.name] = record
+        self._save_storage(target.pool)
+        return self._layer_info(target, record)
+
+    def _pool_ref(self, pool_id: str) -> PoolRef:
+        for storage in (self._state.storage, self._shared.data if self._shared else None):
+            if storage is not None and pool_id in storage.pools:
+                return storage.pools[pool_id]
+        return PoolRef(id=pool_id, path="")
+
+    async def resize_layer(
+        self, layer: LayerRef, size_bytes: int, vm_name: str | None, device_id: int | None
+    ) -> LayerInfo:
+        """Grow only; a layer a running VM uses can only be grown through that VM's disk (as QEMU's
+        image locking makes it on a real host)."""
+        await self._simulate("resize_layer")
+        record = self._layer(layer)
+        if record.format != "qcow2":
+            raise DriverError(ErrorCode.BAD_REQUEST, f"layer {_describe(layer)} is {record.format}")
+        if size_bytes < record.virtual_size:
+            raise DriverError(
+                ErrorCode.BAD_REQUEST,
+                f"shrinking layer {_describe(layer)} from {record.virtual_size} to {size_bytes} bytes is refused",
+            )
+        if size_bytes % 512:
+            raise DriverError(ErrorCode.BAD_REQUEST, "size_bytes must be a multiple of 512")
+        live = False
+        vm = self._state.vms.get(vm_name) if vm_name is not None else None
+        if vm is not None and vm.running and device_id is not None:
+            disk = next((d for d in vm.spec.disks if d.device_id == device_id), None)
+            if disk is not None:
+                if _layer_key(disk.layer) != _layer_key(layer):
+                    raise DriverError(
+                        ErrorCode.BAD_REQUEST,
+                        f"layer {_describe(layer)} is not the top layer of disk {device_id} of VM {vm_name}",
+                    )
+                live = True
+        if not live and size_bytes != record.virtual_size:
+            user = self._vm_using(_layer_key(layer))
+            if user is not None:
+                raise DriverError(ErrorCode.INVALID_STATE, f"layer {_describe(layer)} is in use by VM {user!r}")
+        record.virtual_size = size_bytes
+        self._save_storage(layer.pool)
+        return self._layer_info(layer, record)
+
+    async def build_config_drive(
+        self,
+        target: LayerRef,
+        hostname: str,
+        instance_id: str,
+        user_data: str | None,
+        public_keys: list[str],
+    ) -> LayerInfo:
+        """Records an ISO layer; an existing config drive is replaced, as on a real host."""
+        await self._simulate("build_config_drive")
+        if not hostname.strip():
+            raise DriverError(ErrorCode.BAD_REQUEST, "hostname must not be empty")
+        size = CONFIG_DRIVE_BYTES + len((user_data or "").encode())
+        old = self._find_layer(target)
+        self._require_space(target.pool, size - (old.physical_size if old is not None else 0))
+        record = _Layer(format="iso", virtual_size=size, physical_size=size)
+        self._pool_layers(target.pool)[target.name] = record
+        self._save_storage(target.pool)
+        return self._layer_info(target, record)
+
+    # --- devices of running VMs ----------------------------------------------------------------------
+
+    def _running_vm(self, name: str) -> _Vm:
+        vm = self._vm(name)
+        if not vm.running:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
+        return vm
+
+    async def attach_disk(self, vm_name: str, disk: DiskSpec) -> VmReport:
+        await self._simulate("attach_disk")
+        vm = self._running_vm(vm_name)
+        if disk.bus == "ide":
+            raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-plugged: use virtio or scsi")
+        self._layer(disk.layer)
+        if any(d.device_id == disk.device_id for d in vm.spec.disks):
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"VM {vm_name} already has a disk {disk.device_id}")
+        user = None if disk.readonly else self._vm_using(_layer_key(disk.layer))
+        if user is not None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"layer {_describe(disk.layer)} is in use by VM {user!r}")
+        vm.spec.disks.append(disk)
+        self._save()
+        return self._vm_report(vm)
+
+    async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
+        """The simulated guest always releases the disk at once."""
+        await self._simulate("detach_disk")
+        vm = self._running_vm(vm_name)
+        disk = next((d for d in vm.spec.disks if d.device_id == device_id), None)
+        if disk is None:
+            raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
+        if disk.bus == "ide":
+            raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-unplugged")
+        vm.spec.disks.remove(disk)
+        self._save()
+        return self._vm_report(vm)
+
+    async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
+        """The path is recorded, not opened: ISOs in simulated pools have no files."""
+        await self._simulate("change_cdrom")
+        vm = self._running_vm(vm_name)
+        if vm.spec.cdrom is None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {vm_name} has no CD drive (it was started without cdrom)")
+        if path is not None and not os.path.isabs(path):
+            raise DriverError(ErrorCode.BAD_REQUEST, "cdrom path must be absolute")
+        vm.spec.cdrom = CdromSpec(path=path)
+        self._save()
+        return self._vm_report(vm)
 
     async def vm_stats(self, name: str) -> VmStats:
         """Plausible, monotonic counters derived from the VM's uptime (5% CPU, light disk traffic)."""

@@ -17,13 +17,15 @@ import subprocess
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
-from strato.agent.drivers.qemu import layers, pools, process
+from strato.agent.drivers.qemu import images, layers, pools, process
 from strato.agent.drivers.qemu.process import Accel, RunDir
-from strato.agent.drivers.qemu.qmp import QmpUnavailable, qmp_execute
+from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable, qmp_execute
 from strato.protocol.messages import (
+    CdromSpec,
+    DiskSpec,
     DiskStats,
     ErrorCode,
     HostInfo,
@@ -40,6 +42,9 @@ from strato.protocol.messages import (
 
 LOCAL_POOL_ID = "local"
 QUIT_GRACE_S = 5.0
+DETACH_TIMEOUT_S = 15.0
+DETACH_POLL_S = 0.2
+BLOCKDEV_DEL_RETRY_S = 3.0
 _RUNNING_STATES = {"running"}
 _NODE_RE = re.compile(r"^disk(\d+)-fmt$")
 
@@ -48,9 +53,14 @@ class QemuDriver(Driver):
     """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local."""
 
     def __init__(
-        self, data_dir: Path, accel: Accel = "auto", qemu_binary: str = "qemu-system-x86_64"
+        self,
+        data_dir: Path,
+        accel: Accel = "auto",
+        qemu_binary: str = "qemu-system-x86_64",
+        detach_timeout_s: float = DETACH_TIMEOUT_S,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.detach_timeout_s = detach_timeout_s
         self.accel = accel
         self.qemu_binary = qemu_binary
         self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -129,9 +139,7 @@ class QemuDriver(Driver):
 
     # --- layers ------------------------------------------------------------------------------------
 
-    async def create_layer(
-        self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None
-    ) -> LayerInfo:
+    async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
         path = pools.layer_path(layer)
         await layers.create(path, size_bytes, pools.layer_path(backing) if backing else None)
         return await layers.info(layer.name, path)
@@ -158,9 +166,7 @@ class QemuDriver(Driver):
             real = os.path.realpath(path)
             for run in self._run_dirs():
                 if real in await self._open_files(run):
-                    raise DriverError(
-                        ErrorCode.INVALID_STATE, f"layer {layer.name} is in use by VM {run.path.name}"
-                    )
+                    raise DriverError(ErrorCode.INVALID_STATE, f"layer {layer.name} is in use by VM {run.path.name}")
         layers.remove(path, missing_ok)
 
     async def _open_files(self, run: RunDir) -> set[str]:
@@ -186,27 +192,23 @@ class QemuDriver(Driver):
             raise DriverError(ErrorCode.BAD_REQUEST, "duplicate disk device_id")
         for disk in spec.disks:
             if not disk_paths[disk.device_id].is_file():
-                raise DriverError(
-                    ErrorCode.NOT_FOUND, f"disk {disk.device_id}: layer {disk.layer.name} not found"
-                )
-        if spec.cdrom and spec.cdrom.path:
-            if not os.path.isabs(spec.cdrom.path):
-                raise DriverError(ErrorCode.BAD_REQUEST, "cdrom path must be absolute")
-            if not os.path.isfile(spec.cdrom.path):
-                raise DriverError(ErrorCode.NOT_FOUND, f"cdrom image {spec.cdrom.path} not found")
+                raise DriverError(ErrorCode.NOT_FOUND, f"disk {disk.device_id}: layer {disk.layer.name} not found")
+        for what, cd in (("cdrom", spec.cdrom), ("config drive", spec.config_drive)):
+            if cd is not None and cd.path:
+                _check_iso_path(what, cd.path)
+        if spec.guest_commands is not None and "\0" in spec.guest_commands:
+            raise DriverError(ErrorCode.BAD_REQUEST, "guest_commands must not contain NUL")
         async with self._vm_locks[spec.name]:
             if process.live_pid(run) is not None:
                 raise DriverError(ErrorCode.INVALID_STATE, f"VM {spec.name} is already running")
             run.path.mkdir(parents=True, exist_ok=True)
             run.remove_stale()
             run.serial_log.unlink(missing_ok=True)
-            run.spec_json.write_text(spec.model_dump_json(indent=2))
+            run.write_spec(spec)
             accel = process.resolve_accel(self.accel)
             # The lock only orders our own starts; QEMU's `to=` covers ports taken meanwhile by others.
             async with self._vnc_lock:
-                argv = process.command_line(
-                    self.qemu_binary, spec, run, accel, disk_paths, process.free_vnc_display()
-                )
+                argv = process.command_line(self.qemu_binary, spec, run, accel, disk_paths, process.free_vnc_display())
                 pid = await process.launch(argv, run)
             vnc_port: int | None = None
             try:
@@ -284,9 +286,29 @@ class QemuDriver(Driver):
                     write_ops=s["wr_operations"],
                 )
             )
-        return VmStats(
-            name=name, cpu_time_ns=process.cpu_time_ns(pid), memory_mib=spec.memory_mib, disks=disks
-        )
+        return VmStats(name=name, cpu_time_ns=process.cpu_time_ns(pid), memory_mib=spec.memory_mib, disks=disks)
+
+    async def remove_vm(self, name: str) -> None:
+        """forget_vm under the VM's lock; a VM that is already gone is not an error."""
+        run = self._run(name)
+        async with self._vm_locks[name]:
+            if not run.path.exists():
+                return
+            if process.live_pid(run) is not None:
+                raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running: stop it first")
+            shutil.rmtree(run.path, ignore_errors=True)
+
+    async def console_log(self, name: str, tail_bytes: int | None) -> str:
+        run = self._existing(name)
+        try:
+            with open(run.serial_log, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if tail_bytes is not None and size > tail_bytes:
+                    f.seek(size - tail_bytes)
+                data = f.read()
+        except FileNotFoundError:
+            return ""
+        return data.decode(errors="replace")
 
     def forget_vm(self, name: str) -> None:
         """Remove the run directory (spec, serial log) of a stopped VM; not part of the Driver contract."""
@@ -294,6 +316,216 @@ class QemuDriver(Driver):
         if process.live_pid(run) is not None:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running")
         shutil.rmtree(run.path, ignore_errors=True)
+
+    # --- storage commands -----------------------------------------------------------------------
+
+    async def fetch_image(
+        self,
+        url: str,
+        target: LayerRef,
+        fmt: Literal["qcow2", "raw", "iso"],
+        checksum: str | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        return await images.fetch(url, pools.layer_path(target), target.name, fmt, checksum, progress)
+
+    async def convert_layer(self, source: LayerRef, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        return await images.flatten(
+            pools.layer_path(source), source.name, pools.layer_path(target), target.name, progress
+        )
+
+    async def build_config_drive(
+        self,
+        target: LayerRef,
+        hostname: str,
+        instance_id: str,
+        user_data: str | None,
+        public_keys: list[str],
+    ) -> LayerInfo:
+        if not hostname.strip():
+            raise DriverError(ErrorCode.BAD_REQUEST, "hostname must not be empty")
+        return await images.config_drive(
+            pools.layer_path(target), target.name, hostname, instance_id, user_data, public_keys
+        )
+
+    async def resize_layer(
+        self, layer: LayerRef, size_bytes: int, vm_name: str | None, device_id: int | None
+    ) -> LayerInfo:
+        """Grow only. Live (`block_resize` on the disk's qcow2 node) when `vm_name` runs with a disk
+        `device_id` whose top layer is this one; otherwise `qemu-img resize`, which a running QEMU's
+        image lock refuses (INVALID_STATE) if the layer is in use."""
+        path = pools.layer_path(layer)
+        current = await layers.info(layer.name, path)
+        if current.format != "qcow2":
+            raise DriverError(ErrorCode.BAD_REQUEST, f"layer {layer.name} is {current.format}, not qcow2")
+        if size_bytes < current.virtual_size:
+            raise DriverError(
+                ErrorCode.BAD_REQUEST,
+                f"shrinking layer {layer.name} from {current.virtual_size} to {size_bytes} bytes is refused",
+            )
+        if size_bytes % 512:
+            raise DriverError(ErrorCode.BAD_REQUEST, "size_bytes must be a multiple of 512")
+        if size_bytes == current.virtual_size:
+            return current
+        if vm_name is not None and device_id is not None:
+            run = self._existing(vm_name)
+            async with self._vm_locks[vm_name]:
+                spec = run.read_spec()
+                has_disk = spec is not None and any(d.device_id == device_id for d in spec.disks)
+                if process.live_pid(run) is not None and has_disk:
+                    _, fmt = process.disk_node_names(device_id)
+                    node_file = await self._node_file(run, fmt)
+                    if node_file is None or node_file != os.path.realpath(path):
+                        raise DriverError(
+                            ErrorCode.BAD_REQUEST,
+                            f"layer {layer.name} is not the top layer of disk {device_id} of VM {vm_name}",
+                        )
+                    await self._qmp(run, "block_resize", {"node-name": fmt, "size": size_bytes})
+                    return await layers.info(layer.name, path)
+        await images.resize_offline(path, size_bytes)
+        return await layers.info(layer.name, path)
+
+    async def _node_file(self, run: RunDir, node_name: str) -> str | None:
+        """The real path of the image file a named block node reads, or None if no such node."""
+        for node in await self._qmp(run, "query-named-block-nodes", {"flat": True}):
+            if node.get("node-name") == node_name:
+                return os.path.realpath(str(node.get("file", "")))
+        return None
+
+    # --- devices of running VMs ----------------------------------------------------------------
+
+    def _running_spec(self, run: RunDir) -> VmSpec:
+        spec = run.read_spec()
+        if spec is None or process.live_pid(run) is None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {run.path.name} is not running")
+        return spec
+
+    async def _block_nodes(self, run: RunDir) -> set[str]:
+        nodes = await self._qmp(run, "query-named-block-nodes", {"flat": True})
+        return {str(node.get("node-name")) for node in nodes}
+
+    async def _device_exists(self, run: RunDir, device: str) -> bool:
+        try:
+            await self._qmp(run, "qom-get", {"path": f"/machine/peripheral/{device}", "property": "type"})
+        except QmpError:
+            return False
+        return True
+
+    async def _blockdev_del(self, run: RunDir, *node_names: str) -> None:
+        """Delete the named nodes that exist, in order; retries a while if QEMU still holds one
+        (a device's last reference can be dropped a little after it left the device tree)."""
+        loop = asyncio.get_running_loop()
+        for node in node_names:
+            deadline = loop.time() + BLOCKDEV_DEL_RETRY_S
+            while node in await self._block_nodes(run):
+                try:
+                    await self._qmp(run, "blockdev-del", {"node-name": node})
+                except QmpError:
+                    if loop.time() >= deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+
+    async def attach_disk(self, vm_name: str, disk: DiskSpec) -> VmReport:
+        """blockdev-add (file + qcow2 nodes named as at start), device_add with the same id, and the
+        disk is added to spec.json so a restart or re-attach knows it."""
+        run = self._existing(vm_name)
+        path = pools.layer_path(disk.layer)
+        if not path.is_file():
+            raise DriverError(ErrorCode.NOT_FOUND, f"disk {disk.device_id}: layer {disk.layer.name} not found")
+        if disk.bus == "ide":
+            raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-plugged: use virtio or scsi")
+        async with self._vm_locks[vm_name]:
+            spec = self._running_spec(run)
+            device = process.disk_device_id(disk.device_id)
+            if any(d.device_id == disk.device_id for d in spec.disks) or await self._device_exists(run, device):
+                raise DriverError(ErrorCode.ALREADY_EXISTS, f"VM {vm_name} already has a disk {disk.device_id}")
+            added: list[str] = []
+            try:
+                for node in process.disk_blockdevs(disk, path):
+                    await self._qmp(run, "blockdev-add", node)
+                    added.append(str(node["node-name"]))
+                if disk.bus == "scsi" and not await self._device_exists(run, process.SCSI_CONTROLLER):
+                    await self._qmp(run, "device_add", {"driver": "virtio-scsi-pci", "id": process.SCSI_CONTROLLER})
+                await self._qmp(run, "device_add", dict(process.disk_device(disk)))
+            except BaseException:
+                with contextlib.suppress(DriverError):
+                    await self._blockdev_del(run, *reversed(added))
+                raise
+            spec.disks.append(disk)
+            run.write_spec(spec)
+            return await self._report(run)
+
+    async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
+        """device_del, then wait until the device has left QEMU's device tree (what DEVICE_DELETED
+        announces; polled, so the monitor stays free for other calls meanwhile), then blockdev-del.
+
+        A PCI disk is only released once the guest OS acknowledges the ACPI unplug request: a guest
+        without an OS, or one ignoring it, keeps the disk. After `detach_timeout_s` the command fails
+        with INVALID_STATE and the disk stays attached and in spec.json; the request stays pending in
+        QEMU, and a later detach_disk finishes the job once the device is gone."""
+        run = self._existing(vm_name)
+        async with self._vm_locks[vm_name]:
+            spec = self._running_spec(run)
+            disk = next((d for d in spec.disks if d.device_id == device_id), None)
+            device = process.disk_device_id(device_id)
+            present = await self._device_exists(run, device)
+            if disk is None and not present:
+                raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
+            if disk is not None and disk.bus == "ide":
+                raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-unplugged")
+            if present:
+                try:
+                    await self._qmp(run, "device_del", {"id": device})
+                except QmpError:
+                    if await self._device_exists(run, device):
+                        raise
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.detach_timeout_s
+                while await self._device_exists(run, device):
+                    if loop.time() >= deadline:
+                        raise DriverError(
+                            ErrorCode.INVALID_STATE,
+                            f"the guest of VM {vm_name} did not release disk {device_id} within "
+                            f"{self.detach_timeout_s:g} s (no OS running, or no ACPI PCI hot-plug support "
+                            "in the guest); the disk stays attached",
+                        )
+                    await asyncio.sleep(DETACH_POLL_S)
+            await self._blockdev_del(run, *reversed(process.disk_node_names(device_id)))
+            spec.disks = [d for d in spec.disks if d.device_id != device_id]
+            run.write_spec(spec)
+            return await self._report(run)
+
+    async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
+        """blockdev-change-medium (forced: opens a tray the guest locked) or eject on the user CD
+        drive; spec.json records the new medium. The VM must have been started with a CD drive."""
+        run = self._existing(vm_name)
+        if path is not None:
+            _check_iso_path("cdrom", path)
+        async with self._vm_locks[vm_name]:
+            spec = self._running_spec(run)
+            if spec.cdrom is None:
+                raise DriverError(
+                    ErrorCode.INVALID_STATE, f"VM {vm_name} has no CD drive (it was started without cdrom)"
+                )
+            if path is None:
+                await self._qmp(run, "eject", {"id": process.USER_CD, "force": True})
+            else:
+                await self._qmp(
+                    run,
+                    "blockdev-change-medium",
+                    {
+                        "id": process.USER_CD,
+                        "filename": path,
+                        "format": "raw",
+                        "read-only-mode": "read-only",
+                        "force": True,
+                    },
+                )
+            # The medium it was started with was opened as named nodes, which outlive their removal.
+            await self._blockdev_del(run, f"{process.USER_CD}-fmt", f"{process.USER_CD}-file")
+            spec.cdrom = CdromSpec(path=path)
+            run.write_spec(spec)
+            return await self._report(run)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
         """One short QMP call. QEMU's monitor serves one client at a time and drops the others, so
@@ -332,6 +564,13 @@ class QemuDriver(Driver):
             pid=pid,
             vnc_port=port if isinstance(port, int) else None,
         )
+
+
+def _check_iso_path(what: str, path: str) -> None:
+    if not os.path.isabs(path):
+        raise DriverError(ErrorCode.BAD_REQUEST, f"{what} path must be absolute")
+    if not os.path.isfile(path):
+        raise DriverError(ErrorCode.NOT_FOUND, f"{what} image {path} not found")
 
 
 def _cpu_mhz() -> int:

@@ -45,9 +45,17 @@ async def run_qemu_img(*args: str, timeout: float = QEMU_IMG_TIMEOUT_S) -> str:
         raise
     if proc.returncode != 0:
         message = err.decode(errors="replace").strip() or f"qemu-img {args[0]} failed"
-        code = ErrorCode.INSUFFICIENT_CAPACITY if "No space left" in message else ErrorCode.INTERNAL
-        raise DriverError(code, message)
+        raise DriverError(qemu_img_error_code(message), message)
     return out.decode()
+
+
+def qemu_img_error_code(message: str) -> ErrorCode:
+    """The error code a qemu-img failure message implies."""
+    if "No space left" in message:
+        return ErrorCode.INSUFFICIENT_CAPACITY
+    if "Failed to get" in message and "lock" in message:  # image locking: a running QEMU has it open
+        return ErrorCode.INVALID_STATE
+    return ErrorCode.INTERNAL
 
 
 async def info(name: str, path: Path) -> LayerInfo:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from strato.agent.drivers.base import DriverError
-from strato.protocol.messages import ErrorCode, VmSpec
+from strato.protocol.messages import DiskSpec, ErrorCode, VmSpec
 
 Accel = Literal["auto", "kvm", "tcg"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -75,6 +75,12 @@ class RunDir:
             return VmSpec.model_validate_json(self.spec_json.read_text())
         except (OSError, ValueError):
             return None
+
+    def write_spec(self, spec: VmSpec) -> None:
+        """Atomically (temp + rename): a crash never leaves half a spec."""
+        tmp = self.spec_json.with_name(".spec.json.tmp")
+        tmp.write_text(spec.model_dump_json(indent=2))
+        os.replace(tmp, self.spec_json)
 
     def read_runtime(self) -> dict[str, object]:
         try:
@@ -140,6 +146,73 @@ def _opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
+SCSI_CONTROLLER = "scsi0"
+USER_CD = "cdrom0"
+"""The user's CD drive (ide.1 unit 0): its qdev id; its medium's nodes are cdrom0-file/cdrom0-fmt."""
+CONFIG_CD = "cdrom1"
+"""The config drive (ide.1 unit 1)."""
+GUEST_COMMANDS_FW_CFG = "opt/strato/run"
+
+
+def disk_device_id(device_id: int) -> str:
+    """The qdev id of a disk's device: the same at start and when hot-plugged."""
+    return f"disk{device_id}"
+
+
+def disk_node_names(device_id: int) -> tuple[str, str]:
+    """(file node, qcow2 node) of a disk's top layer."""
+    return f"disk{device_id}-file", f"disk{device_id}-fmt"
+
+
+def disk_blockdevs(disk: DiskSpec, path: Path) -> list[dict[str, object]]:
+    """The blockdev-add arguments of a disk's top layer, file node first (QEMU opens the backing chain)."""
+    file, fmt = disk_node_names(disk.device_id)
+    readonly = disk.readonly
+    return [
+        {"driver": "file", "node-name": file, "filename": str(path), "read-only": readonly,
+         "discard": "unmap"},
+        {"driver": "qcow2", "node-name": fmt, "file": file, "read-only": readonly, "discard": "unmap"},
+    ]  # fmt: skip
+
+
+def disk_device(disk: DiskSpec) -> dict[str, str]:
+    """The device_add / -device properties of a disk (without boot order or IDE position)."""
+    driver = {"virtio": "virtio-blk-pci", "ide": "ide-hd", "scsi": "scsi-hd"}[disk.bus]
+    props = {
+        "driver": driver,
+        "drive": disk_node_names(disk.device_id)[1],
+        "id": disk_device_id(disk.device_id),
+    }
+    if disk.serial:
+        props["serial"] = disk.serial
+    if disk.bus == "scsi":
+        props["bus"] = f"{SCSI_CONTROLLER}.0"
+    return props
+
+
+def device_option(props: dict[str, str]) -> str:
+    """A -device option from device_add-style properties."""
+    rest = [f"{key}={_opt(value)}" for key, value in props.items() if key != "driver"]
+    return ",".join([props["driver"], *rest])
+
+
+def _cd_options(device: str, unit: int, path: str | None, bootindex: int | None) -> list[str]:
+    argv: list[str] = []
+    props = {"driver": "ide-cd", "id": device, "bus": "ide.1", "unit": str(unit)}
+    if bootindex is not None:
+        props["bootindex"] = str(bootindex)
+    if path:
+        file, fmt = f"{device}-file", f"{device}-fmt"
+        argv += [
+            "-blockdev",
+            json.dumps({"driver": "file", "node-name": file, "filename": path, "read-only": True}),
+            "-blockdev",
+            json.dumps({"driver": "raw", "node-name": fmt, "file": file, "read-only": True}),
+        ]
+        props["drive"] = fmt
+    return [*argv, "-device", device_option(props)]
+
+
 def command_line(
     qemu_binary: str,
     spec: VmSpec,
@@ -171,49 +244,30 @@ def command_line(
     ]  # fmt: skip
     if accel == "tcg":
         argv += ["-cpu", "max"]
-    ide_units = iter([("ide.0", 0), ("ide.0", 1)])  # ide.1 is kept for the cdrom
+    ide_units = iter([("ide.0", 0), ("ide.0", 1)])  # ide.1 is kept for the two CD drives
     has_scsi = False
     for index, disk in enumerate(sorted(spec.disks, key=lambda d: d.device_id)):
-        fmt, file = f"disk{disk.device_id}-fmt", f"disk{disk.device_id}-file"
-        readonly = disk.readonly
-        argv += [
-            "-blockdev",
-            json.dumps({"driver": "file", "node-name": file, "filename": str(disk_paths[disk.device_id]),
-                        "read-only": readonly, "discard": "unmap"}),
-            "-blockdev",
-            json.dumps({"driver": "qcow2", "node-name": fmt, "file": file, "read-only": readonly,
-                        "discard": "unmap"}),
-        ]  # fmt: skip
-        serial = f",serial={_opt(disk.serial)}" if disk.serial else ""
-        common = f"drive={fmt},id=disk{disk.device_id}{serial},bootindex={index + 1}"
-        if disk.bus == "virtio":
-            argv += ["-device", f"virtio-blk-pci,{common}"]
-        elif disk.bus == "ide":
+        for node in disk_blockdevs(disk, disk_paths[disk.device_id]):
+            argv += ["-blockdev", json.dumps(node)]
+        props = {**disk_device(disk), "bootindex": str(index + 1)}
+        if disk.bus == "ide":
             try:
                 bus, unit = next(ide_units)
             except StopIteration:
                 raise DriverError(ErrorCode.BAD_REQUEST, "at most two IDE disks") from None
-            argv += ["-device", f"ide-hd,{common},bus={bus},unit={unit}"]
-        else:
-            if not has_scsi:
-                argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-                has_scsi = True
-            argv += ["-device", f"scsi-hd,{common},bus=scsi0.0"]
+            props.update(bus=bus, unit=str(unit))
+        elif disk.bus == "scsi" and not has_scsi:
+            argv += ["-device", f"virtio-scsi-pci,id={SCSI_CONTROLLER}"]
+            has_scsi = True
+        argv += ["-device", device_option(props)]
+    # Both CD drives are ide-cd on the pc machine's secondary IDE channel: readable by any guest kernel
+    # without extra drivers (the tiny Debian kernel loads ata_piix; virtio is only a module there).
     if spec.cdrom is not None:
-        # ide-cd on the pc machine's secondary IDE channel: readable by any guest kernel without
-        # extra drivers (the tiny Debian kernel has ata_piix built in, virtio only as modules).
-        cd = f"ide-cd,id=cdrom0,bus=ide.1,unit=0,bootindex={len(spec.disks) + 1}"
-        if spec.cdrom.path:
-            argv += [
-                "-blockdev",
-                json.dumps({"driver": "file", "node-name": "cdrom0-file", "filename": spec.cdrom.path,
-                            "read-only": True}),
-                "-blockdev",
-                json.dumps({"driver": "raw", "node-name": "cdrom0-fmt", "file": "cdrom0-file",
-                            "read-only": True}),
-            ]  # fmt: skip
-            cd += ",drive=cdrom0-fmt"
-        argv += ["-device", cd]
+        argv += _cd_options(USER_CD, 0, spec.cdrom.path, bootindex=len(spec.disks) + 1)
+    if spec.config_drive is not None:
+        argv += _cd_options(CONFIG_CD, 1, spec.config_drive.path, bootindex=None)
+    if spec.guest_commands:
+        argv += ["-fw_cfg", f"name={GUEST_COMMANDS_FW_CFG},string={_opt(spec.guest_commands)}"]
     return argv
 
 

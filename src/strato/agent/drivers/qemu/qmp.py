@@ -26,7 +26,9 @@ class QmpError(DriverError):
     """QEMU answered a command with an error (error class kept for callers that care)."""
 
     def __init__(self, command: str, error_class: str, message: str) -> None:
-        super().__init__(ErrorCode.INTERNAL, f"{command}: {message}")
+        # QEMU's image locking: another QEMU (or qemu-img) has the image open for writing.
+        locked = "Failed to get" in message and "lock" in message
+        super().__init__(ErrorCode.INVALID_STATE if locked else ErrorCode.INTERNAL, f"{command}: {message}")
         self.error_class = error_class
 
 
