@@ -19,15 +19,21 @@ from strato.protocol.messages import (
     LONG_RUNNING_COMMANDS,
     Ack,
     AgentError,
+    AttachDisk,
     AttachPool,
+    BuildConfigDrive,
+    ChangeCdrom,
     Command,
     CommandEnvelope,
     ConfigureSimulator,
+    ConsoleLog,
     ConvertLayer,
     CopyLayer,
     CreateLayer,
+    DetachDisk,
     ErrorCode,
     FetchImage,
+    GetConsoleLog,
     GetHostInfo,
     GetLayerInfo,
     GetState,
@@ -39,6 +45,8 @@ from strato.protocol.messages import (
     RebaseLayer,
     RebootVm,
     RemoveLayer,
+    RemoveVm,
+    ResizeLayer,
     StartVm,
     StateReport,
     StopVm,
@@ -74,9 +82,7 @@ class AgentUnreachable(AgentClientError):
 class AgentClient:
     """Typed calls to one agent over HTTP with its bearer token."""
 
-    def __init__(
-        self, base_url: str, token: str, timeout: float = 30.0, connect_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, base_url: str, token: str, timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -113,9 +119,7 @@ class AgentClient:
             error = AgentError.model_validate(response.json())
         except (ValueError, ValidationError):
             text = response.text[:300]
-            return AgentCallError(
-                ErrorCode.INTERNAL, f"HTTP {response.status_code}: {text}", response.status_code
-            )
+            return AgentCallError(ErrorCode.INTERNAL, f"HTTP {response.status_code}: {text}", response.status_code)
         return AgentCallError(error.code, error.message, response.status_code)
 
     @staticmethod
@@ -134,13 +138,27 @@ class AgentClient:
     @overload
     def call(self, command: AttachPool) -> PoolReport: ...
     @overload
-    def call(self, command: CreateLayer | GetLayerInfo | CopyLayer | RebaseLayer) -> LayerInfo: ...
+    def call(
+        self,
+        command: CreateLayer
+        | GetLayerInfo
+        | CopyLayer
+        | RebaseLayer
+        | FetchImage
+        | ConvertLayer
+        | ResizeLayer
+        | BuildConfigDrive,
+    ) -> LayerInfo: ...
     @overload
-    def call(self, command: StartVm | StopVm | RebootVm | GetVm) -> VmReport: ...
+    def call(
+        self, command: StartVm | StopVm | RebootVm | GetVm | AttachDisk | DetachDisk | ChangeCdrom
+    ) -> VmReport: ...
     @overload
     def call(self, command: GetVmStats) -> VmStats: ...
     @overload
-    def call(self, command: RemoveLayer | ConfigureSimulator) -> Ack: ...
+    def call(self, command: RemoveLayer | ConfigureSimulator | RemoveVm) -> Ack: ...
+    @overload
+    def call(self, command: GetConsoleLog) -> ConsoleLog: ...
     @overload
     def call(self, command: Command) -> BaseModel: ...
 

@@ -61,9 +61,7 @@ class OwnerScope:
         if self.domain_path is not None:
             accounts = select(Account.id).join(Domain, Domain.id == Account.domain_id)
             if self.recursive:
-                accounts = accounts.where(
-                    (Domain.path == self.domain_path) | Domain.path.like(self.domain_path + "/%")
-                )
+                accounts = accounts.where((Domain.path == self.domain_path) | Domain.path.like(self.domain_path + "/%"))
             else:
                 accounts = accounts.where(Domain.path == self.domain_path)
             cond = cond & account_col.in_(accounts)

@@ -87,9 +87,7 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     pod = get_live(ctx.session, Pod, args["podid"], "pod", "podid")
     cluster = (
-        get_live(ctx.session, Cluster, args["clusterid"], "cluster", "clusterid")
-        if args.get("clusterid")
-        else None
+        get_live(ctx.session, Cluster, args["clusterid"], "cluster", "clusterid") if args.get("clusterid") else None
     )
     if pod.zone_id != zone.id:
         raise InvalidParameter(f"Pod {pod.name} is not in zone {zone.name}")

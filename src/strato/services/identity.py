@@ -92,11 +92,7 @@ def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
     domain = get_domain(ctx, domain_id)
     if domain.parent_id is None:
         raise InvalidParameter("The ROOT domain cannot be deleted")
-    subtree = [
-        d
-        for d in ctx.session.scalars(select(Domain).where(Domain.removed.is_(None)))
-        if in_subtree(d, domain)
-    ]
+    subtree = [d for d in ctx.session.scalars(select(Domain).where(Domain.removed.is_(None))) if in_subtree(d, domain)]
     accounts = list(
         ctx.session.scalars(
             select(Account).where(Account.domain_id.in_([d.id for d in subtree]), Account.removed.is_(None))
@@ -104,8 +100,7 @@ def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
     )
     if accounts and not cleanup:
         raise ResourceInUse(
-            f"Domain {domain.name} still has {len(accounts)} account(s); "
-            "delete them first or pass cleanup=true"
+            f"Domain {domain.name} still has {len(accounts)} account(s); delete them first or pass cleanup=true"
         )
     now = utcnow()
     for acct in accounts:

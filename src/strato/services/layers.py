@@ -58,9 +58,7 @@ def ensure_template_on_pool(
     (unique per pool and path) and copies; the others wait for it."""
     path = template_layer_path(template_id)
     with db.session() as s:
-        existing = s.scalar(
-            select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None))
-        )
+        existing = s.scalar(select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None)))
         if existing is None:
             tmpl = s.get(Template, template_id)
             assert tmpl is not None

@@ -67,9 +67,7 @@ def create_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOf
     return offering
 
 
-def list_service_offerings(
-    ctx: CallContext, args: dict[str, Any], page: Page
-) -> tuple[list[ServiceOffering], int]:
+def list_service_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ServiceOffering], int]:
     q = select(ServiceOffering).where(ServiceOffering.removed.is_(None), ServiceOffering.is_system.is_(False))
     for param, col in (("id", ServiceOffering.id), ("name", ServiceOffering.name)):
         if args.get(param):
@@ -112,9 +110,7 @@ def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> DiskOffering
         raise InvalidParameter("Parameter disksize must be a positive number of GiB")
     low, high = args.get("customizedminsize"), args.get("customizedmaxsize")
     if low is not None and high is not None and low > high:
-        raise InvalidParameter(
-            f"Parameter customizedminsize ({low}) is greater than customizedmaxsize ({high})"
-        )
+        raise InvalidParameter(f"Parameter customizedminsize ({low}) is greater than customizedmaxsize ({high})")
     offering = DiskOffering(
         name=args["name"],
         display_text=args.get("displaytext") or args["name"],

@@ -45,9 +45,7 @@ SPECS: dict[str, SettingSpec] = {
             "Fraction of a pool's capacity used above which no new disk is placed on it",
             0.0,
         ),
-        SettingSpec(
-            "ping.interval", int, 5, "Advanced", "Seconds between two pings of every host by the monitor", 1
-        ),
+        SettingSpec("ping.interval", int, 5, "Advanced", "Seconds between two pings of every host by the monitor", 1),
         SettingSpec(
             "ping.timeout",
             float,
@@ -142,8 +140,7 @@ def _coerce(spec: SettingSpec, raw: str) -> Any:
         value = spec.type(raw)
     except ValueError:
         raise InvalidParameter(
-            f"Cannot set configuration {spec.name} to '{raw}': "
-            f"a value of type {spec.type.__name__} is expected"
+            f"Cannot set configuration {spec.name} to '{raw}': a value of type {spec.type.__name__} is expected"
         ) from None
     if spec.min_value is not None and value < spec.min_value:
         raise InvalidParameter(f"Cannot set configuration {spec.name} to {raw}: minimum is {spec.min_value}")
@@ -175,9 +172,7 @@ def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec,
     return spec, coerced
 
 
-def list_settings(
-    ctx: CallContext, args: dict[str, Any], page: Page
-) -> tuple[list[tuple[SettingSpec, Any]], int]:
+def list_settings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[tuple[SettingSpec, Any]], int]:
     specs = sorted(SPECS.values(), key=lambda s: s.name)
     if args.get("name"):
         specs = [s for s in specs if s.name == args["name"]]

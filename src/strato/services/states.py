@@ -56,6 +56,4 @@ def volume_to(volume: Stateful, to: str) -> None:
 
 def require_vm_state(vm: Stateful, *allowed: str, action: str) -> None:
     if vm.state not in allowed:
-        raise InvalidState(
-            f"Cannot {action} VM {vm.name}: it is {vm.state}; it must be {' or '.join(allowed)}"
-        )
+        raise InvalidState(f"Cannot {action} VM {vm.name}: it is {vm.state}; it must be {' or '.join(allowed)}")

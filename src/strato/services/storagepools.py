@@ -42,9 +42,7 @@ def parse_pool_url(url: str, scope: str) -> PoolLocation:
             "SharedMountPoint://localhost/<path>"
         )
     if parts.hostname not in (None, "", "localhost"):
-        raise InvalidParameter(
-            "Parameter url must name the host as 'localhost': the path is on the hypervisor"
-        )
+        raise InvalidParameter("Parameter url must name the host as 'localhost': the path is on the hypervisor")
     if not path.startswith("/") or "/../" in path + "/" or len(path) < 2:
         raise InvalidParameter(f"Parameter url must carry an absolute path, got '{path}'")
     if scheme == "file" and scope != "HOST":
@@ -89,9 +87,7 @@ def create_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
     if same is not None:
         raise InvalidParameter(f"Storage pool {same.name} already uses the path {loc.path}")
     if (
-        ctx.session.scalar(
-            select(StoragePool).where(StoragePool.removed.is_(None), StoragePool.name == args["name"])
-        )
+        ctx.session.scalar(select(StoragePool).where(StoragePool.removed.is_(None), StoragePool.name == args["name"]))
         is not None
     ):
         raise InvalidParameter(f"A storage pool with name {args['name']} already exists")

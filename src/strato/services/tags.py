@@ -54,9 +54,7 @@ def _owner(ctx: CallContext, model: Any, owner_col: str | None, resource_id: str
 def create_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> None:
     name, model, owner_col = _resolve_type(resource_type)
     if not tags:
-        raise InvalidParameter(
-            "Parameter tags must have at least one entry: tags[0].key=...&tags[0].value=..."
-        )
+        raise InvalidParameter("Parameter tags must have at least one entry: tags[0].key=...&tags[0].value=...")
     for entry in tags:
         if not entry.get("key") or "value" not in entry:
             raise InvalidParameter("Each tags[i] needs a key and a value")
@@ -92,9 +90,7 @@ def delete_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list
         _owner(ctx, model, owner_col, rid)
         q = select(ResourceTag).where(ResourceTag.resource_id == rid, ResourceTag.removed.is_(None))
         for row in ctx.session.scalars(q):
-            wanted = not tags or any(
-                t.get("key") == row.key and t.get("value") in (None, row.value) for t in tags
-            )
+            wanted = not tags or any(t.get("key") == row.key and t.get("value") in (None, row.value) for t in tags)
             if wanted:
                 row.removed = utcnow()
                 removed += 1

@@ -94,9 +94,7 @@ def download(job: JobContext) -> JobResult:
     plan: list[dict[str, Any]] = job.params["plan"]
     for index, entry in enumerate(plan):
         target, client, host_name = _target(job.db, entry)
-        cmd = FetchImage(
-            url=entry["url"], target=target, format=entry["format"].lower(), checksum=entry["checksum"]
-        )
+        cmd = FetchImage(url=entry["url"], target=target, format=entry["format"].lower(), checksum=entry["checksum"])
         with job.step(f"fetch {entry['template_id']}", undo=_remover(client, target)):
             try:
                 info = client.run_long(cmd, on_progress=_scaled(job, index, len(plan)))
@@ -146,9 +144,7 @@ def _download_recover(job: JobContext) -> JobResult:
     )
 
 
-job_kind("template.download", recover=_download_recover, on_fail=_download_failed, event="TEMPLATE.CREATE")(
-    download
-)
+job_kind("template.download", recover=_download_recover, on_fail=_download_failed, event="TEMPLATE.CREATE")(download)
 
 
 # --- copies ----------------------------------------------------------------------------------------
@@ -169,9 +165,7 @@ def _source_for(
         if store is None or store.removed is not None:
             continue
         try:
-            host = host_for(
-                s, [reach_pool] if reach_pool else [], [store] + ([reach_store] if reach_store else [])
-            )
+            host = host_for(s, [reach_pool] if reach_pool else [], [store] + ([reach_store] if reach_store else []))
         except ResourceUnavailable:
             continue
         return LayerRef(pool=store_ref(store), name=copy.path), host
@@ -187,9 +181,7 @@ def _source_for(
         if pool is None or pool.removed is not None:
             continue
         try:
-            host = host_for(
-                s, [pool] + ([reach_pool] if reach_pool else []), [reach_store] if reach_store else []
-            )
+            host = host_for(s, [pool] + ([reach_pool] if reach_pool else []), [reach_store] if reach_store else [])
         except ResourceUnavailable:
             continue
         return ref(pool, layer.path), host

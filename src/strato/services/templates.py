@@ -23,9 +23,7 @@ FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable
 def url_ok(url: str, param: str) -> str:
     low = url.lower()
     if not (low.startswith("http://") or low.startswith("https://") or low.startswith("file://")):
-        raise InvalidParameter(
-            f"Parameter {param} must be an http://, https:// or file:// URL, not '{url[:80]}'"
-        )
+        raise InvalidParameter(f"Parameter {param} must be an http://, https:// or file:// URL, not '{url[:80]}'")
     return url
 
 
@@ -71,9 +69,7 @@ def register(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Templat
     zone_id = _zone_id(ctx, args)
     fmt = "ISO" if iso else args["format"].upper()
     if not iso and fmt not in DISK_FORMATS:
-        raise InvalidParameter(
-            f"Parameter format must be one of {', '.join(DISK_FORMATS)}, not {args['format']}"
-        )
+        raise InvalidParameter(f"Parameter format must be one of {', '.join(DISK_FORMATS)}, not {args['format']}")
     if (args.get("ispublic") or args.get("isfeatured")) and not ctx.is_admin:
         raise PermissionDenied("Only admins may register public or featured templates")
     tmpl = Template(
@@ -162,9 +158,7 @@ def _destination(
             "pool_id": pool.id,
         }
     store = _store_in_zone(ctx, zone_id, store_id)
-    copy = TemplateStoreCopy(
-        template_id=tmpl.id, store_id=store.id, path=store_path(tmpl), state="Downloading"
-    )
+    copy = TemplateStoreCopy(template_id=tmpl.id, store_id=store.id, path=store_path(tmpl), state="Downloading")
     ctx.session.add(copy)
     ctx.session.flush()
     return {
@@ -198,9 +192,7 @@ def get_template(ctx: CallContext, template_id: str, iso: bool | None = None, pa
     return tmpl
 
 
-def list_templates(
-    ctx: CallContext, args: dict[str, Any], page: Page, iso: bool
-) -> tuple[list[Template], int]:
+def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool) -> tuple[list[Template], int]:
     flt = (args.get("templatefilter") or args.get("isofilter") or "executable").lower()
     if flt not in FILTERS:
         raise InvalidParameter(f"Parameter templatefilter must be one of {', '.join(FILTERS)}")
@@ -267,9 +259,7 @@ def _check_owner(ctx: CallContext, tmpl: Template) -> None:
 def family(ctx: CallContext, tmpl: Template) -> list[Template]:
     """The template and its data-disk children, root first."""
     children = ctx.session.scalars(
-        select(Template)
-        .where(Template.parent_id == tmpl.id, Template.removed.is_(None))
-        .order_by(Template.disk_index)
+        select(Template).where(Template.parent_id == tmpl.id, Template.removed.is_(None)).order_by(Template.disk_index)
     )
     return [tmpl, *children]
 

@@ -133,9 +133,7 @@ def list_pods(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
 
 def delete_pod(ctx: CallContext, pod_id: str) -> None:
     pod = get_live(ctx.session, Pod, pod_id, "pod")
-    _in_use(
-        ctx.session, "pod", pod.name, [(Cluster, Cluster.pod_id == pod.id), (Host, Host.pod_id == pod.id)]
-    )
+    _in_use(ctx.session, "pod", pod.name, [(Cluster, Cluster.pod_id == pod.id), (Host, Host.pod_id == pod.id)])
     pod.removed = utcnow()
 
 
