@@ -21,9 +21,7 @@ class AccelName(StrEnum):
 
 def agent_command(
     data_dir: Path = typer.Option(..., "--data-dir", help="Where the agent keeps its state and logs."),
-    listen: str = typer.Option(
-        "127.0.0.1:8250", "--listen", help="HOST:PORT to serve the agent protocol on."
-    ),
+    listen: str = typer.Option("127.0.0.1:8250", "--listen", help="HOST:PORT to serve the agent protocol on."),
     driver: DriverName = typer.Option(DriverName.QEMU, "--driver", help="qemu (real VMs) or simulator."),
     token: str = typer.Option(
         ..., "--token", envvar="STRATO_AGENT_TOKEN", help="Bearer token the server must present."

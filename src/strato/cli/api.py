@@ -49,9 +49,7 @@ def login_command(
 def _client() -> StratoApi:
     profile = Profile.load()
     if profile is None:
-        err_console.print(
-            "No credentials: run `strato login` or set STRATO_URL, STRATO_API_KEY and STRATO_SECRET_KEY"
-        )
+        err_console.print("No credentials: run `strato login` or set STRATO_URL, STRATO_API_KEY and STRATO_SECRET_KEY")
         raise typer.Exit(2)
     return StratoApi(profile.url, profile.apikey, profile.secretkey)
 
@@ -72,9 +70,7 @@ def _show_help(api: StratoApi, command: str) -> None:
         err_console.print(f"Unknown command {command}")
         raise typer.Exit(2)
     spec = found[0]
-    console.print(
-        f"[bold]{spec['name']}[/bold]{' (async)' if spec['isasync'] else ''}: {spec['description']}"
-    )
+    console.print(f"[bold]{spec['name']}[/bold]{' (async)' if spec['isasync'] else ''}: {spec['description']}")
     table = Table("parameter", "type", "required", "description")
     for p in sorted(spec["params"], key=lambda p: (not p["required"], p["name"])):
         table.add_row(p["name"], p["type"], "yes" if p["required"] else "", p["description"])

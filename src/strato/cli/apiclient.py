@@ -85,9 +85,7 @@ class StratoApi:
             raise ApiError(resp.status_code, resp.text[:300]) from None
         inner = next(iter(body.values())) if isinstance(body, dict) and body else {}
         if resp.status_code >= 400 or (isinstance(inner, dict) and "errorcode" in inner):
-            raise ApiError(
-                int(inner.get("errorcode", resp.status_code)), str(inner.get("errortext", resp.text))
-            )
+            raise ApiError(int(inner.get("errorcode", resp.status_code)), str(inner.get("errortext", resp.text)))
         return inner if isinstance(inner, dict) else {}
 
     def wait_job(

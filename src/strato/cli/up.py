@@ -135,17 +135,17 @@ def resolve_accel(accel: str, home: Path) -> str:
                 return "tcg"
     with console.status("Probing whether a guest boots under KVM..."):
         chosen = probe_accel(image, cache=cache)
-    why = (
-        "a guest boots under KVM" if chosen == "kvm" else "KVM is unusable or a guest does not boot under it"
-    )
+    why = "a guest boots under KVM" if chosen == "kvm" else "KVM is unusable or a guest does not boot under it"
     console.print(f"Accelerator: {chosen} ({why}; cached in {cache})")
     return chosen
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up_command(
-    data_dir: Path = typer.Option(
-        None, "--data-dir", help="Where everything is kept (default ~/.local/share/strato)"
-    ),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where everything is kept (default ~/.local/share/strato)"),
     port: int = typer.Option(8080, "--port", help="Port of the API"),
     accel: str = typer.Option(
         os.environ.get("STRATO_ACCEL", "auto"),
@@ -219,15 +219,14 @@ def up_command(
         stop_all()
         raise typer.Exit(1) from None
     console.print(f"[bold green]Strato is up[/bold green] at {url}/client/api")
-    console.print(
-        f"  admin API key:    {profile.apikey}\n  admin secret key: {profile.secretkey}", soft_wrap=True
-    )
+    console.print(f"  admin API key:    {profile.apikey}\n  admin secret key: {profile.secretkey}", soft_wrap=True)
     console.print(f"  data: {home}   logs: {home / 'logs'}")
     console.print("  try: strato api listHosts   (Ctrl-C stops the server and agents; VMs keep running)")
     if exit_after_setup:
         stop_all()
         return
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         while all(c.proc.poll() is None for c in children):
             time.sleep(1)

@@ -129,9 +129,7 @@ class Allocator:
             )
         need = disk.size + disk.extra_by_pool.get(pool.id, 0)
         if self.free(pool) < need:
-            return (
-                f"pool {pool.name} has {_gib(max(0, self.free(pool)))} free, {disk.label} needs {_gib(need)}"
-            )
+            return f"pool {pool.name} has {_gib(max(0, self.free(pool)))} free, {disk.label} needs {_gib(need)}"
         return None
 
     def place_disks(
@@ -146,13 +144,9 @@ class Allocator:
             good = sorted((p for p, why in fits if why is None), key=self.free, reverse=True)
             if not good:
                 where = f"reachable from host {host.name}" if host else "in the zone"
-                tag_text = (
-                    f" with tag {', '.join(sorted(disk.tags))}" if disk.tags and not disk.pool_id else ""
-                )
+                tag_text = f" with tag {', '.join(sorted(disk.tags))}" if disk.tags and not disk.pool_id else ""
                 detail = "; ".join(why for _, why in fits if why) or "no pools at all"
-                reasons.append(
-                    f"no pool{tag_text} {where} can take {disk.label} ({_gib(disk.size)}): {detail}"
-                )
+                reasons.append(f"no pool{tag_text} {where} can take {disk.label} ({_gib(disk.size)}): {detail}")
                 self._allocated = snapshot
                 return None, reasons
             pool = good[0]
@@ -188,9 +182,7 @@ def plan(
     hosts = list(session.scalars(hosts_q))
     if host_id:
         hosts = [h for h in hosts if h.id == host_id]
-    hosts.sort(
-        key=lambda h: (h.id != prefer_host_id, host_memory_used(session, h.id) / max(1, h.memory_bytes))
-    )
+    hosts.sort(key=lambda h: (h.id != prefer_host_id, host_memory_used(session, h.id) / max(1, h.memory_bytes)))
     reasons: list[str] = []
     for host in hosts:
         if host.status != "Up":
@@ -206,8 +198,7 @@ def plan(
         free_mem = host.memory_bytes - host_memory_used(session, host.id)
         if free_mem < memory_mib * 1024 * 1024:
             reasons.append(
-                f"host {host.name} has {free_mem // (1024 * 1024)} MiB of memory free, "
-                f"the VM needs {memory_mib} MiB"
+                f"host {host.name} has {free_mem // (1024 * 1024)} MiB of memory free, the VM needs {memory_mib} MiB"
             )
             continue
         allocator = Allocator(session, limits)
@@ -216,9 +207,7 @@ def plan(
             return Plan(host=host, pools=chosen)
         reasons.extend(why)
     if not hosts:
-        reasons.append(
-            "there is no host in the zone" if not host_id else f"host {host_id} is not in the zone"
-        )
+        reasons.append("there is no host in the zone" if not host_id else f"host {host_id} is not in the zone")
     raise InsufficientCapacity("Unable to create a deployment for the VM: " + " | ".join(reasons))
 
 

@@ -43,6 +43,15 @@ class JobContext:
         if cancel:
             raise JobCancelled("The job was cancelled")
 
+    def part_progress(self, index: int, count: int) -> Callable[[int, int], None]:
+        """A progress callback for part `index` of `count` equal parts of the job (e.g. one disk of several)."""
+
+        def report(done: int, total: int) -> None:
+            share = (done / total) if total else 0.0
+            self.progress(int(1000 * (index + share) / max(count, 1)), 1000)
+
+        return report
+
     def cancel_requested(self) -> bool:
         with self.db.session() as s:
             job = s.get(Job, self.job_seq)

@@ -94,8 +94,7 @@ class HostMonitor:
         hosts = list(session.scalars(select(Host).where(Host.removed.is_(None))))
         limit = utcnow() - timedelta(seconds=self.dead_after)
         live = sorted(
-            {n.id for n in session.scalars(select(ServerNode)) if as_utc(n.heartbeat) >= limit}
-            | {self.server_id}
+            {n.id for n in session.scalars(select(ServerNode)) if as_utc(n.heartbeat) >= limit} | {self.server_id}
         )
         index = live.index(self.server_id)
         return [h for h in hosts if _shard(h.id, len(live)) == index]
@@ -115,9 +114,7 @@ class HostMonitor:
                         ),
                     )
                 ).all()
-                targets.append(
-                    (host.id, host.url, host.token, [PoolRef(id=p.id, path=p.path) for p in pools])
-                )
+                targets.append((host.id, host.url, host.token, [PoolRef(id=p.id, path=p.path) for p in pools]))
         results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
         stats = RoundStats(hosts=len(targets))
         alert_after = self.alert_after()  # read before the write transaction: SQLite has one writer
@@ -143,9 +140,7 @@ class HostMonitor:
             log.info("host %s did not answer: %s", url, exc)
             return None
 
-    def _apply(
-        self, s: Session, host: Host, report: StateReport | None, alert_after: float
-    ) -> tuple[str, str] | None:
+    def _apply(self, s: Session, host: Host, report: StateReport | None, alert_after: float) -> tuple[str, str] | None:
         now = utcnow()
         before = host.status
         if report is not None:

@@ -82,7 +82,5 @@ def orphaned(session: Session, dead_owners: list[str]) -> list[Job]:
     if not dead_owners:
         return []
     return list(
-        session.scalars(
-            select(Job).where(Job.status == JOB_RUNNING, Job.owner.in_(dead_owners)).order_by(Job.seq)
-        )
+        session.scalars(select(Job).where(Job.status == JOB_RUNNING, Job.owner.in_(dead_owners)).order_by(Job.seq))
     )

@@ -60,9 +60,7 @@ def encode_block(block: int, gen: int, block_size: int) -> bytes:
 
 
 def encode_superblock(block_size: int, count: int) -> bytes:
-    return (
-        f"STRATO-INT1-SB {block_size} {count}".ljust(HEADER - 1).encode() + b"\n" + bytes(block_size - HEADER)
-    )
+    return f"STRATO-INT1-SB {block_size} {count}".ljust(HEADER - 1).encode() + b"\n" + bytes(block_size - HEADER)
 
 
 def check_block(data: bytes, block: int) -> tuple[int | None, str]:

@@ -80,16 +80,6 @@ def _remover(client: AgentClient, target: LayerRef) -> Callable[[], None]:
     return undo
 
 
-def _scaled(job: JobContext, index: int, count: int) -> Callable[[int, int], None]:
-    """Progress of one disk among `count`, as a share of the job's 0..1000."""
-
-    def report(done: int, total: int) -> None:
-        share = (done / total) if total else 0.0
-        job.progress(int(1000 * (index + share) / count), 1000)
-
-    return report
-
-
 def download(job: JobContext) -> JobResult:
     plan: list[dict[str, Any]] = job.params["plan"]
     for index, entry in enumerate(plan):
@@ -97,7 +87,7 @@ def download(job: JobContext) -> JobResult:
         cmd = FetchImage(url=entry["url"], target=target, format=entry["format"].lower(), checksum=entry["checksum"])
         with job.step(f"fetch {entry['template_id']}", undo=_remover(client, target)):
             try:
-                info = client.run_long(cmd, on_progress=_scaled(job, index, len(plan)))
+                info = client.run_long(cmd, on_progress=job.part_progress(index, len(plan)))
             except AgentClientError as exc:
                 raise agent_error(host_name, exc) from None
             _record_ready(job.db, entry, info)
@@ -194,7 +184,7 @@ def copy(job: JobContext) -> JobResult:
     """copyTemplate / prepareTemplate: every disk of the template to a store or a pool."""
     ids: list[str] = job.params["template_ids"]
     for index, template_id in enumerate(ids):
-        progress = _scaled(job, index, len(ids))
+        progress = job.part_progress(index, len(ids))
         if job.params.get("pool_id"):
             with job.step(f"prepare {template_id}"):
                 ensure_template_on_pool(job.db, template_id, job.params["pool_id"], progress)
@@ -275,7 +265,7 @@ def create_from_volumes(job: JobContext) -> JobResult:
         with job.step(f"convert {disk['volume_id']}", undo=_remover(client, target)):
             try:
                 info = client.run_long(
-                    ConvertLayer(source=source, target=target), on_progress=_scaled(job, index, len(disks))
+                    ConvertLayer(source=source, target=target), on_progress=job.part_progress(index, len(disks))
                 )
             except AgentClientError as exc:
                 raise agent_error(host_name, exc) from None

@@ -289,3 +289,157 @@ def check_deletable(ctx: CallContext, tmpl: Template) -> None:
                 f"Template {tmpl.name} cannot be deleted: {who} still depends on its layer on pool "
                 f"{pool.name if pool else base.pool_id}"
             )
+
+
+# --- jobs queued from the API ----------------------------------------------------------------------
+
+
+def _queue(ctx: CallContext, kind: str, cmd: str, tmpl: Template, params: dict[str, Any], extra: list[str]) -> str:
+    from strato.engine import queue
+
+    job = queue.submit(
+        ctx.session,
+        kind=kind,
+        cmd=cmd,
+        params=params,
+        resources=[f"template:{tmpl.id}", *extra],
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type="Template",
+        instance_id=tmpl.id,
+    )
+    return job.id
+
+
+def submit_download(ctx: CallContext, tmpl: Template, plan: list[dict[str, Any]]) -> str:
+    return _queue(ctx, "template.download", "registerTemplate", tmpl, {"template_id": tmpl.id, "plan": plan}, [])
+
+
+def copy_to(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Template, str]:
+    """copyTemplate: to the image store of another zone, or (Strato) to a given store or pool."""
+    tmpl = get_template(ctx, args["id"], iso)
+    if tmpl.state != "Ready":
+        raise InvalidParameter(f"Template {tmpl.name} is not ready ({tmpl.state})")
+    targets = [x for x in ("destzoneid", "destimagestoreid", "deststorageid") if args.get(x)]
+    if len(targets) != 1:
+        raise InvalidParameter("Give exactly one of destzoneid, destimagestoreid or deststorageid")
+    members = family(ctx, tmpl)
+    if args.get("deststorageid"):
+        pool = _pool(ctx, args["deststorageid"], "deststorageid")
+        params = {"template_ids": [t.id for t in members], "pool_id": pool.id}
+        return tmpl, _queue(ctx, "template.copy", "copyTemplate", tmpl, params, [f"pool:{pool.id}"])
+    store = _store_in_zone(ctx, args.get("destzoneid"), args.get("destimagestoreid"))
+    for member in members:
+        exists = ctx.session.scalar(
+            select(TemplateStoreCopy).where(
+                TemplateStoreCopy.template_id == member.id,
+                TemplateStoreCopy.store_id == store.id,
+                TemplateStoreCopy.removed.is_(None),
+            )
+        )
+        if exists is None:
+            ctx.session.add(
+                TemplateStoreCopy(template_id=member.id, store_id=store.id, path=store_path(member), state="Copying")
+            )
+    ctx.session.flush()
+    params = {"template_ids": [t.id for t in members], "store_id": store.id}
+    return tmpl, _queue(ctx, "template.copy", "copyTemplate", tmpl, params, [f"store:{store.id}"])
+
+
+def prepare(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
+    """prepareTemplate: put the template on a primary pool ahead of use (admins)."""
+    tmpl = get_template(ctx, args["templateid"], iso=False, param="templateid")
+    if tmpl.state != "Ready":
+        raise InvalidParameter(f"Template {tmpl.name} is not ready ({tmpl.state})")
+    if not args.get("storageid"):
+        raise InvalidParameter("Parameter storageid is required: the pool to put the template on")
+    pool = _pool(ctx, args["storageid"], "storageid")
+    if pool.zone_id != args["zoneid"]:
+        raise InvalidParameter(f"Storage pool {pool.name} is not in the given zone")
+    params = {"template_ids": [t.id for t in family(ctx, tmpl)], "pool_id": pool.id}
+    return tmpl, _queue(ctx, "template.copy", "prepareTemplate", tmpl, params, [f"pool:{pool.id}"])
+
+
+def delete(ctx: CallContext, args: dict[str, Any], iso: bool) -> str:
+    tmpl = get_template(ctx, args["id"], iso)
+    _check_owner(ctx, tmpl)
+    if tmpl.parent_id is not None:
+        raise InvalidParameter(f"Template {tmpl.name} is a data disk of another template; delete its parent")
+    if tmpl.state == "Downloading":
+        raise InvalidParameter(f"Template {tmpl.name} is still downloading; wait for it to end")
+    check_deletable(ctx, tmpl)
+    members = family(ctx, tmpl)
+    return _queue(
+        ctx,
+        "template.delete",
+        "deleteIso" if iso else "deleteTemplate",
+        tmpl,
+        {"template_ids": [t.id for t in members]},
+        [],
+    )
+
+
+def create_from(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
+    """createTemplate from one volume, or (Strato) from a whole stopped VM: a multi-disk template.
+    Each disk goes to the chosen image store or pool (default: the zone's image store)."""
+    from strato.db.models import VirtualMachine
+    from strato.services.vms import get_vm
+    from strato.services.volumes import get_volume
+
+    if bool(args.get("volumeid")) == bool(args.get("virtualmachineid")):
+        raise InvalidParameter("Give exactly one of volumeid or virtualmachineid")
+    if args.get("snapshotid"):
+        raise InvalidParameter("Templates from volume snapshots are not offered yet; use volumeid")
+    if args.get("volumeid"):
+        volumes = [get_volume(ctx, args["volumeid"], "volumeid")]
+    else:
+        vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+        volumes = list(
+            ctx.session.scalars(
+                select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)).order_by(Volume.device_id)
+            )
+        )
+    for vol in volumes:
+        if vol.state != "Ready" or not vol.top_layer_id:
+            raise InvalidParameter(f"Volume {vol.name} is {vol.state}; it must be Ready")
+        if vol.vm_id:
+            owner_vm = ctx.session.get(VirtualMachine, vol.vm_id)
+            if owner_vm is not None and owner_vm.state != "Stopped":
+                raise InvalidParameter(
+                    f"VM {owner_vm.name} is {owner_vm.state}: stop it first, so that the "
+                    "template is a consistent copy of its disks"
+                )
+    overrides = {d.get("volumeid"): d for d in args.get("datadisks") or []}
+    zone_id = volumes[0].zone_id
+    root: Template | None = None
+    disks: list[dict[str, Any]] = []
+    for index, vol in enumerate(volumes):
+        tmpl = Template(
+            name=args["name"] if index == 0 else f"{args['name']}-disk{index}",
+            display_text=(args.get("displaytext") or args["name"]) if index == 0 else f"Data disk {index}",
+            zone_id=zone_id,
+            format="QCOW2",
+            os_type=args.get("ostypeid") or "Other Linux (64-bit)",
+            is_public=bool(args.get("ispublic")) and ctx.is_admin,
+            is_featured=bool(args.get("isfeatured")) and ctx.is_admin,
+            bootable=index == 0,
+            password_enabled=bool(args.get("passwordenabled")),
+            template_type="USER" if index == 0 else "DATADISK",
+            parent_id=root.id if root else None,
+            disk_index=index,
+            state="Creating",
+            virtual_size=vol.size,
+            account_id=ctx.account.id,
+            domain_id=ctx.account.domain_id,
+        )
+        ctx.session.add(tmpl)
+        ctx.session.flush()
+        root = root or tmpl
+        choice = overrides.get(vol.id, {})
+        store_id = choice.get("imagestoreid") or (None if choice.get("storageid") else args.get("imagestoreid"))
+        pool_id = choice.get("storageid") or (None if choice.get("imagestoreid") else args.get("storageid"))
+        dest = _destination(ctx, tmpl, zone_id, store_id, pool_id, "")
+        disks.append({**dest, "volume_id": vol.id})
+    assert root is not None
+    locks = [f"volume:{v.id}" for v in volumes] + ([f"vm:{volumes[0].vm_id}"] if volumes[0].vm_id else [])
+    return root, _queue(ctx, "template.create", "createTemplate", root, {"disks": disks}, locks)

@@ -26,9 +26,7 @@ from strato.services.listing import Page
         Param("podid", T.UUID, "The pod ID for the host", required=True),
         Param("clusterid", T.UUID, "The cluster ID for the host"),
         Param("url", T.STRING, "The agent's URL, http://host:port", required=True, max_length=1024),
-        Param(
-            "username", T.STRING, "Ignored (the agent authenticates the token)", required=True, max_length=255
-        ),
+        Param("username", T.STRING, "Ignored (the agent authenticates the token)", required=True, max_length=255),
         Param("password", T.STRING, "The agent's bearer token", required=True, max_length=1024),
         Param(
             "hypervisor",

@@ -48,9 +48,7 @@ def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
 
     if req.method != "POST":
         raise CloudError("login must be sent as a POST request", ErrorCode.METHOD_NOT_ALLOWED)
-    ctx, key = authn.login(
-        session, args["username"], args["password"], args.get("domain"), args.get("domainid")
-    )
+    ctx, key = authn.login(session, args["username"], args["password"], args.get("domain"), args.get("domainid"))
     from strato.services import settings
 
     body = {
@@ -84,9 +82,7 @@ def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
 )
 def logout(session: Session, args: dict[str, Any], req: Request) -> Reply:
     authn.logout(session, args.get("sessionkey") or req.session_cookie)
-    return Reply(
-        200, {"logoutresponse": {"description": "success"}}, cookies={"sessionkey": None, "JSESSIONID": None}
-    )
+    return Reply(200, {"logoutresponse": {"description": "success"}}, cookies={"sessionkey": None, "JSESSIONID": None})
 
 
 # --- domains ---------------------------------------------------------------------------------------

@@ -12,9 +12,7 @@ from strato.services import topology
 from strato.services.context import CallContext
 from strato.services.listing import Page
 
-ALLOC = Param(
-    "allocationstate", T.STRING, "Allocation state: Enabled or Disabled", choices=topology.ALLOCATION_STATES
-)
+ALLOC = Param("allocationstate", T.STRING, "Allocation state: Enabled or Disabled", choices=topology.ALLOCATION_STATES)
 
 
 @api(

@@ -15,9 +15,7 @@ from strato.services.listing import Page
 NAME = Param("name", T.STRING, "The name of the offering", required=True, max_length=255)
 DISPLAY = Param("displaytext", T.STRING, "The display text of the offering", max_length=4096)
 DOMAIN = Param("domainid", T.UUID, "The domain the offering is restricted to (public if absent)")
-STORAGE_TYPE = Param(
-    "storagetype", T.STRING, "The storage type: local or shared", choices=("local", "shared")
-)
+STORAGE_TYPE = Param("storagetype", T.STRING, "The storage type: local or shared", choices=("local", "shared"))
 
 
 @api(

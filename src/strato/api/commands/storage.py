@@ -44,9 +44,7 @@ def _pool_view(ctx: CallContext, pool: Any) -> dict[str, Any]:
             choices=("host", "cluster", "zone"),
         ),
         Param("tags", T.STRING, "The storage tags for the pool, comma separated", max_length=1024),
-        Param(
-            "capacitybytes", T.LONG, "Capacity in bytes to report instead of the file system's", min_value=0
-        ),
+        Param("capacitybytes", T.LONG, "Capacity in bytes to report instead of the file system's", min_value=0),
         Param("capacityiops", T.LONG, "IOPS the pool can deliver", min_value=0),
         Param("provider", T.STRING, "Storage provider: DefaultPrimary", max_length=255),
         Param("hypervisor", T.STRING, "Hypervisor type of the hosts in a zone-wide pool", max_length=32),

@@ -96,9 +96,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["domain_id"], ["domains.id"], name=op.f("fk_disk_offerings_domain_id_domains")
-        ),
+        sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_disk_offerings_domain_id_domains")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_disk_offerings")),
     )
     with op.batch_alter_table("disk_offerings", schema=None) as batch_op:
@@ -123,9 +121,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["domain_id"], ["domains.id"], name=op.f("fk_service_offerings_domain_id_domains")
-        ),
+        sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_service_offerings_domain_id_domains")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_service_offerings")),
     )
     with op.batch_alter_table("service_offerings", schema=None) as batch_op:
@@ -199,12 +195,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_resource_tags_account_id_accounts")
-        ),
-        sa.ForeignKeyConstraint(
-            ["domain_id"], ["domains.id"], name=op.f("fk_resource_tags_domain_id_domains")
-        ),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_resource_tags_account_id_accounts")),
+        sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_resource_tags_domain_id_domains")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_resource_tags")),
     )
     with op.batch_alter_table("resource_tags", schema=None) as batch_op:
@@ -385,9 +377,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["cluster_id"], ["clusters.id"], name=op.f("fk_storage_pools_cluster_id_clusters")
-        ),
+        sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], name=op.f("fk_storage_pools_cluster_id_clusters")),
         sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], name=op.f("fk_storage_pools_host_id_hosts")),
         sa.ForeignKeyConstraint(["pod_id"], ["pods.id"], name=op.f("fk_storage_pools_pod_id_pods")),
         sa.ForeignKeyConstraint(["zone_id"], ["zones.id"], name=op.f("fk_storage_pools_zone_id_zones")),

@@ -26,9 +26,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_resource_limits_account_id_accounts")
-        ),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_resource_limits_account_id_accounts")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_resource_limits")),
     )
     with op.batch_alter_table("resource_limits", schema=None) as batch_op:
@@ -44,12 +42,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_ssh_keypairs_account_id_accounts")
-        ),
-        sa.ForeignKeyConstraint(
-            ["domain_id"], ["domains.id"], name=op.f("fk_ssh_keypairs_domain_id_domains")
-        ),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_ssh_keypairs_account_id_accounts")),
+        sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_ssh_keypairs_domain_id_domains")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ssh_keypairs")),
     )
     with op.batch_alter_table("ssh_keypairs", schema=None) as batch_op:
@@ -85,13 +79,9 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_templates_account_id_accounts")
-        ),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_templates_account_id_accounts")),
         sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_templates_domain_id_domains")),
-        sa.ForeignKeyConstraint(
-            ["parent_id"], ["templates.id"], name=op.f("fk_templates_parent_id_templates")
-        ),
+        sa.ForeignKeyConstraint(["parent_id"], ["templates.id"], name=op.f("fk_templates_parent_id_templates")),
         sa.ForeignKeyConstraint(["zone_id"], ["zones.id"], name=op.f("fk_templates_zone_id_zones")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_templates")),
     )
@@ -122,9 +112,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("template_store_copies", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_template_store_copies_store_id"), ["store_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_template_store_copies_template_id"), ["template_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_template_store_copies_template_id"), ["template_id"], unique=False)
 
     op.create_table(
         "virtual_machines",
@@ -153,19 +141,11 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_virtual_machines_account_id_accounts")
-        ),
-        sa.ForeignKeyConstraint(
-            ["domain_id"], ["domains.id"], name=op.f("fk_virtual_machines_domain_id_domains")
-        ),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_virtual_machines_account_id_accounts")),
+        sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_virtual_machines_domain_id_domains")),
         sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], name=op.f("fk_virtual_machines_host_id_hosts")),
-        sa.ForeignKeyConstraint(
-            ["iso_id"], ["templates.id"], name=op.f("fk_virtual_machines_iso_id_templates")
-        ),
-        sa.ForeignKeyConstraint(
-            ["last_host_id"], ["hosts.id"], name=op.f("fk_virtual_machines_last_host_id_hosts")
-        ),
+        sa.ForeignKeyConstraint(["iso_id"], ["templates.id"], name=op.f("fk_virtual_machines_iso_id_templates")),
+        sa.ForeignKeyConstraint(["last_host_id"], ["hosts.id"], name=op.f("fk_virtual_machines_last_host_id_hosts")),
         sa.ForeignKeyConstraint(
             ["service_offering_id"],
             ["service_offerings.id"],
@@ -211,15 +191,9 @@ def upgrade() -> None:
             name=op.f("fk_volumes_disk_offering_id_disk_offerings"),
         ),
         sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_volumes_domain_id_domains")),
-        sa.ForeignKeyConstraint(
-            ["pool_id"], ["storage_pools.id"], name=op.f("fk_volumes_pool_id_storage_pools")
-        ),
-        sa.ForeignKeyConstraint(
-            ["template_id"], ["templates.id"], name=op.f("fk_volumes_template_id_templates")
-        ),
-        sa.ForeignKeyConstraint(
-            ["vm_id"], ["virtual_machines.id"], name=op.f("fk_volumes_vm_id_virtual_machines")
-        ),
+        sa.ForeignKeyConstraint(["pool_id"], ["storage_pools.id"], name=op.f("fk_volumes_pool_id_storage_pools")),
+        sa.ForeignKeyConstraint(["template_id"], ["templates.id"], name=op.f("fk_volumes_template_id_templates")),
+        sa.ForeignKeyConstraint(["vm_id"], ["virtual_machines.id"], name=op.f("fk_volumes_vm_id_virtual_machines")),
         sa.ForeignKeyConstraint(["zone_id"], ["zones.id"], name=op.f("fk_volumes_zone_id_zones")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_volumes")),
     )
@@ -246,12 +220,8 @@ def upgrade() -> None:
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["parent_id"], ["layers.id"], name=op.f("fk_layers_parent_id_layers")),
-        sa.ForeignKeyConstraint(
-            ["pool_id"], ["storage_pools.id"], name=op.f("fk_layers_pool_id_storage_pools")
-        ),
-        sa.ForeignKeyConstraint(
-            ["template_id"], ["templates.id"], name=op.f("fk_layers_template_id_templates")
-        ),
+        sa.ForeignKeyConstraint(["pool_id"], ["storage_pools.id"], name=op.f("fk_layers_pool_id_storage_pools")),
+        sa.ForeignKeyConstraint(["template_id"], ["templates.id"], name=op.f("fk_layers_template_id_templates")),
         sa.ForeignKeyConstraint(["volume_id"], ["volumes.id"], name=op.f("fk_layers_volume_id_volumes")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_layers")),
         sa.UniqueConstraint("pool_id", "path", name=op.f("uq_layers_pool_id")),

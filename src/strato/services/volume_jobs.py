@@ -1,0 +1,309 @@
+"""Async jobs of volumes (create, attach, detach, resize, delete) and of importVm."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from strato.db.base import utcnow
+from strato.db.models import Host, Job, Layer, StoragePool, VirtualMachine, Volume
+from strato.db.models.storage import LAYER_VOLUME
+from strato.engine.allocator import DiskRequest, Limits, place_volume, reaches
+from strato.engine.context import JobContext
+from strato.engine.jobkinds import JobResult, job_kind
+from strato.errors import InvalidState
+from strato.protocol.client import AgentClientError
+from strato.protocol.messages import (
+    AttachDisk,
+    ConvertLayer,
+    DetachDisk,
+    GetLayerInfo,
+    LayerRef,
+    PoolRef,
+    ResizeLayer,
+)
+from strato.services import settings
+from strato.services.agents import host_client
+from strato.services.layers import agent_error, create_layer_on, ref, remove_volume_layers, volume_layer_path
+from strato.services.reach import host_for
+from strato.services.vmspec import disk_spec
+
+VOLUME_RESULT = "volume"
+
+
+def _limits(s: Session) -> Limits:
+    return Limits(
+        overprovision=float(settings.get(s, "storage.overprovisioning.factor")),
+        disable_threshold=float(settings.get(s, "pool.storage.capacity.disablethreshold")),
+    )
+
+
+def _vm_host(s: Session, vm: VirtualMachine) -> Host | None:
+    host_id = vm.host_id or vm.last_host_id
+    return s.get(Host, host_id) if host_id else None
+
+
+def _new_layer(job: JobContext, volume_id: str, pool_id: str, size: int) -> tuple[str, str]:
+    with job.db.session() as s:
+        layer = Layer(
+            pool_id=pool_id, path="", volume_id=volume_id, kind=LAYER_VOLUME, virtual_size=size, state="Creating"
+        )
+        s.add(layer)
+        s.flush()
+        layer.path = volume_layer_path(volume_id, layer.id)
+        return layer.id, layer.path
+
+
+def _finish_layer(job: JobContext, layer_id: str, volume_id: str, virtual: int, physical: int) -> None:
+    with job.db.session() as s:
+        layer, vol = s.get(Layer, layer_id), s.get(Volume, volume_id)
+        assert layer is not None and vol is not None
+        layer.state, layer.virtual_size, layer.physical_size = "Ready", virtual, physical
+        vol.top_layer_id, vol.size = layer_id, virtual
+
+
+def _layers_remover(job: JobContext, top_layer_id: str) -> Callable[[], None]:
+    return lambda: remove_volume_layers(job.db, top_layer_id)
+
+
+def _drop_layer_row(job: JobContext, layer_id: str) -> None:
+    with job.db.session() as s:
+        row = s.get(Layer, layer_id)
+        if row is not None:
+            s.delete(row)
+
+
+def create(job: JobContext) -> JobResult:
+    volume_id, vm_id = job.params["volume_id"], job.params.get("vm_id")
+    with job.step("place"), job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None
+        vm = s.get(VirtualMachine, vm_id) if vm_id else None
+        host = _vm_host(s, vm) if vm is not None else None
+        disk = DiskRequest(
+            label=f"volume {vol.name}",
+            size=vol.size,
+            tags=frozenset(job.params.get("tags") or []),
+            storage_type=job.params.get("storage_type") or "shared",
+            pool_id=vol.requested_pool_id,
+        )
+        pool = place_volume(s, vol.zone_id, disk, _limits(s), host)
+        vol.pool_id, vol.state = pool.id, "Creating"
+        pool_id, size = pool.id, vol.size
+    layer_id, path = _new_layer(job, volume_id, pool_id, size)
+    with job.step("create layer", undo=_layers_remover(job, layer_id)):
+        try:
+            info = create_layer_on(job.db, pool_id, path, size, None)
+        except BaseException:
+            _drop_layer_row(job, layer_id)
+            raise
+        _finish_layer(job, layer_id, volume_id, info.virtual_size, info.physical_size)
+    with job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None
+        vol.state = "Ready"
+    if vm_id:
+        with job.db.session() as s:
+            vm = s.get(VirtualMachine, vm_id)
+            assert vm is not None
+            used = {v.device_id for v in s.query(Volume).filter(Volume.vm_id == vm_id, Volume.removed.is_(None))}
+        device_id = next(n for n in range(1, 64) if n not in used)
+        _attach(job, volume_id, vm_id, device_id)
+    return {"type": VOLUME_RESULT, "id": volume_id}
+
+
+def _create_failed(session: Session, job: Job) -> None:
+    vol = session.get(Volume, job.params["volume_id"])
+    if vol is not None and vol.state in ("Allocated", "Creating"):
+        vol.state, vol.removed = "Expunged", utcnow()
+
+
+job_kind("volume.create", on_fail=_create_failed, event="VOLUME.CREATE")(create)
+
+
+def _attach(job: JobContext, volume_id: str, vm_id: str, device_id: int) -> None:
+    with job.db.session() as s:
+        vol, vm = s.get(Volume, volume_id), s.get(VirtualMachine, vm_id)
+        assert vol is not None and vm is not None and vol.pool_id
+        pool = s.get(StoragePool, vol.pool_id)
+        assert pool is not None
+        running = vm.state == "Running" and vm.host_id is not None
+        host = s.get(Host, vm.host_id) if running and vm.host_id else None
+        if host is not None and not reaches(host, pool):
+            raise InvalidState(
+                f"Pool {pool.name} of volume {vol.name} is not reachable from host {host.name} where VM {vm.name} runs"
+            )
+        if vm.state not in ("Running", "Stopped"):
+            raise InvalidState(f"VM {vm.name} is {vm.state}")
+        vol.device_id = device_id
+        spec = disk_spec(s, vol)
+        vol.device_id = None
+        client = host_client(host) if host is not None else None
+        host_name, vm_name = (host.name if host else ""), vm.instance_name
+    if client is not None:
+        try:
+            client.call(AttachDisk(vm_name=vm_name, disk=spec))
+        except AgentClientError as exc:
+            raise agent_error(host_name, exc) from None
+    with job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None
+        vol.vm_id, vol.device_id, vol.attached = vm_id, device_id, utcnow()
+
+
+def attach(job: JobContext) -> JobResult:
+    _attach(job, job.params["volume_id"], job.params["vm_id"], job.params["device_id"])
+    return {"type": VOLUME_RESULT, "id": job.params["volume_id"]}
+
+
+job_kind("volume.attach", event="VOLUME.ATTACH")(attach)
+
+
+def detach(job: JobContext) -> JobResult:
+    volume_id, vm_id = job.params["volume_id"], job.params["vm_id"]
+    with job.db.session() as s:
+        vol, vm = s.get(Volume, volume_id), s.get(VirtualMachine, vm_id)
+        assert vol is not None and vm is not None
+        running = vm.state == "Running" and vm.host_id is not None
+        host = s.get(Host, vm.host_id) if running and vm.host_id else None
+        client = host_client(host) if host is not None else None
+        host_name, vm_name, device_id = (host.name if host else ""), vm.instance_name, vol.device_id
+    if client is not None and device_id is not None:
+        try:
+            client.call(DetachDisk(vm_name=vm_name, device_id=device_id))
+        except AgentClientError as exc:
+            raise agent_error(host_name, exc) from None
+    with job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None
+        vol.vm_id, vol.device_id, vol.attached = None, None, None
+    return {"type": VOLUME_RESULT, "id": volume_id}
+
+
+job_kind("volume.detach", event="VOLUME.DETACH")(detach)
+
+
+def resize(job: JobContext) -> JobResult:
+    volume_id, size = job.params["volume_id"], job.params["size"]
+    with job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None and vol.pool_id and vol.top_layer_id
+        pool, top = s.get(StoragePool, vol.pool_id), s.get(Layer, vol.top_layer_id)
+        assert pool is not None and top is not None
+        vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+        running_host = s.get(Host, vm.host_id) if vm is not None and vm.state == "Running" and vm.host_id else None
+        host = running_host or host_for(s, [pool])
+        cmd = ResizeLayer(
+            layer=ref(pool, top.path),
+            size_bytes=size,
+            vm_name=vm.instance_name if running_host and vm else None,
+            device_id=vol.device_id if running_host else None,
+        )
+        client, host_name, layer_id = host_client(host), host.name, top.id
+        vol.state = "Resizing"
+    try:
+        info = client.call(cmd)
+    except AgentClientError as exc:
+        raise agent_error(host_name, exc) from None
+    with job.db.session() as s:
+        vol, layer = s.get(Volume, volume_id), s.get(Layer, layer_id)
+        assert vol is not None and layer is not None
+        vol.size, vol.state = info.virtual_size, "Ready"
+        layer.virtual_size, layer.physical_size = info.virtual_size, info.physical_size
+    return {"type": VOLUME_RESULT, "id": volume_id}
+
+
+def _resize_failed(session: Session, job: Job) -> None:
+    vol = session.get(Volume, job.params["volume_id"])
+    if vol is not None and vol.state == "Resizing":
+        vol.state = "Ready"
+
+
+job_kind("volume.resize", on_fail=_resize_failed, event="VOLUME.RESIZE")(resize)
+
+
+def delete(job: JobContext) -> JobResult:
+    volume_id = job.params["volume_id"]
+    with job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None
+        top = vol.top_layer_id
+    remove_volume_layers(job.db, top)
+    with job.db.session() as s:
+        vol = s.get(Volume, volume_id)
+        assert vol is not None
+        vol.state, vol.removed, vol.top_layer_id = "Expunged", utcnow(), None
+    return {"success": True}
+
+
+def _delete_failed(session: Session, job: Job) -> None:
+    vol = session.get(Volume, job.params["volume_id"])
+    if vol is not None and vol.state == "Destroy":
+        vol.state = "Ready"  # the files are still there: the volume stays usable
+
+
+job_kind("volume.delete", recover=delete, on_fail=_delete_failed, event="VOLUME.DELETE")(delete)
+
+
+# --- importVm --------------------------------------------------------------------------------------
+
+
+def _source(path: str) -> LayerRef:
+    return LayerRef(pool=PoolRef(id="import", path=os.path.dirname(path)), name=os.path.basename(path))
+
+
+def import_vm(job: JobContext) -> JobResult:
+    vm_id, host_id = job.params["vm_id"], job.params["host_id"]
+    disks: list[dict[str, Any]] = job.params["disks"]
+    with job.db.session() as s:
+        host = s.get(Host, host_id)
+        assert host is not None
+        client, host_name = host_client(host), host.name
+    for n, disk in enumerate(disks):
+        source = _source(disk["path"])
+        try:
+            info = client.call(GetLayerInfo(layer=source))
+        except AgentClientError as exc:
+            raise agent_error(host_name, exc) from None
+        with job.db.session() as s:
+            vol = s.get(Volume, disk["volume_id"])
+            host_row = s.get(Host, host_id)
+            assert vol is not None and host_row is not None
+            request = DiskRequest(label=f"disk {n} ({disk['path']})", size=info.virtual_size, pool_id=disk["pool_id"])
+            pool = place_volume(s, vol.zone_id, request, _limits(s), host_row)
+            vol.pool_id, vol.size, vol.state = pool.id, info.virtual_size, "Creating"
+        layer_id, path = _new_layer(job, disk["volume_id"], pool.id, info.virtual_size)
+        target = ref(pool, path)
+        with job.step(f"import {disk['path']}", undo=_layers_remover(job, layer_id)):
+            try:
+                done = client.run_long(
+                    ConvertLayer(source=source, target=target), on_progress=job.part_progress(n, len(disks))
+                )
+            except AgentClientError as exc:
+                _drop_layer_row(job, layer_id)
+                raise agent_error(host_name, exc) from None
+            _finish_layer(job, layer_id, disk["volume_id"], done.virtual_size, done.physical_size)
+    with job.db.session() as s:
+        vm = s.get(VirtualMachine, vm_id)
+        assert vm is not None
+        for disk in disks:
+            vol = s.get(Volume, disk["volume_id"])
+            assert vol is not None
+            vol.state, vol.attached = "Ready", utcnow()
+    return {"type": "virtualmachine", "id": vm_id}
+
+
+def _import_failed(session: Session, job: Job) -> None:
+    vm = session.get(VirtualMachine, job.params["vm_id"])
+    if vm is not None:
+        vm.state, vm.removed = "Error", None
+    for disk in job.params["disks"]:
+        vol = session.get(Volume, disk["volume_id"])
+        if vol is not None:
+            vol.state, vol.removed, vol.vm_id = "Expunged", utcnow(), None
+
+
+job_kind("vm.import", on_fail=_import_failed, event="VM.IMPORT")(import_vm)

@@ -1,0 +1,335 @@
+"""Volumes: create (offering or size, a pool chosen or allocated), attach and detach on stopped and
+running VMs (hot-plug), resize, delete; and importVm's disks from existing images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from strato.db.models import Account, DiskOffering, Host, StoragePool, VirtualMachine, Volume, Zone
+from strato.engine import queue
+from strato.errors import InvalidParameter, NotFound, PermissionDenied
+from strato.services import limits
+from strato.services.access import check_account_access, owner_scope
+from strato.services.context import CallContext
+from strato.services.identity import find_account
+from strato.services.listing import Page, run_page
+from strato.services.lookup import get_live
+from strato.services.settings import capability_for
+from strato.services.states import require_vm_state
+from strato.services.vms import get_vm
+
+GIB = 1024**3
+
+
+def get_volume(ctx: CallContext, volume_id: str, param: str = "id") -> Volume:
+    vol = ctx.session.get(Volume, volume_id)
+    if vol is None or vol.removed is not None:
+        raise NotFound(f"Unable to find volume with {param}={volume_id}")
+    acct = ctx.session.get(Account, vol.account_id)
+    assert acct is not None
+    try:
+        check_account_access(ctx, acct)
+    except PermissionDenied:
+        raise NotFound(f"Unable to find volume with {param}={volume_id}") from None
+    return vol
+
+
+def _submit(ctx: CallContext, kind: str, cmd: str, vol: Volume, vm_id: str | None = None, **params: Any) -> str:
+    resources = [f"volume:{vol.id}"] + ([f"vm:{vm_id}"] if vm_id else [])
+    job = queue.submit(
+        ctx.session,
+        kind=kind,
+        cmd=cmd,
+        params={"volume_id": vol.id, "vm_id": vm_id, **params},
+        resources=resources,
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type="Volume",
+        instance_id=vol.id,
+    )
+    return job.id
+
+
+def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
+    owner = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid") if args.get("virtualmachineid") else None
+    zone_id = args.get("zoneid") or (vm.zone_id if vm else None)
+    if not zone_id:
+        raise InvalidParameter("Parameter zoneid is required (or virtualmachineid)")
+    zone = get_live(ctx.session, Zone, zone_id, "zone", "zoneid")
+    if not args.get("diskofferingid"):
+        raise InvalidParameter("Parameter diskofferingid is required (a custom-size offering takes size in GiB)")
+    offering = get_live(ctx.session, DiskOffering, args["diskofferingid"], "disk offering", "diskofferingid")
+    size = offering.disk_size_bytes
+    if offering.customized:
+        if not args.get("size"):
+            raise InvalidParameter(f"Disk offering {offering.name} has a custom size: give size in GiB")
+        size = args["size"] * GIB
+    elif args.get("size"):
+        raise InvalidParameter(f"Disk offering {offering.name} has a fixed size; size may not be given")
+    pool_id = args.get("storageid")
+    if pool_id:
+        if not ctx.is_root_admin:
+            raise PermissionDenied("Only admins may choose a storage pool (storageid)")
+        pool = get_live(ctx.session, StoragePool, pool_id, "storage pool", "storageid")
+        if pool.zone_id != zone.id:
+            raise InvalidParameter(f"Storage pool {pool.name} is not in zone {zone.name}")
+    limits.check(ctx.session, owner, volumes=1, storage_bytes=size)
+    if vm is not None:
+        _check_attachable(ctx, vm)
+    vol = Volume(
+        name=args.get("name") or "",
+        account_id=owner.id,
+        domain_id=owner.domain_id,
+        zone_id=zone.id,
+        volume_type="DATADISK",
+        size=size,
+        disk_offering_id=offering.id,
+        state="Allocated",
+        provisioning_type=offering.provisioning_type,
+        requested_pool_id=pool_id,
+    )
+    ctx.session.add(vol)
+    ctx.session.flush()
+    vol.name = vol.name or f"DATA-{vol.id[:8]}"
+    job_id = _submit(
+        ctx,
+        "volume.create",
+        "createVolume",
+        vol,
+        vm.id if vm else None,
+        tags=[t for t in (offering.tags or "").split(",") if t],
+        storage_type=offering.storage_type,
+    )
+    return vol, job_id
+
+
+def _check_attachable(ctx: CallContext, vm: VirtualMachine) -> None:
+    require_vm_state(vm, "Running", "Stopped", action="attach a volume to")
+    count = (
+        ctx.session.scalar(
+            select(func.count())
+            .select_from(Volume)
+            .where(Volume.vm_id == vm.id, Volume.removed.is_(None), Volume.volume_type == "DATADISK")
+        )
+        or 0
+    )
+    cap = capability_for(ctx.session, vm.hypervisor if vm.hypervisor in ("KVM", "Simulator") else "KVM")
+    if count + 1 > cap.max_data_volumes_limit:
+        raise InvalidParameter(
+            f"VM {vm.name} already has {count} data disks; the hypervisor's limit "
+            f"(maxdatavolumeslimit) is {cap.max_data_volumes_limit}"
+        )
+
+
+def next_device_id(ctx: CallContext, vm: VirtualMachine) -> int:
+    used = {
+        v.device_id for v in ctx.session.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)))
+    }
+    n = 1
+    while n in used:
+        n += 1
+    return n
+
+
+def attach(ctx: CallContext, args: dict[str, Any]) -> str:
+    vol = get_volume(ctx, args["id"])
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    if vol.vm_id:
+        raise InvalidParameter(f"Volume {vol.name} is already attached to a VM")
+    if vol.state != "Ready":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be attached")
+    if vol.account_id != vm.account_id:
+        raise PermissionDenied("A volume can only be attached to a VM of the same account")
+    if vol.zone_id != vm.zone_id:
+        raise InvalidParameter(f"Volume {vol.name} is in another zone than VM {vm.name}")
+    _check_attachable(ctx, vm)
+    device_id = args.get("deviceid")
+    if device_id is not None:
+        if device_id < 1:
+            raise InvalidParameter("Parameter deviceid must be 1 or more (0 is the root disk)")
+        taken = ctx.session.scalar(
+            select(Volume).where(Volume.vm_id == vm.id, Volume.device_id == device_id, Volume.removed.is_(None))
+        )
+        if taken is not None:
+            raise InvalidParameter(f"Device id {device_id} is in use by volume {taken.name}")
+    else:
+        device_id = next_device_id(ctx, vm)
+    return _submit(ctx, "volume.attach", "attachVolume", vol, vm.id, device_id=device_id)
+
+
+def detach(ctx: CallContext, args: dict[str, Any]) -> str:
+    if args.get("id"):
+        vol = get_volume(ctx, args["id"])
+    elif args.get("virtualmachineid") and args.get("deviceid") is not None:
+        vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+        found = ctx.session.scalar(
+            select(Volume).where(Volume.vm_id == vm.id, Volume.device_id == args["deviceid"], Volume.removed.is_(None))
+        )
+        if found is None:
+            raise NotFound(f"VM {vm.name} has no volume at device id {args['deviceid']}")
+        vol = found
+    else:
+        raise InvalidParameter("Give id, or virtualmachineid with deviceid")
+    if vol.volume_type == "ROOT":
+        raise InvalidParameter(f"Volume {vol.name} is the root disk of its VM; a root disk cannot be detached")
+    if not vol.vm_id:
+        raise InvalidParameter(f"Volume {vol.name} is not attached to any VM")
+    vm = get_vm(ctx, vol.vm_id)
+    require_vm_state(vm, "Running", "Stopped", action="detach a volume from")
+    return _submit(ctx, "volume.detach", "detachVolume", vol, vm.id)
+
+
+def resize(ctx: CallContext, args: dict[str, Any]) -> str:
+    vol = get_volume(ctx, args["id"])
+    if vol.state != "Ready":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be resized")
+    size = vol.size
+    if args.get("diskofferingid"):
+        offering = get_live(ctx.session, DiskOffering, args["diskofferingid"], "disk offering", "diskofferingid")
+        size = offering.disk_size_bytes if not offering.customized else size
+        if offering.customized:
+            if not args.get("size"):
+                raise InvalidParameter("A custom-size disk offering needs size (GiB)")
+            size = args["size"] * GIB
+        vol.disk_offering_id = offering.id
+    elif args.get("size"):
+        size = args["size"] * GIB
+    else:
+        raise InvalidParameter("Give size (GiB) or diskofferingid")
+    if size < vol.size:
+        raise InvalidParameter(
+            f"Volume {vol.name} is {vol.size / GIB:.1f} GiB; shrinking to {size / GIB:.1f} GiB "
+            "is not supported (data would be lost)"
+        )
+    owner = ctx.session.get(Account, vol.account_id)
+    assert owner is not None
+    limits.check(ctx.session, owner, storage_bytes=size - vol.size)
+    vm_id = vol.vm_id
+    if vm_id:
+        vm = get_vm(ctx, vm_id)
+        require_vm_state(vm, "Running", "Stopped", action="resize a volume of")
+    return _submit(ctx, "volume.resize", "resizeVolume", vol, vm_id, size=size)
+
+
+def delete(ctx: CallContext, args: dict[str, Any]) -> None:
+    vol = get_volume(ctx, args["id"])
+    if vol.vm_id:
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it before deleting it")
+    if vol.state not in ("Ready", "Allocated", "Destroy"):
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; it cannot be deleted now")
+    vol.state = "Destroy"
+    _submit(ctx, "volume.delete", "deleteVolume", vol)
+
+
+def list_volumes(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Volume], int]:
+    q = select(Volume).where(Volume.removed.is_(None), owner_scope(ctx, args).condition(Volume.account_id))
+    for param, col in (
+        ("id", Volume.id),
+        ("name", Volume.name),
+        ("zoneid", Volume.zone_id),
+        ("virtualmachineid", Volume.vm_id),
+        ("storageid", Volume.pool_id),
+        ("diskofferingid", Volume.disk_offering_id),
+    ):
+        if args.get(param):
+            q = q.where(col == args[param])
+    if args.get("type"):
+        q = q.where(Volume.volume_type == args["type"].upper())
+    if args.get("state"):
+        q = q.where(Volume.state == args["state"])
+    if args.get("hostid"):
+        if not ctx.is_root_admin:
+            raise PermissionDenied("Only admins may list volumes by host")
+        vm_ids = select(VirtualMachine.id).where(VirtualMachine.host_id == args["hostid"])
+        q = q.where(Volume.vm_id.in_(vm_ids))
+    if args.get("ids"):
+        q = q.where(Volume.id.in_(args["ids"]))
+    return run_page(ctx.session, q, page, (Volume.name,), (Volume.created, Volume.device_id))
+
+
+def import_vm(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]:
+    """importVm with importsource=local: disk images in a directory of a host, each onto a chosen pool."""
+    from strato.db.models import ServiceOffering
+    from strato.services.vms import compute_shape
+
+    if (args.get("importsource") or "local").lower() not in ("local", "shared"):
+        raise InvalidParameter("Parameter importsource must be local (disk images on a host)")
+    host = get_live(ctx.session, Host, args["hostid"], "host", "hostid")
+    zone = get_live(ctx.session, Zone, args.get("zoneid") or host.zone_id, "zone", "zoneid")
+    offering = get_live(
+        ctx.session, ServiceOffering, args["serviceofferingid"], "service offering", "serviceofferingid"
+    )
+    details: dict[str, str] = {}
+    for entry in args.get("details") or []:
+        details.update(entry)
+    cpus, speed, memory = compute_shape(ctx, offering, details)
+    disks = [{"path": args["diskpath"], "pool_id": args.get("storageid")}]
+    for n, entry in enumerate(args.get("datadisks") or []):
+        if not entry.get("diskpath"):
+            raise InvalidParameter(f"Parameter datadisks[{n}].diskpath is required")
+        disks.append({"path": entry["diskpath"], "pool_id": entry.get("storageid")})
+    for n, disk in enumerate(disks):
+        path = disk["path"]
+        if not path.startswith("/") or "/../" in path or path.endswith("/"):
+            raise InvalidParameter(f"Disk path {path!r} must be an absolute file path on the host")
+        if disk["pool_id"]:
+            pool = get_live(
+                ctx.session,
+                StoragePool,
+                disk["pool_id"],
+                "storage pool",
+                "storageid" if n == 0 else f"datadisks[{n - 1}].storageid",
+            )
+            if pool.zone_id != zone.id:
+                raise InvalidParameter(f"Storage pool {pool.name} is not in zone {zone.name}")
+    name = args["name"]
+    vm = VirtualMachine(
+        name=name,
+        display_name=args.get("displayname") or name,
+        instance_name="",
+        account_id=ctx.account.id,
+        domain_id=ctx.account.domain_id,
+        zone_id=zone.id,
+        service_offering_id=offering.id,
+        cpu_number=cpus,
+        cpu_speed=speed,
+        memory_mib=memory,
+        hypervisor=host.hypervisor,
+        state="Stopped",
+        last_host_id=host.id,
+        details=details,
+    )
+    ctx.session.add(vm)
+    ctx.session.flush()
+    vm.instance_name = f"i-{vm.id}"
+    limits.check(ctx.session, ctx.account, vms=1, volumes=len(disks))
+    for device_id, disk in enumerate(disks):
+        vol = Volume(
+            name=f"{'ROOT' if device_id == 0 else 'DATA'}-{name}-{device_id}",
+            account_id=ctx.account.id,
+            domain_id=ctx.account.domain_id,
+            zone_id=zone.id,
+            vm_id=vm.id,
+            device_id=device_id,
+            volume_type="ROOT" if device_id == 0 else "DATADISK",
+            state="Allocated",
+            requested_pool_id=disk["pool_id"],
+        )
+        ctx.session.add(vol)
+        ctx.session.flush()
+        disk["volume_id"] = vol.id
+    job = queue.submit(
+        ctx.session,
+        kind="vm.import",
+        cmd="importVm",
+        params={"vm_id": vm.id, "host_id": host.id, "disks": disks},
+        resources=[f"vm:{vm.id}", *(f"volume:{d['volume_id']}" for d in disks)],
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type="VirtualMachine",
+        instance_id=vm.id,
+    )
+    return vm, job.id
