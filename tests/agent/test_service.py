@@ -196,9 +196,7 @@ def test_simulator_fleet_serves_many_hosts_over_http(agent_factory: StartAgent, 
         "run_simulator_fleet(Path(sys.argv[1]), 200, sys.argv[2], 'fleet')",
         str(tmp_path / "fleet"), "{listen}",
     ]  # fmt: skip
-    fleet = agent_factory(
-        data_dir=tmp_path / "fleet", argv=argv, health_path="/host-1", health_token="fleet-host-1"
-    )
+    fleet = agent_factory(data_dir=tmp_path / "fleet", argv=argv, health_path="/host-1", health_token="fleet-host-1")
     for n in (1, 77, 200):
         client = fleet.client(token=f"fleet-host-{n}", path=f"/host-{n}")
         assert client.call(GetHostInfo()).hostname == f"host-{n}"

@@ -275,6 +275,4 @@ def test_orderly_shutdown_keeps_vms_running(agent_factory: StartAgent, tmp_path:
     agent = agent_factory(data_dir=data_dir)
     agent.client().call(StartVm(spec=vm_spec("keep")))
     agent.stop()
-    assert (
-        agent_factory(data_dir=data_dir).client().call(GetVm(name="keep")).power_state == PowerState.RUNNING
-    )
+    assert agent_factory(data_dir=data_dir).client().call(GetVm(name="keep")).power_state == PowerState.RUNNING

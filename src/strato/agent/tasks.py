@@ -70,9 +70,7 @@ class TaskRegistry:
         try:
             answer = await body(progress)
         except asyncio.CancelledError:
-            self._finish(
-                task, TaskState.CANCELLED, error=AgentError(code=ErrorCode.CANCELLED, message="cancelled")
-            )
+            self._finish(task, TaskState.CANCELLED, error=AgentError(code=ErrorCode.CANCELLED, message="cancelled"))
             return
         except DriverError as exc:
             self._finish(task, TaskState.FAILED, error=AgentError(code=exc.code, message=exc.message))
@@ -123,9 +121,7 @@ class TaskRegistry:
 
     def _prune(self) -> None:
         now = time.monotonic()
-        finished = sorted(
-            (t.finished_at, t.task_id) for t in self._tasks.values() if t.finished_at is not None
-        )
+        finished = sorted((t.finished_at, t.task_id) for t in self._tasks.values() if t.finished_at is not None)
         keep_from = max(0, len(finished) - self.max_finished)
         for index, (finished_at, task_id) in enumerate(finished):
             if index < keep_from or now - finished_at > self.retention_s:

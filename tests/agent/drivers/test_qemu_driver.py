@@ -159,9 +159,7 @@ async def test_layer_create_info_rebase_remove(driver: QemuDriver) -> None:
     assert (await driver.layer_info(top)) == top_info
 
     await expect_error(ErrorCode.ALREADY_EXISTS, driver.create_layer(top, MiB, None))
-    await expect_error(
-        ErrorCode.NOT_FOUND, driver.create_layer(layer(driver, "x"), None, layer(driver, "no"))
-    )
+    await expect_error(ErrorCode.NOT_FOUND, driver.create_layer(layer(driver, "x"), None, layer(driver, "no")))
     await expect_error(ErrorCode.BAD_REQUEST, driver.create_layer(layer(driver, "y"), None, None))
     await expect_error(ErrorCode.NOT_FOUND, driver.layer_info(layer(driver, "missing.qcow2")))
     assert not (Path(driver.local_pool.path) / "x").exists()
@@ -221,9 +219,7 @@ async def test_copy_layer_sparse_keeps_backing(driver: QemuDriver, data_dir: Pat
 
     await expect_error(ErrorCode.ALREADY_EXISTS, driver.copy_layer(top, target, None, lambda d, t: None))
     missing = layer(driver, "missing.qcow2")
-    await expect_error(
-        ErrorCode.NOT_FOUND, driver.copy_layer(missing, layer(driver, "m2"), None, lambda d, t: None)
-    )
+    await expect_error(ErrorCode.NOT_FOUND, driver.copy_layer(missing, layer(driver, "m2"), None, lambda d, t: None))
 
     # The copy can then be pointed at a copy of its backing file.
     base_copy = LayerRef(pool=pool2, name="base.qcow2")
@@ -319,9 +315,7 @@ async def test_start_vm_errors(driver: QemuDriver) -> None:
     escape = vm_spec("vm2", [DiskSpec(device_id=0, layer=layer(driver, "../x.qcow2"))])
     await expect_error(ErrorCode.BAD_REQUEST, driver.start_vm(escape))
     await expect_error(ErrorCode.BAD_REQUEST, driver.start_vm(vm_spec("bad/name", [])))
-    await expect_error(
-        ErrorCode.NOT_FOUND, driver.start_vm(vm_spec("vm2", [], cdrom={"path": "/nonexistent.iso"}))
-    )
+    await expect_error(ErrorCode.NOT_FOUND, driver.start_vm(vm_spec("vm2", [], cdrom={"path": "/nonexistent.iso"})))
 
 
 async def test_layers_in_use_are_protected(driver: QemuDriver) -> None:
