@@ -1,0 +1,218 @@
+"""Cost of the host monitor per round as the number of hosts grows (50, 100, 200 simulated hosts).
+
+    .venv/bin/python bench/monitor_scale.py [--sizes 50,100,200] [--rounds 10] [--database-url URL]
+
+Starts one management server (SQLite in a temp dir unless --database-url) and one simulator fleet of
+max(sizes) hosts (strato.agent.multi, one uvicorn process), both as subprocesses on loopback, sets
+ping.interval to 1 s, then registers the hosts through addHost in steps (0, then 50, 100, 200). At each
+step it watches --rounds monitor rounds and reports:
+
+- the round's wall time, as the server reports it (strato_monitor_last_round_seconds on /metrics);
+- the server's CPU time per round (utime+stime from /proc/<pid>/stat over whole rounds), raw and net of
+  the idle baseline measured with no host (job runner polling, heartbeats, the /metrics scrapes);
+- the fleet's CPU time per round (the agents' side of the pings);
+- per host, and the ratios 100/50 and 200/50 (linear scaling gives 2.0 and 4.0).
+
+Everything is stopped by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from cs import CloudStack  # noqa: E402
+
+from helpers.agentproc import AgentProcess, start_agent  # noqa: E402
+from helpers.serverproc import ServerProcess, start_server  # noqa: E402
+
+TOKEN = "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCRAPE_EVERY = 0.25
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def monitor_round(server: ServerProcess) -> tuple[float, int, int]:
+    """(last round seconds, hosts in it, hosts that answered) from /metrics."""
+    seconds, hosts, answered = 0.0, 0, 0
+    for line in httpx.get(server.base_url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("strato_monitor_last_round_seconds "):
+            seconds = float(line.split()[1])
+        elif line.startswith('strato_monitor_last_round_hosts{outcome="all"}'):
+            hosts = int(line.split()[1])
+        elif line.startswith('strato_monitor_last_round_hosts{outcome="answered"}'):
+            answered = int(line.split()[1])
+    return seconds, hosts, answered
+
+
+@dataclass
+class Step:
+    hosts: int
+    rounds: int
+    round_wall_s: float
+    server_cpu_per_round: float
+    fleet_cpu_per_round: float
+    window_s: float
+
+
+def watch_rounds(server: ServerProcess, fleet: AgentProcess, hosts: int, rounds: int) -> Step:
+    """Waits for a round covering `hosts` hosts, then measures CPU over the next `rounds` whole rounds."""
+    deadline = time.monotonic() + 60 + rounds * 5
+    last = monitor_round(server)
+    # First, a round boundary with every host in the round (the first round after a change is partial).
+    while True:
+        now = monitor_round(server)
+        if now != last and now[1] == hosts:
+            break
+        last = now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no monitor round over {hosts} hosts (last {now})")
+        time.sleep(SCRAPE_EVERY / 5)
+    start_t, start_cpu, start_fleet = time.monotonic(), cpu_seconds(server.proc.pid), cpu_seconds(fleet.proc.pid)
+    walls: list[float] = []
+    last = now
+    while len(walls) < rounds:
+        time.sleep(SCRAPE_EVERY)
+        now = monitor_round(server)
+        if now != last:
+            if now[1] != hosts or now[2] != hosts:
+                raise RuntimeError(f"round with {now[2]}/{now[1]} answering, {hosts} expected")
+            walls.append(now[0])
+            last = now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(walls)} rounds seen over {hosts} hosts")
+    # Rounds are detected up to SCRAPE_EVERY late at both ends alike, so the window spans `rounds` rounds.
+    window = time.monotonic() - start_t
+    return Step(
+        hosts=hosts,
+        rounds=rounds,
+        round_wall_s=statistics.median(walls),
+        server_cpu_per_round=(cpu_seconds(server.proc.pid) - start_cpu) / rounds,
+        fleet_cpu_per_round=(cpu_seconds(fleet.proc.pid) - start_fleet) / rounds,
+        window_s=window,
+    )
+
+
+def idle_baseline(server: ServerProcess, seconds: float) -> float:
+    """Server CPU seconds per wall second with no host, while being scraped as during the measurement."""
+    start_t, start_cpu = time.monotonic(), cpu_seconds(server.proc.pid)
+    while time.monotonic() - start_t < seconds:
+        monitor_round(server)
+        time.sleep(SCRAPE_EVERY)
+    return (cpu_seconds(server.proc.pid) - start_cpu) / (time.monotonic() - start_t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="50,100,200")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    with tempfile.TemporaryDirectory(prefix="strato-bench-monitor-") as tmp:
+        work = Path(tmp)
+        server = start_server(work / "server", database_url=args.database_url)
+        fleet: AgentProcess | None = None
+        try:
+            code = (
+                "import sys; from pathlib import Path; from strato.agent.multi import run_simulator_fleet; "
+                f"run_simulator_fleet(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], {TOKEN!r})"
+            )
+            fleet = start_agent(
+                work / "fleet",
+                argv=[sys.executable, "-c", code, str(work / "fleet"), str(sizes[-1]), "{listen}"],
+                health_path="/host-1",
+                health_token=f"{TOKEN}-host-1",
+                timeout=120,
+            )
+            api: CloudStack = server.cs()
+            api.updateConfiguration(name="ping.interval", value="1")
+            zone = api.createZone(name="bench")["zone"]
+            pod = api.createPod(name="bench", zoneid=zone["id"])["pod"]
+            cluster = api.addCluster(clustername="bench", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator")[
+                "cluster"
+            ][0]
+
+            def add(n: int) -> None:
+                api.addHost(
+                    zoneid=zone["id"],
+                    podid=pod["id"],
+                    clusterid=cluster["id"],
+                    url=f"{fleet.base_url if fleet else ''}/host-{n}",
+                    username="strato",
+                    password=f"{TOKEN}-host-{n}",
+                    hypervisor="Simulator",
+                )
+
+            print(f"measuring the idle server ({args.rounds} s)...", flush=True)
+            baseline = idle_baseline(server, float(args.rounds))
+            steps: list[Step] = []
+            registered = 0
+            for size in sizes:
+                t0 = time.monotonic()
+                with ThreadPoolExecutor(max_workers=4) as pool:
+                    list(pool.map(add, range(registered + 1, size + 1)))
+                print(f"registered hosts {registered + 1}..{size} in {time.monotonic() - t0:.1f}s", flush=True)
+                registered = size
+                step = watch_rounds(server, fleet, size, args.rounds)
+                steps.append(step)
+                print(
+                    f"  {size} hosts: round {step.round_wall_s * 1000:.0f} ms wall, server CPU "
+                    f"{step.server_cpu_per_round * 1000:.0f} ms/round, fleet CPU "
+                    f"{step.fleet_cpu_per_round * 1000:.0f} ms/round",
+                    flush=True,
+                )
+        finally:
+            if fleet is not None:
+                fleet.stop()
+            server.stop()
+
+    print()
+    print(f"idle server: {baseline * 1000:.1f} ms CPU per second (subtracted as 'net')")
+    print(f"ping.interval 1 s, {args.rounds} rounds per size, {os.cpu_count()} CPUs")
+    header = (
+        f"{'hosts':>6} {'round wall ms':>14} {'wall ms/host':>13} {'srv CPU ms/round':>17} "
+        f"{'net ms/round':>13} {'net ms/host':>12} {'fleet CPU ms/round':>19}"
+    )
+    print(header)
+    net: dict[int, float] = {}
+    wall: dict[int, float] = {}
+    for s in steps:
+        per_round_idle = baseline * (s.window_s / s.rounds)
+        net[s.hosts] = max(0.0, s.server_cpu_per_round - per_round_idle)
+        wall[s.hosts] = s.round_wall_s
+        print(
+            f"{s.hosts:>6} {s.round_wall_s * 1000:>14.1f} {s.round_wall_s * 1000 / s.hosts:>13.2f} "
+            f"{s.server_cpu_per_round * 1000:>17.1f} {net[s.hosts] * 1000:>13.1f} "
+            f"{net[s.hosts] * 1000 / s.hosts:>12.2f} {s.fleet_cpu_per_round * 1000:>19.1f}"
+        )
+    base = sizes[0]
+    for size in sizes[1:]:
+        print(
+            f"ratio {size}/{base}: round wall {wall[size] / wall[base]:.2f}, "
+            f"server net CPU {net[size] / net[base] if net[base] else float('nan'):.2f} "
+            f"(linear: {size / base:.1f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
