@@ -61,8 +61,9 @@ class Dispatcher:
                 result = cmd.handler(ctx, args)
                 body = wrap(cmd, result)
                 self._audit(cmd, ctx, args, result)
-            if isinstance(result, AsyncStarted):
-                self.on_job_submitted()  # the job row is committed: wake the local workers now
+                submitted = s.info.pop("jobs_submitted", False)
+            if submitted:
+                self.on_job_submitted()  # the job rows are committed: wake the local workers now
             return Reply(200, body)
         except CloudError as exc:
             if cmd is None and exc.code == ErrorCode.UNSUPPORTED_ACTION:

@@ -196,17 +196,10 @@ def cluster(session: Session, c: Cluster) -> dict[str, Any]:
     )
 
 
-AllocatedFn = Callable[[Session, StoragePool], int]
-_pool_allocated: list[AllocatedFn] = []
-
-
-def register_pool_allocation(fn: AllocatedFn) -> None:
-    """The volume layer adds how many bytes of each pool are allocated to disks."""
-    _pool_allocated.append(fn)
-
-
 def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -> dict[str, Any]:
-    allocated = sum(fn(session, p) for fn in _pool_allocated)
+    from strato.engine.allocator import pool_allocated
+
+    allocated = pool_allocated(session, p.id)
     return _clean(
         {
             "id": p.id,

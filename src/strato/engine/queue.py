@@ -39,6 +39,7 @@ def submit(
     for res in sorted(set(resources)):
         session.add(JobResource(job_seq=job.seq, resource=res))
     session.flush()
+    session.info["jobs_submitted"] = True  # the caller wakes the workers once this commits
     return job
 
 

@@ -17,7 +17,10 @@ from starlette.routing import Route
 
 import strato.api.commands
 import strato.services.host_jobs
-import strato.services.identity_jobs  # noqa: F401
+import strato.services.identity_jobs
+import strato.services.template_jobs
+import strato.services.vm_jobs
+import strato.services.volume_jobs  # noqa: F401
 from strato.api.dispatch import Dispatcher, Reply, Request
 from strato.db import migrate
 from strato.db.engine import Database

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from strato.db.base import utcnow
-from strato.db.models import Account, ResourceTag, StoragePool, Zone
+from strato.db.models import Account, ResourceTag, StoragePool, Template, VirtualMachine, Volume, Zone
 from strato.errors import InvalidParameter
 from strato.services.access import check_account_access, owner_scope
 from strato.services.context import CallContext
@@ -20,6 +20,10 @@ TAGGABLE: dict[str, tuple[Any, str | None]] = {
     "Zone": (Zone, None),
     "StoragePool": (StoragePool, None),
     "Account": (Account, "id"),
+    "UserVm": (VirtualMachine, "account_id"),
+    "Volume": (Volume, "account_id"),
+    "Template": (Template, "account_id"),
+    "ISO": (Template, "account_id"),
 }
 
 

@@ -5,7 +5,11 @@ from strato.api.commands import (  # noqa: F401
     identity,
     infrastructure,
     jobs,
+    keys,
     offerings,
     storage,
     system,
+    templates,
+    vms,
+    volumes,
 )

@@ -1,0 +1,133 @@
+"""SSH key pairs and account resource limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strato.api import views_compute as views
+from strato.api.envelope import Listing
+from strato.api.params import Param, T
+from strato.api.registry import DOMAIN_ADMINS, Kind, api
+from strato.services import limits, sshkeys
+from strato.services.context import CallContext
+from strato.services.identity import find_account, get_account
+from strato.services.listing import Page
+
+OWNER = (
+    Param("account", T.STRING, "The account of the key pair (admins); with domainid", max_length=255),
+    Param("domainid", T.UUID, "The domain of the account"),
+)
+
+
+@api(
+    "createSSHKeyPair",
+    "Create a new key pair; the private key is returned once",
+    response="keypair",
+    event="REGISTER.SSH.KEYPAIR",
+    params=(Param("name", T.STRING, "Name of the keypair", required=True, max_length=255), *OWNER),
+)
+def create(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    pair, private = sshkeys.create(ctx, args)
+    return views.ssh_keypair(ctx.session, pair, private)
+
+
+@api(
+    "registerSSHKeyPair",
+    "Register a public key in a keypair under a certain name",
+    response="keypair",
+    event="REGISTER.SSH.KEYPAIR",
+    params=(
+        Param("name", T.STRING, "Name of the keypair", required=True, max_length=255),
+        Param("publickey", T.STRING, "Public key material of the keypair", required=True, max_length=8192),
+        *OWNER,
+    ),
+)
+def register(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return views.ssh_keypair(ctx.session, sshkeys.register(ctx, args))
+
+
+@api(
+    "listSSHKeyPairs",
+    "List registered keypairs",
+    kind=Kind.LIST,
+    response="sshkeypair",
+    owned=True,
+    params=(
+        Param("name", T.STRING, "A key pair name to look for", max_length=255),
+        Param("fingerprint", T.STRING, "A public key fingerprint to look for", max_length=255),
+        Param("id", T.UUID, "The ID of the ssh keypair"),
+    ),
+)
+def list_pairs(ctx: CallContext, args: dict[str, Any]) -> Listing:
+    rows, total = sshkeys.list_pairs(ctx, args, Page.from_args(args))
+    return Listing([views.ssh_keypair(ctx.session, k) for k in rows], total)
+
+
+@api(
+    "deleteSSHKeyPair",
+    "Deletes a keypair by name",
+    kind=Kind.SUCCESS,
+    event="DELETE.SSH.KEYPAIR",
+    params=(Param("name", T.STRING, "Name of the keypair", required=True, max_length=255), *OWNER),
+)
+def delete(ctx: CallContext, args: dict[str, Any]) -> None:
+    sshkeys.delete(ctx, args)
+
+
+def _limit_view(account: Any, rtype: int, maximum: int) -> dict[str, Any]:
+    return {
+        "account": account.name,
+        "accountid": account.id,
+        "domainid": account.domain_id,
+        "resourcetype": str(rtype),
+        "resourcetypename": limits.NAMES[rtype],
+        "max": maximum,
+    }
+
+
+@api(
+    "listResourceLimits",
+    "Lists resource limits",
+    kind=Kind.LIST,
+    response="resourcelimit",
+    params=(
+        Param("account", T.STRING, "The account (admins); with domainid", max_length=255),
+        Param("domainid", T.UUID, "The domain of the account"),
+        Param("resourcetype", T.INTEGER, "Type: 0 VMs, 2 volumes, 10 primary storage (GiB)"),
+    ),
+)
+def list_limits(ctx: CallContext, args: dict[str, Any]) -> Listing:
+    account = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
+    types = [args["resourcetype"]] if args.get("resourcetype") is not None else list(limits.NAMES)
+    items = [_limit_view(account, t, limits.limit(ctx.session, account, t)) for t in types if t in limits.NAMES]
+    return Listing(items, len(items))
+
+
+@api(
+    "updateResourceLimit",
+    "Updates resource limits for an account",
+    response="resourcelimit",
+    access=DOMAIN_ADMINS,
+    event="RESOURCE.LIMIT.UPDATE",
+    params=(
+        Param("resourcetype", T.INTEGER, "Type: 0 VMs, 2 volumes, 10 primary storage (GiB)", required=True),
+        Param("max", T.LONG, "Maximum, -1 for unlimited", min_value=-1),
+        Param("account", T.STRING, "The account", max_length=255),
+        Param("accountid", T.UUID, "Strato: the account by id"),
+        Param("domainid", T.UUID, "The domain of the account"),
+    ),
+)
+def update_limit(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    if args["resourcetype"] not in limits.NAMES:
+        from strato.errors import InvalidParameter
+
+        raise InvalidParameter(f"Parameter resourcetype must be one of {sorted(limits.NAMES)}")
+    if args.get("accountid"):
+        account = get_account(ctx, args["accountid"])
+    elif args.get("account"):
+        account = find_account(ctx, args["account"], args.get("domainid"))
+    else:
+        account = ctx.account
+    maximum = args.get("max", -1)
+    limits.set_limit(ctx.session, account, args["resourcetype"], maximum)
+    return _limit_view(account, args["resourcetype"], maximum)

@@ -1,0 +1,228 @@
+"""CloudStack response objects of VMs, volumes, templates, ISOs and SSH key pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from strato.api.views import _clean, _name, _owner_fields, cs_date, register_result, tags
+from strato.db.models import (
+    DiskOffering,
+    Host,
+    ImageStore,
+    Layer,
+    ServiceOffering,
+    SSHKeyPair,
+    StoragePool,
+    Template,
+    TemplateStoreCopy,
+    VirtualMachine,
+    Volume,
+    Zone,
+)
+from strato.db.models.storage import LAYER_TEMPLATE
+
+GIB = 1024**3
+
+
+def virtual_machine(session: Session, vm: VirtualMachine, admin: bool = True) -> dict[str, Any]:
+    template = session.get(Template, vm.template_id) if vm.template_id else None
+    iso = session.get(Template, vm.iso_id) if vm.iso_id else None
+    offering = session.get(ServiceOffering, vm.service_offering_id)
+    root = session.scalar(
+        select(Volume).where(Volume.vm_id == vm.id, Volume.volume_type == "ROOT", Volume.removed.is_(None))
+    )
+    out = {
+        "id": vm.id,
+        "name": vm.name,
+        "displayname": vm.display_name,
+        "state": vm.state,
+        "created": cs_date(vm.created),
+        "zoneid": vm.zone_id,
+        "zonename": _name(session, Zone, vm.zone_id),
+        "templateid": vm.template_id,
+        "templatename": template.name if template else None,
+        "templatedisplaytext": template.display_text if template else None,
+        "isoid": vm.iso_id,
+        "isoname": iso.name if iso else None,
+        "serviceofferingid": vm.service_offering_id,
+        "serviceofferingname": offering.name if offering else None,
+        "cpunumber": vm.cpu_number,
+        "cpuspeed": vm.cpu_speed,
+        "memory": vm.memory_mib,
+        "rootdeviceid": 0,
+        "rootdevicetype": "ROOT",
+        "hypervisor": vm.hypervisor,
+        "keypair": vm.keypair,
+        "group": vm.group,
+        "haenable": vm.ha_enabled,
+        "passwordenabled": False,
+        "isdynamicallyscalable": False,
+        "ostypename": template.os_type if template else None,
+        "details": vm.details or {},
+        "diskofferingid": None,
+        "nic": [],
+        "securitygroup": [],
+        "affinitygroup": [],
+        "tags": tags(session, vm.id),
+        "userdata": None,
+        "rootdisksize": root.size // GIB if root else None,
+        **_owner_fields(session, vm.account_id),
+    }
+    if admin:
+        out["instancename"] = vm.instance_name
+        out["hostid"] = vm.host_id
+        out["hostname"] = _name(session, Host, vm.host_id)
+    return _clean(out)
+
+
+def volume(session: Session, v: Volume) -> dict[str, Any]:
+    pool = session.get(StoragePool, v.pool_id) if v.pool_id else None
+    top = session.get(Layer, v.top_layer_id) if v.top_layer_id else None
+    vm = session.get(VirtualMachine, v.vm_id) if v.vm_id else None
+    offering = session.get(DiskOffering, v.disk_offering_id) if v.disk_offering_id else None
+    chain, current = 0, top
+    physical = 0
+    while current is not None:
+        chain += 1
+        if current.kind != LAYER_TEMPLATE:
+            physical += current.physical_size
+        current = session.get(Layer, current.parent_id) if current.parent_id else None
+    return _clean(
+        {
+            "id": v.id,
+            "name": v.name,
+            "type": v.volume_type,
+            "state": v.state,
+            "size": v.size,
+            "physicalsize": physical,
+            "deviceid": v.device_id,
+            "virtualmachineid": v.vm_id,
+            "vmname": vm.name if vm else None,
+            "vmdisplayname": vm.display_name if vm else None,
+            "vmstate": vm.state if vm else None,
+            "zoneid": v.zone_id,
+            "zonename": _name(session, Zone, v.zone_id),
+            "storageid": v.pool_id,
+            "storage": pool.name if pool else None,
+            "storagetype": ("local" if pool.scope == "HOST" else "shared") if pool else None,
+            "path": f"{pool.path}/{top.path}" if pool and top else None,
+            "hypervisor": "KVM",
+            "diskofferingid": v.disk_offering_id,
+            "diskofferingname": offering.name if offering else None,
+            "templateid": v.template_id,
+            "provisioningtype": v.provisioning_type,
+            "created": cs_date(v.created),
+            "attached": cs_date(v.attached),
+            "destroyed": v.state == "Destroy",
+            "isextractable": True,
+            "chainsize": chain,
+            "tags": tags(session, v.id),
+            **_owner_fields(session, v.account_id),
+        }
+    )
+
+
+def _locations(session: Session, t: Template) -> list[dict[str, Any]]:
+    """Strato addition: where the template's copies are (image stores and primary pools)."""
+    out: list[dict[str, Any]] = []
+    for copy in session.scalars(
+        select(TemplateStoreCopy).where(TemplateStoreCopy.template_id == t.id, TemplateStoreCopy.removed.is_(None))
+    ):
+        out.append(
+            {
+                "type": "imagestore",
+                "id": copy.store_id,
+                "name": _name(session, ImageStore, copy.store_id),
+                "state": copy.state,
+                "path": copy.path,
+            }
+        )
+    for layer in session.scalars(
+        select(Layer).where(Layer.template_id == t.id, Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
+    ):
+        out.append(
+            {
+                "type": "storagepool",
+                "id": layer.pool_id,
+                "name": _name(session, StoragePool, layer.pool_id),
+                "state": layer.state,
+                "path": layer.path,
+            }
+        )
+    return out
+
+
+def template(session: Session, t: Template) -> dict[str, Any]:
+    children = session.scalars(
+        select(Template).where(Template.parent_id == t.id, Template.removed.is_(None)).order_by(Template.disk_index)
+    )
+    status = {"Ready": "Download Complete", "Downloading": "Download in progress", "Creating": "Creating"}
+    return _clean(
+        {
+            "id": t.id,
+            "name": t.name,
+            "displaytext": t.display_text,
+            "format": t.format,
+            "isready": t.state == "Ready",
+            "status": t.status_text if t.state == "Error" else status.get(t.state, t.state),
+            "state": t.state,
+            "ispublic": t.is_public,
+            "isfeatured": t.is_featured,
+            "isextractable": t.is_extractable,
+            "passwordenabled": t.password_enabled,
+            "bootable": t.bootable,
+            "crossZones": t.zone_id is None,
+            "zoneid": t.zone_id,
+            "zonename": _name(session, Zone, t.zone_id),
+            "ostypename": t.os_type,
+            "ostypeid": t.os_type,
+            "hypervisor": t.hypervisor,
+            "size": t.virtual_size,
+            "physicalsize": t.physical_size,
+            "templatetype": t.template_type,
+            "checksum": t.checksum,
+            "url": t.url,
+            "created": cs_date(t.created),
+            "parenttemplateid": t.parent_id,
+            "sshkeyenabled": False,
+            "isdynamicallyscalable": False,
+            "directdownload": False,
+            "deployasis": False,
+            "requireshvm": True,
+            "childtemplates": [
+                {"id": c.id, "name": c.name, "size": c.virtual_size, "diskindex": c.disk_index, "state": c.state}
+                for c in children
+            ],
+            "locations": _locations(session, t),
+            "tags": tags(session, t.id),
+            **_owner_fields(session, t.account_id),
+        }
+    )
+
+
+def iso(session: Session, t: Template) -> dict[str, Any]:
+    out = template(session, t)
+    for key in ("templatetype", "childtemplates", "passwordenabled", "requireshvm", "deployasis"):
+        out.pop(key, None)
+    return out
+
+
+def ssh_keypair(session: Session, k: SSHKeyPair, private_key: str | None = None) -> dict[str, Any]:
+    return _clean(
+        {
+            "id": k.id,
+            "name": k.name,
+            "fingerprint": k.fingerprint,
+            "publickey": k.public_key,
+            "privatekey": private_key,
+            **_owner_fields(session, k.account_id),
+        }
+    )
+
+
+register_result("virtualmachine", lambda s, i: virtual_machine(s, v) if (v := s.get(VirtualMachine, i)) else None)
+register_result("volume", lambda s, i: volume(s, v) if (v := s.get(Volume, i)) else None)
+register_result("template", lambda s, i: template(s, t) if (t := s.get(Template, i)) else None)
