@@ -367,7 +367,7 @@ async def test_hotplug_detach_cdrom_and_remove_vm(driver: QemuDriver, data_dir: 
     disk_b = DiskSpec(device_id=2, layer=layer(driver, "b.qcow2"), bus="scsi")
 
     await expect_error(ErrorCode.NOT_FOUND, driver.attach_disk("vm1", disk_a))
-    spec = vm_spec("vm1", [DiskSpec(device_id=0, layer=root)], cdrom=CdromSpec())
+    spec = vm_spec("vm1", [DiskSpec(device_id=0, layer=root)], cdrom=CdromSpec(path=str(iso)))
     await driver.start_vm(spec)
     run = data_dir / "vms" / "vm1"
 
@@ -405,7 +405,10 @@ async def test_hotplug_detach_cdrom_and_remove_vm(driver: QemuDriver, data_dir: 
     assert persisted is not None and [d.device_id for d in persisted.disks] == [0]
     await driver.attach_disk("vm1", disk_a)  # same node names and id again
 
-    # The user CD: insert, eject.
+    # The user CD (started with the ISO): eject, insert, eject.
+    assert (await query_block(run))["cdrom0"]["file"] == str(iso)
+    await driver.change_cdrom("vm1", None)
+    assert (await query_block(run))["cdrom0"] == {}
     await driver.change_cdrom("vm1", str(iso))
     assert (await query_block(run))["cdrom0"]["file"] == str(iso)
     persisted = RunDir(run).read_spec()
@@ -424,12 +427,14 @@ async def test_hotplug_detach_cdrom_and_remove_vm(driver: QemuDriver, data_dir: 
         driver.change_cdrom("vm1", None),
     ):
         await expect_error(ErrorCode.INVALID_STATE, call)
-    # A restart knows the disk attached while it ran.
+    # A restart knows the disk attached while it ran; without an ISO there is still an empty CD drive.
     restarted = RunDir(run).read_spec()
     assert restarted is not None
     await driver.start_vm(restarted.model_copy(update={"cdrom": None}))
     assert "disk1" in await query_block(run)
-    await expect_error(ErrorCode.INVALID_STATE, driver.change_cdrom("vm1", str(iso)))
+    assert (await query_block(run))["cdrom0"] == {}
+    await driver.change_cdrom("vm1", str(iso))
+    assert (await query_block(run))["cdrom0"]["file"] == str(iso)
     await driver.stop_vm("vm1", force=True, timeout_s=1)
 
     await driver.remove_vm("vm1")

@@ -699,11 +699,10 @@ class SimulatorDriver(Driver):
         return self._vm_report(vm)
 
     async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
-        """The path is recorded, not opened: ISOs in simulated pools have no files."""
+        """Every VM has a CD drive, as on the QEMU driver. The path is recorded, not opened: ISOs in
+        simulated pools have no files."""
         await self._simulate("change_cdrom")
         vm = self._running_vm(vm_name)
-        if vm.spec.cdrom is None:
-            raise DriverError(ErrorCode.INVALID_STATE, f"VM {vm_name} has no CD drive (it was started without cdrom)")
         if path is not None and not os.path.isabs(path):
             raise DriverError(ErrorCode.BAD_REQUEST, "cdrom path must be absolute")
         vm.spec.cdrom = CdromSpec(path=path)

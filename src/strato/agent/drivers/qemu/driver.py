@@ -497,16 +497,14 @@ class QemuDriver(Driver):
 
     async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
         """blockdev-change-medium (forced: opens a tray the guest locked) or eject on the user CD
-        drive; spec.json records the new medium. The VM must have been started with a CD drive."""
+        drive, which every VM has (empty unless the spec names an ISO); spec.json records the medium."""
         run = self._existing(vm_name)
         if path is not None:
             _check_iso_path("cdrom", path)
         async with self._vm_locks[vm_name]:
             spec = self._running_spec(run)
-            if spec.cdrom is None:
-                raise DriverError(
-                    ErrorCode.INVALID_STATE, f"VM {vm_name} has no CD drive (it was started without cdrom)"
-                )
+            if not await self._device_exists(run, process.USER_CD):
+                raise DriverError(ErrorCode.INVALID_STATE, f"VM {vm_name} has no CD drive")
             if path is None:
                 await self._qmp(run, "eject", {"id": process.USER_CD, "force": True})
             else:

@@ -262,8 +262,10 @@ def command_line(
         argv += ["-device", device_option(props)]
     # Both CD drives are ide-cd on the pc machine's secondary IDE channel: readable by any guest kernel
     # without extra drivers (the tiny Debian kernel loads ata_piix; virtio is only a module there).
-    if spec.cdrom is not None:
-        argv += _cd_options(USER_CD, 0, spec.cdrom.path, bootindex=len(spec.disks) + 1)
+    # The user CD drive is always there (empty without an ISO), as CloudStack gives every KVM VM one:
+    # IDE devices cannot be hot-plugged, and an ISO may be inserted into a running VM (change_cdrom).
+    user_iso = spec.cdrom.path if spec.cdrom is not None else None
+    argv += _cd_options(USER_CD, 0, user_iso, bootindex=len(spec.disks) + 1)
     if spec.config_drive is not None:
         argv += _cd_options(CONFIG_CD, 1, spec.config_drive.path, bootindex=None)
     if spec.guest_commands:
