@@ -76,7 +76,9 @@ def ensure_template_on_pool(
                 s.flush()
             except IntegrityError:
                 s.rollback()
-                existing = s.scalar(select(Layer).where(Layer.pool_id == pool_id, Layer.path == path))
+                existing = s.scalar(
+                    select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None))
+                )
             else:
                 layer_id, mine = layer.id, True
         if existing is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from strato.db.base import Entity
@@ -20,7 +20,17 @@ LAYER_CONFIG_DRIVE = "configdrive"  # a VM's config drive ISO, beside its root d
 
 class Layer(Entity):
     __tablename__ = "layers"
-    __table_args__ = (UniqueConstraint("pool_id", "path"),)
+    # One live layer per file: concurrent jobs that would create the same file collide here.
+    __table_args__ = (
+        Index(
+            "uq_layers_live_file",
+            "pool_id",
+            "path",
+            unique=True,
+            sqlite_where=text("removed IS NULL"),
+            postgresql_where=text("removed IS NULL"),
+        ),
+    )
 
     pool_id: Mapped[str] = mapped_column(ForeignKey("storage_pools.id"), index=True)
     path: Mapped[str] = mapped_column(String(1024))  # relative to the pool's directory

@@ -224,13 +224,19 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["template_id"], ["templates.id"], name=op.f("fk_layers_template_id_templates")),
         sa.ForeignKeyConstraint(["volume_id"], ["volumes.id"], name=op.f("fk_layers_volume_id_volumes")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_layers")),
-        sa.UniqueConstraint("pool_id", "path", name=op.f("uq_layers_pool_id")),
     )
     with op.batch_alter_table("layers", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_layers_parent_id"), ["parent_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_layers_pool_id"), ["pool_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_layers_template_id"), ["template_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_layers_volume_id"), ["volume_id"], unique=False)
+        batch_op.create_index(
+            "uq_layers_live_file",
+            ["pool_id", "path"],
+            unique=True,
+            sqlite_where=sa.text("removed IS NULL"),
+            postgresql_where=sa.text("removed IS NULL"),
+        )
 
     # ### end Alembic commands ###
 
