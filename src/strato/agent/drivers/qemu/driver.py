@@ -373,23 +373,26 @@ class QemuDriver(Driver):
                 spec = run.read_spec()
                 has_disk = spec is not None and any(d.device_id == device_id for d in spec.disks)
                 if process.live_pid(run) is not None and has_disk:
-                    _, fmt = process.disk_node_names(device_id)
-                    node_file = await self._node_file(run, fmt)
-                    if node_file is None or node_file != os.path.realpath(path):
+                    top = await self._disk_top(run, device_id)
+                    if top is None or top[1] != os.path.realpath(path):
                         raise DriverError(
                             ErrorCode.BAD_REQUEST,
                             f"layer {layer.name} is not the top layer of disk {device_id} of VM {vm_name}",
                         )
-                    await self._qmp(run, "block_resize", {"node-name": fmt, "size": size_bytes})
+                    await self._qmp(run, "block_resize", {"node-name": top[0], "size": size_bytes})
                     return await layers.info(layer.name, path)
         await images.resize_offline(path, size_bytes)
         return await layers.info(layer.name, path)
 
-    async def _node_file(self, run: RunDir, node_name: str) -> str | None:
-        """The real path of the image file a named block node reads, or None if no such node."""
-        for node in await self._qmp(run, "query-named-block-nodes", {"flat": True}):
-            if node.get("node-name") == node_name:
-                return os.path.realpath(str(node.get("file", "")))
+    async def _disk_top(self, run: RunDir, device_id: int) -> tuple[str, str] | None:
+        """(node name, real path of the image file) of the medium disk `device_id` reads now: found by
+        device, not by node name, since block jobs (live moves) put other nodes on top."""
+        device = process.disk_device_id(device_id)
+        for block in await self._qmp(run, "query-block"):
+            qdev = str(block.get("qdev", "")).removeprefix("/machine/peripheral/").removesuffix("/virtio-backend")
+            inserted = block.get("inserted")
+            if qdev == device and isinstance(inserted, dict):
+                return str(inserted.get("node-name")), os.path.realpath(str(inserted.get("file", "")))
         return None
 
     # --- devices of running VMs ----------------------------------------------------------------

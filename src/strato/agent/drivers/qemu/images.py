@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -97,7 +98,7 @@ async def _download_http(url: str, sink: _Sink, progress: ProgressFn) -> None:
             total = int(length) if length and length.isdigit() else 0
             progress(0, total)
             async for chunk in response.aiter_bytes(CHUNK):
-                await asyncio.to_thread(sink.write, chunk)
+                await _in_thread(functools.partial(sink.write, chunk))
                 progress(sink.size, max(total, sink.size))
             if total and sink.size != total:
                 raise DriverError(
@@ -141,6 +142,12 @@ async def _run_in_thread(body: Callable[[threading.Event], None]) -> None:
         raise
 
 
+async def _in_thread(body: Callable[[], None]) -> None:
+    """Run a short blocking call in a thread; a cancelled caller still waits for it to end, so the
+    file it writes is never closed (or removed) under it."""
+    await _run_in_thread(lambda stop: body())
+
+
 async def _copy_file(url: str, sink: _Sink, progress: ProgressFn) -> None:
     source = file_url_path(url)
     if not source.is_file():
@@ -175,7 +182,7 @@ async def fetch(
                 await _download_http(url, sink, progress)
             else:
                 await _copy_file(url, sink, progress)
-            await asyncio.to_thread(sink.finish)
+            await _in_thread(sink.finish)
         except OSError as exc:
             raise os_error(exc, f"write {target.name}") from exc
         finally:
