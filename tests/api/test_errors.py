@@ -54,9 +54,7 @@ def test_wrong_type_is_431(
     _still_serving(admin)
 
 
-def test_unknown_command_is_432_errorresponse(
-    server: ServerProcess, admin_keys: Keys, admin: CloudStack
-) -> None:
+def test_unknown_command_is_432_errorresponse(server: ServerProcess, admin_keys: Keys, admin: CloudStack) -> None:
     status, error = _error(admin, "frobnicateEverything")
     assert status == 432 and error["errorcode"] == 432
     assert "does not exist" in error["errortext"]
@@ -128,19 +126,13 @@ def test_malformed_map_parameter_is_430(
     _still_serving(admin)
 
 
-def test_map_entry_without_value_is_431(
-    server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]
-) -> None:
+def test_map_entry_without_value_is_431(server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]) -> None:
     zone = admin.createZone(name=unique("mapzone"))["zone"]
-    status, error = _error(
-        admin, "createTags", resourcetype="Zone", resourceids=zone["id"], **{"tags[0].key": "k"}
-    )
+    status, error = _error(admin, "createTags", resourcetype="Zone", resourceids=zone["id"], **{"tags[0].key": "k"})
     assert status == 431 and "key and a value" in error["errortext"]
 
 
-def test_oversized_values_are_431(
-    server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]
-) -> None:
+def test_oversized_values_are_431(server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]) -> None:
     status, error = _error(admin, "createZone", name="z" * 256)
     assert status == 431 and "more than the maximum of 255" in error["errortext"]
     assert "z" * 100 not in error["errortext"]  # the text does not echo the whole value

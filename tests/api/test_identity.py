@@ -101,9 +101,7 @@ def test_domainid_and_isrecursive(server: ServerProcess, admin: CloudStack, tree
     assert accounts(domainid=tree.top["id"], isrecursive=False) == top_only
     assert accounts(domainid=tree.top["id"], isrecursive=True) == top_only | {tree.sub_user.accountid}
     assert accounts(domainid=tree.sub["id"]) == {tree.sub_user.accountid}
-    assert accounts(domainid=tree.top["id"], account=f"tu-{tree.top['name'][4:]}") == {
-        tree.top_user.accountid
-    }
+    assert accounts(domainid=tree.top["id"], account=f"tu-{tree.top['name'][4:]}") == {tree.top_user.accountid}
     every = accounts(listall=True)
     assert top_only | {tree.sub_user.accountid, tree.other_user.accountid} <= every
 
@@ -111,9 +109,7 @@ def test_domainid_and_isrecursive(server: ServerProcess, admin: CloudStack, tree
 def test_listall_on_owned_lists(server: ServerProcess, admin: CloudStack, tree: Tree) -> None:
     # Each user leaves an audit event by tagging its own account.
     for keys in (tree.top_user, tree.sub_user, tree.other_user):
-        server.cs(keys).createTags(
-            resourcetype="Account", resourceids=keys.accountid, tags={"key": "k", "value": "v"}
-        )
+        server.cs(keys).createTags(resourcetype="Account", resourceids=keys.accountid, tags={"key": "k", "value": "v"})
 
     def event_accounts(client: CloudStack, **params: Any) -> set[str]:
         events = client.listEvents(type="CREATE_TAGS", pagesize=-1, **params).get("event", [])
@@ -156,9 +152,7 @@ def test_delete_domain_with_and_without_cleanup(
     server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]
 ) -> None:
     dom = admin.createDomain(name=unique("doomed"))["domain"]
-    acct = admin.createAccount(username=unique("inside"), password="pw", accounttype=0, domainid=dom["id"])[
-        "account"
-    ]
+    acct = admin.createAccount(username=unique("inside"), password="pw", accounttype=0, domainid=dom["id"])["account"]
     jobid = admin.deleteDomain(id=dom["id"])["jobid"]
     with pytest.raises(CloudStackApiException) as err:
         admin._jobresult(jobid)
@@ -169,9 +163,7 @@ def test_delete_domain_with_and_without_cleanup(
     assert admin.listAccounts(id=acct["id"]) == {}
 
 
-def test_root_admin_account_cannot_be_deleted(
-    server: ServerProcess, admin: CloudStack, admin_keys: Keys
-) -> None:
+def test_root_admin_account_cannot_be_deleted(server: ServerProcess, admin: CloudStack, admin_keys: Keys) -> None:
     root_admin = admin.listAccounts(name="admin")["account"][0]
     with pytest.raises(CloudStackApiException) as err:
         admin.deleteAccount(id=root_admin["id"])

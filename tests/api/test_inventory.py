@@ -59,13 +59,9 @@ def test_zone_pod_cluster_crud(admin: CloudStack, topo: dict[str, Any], unique: 
     # Names are unique; children must be in their parent; a zone with pods cannot go.
     assert "already exists" in _fails(admin.createZone, name=renamed["name"])["errortext"]
     other = admin.createZone(name=unique("other"))["zone"]
-    err = _fails(
-        admin.addCluster, clustername=unique("c"), zoneid=other["id"], podid=pod["id"], hypervisor="KVM"
-    )
+    err = _fails(admin.addCluster, clustername=unique("c"), zoneid=other["id"], podid=pod["id"], hypervisor="KVM")
     assert err["errorcode"] == 431 and "does not belong" in err["errortext"]
-    err = _fails(
-        admin.addCluster, clustername=unique("c"), zoneid=zone["id"], podid=pod["id"], hypervisor="Hyper-Q"
-    )
+    err = _fails(admin.addCluster, clustername=unique("c"), zoneid=zone["id"], podid=pod["id"], hypervisor="Hyper-Q")
     assert err["errorcode"] == 431 and "hypervisor" in err["errortext"]
     err = _fails(admin.deleteZone, id=zone["id"])
     assert err["errorcode"] == 536 and "still has" in err["errortext"]
@@ -108,9 +104,7 @@ def test_storage_pools_of_cluster_and_zone_scope(
 
     listed = {p["id"] for p in admin.listStoragePools(zoneid=zone["id"])["storagepool"]}
     assert listed == {cpool["id"], zpool["id"]}
-    assert [p["id"] for p in admin.listStoragePools(zoneid=zone["id"], scope="zone")["storagepool"]] == [
-        zpool["id"]
-    ]
+    assert [p["id"] for p in admin.listStoragePools(zoneid=zone["id"], scope="zone")["storagepool"]] == [zpool["id"]]
 
     updated = admin.updateStoragePool(id=cpool["id"], tags="slow", enabled=False)["storagepool"]
     assert updated["tags"] == "slow" and updated["state"] == "Disabled"
@@ -150,9 +144,7 @@ def test_bad_storage_pools_are_refused(
     assert admin.listStoragePools(zoneid=topo["zone"]["id"]) == {}
 
 
-def test_same_path_twice_is_refused(
-    admin: CloudStack, topo: dict[str, Any], unique: Callable[[str], str]
-) -> None:
+def test_same_path_twice_is_refused(admin: CloudStack, topo: dict[str, Any], unique: Callable[[str], str]) -> None:
     url = "SharedMountPoint://localhost/mnt/dup"
     pool = admin.createStoragePool(name=unique("p"), zoneid=topo["zone"]["id"], scope="zone", url=url)
     err = _fails(admin.createStoragePool, name=unique("p"), zoneid=topo["zone"]["id"], scope="zone", url=url)

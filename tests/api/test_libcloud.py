@@ -17,9 +17,7 @@ from helpers.serverproc import Keys, ServerProcess
 
 def _driver(server: ServerProcess, keys: Keys) -> Any:
     cls = get_driver(Provider.CLOUDSTACK)
-    driver = cls(
-        keys.apikey, keys.secretkey, secure=False, host="127.0.0.1", port=server.port, path="/client/api"
-    )
+    driver = cls(keys.apikey, keys.secretkey, secure=False, host="127.0.0.1", port=server.port, path="/client/api")
     driver.connection.poll_interval = 0.1  # libcloud's default is one second between queryAsyncJobResult
     return driver
 
@@ -58,9 +56,7 @@ def test_sizes_and_disk_offerings(driver: Any, admin: CloudStack, unique: Callab
     assert offerings[do["id"]].size == 5 and offerings[do["id"]].customizable is False
 
 
-def test_map_parameters_through_libcloud(
-    driver: Any, admin: CloudStack, unique: Callable[[str], str]
-) -> None:
+def test_map_parameters_through_libcloud(driver: Any, admin: CloudStack, unique: Callable[[str], str]) -> None:
     zone = admin.createZone(name=unique("lc-tags"))["zone"]
     # libcloud signs tags[0].key with '[]' unencoded.
     driver.connection._sync_request(

@@ -39,9 +39,7 @@ def test_pages_cover_the_list_once_with_a_total_count(admin: CloudStack, crowd: 
     # pagesize=-1: everything.
     assert len(admin.listAccounts(domainid=dom, pagesize=-1)["account"]) == 23
     # cs's own paging (fetch_list) walks the pages and gets the same set.
-    assert sorted(a["name"] for a in admin.listAccounts(domainid=dom, fetch_list=True)) == sorted(
-        crowd["names"]
-    )
+    assert sorted(a["name"] for a in admin.listAccounts(domainid=dom, fetch_list=True)) == sorted(crowd["names"])
 
 
 @pytest.mark.parametrize(
@@ -115,9 +113,7 @@ def test_state_changing_calls_leave_audit_events(
     # An async call: Scheduled when submitted, then the job's completion.
     acct = admin.createAccount(username=unique("short"), password="pw", accounttype=0)["account"]
     admin.deleteAccount(id=acct["id"], fetch_result=True)
-    states = sorted(
-        e["state"] for e in admin.listEvents(type="ACCOUNT.DELETE", resourceid=acct["id"])["event"]
-    )
+    states = sorted(e["state"] for e in admin.listEvents(type="ACCOUNT.DELETE", resourceid=acct["id"])["event"])
     assert states == ["Completed", "Scheduled"]
 
 
@@ -151,9 +147,7 @@ def test_users_cannot_tag_infrastructure(
 ) -> None:
     zone = admin.createZone(name=unique("notyours"))["zone"]
     with pytest.raises(CloudStackApiException) as err:
-        server.cs(make_user()).createTags(
-            resourcetype="Zone", resourceids=zone["id"], tags={"key": "a", "value": "b"}
-        )
+        server.cs(make_user()).createTags(resourcetype="Zone", resourceids=zone["id"], tags={"key": "a", "value": "b"})
     assert err.value.error["errorcode"] in (431, 531)
     assert admin.listTags(resourceid=zone["id"]) == {}
 

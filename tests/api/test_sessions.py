@@ -33,9 +33,7 @@ def test_session_key_as_parameter_and_as_cookie(server: ServerProcess) -> None:
     key = info["sessionkey"]
     with closing(client):
         # Parameter only (a fresh client carries no cookie).
-        resp = httpx.post(
-            server.endpoint, data={"command": "listZones", "response": "json", "sessionkey": key}
-        )
+        resp = httpx.post(server.endpoint, data={"command": "listZones", "response": "json", "sessionkey": key})
         assert resp.status_code == 200 and "listzonesresponse" in resp.json()
         # Cookie only.
         resp = _call(client, server, "listAccounts")
@@ -114,9 +112,7 @@ def test_login_in_a_subdomain(server: ServerProcess, admin: CloudStack, unique: 
     assert resp.status_code == 401
 
 
-def test_register_and_get_user_keys(
-    server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]
-) -> None:
+def test_register_and_get_user_keys(server: ServerProcess, admin: CloudStack, unique: Callable[[str], str]) -> None:
     name = unique("dave")
     acct = admin.createAccount(username=name, password="dave-pw", accounttype=0)["account"]
     userid = acct["user"][0]["id"]

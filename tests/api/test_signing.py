@@ -39,9 +39,7 @@ def test_cs_get_and_post_with_awkward_values(
 ) -> None:
     client = server.cs(admin_keys, method=method)
     name = unique(f"zone {method} * é+&=/?")
-    zone = client.createZone(name=name, networktype="Advanced", dns1="8.8.8.8", internaldns1="8.8.4.4")[
-        "zone"
-    ]
+    zone = client.createZone(name=name, networktype="Advanced", dns1="8.8.8.8", internaldns1="8.8.4.4")["zone"]
     assert zone["name"] == name
     listed = client.listZones(id=zone["id"])
     assert [z["name"] for z in listed["zone"]] == [name]
@@ -143,15 +141,11 @@ def test_v3_without_expires_and_bad_version_are_401(server: ServerProcess, admin
         ),
     )
     assert resp.status_code == 401 and "signatureVersion" in resp.json()["listzonesresponse"]["errortext"]
-    resp = _get(
-        server, signed_query({**base, "signatureVersion": "3", "expires": "tomorrow"}, admin_keys.secretkey)
-    )
+    resp = _get(server, signed_query({**base, "signatureVersion": "3", "expires": "tomorrow"}, admin_keys.secretkey))
     assert resp.status_code == 401 and "expires" in resp.json()["listzonesresponse"]["errortext"]
 
 
-def test_unsigned_and_anonymous_requests_are_401(
-    server: ServerProcess, admin_keys: Keys, admin: CloudStack
-) -> None:
+def test_unsigned_and_anonymous_requests_are_401(server: ServerProcess, admin_keys: Keys, admin: CloudStack) -> None:
     resp = httpx.get(server.endpoint, params={"command": "listZones", "response": "json"}, timeout=30)
     assert resp.status_code == 401
     resp = httpx.get(

@@ -160,9 +160,7 @@ class ServerProcess:
         return start_server(**args)
 
 
-def server_argv(
-    data_dir: Path, port: int, database_url: str | None, server_id: str, extra: list[str]
-) -> list[str]:
+def server_argv(data_dir: Path, port: int, database_url: str | None, server_id: str, extra: list[str]) -> list[str]:
     argv = [
         sys.executable,
         "-c",
@@ -233,9 +231,7 @@ def _wait_healthy(server: ServerProcess, timeout: float) -> None:
 # --- plain HTTP helpers (sessions, raw requests) ------------------------------------------------------
 
 
-def login(
-    endpoint: str, username: str, password: str, domain: str = "/"
-) -> tuple[httpx.Client, dict[str, Any]]:
+def login(endpoint: str, username: str, password: str, domain: str = "/") -> tuple[httpx.Client, dict[str, Any]]:
     """POST login; returns an httpx client holding the session cookies and the loginresponse."""
     client = httpx.Client(timeout=30)
     resp = client.post(
@@ -269,9 +265,7 @@ def login_and_register_keys(endpoint: str, username: str, password: str, domain:
         )
         resp.raise_for_status()
         keys = resp.json()["registeruserkeysresponse"]["userkeys"]
-        client.post(
-            endpoint, data={"command": "logout", "sessionkey": info["sessionkey"], "response": "json"}
-        )
+        client.post(endpoint, data={"command": "logout", "sessionkey": info["sessionkey"], "response": "json"})
     finally:
         client.close()
     return Keys(keys["apikey"], keys["secretkey"], info["userid"], domainid=info["domainid"])
