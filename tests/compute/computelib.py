@@ -125,6 +125,16 @@ class Env:
         text = self.wait_console(vm, "STRATO-DISKS:", timeout)
         return disks_line(text)
 
+    def wait_boots(self, vm: dict[str, Any], count: int, timeout: float = BOOT_TIMEOUT) -> dict[str, int]:
+        """Waits for the guest's `count`-th STRATO-DISKS line (one per boot, reboots included)."""
+        text = wait_until(
+            lambda: self.console(vm),
+            lambda t: len(DISKS_RE.findall(t)) >= count,
+            timeout,
+            f"boot {count} of {vm['name']}",
+        )
+        return disks_line(text)
+
     def block_devices(self, vm: dict[str, Any]) -> set[int]:
         """The device ids of the disks QEMU has (query-blockstats through the agent's GetVmStats)."""
         stats = self.agent_client(vm["hostid"]).call(GetVmStats(name=vm["instancename"]))
@@ -179,6 +189,19 @@ def pool_files(root: Path) -> set[str]:
     if not root.is_dir():
         return set()
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "lost+found"}
+
+
+def qemu_img(*args: str) -> str:
+    return subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True).stdout
+
+
+def qemu_io_write(path: Path | str, fmt: str, offset: int, length: int, pattern: int = 0x5A) -> None:
+    """Writes real data (not zeros) into an image, so that copies of it cost what its size says."""
+    subprocess.run(
+        ["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {offset} {length}", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def qemu_img_info(path: Path | str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from strato.protocol.messages import (
     AttachDisk,
     ConvertLayer,
     DetachDisk,
+    FetchImage,
     GetLayerInfo,
     LayerRef,
     PoolRef,
@@ -278,10 +279,15 @@ def import_vm(job: JobContext) -> JobResult:
         layer_id, path = _new_layer(job, disk["volume_id"], pool.id, info.virtual_size)
         target = ref(pool, path)
         with job.step(f"import {disk['path']}", undo=_layers_remover(job, layer_id)):
+            # ConvertLayer flattens qcow2 chains only; a raw image is fetched from its path (file://),
+            # which converts it to qcow2 on the way.
+            cmd: ConvertLayer | FetchImage = (
+                FetchImage(url=f"file://{disk['path']}", target=target, format="raw")
+                if info.format == "raw"
+                else ConvertLayer(source=source, target=target)
+            )
             try:
-                done = client.run_long(
-                    ConvertLayer(source=source, target=target), on_progress=job.part_progress(n, len(disks))
-                )
+                done = client.run_long(cmd, on_progress=job.part_progress(n, len(disks)))
             except AgentClientError as exc:
                 _drop_layer_row(job, layer_id)
                 raise agent_error(host_name, exc) from None
