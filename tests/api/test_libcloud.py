@@ -111,11 +111,6 @@ def test_errors(server: ServerProcess, driver: Any, admin_keys: Keys) -> None:
     assert driver.list_locations() is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CloudStack's createTags/deleteTags are async (jobid); Strato answers them synchronously, so "
-    "libcloud's ex_create_tags, which polls the job, fails",
-)
 def test_ex_create_tags(driver: Any, admin: CloudStack, unique: Callable[[str], str]) -> None:
     zone = admin.createZone(name=unique("lc-extags"))["zone"]
     assert driver.ex_create_tags([zone["id"]], "Zone", {"k": "v"}) is True

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, aliased
 
 from strato.db.base import utcnow
 from strato.db.models import Job, JobResource
-from strato.db.models.jobs import JOB_ACTIVE, JOB_QUEUED, JOB_RUNNING
+from strato.db.models.jobs import JOB_ACTIVE, JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED
 
 
 def submit(
@@ -40,6 +40,36 @@ def submit(
         session.add(JobResource(job_seq=job.seq, resource=res))
     session.flush()
     session.info["jobs_submitted"] = True  # the caller wakes the workers once this commits
+    return job
+
+
+def record_completed(
+    session: Session,
+    *,
+    cmd: str,
+    result: dict[str, Any],
+    account_id: str | None,
+    user_id: str | None,
+    instance_type: str | None = None,
+) -> Job:
+    """A job that did its (short) work in the request: for commands CloudStack declares async, whose
+    clients expect a job id to poll, but whose work is a few rows."""
+    now = utcnow()
+    job = Job(
+        kind="inline",
+        cmd=cmd,
+        params={},
+        status=JOB_SUCCEEDED,
+        result=result,
+        account_id=account_id,
+        user_id=user_id,
+        instance_type=instance_type,
+        started=now,
+        completed=now,
+        attempts=1,
+    )
+    session.add(job)
+    session.flush()
     return job
 
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import strato
 from strato.api import views
-from strato.api.envelope import Listing
+from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, COMMANDS, Kind, Role, api
+from strato.engine import queue
 from strato.services import events, settings, tags
 from strato.services.context import CallContext
 from strato.services.listing import Page, paginate_rows
@@ -221,7 +222,7 @@ TAG_PARAMS = (
 @api(
     "createTags",
     "Creates resource tag(s)",
-    kind=Kind.SUCCESS,
+    kind=Kind.ASYNC,
     event="CREATE_TAGS",
     params=(
         *TAG_PARAMS,
@@ -229,19 +230,34 @@ TAG_PARAMS = (
         Param("customer", T.STRING, "Identifies a customer the tag belongs to", max_length=255),
     ),
 )
-def create_tags(ctx: CallContext, args: dict[str, Any]) -> None:
+def create_tags(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     tags.create_tags(ctx, args["resourcetype"], args["resourceids"], args["tags"])
+    return _done(ctx, "createTags")
+
+
+def _done(ctx: CallContext, cmd: str) -> AsyncStarted:
+    """CloudStack's tag commands are async: clients poll a job. The work is a few rows, done at once."""
+    job = queue.record_completed(
+        ctx.session,
+        cmd=cmd,
+        result={"success": True},
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type="ResourceTag",
+    )
+    return AsyncStarted(job.id)
 
 
 @api(
     "deleteTags",
     "Deleting resource tag(s)",
-    kind=Kind.SUCCESS,
+    kind=Kind.ASYNC,
     event="DELETE_TAGS",
     params=(*TAG_PARAMS, Param("tags", T.MAP, "Delete tags matching key/value pairs", max_length=255)),
 )
-def delete_tags(ctx: CallContext, args: dict[str, Any]) -> None:
+def delete_tags(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     tags.delete_tags(ctx, args["resourcetype"], args["resourceids"], args.get("tags") or [])
+    return _done(ctx, "deleteTags")
 
 
 @api(
