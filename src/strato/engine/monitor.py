@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,7 @@ from strato.db.base import as_utc, utcnow
 from strato.db.engine import Database
 from strato.db.models import Host, ServerNode, StoragePool
 from strato.engine.audit import record_event
-from strato.protocol.client import AgentClient, AgentClientError
+from strato.protocol.client import AgentClient, AgentClientError, AgentUnreachable
 from strato.protocol.messages import GetState, PoolRef, StateReport
 
 log = logging.getLogger("strato.monitor")
@@ -134,11 +135,18 @@ class HostMonitor:
         return stats
 
     def _ping(self, url: str, token: str, pools: list[PoolRef]) -> StateReport | None:
-        try:
-            return self.client_for(url, token).call(GetState(pools=pools))
-        except AgentClientError as exc:
-            log.info("host %s did not answer: %s", url, exc)
-            return None
+        """GetState, asked twice when the first try fails without a timeout: a pooled keep-alive
+        connection that the agent closes just as it is reused (uvicorn closes idle ones after 5 s, the
+        default ping interval) fails at once and must not make a healthy host Disconnected."""
+        for attempt in (1, 2):
+            try:
+                return self.client_for(url, token).call(GetState(pools=pools))
+            except AgentClientError as exc:
+                timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
+                if attempt == 1 and isinstance(exc, AgentUnreachable) and not timed_out:
+                    continue
+                log.info("host %s did not answer: %s", url, exc)
+        return None
 
     def _apply(self, s: Session, host: Host, report: StateReport | None, alert_after: float) -> tuple[str, str] | None:
         now = utcnow()
