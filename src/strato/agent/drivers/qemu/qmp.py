@@ -13,13 +13,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ConnectError, ExecuteError, QMPClient
+from qemu.qmp.qmp_client import NegotiationError
 
 from strato.agent.drivers.base import DriverError
 from strato.protocol.messages import ErrorCode
 
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 10.0
+NEGOTIATION_ATTEMPTS = 3
 
 
 class QmpError(DriverError):
@@ -45,12 +47,34 @@ class QmpSession:
     def __init__(self, socket_path: Path, name: str = "strato", timeout: float = CALL_TIMEOUT_S) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        self.client: Any = QMPClient(name)
+        self.name = name
+        self.client: Any = self._new_client()
+
+    def _new_client(self) -> Any:
+        client: Any = QMPClient(self.name)
         # The default all-events listener queues every event forever; it cannot be removed through
         # the public API, so make it accept nothing. Callers register their own listeners.
-        self.client.events.event_filter = lambda _event: False
+        client.events.event_filter = lambda _event: False
+        return client
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Connect and negotiate. QEMU runs `qmp_capabilities` in its main loop and may emit an event
+        (RESET, DEVICE_DELETED...) between switching the session to command mode and answering, and
+        qemu.qmp then takes the event for the answer and fails the negotiation. Nothing has run yet
+        at that point, so the connection is simply retried."""
+        for attempt in range(NEGOTIATION_ATTEMPTS):
+            try:
+                await self._connect_once(timeout)
+                return
+            except QmpUnavailable as exc:
+                if not isinstance(exc.__cause__, ConnectError) or not isinstance(exc.__cause__.exc, NegotiationError):
+                    raise
+                if attempt == NEGOTIATION_ATTEMPTS - 1:
+                    raise
+                self.client = self._new_client()
+                await asyncio.sleep(0.05)
+
+    async def _connect_once(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self.client.connect(str(self.socket_path)), timeout)
         except (TimeoutError, OSError, EOFError) as exc:
