@@ -44,6 +44,10 @@ from strato.services.reach import host_for
 from strato.services.vmspec import attached_volumes, config_drive_layer, iso_path, vm_spec
 
 VM_RESULT = "virtualmachine"
+# How long a graceful stop waits for the guest before QEMU is quit: the agent answers after this plus its
+# quit grace (5 s), which must stay within the agent client's 30 s read timeout, or the job would fail
+# (534, "not reachable") while the agent goes on stopping the VM.
+GRACEFUL_STOP_S = 20.0
 
 
 def _limits(db_session: Session) -> Limits:
@@ -379,7 +383,7 @@ def stop(job: JobContext) -> JobResult:
     client, host_name, name = _host_and_name(job, vm_id)
     with job.step("stop"):
         try:
-            client.call(StopVm(name=name, force=bool(job.params.get("forced")), timeout_s=30))
+            client.call(StopVm(name=name, force=bool(job.params.get("forced")), timeout_s=GRACEFUL_STOP_S))
         except AgentClientError as exc:
             raise agent_error(host_name, exc) from None
     with job.db.session() as s:
