@@ -88,7 +88,7 @@ class AgentClient:
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout, connect=min(timeout, connect_timeout)),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=2.0),
         )
 
     def close(self) -> None:

@@ -20,4 +20,7 @@ def run_server(config: ServerConfig) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # Clients pool connections (cs through requests, which has no idle expiry): a long keep-alive
+        # keeps the server from closing a connection just as a client reuses it.
+        timeout_keep_alive=75,
     )
