@@ -96,7 +96,37 @@ class Env:
             self.api.destroyVirtualMachine(id=vm_id, expunge=True)
             for vol in vols:
                 if vol["type"] == "DATADISK":
-                    self.api.deleteVolume(id=vol["id"])
+                    self.delete_volume(vol["id"])
+
+    def delete_volume(self, volume_id: str) -> None:
+        """deleteVolume answers success at once and removes the files in a job: wait until it is gone."""
+        self.api.deleteVolume(id=volume_id)
+        wait_until(
+            lambda: self.api.listVolumes(id=volume_id, listall=True).get("volume", []),
+            lambda found: found == [],
+            30,
+            f"volume {volume_id} deleted",
+        )
+
+    def cached_template_files(self) -> set[tuple[str, str]]:
+        """(pool key, path) of every template copy cached on a pool, as the templates' locations say."""
+        out: set[tuple[str, str]] = set()
+        for key, pool in self.pools.items():
+            for path in pool_files(Path(pool["path"])):
+                if not path.startswith("templates/"):
+                    continue
+                tid = path.removeprefix("templates/").removesuffix(".qcow2")
+                found = self.api.listTemplates(templatefilter="all", id=tid).get("template", [])
+                if any(
+                    loc["type"] == "storagepool" and loc["id"] == pool["id"] for t in found for loc in t["locations"]
+                ):
+                    out.add((key, path))
+        return out
+
+    def stray_view(self) -> dict[str, set[str]]:
+        """all_files() without the cached template copies that the templates' locations account for."""
+        cached = self.cached_template_files()
+        return {k: {f for f in files if (k, f) not in cached} for k, files in self.all_files().items()}
 
     def pool_by_id(self, pool_id: str) -> dict[str, Any]:
         return next(p for p in self.pools.values() if p["id"] == pool_id)

@@ -106,6 +106,7 @@ def _setup(env_base: Path, server: ServerProcess, agents: dict[str, AgentProcess
         zoneid=zone["id"],
         imagestoreid=stores["store1"]["id"],
         ostypeid="Other Linux (64-bit)",
+        ispublic=True,  # users of the permission tests deploy from it
     )["template"][0]
     job = wait_job(server.cs(), registered["jobid"], timeout=120)
     assert job["jobstatus"] == 1, job

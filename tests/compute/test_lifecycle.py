@@ -131,5 +131,5 @@ def test_everyday_life(env: Env) -> None:
         env.destroy(vm["id"])
         env.destroy(stopped_vm["id"])
         if volume is not None:
-            env.api.deleteVolume(id=volume["id"])
+            env.delete_volume(volume["id"])
     assert list(states_settled(env)) == []
