@@ -173,6 +173,23 @@ def test_up_then_strato_api(home: Path, tmp_path: Path) -> None:
         left = json.loads(strato(["api", "listAccounts", f"name={name}", "--json"], env).stdout)
         assert left.get("account", []) == []
 
+        # The tiny guest is the default template: a newcomer deploys from it right away.
+        featured = json.loads(strato(["api", "listTemplates", "templatefilter=featured", "--json"], env).stdout)
+        tiny = [t for t in featured.get("template", []) if t["name"] == "tiny"]
+        assert len(tiny) == 1 and tiny[0]["isready"] is True, featured
+        zone = json.loads(strato(["api", "listZones", "--json"], env).stdout)["zone"][0]
+        offering = json.loads(strato(["api", "listServiceOfferings", "name=tiny", "--json"], env).stdout)
+        deployed = strato(
+            ["api", "deployVirtualMachine", f"zoneid={zone['id']}", f"templateid={tiny[0]['id']}",
+             f"serviceofferingid={offering['serviceoffering'][0]['id']}", "startvm=false", "--json"],
+            env,
+        )  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        vm = json.loads(deployed.stdout)["virtualmachine"]
+        assert vm["state"] == "Stopped" and vm["templatename"] == "tiny"
+        expunged = strato(["api", "destroyVirtualMachine", f"id={vm['id']}", "expunge=true", "--json"], env)
+        assert expunged.returncode == 0, expunged.stdout + expunged.stderr
+
         # A bad parameter: non-zero exit and CloudStack's error code and text.
         bad = strato(["api", "listHosts", "id=not-a-uuid"], env)
         assert bad.returncode == 1

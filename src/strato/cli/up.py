@@ -114,6 +114,54 @@ def ensure_topology(api: StratoApi, agents: list[tuple[str, str]], shared_path: 
         )
 
 
+DEFAULT_TEMPLATE = "tiny"
+
+
+def ensure_starter_kit(api: StratoApi, home: Path) -> str | None:
+    """An image store, the tiny guest as the default (public, featured) template, and a small service
+    and disk offering, so that a VM can be deployed right after start. Idempotent; returns the
+    template's id (None when the image is missing)."""
+    zone = _first(api.call("listZones"), "zone")
+    assert zone is not None
+    if not api.call("listImageStores", zoneid=zone["id"]).get("imagestore"):
+        store = home / "image-store"
+        store.mkdir(parents=True, exist_ok=True)
+        api.call("addImageStore", name="images1", url=f"file://localhost{store}", provider="NFS", zoneid=zone["id"])
+    if not api.call("listServiceOfferings", name="tiny").get("serviceoffering"):
+        api.call(
+            "createServiceOffering",
+            name="tiny",
+            displaytext="1 vCPU, 128 MiB",
+            cpunumber="1",
+            cpuspeed="1000",
+            memory="128",
+        )
+    if not api.call("listDiskOfferings", name="small").get("diskoffering"):
+        api.call("createDiskOffering", name="small", displaytext="1 GiB data disk", disksize="1")
+    existing = _first(api.call("listTemplates", templatefilter="featured", name=DEFAULT_TEMPLATE), "template")
+    if existing is not None:
+        return existing["id"]
+    image = default_image_path()
+    if not image.is_file():
+        return None
+    registered = api.call(
+        "registerTemplate",
+        name=DEFAULT_TEMPLATE,
+        displaytext="Strato tiny guest (busybox)",
+        url=f"file://{image}",
+        format="QCOW2",
+        hypervisor="KVM",
+        zoneid=zone["id"],
+        ispublic="true",
+        isfeatured="true",
+        ostypeid="Other Linux (64-bit)",
+    )
+    template = _first(registered, "template")
+    assert template is not None
+    api.wait_job(template["jobid"])
+    return template["id"]
+
+
 def resolve_accel(accel: str, home: Path) -> str:
     """`auto` becomes what really boots a guest here (probed once, cached in DATA_DIR/accel)."""
     if accel != "auto":
@@ -214,6 +262,7 @@ def up_command(
             profile.save()
             api = StratoApi(profile.url, profile.apikey, profile.secretkey)
             ensure_topology(api, agents, shared)
+            template_id = ensure_starter_kit(api, home)
     except (RuntimeError, ApiError, httpx.HTTPError) as exc:
         console.print(f"[red]Strato did not start:[/red] {exc}\nLogs are in {home / 'logs'}")
         stop_all()
@@ -221,6 +270,13 @@ def up_command(
     console.print(f"[bold green]Strato is up[/bold green] at {url}/client/api")
     console.print(f"  admin API key:    {profile.apikey}\n  admin secret key: {profile.secretkey}", soft_wrap=True)
     console.print(f"  data: {home}   logs: {home / 'logs'}")
+    if template_id:
+        console.print(
+            f"  default template: {DEFAULT_TEMPLATE} ({template_id}); service offering tiny, disk offering small"
+        )
+        console.print(
+            f"  deploy a VM: strato api deployVirtualMachine zoneid=... serviceofferingid=... templateid={template_id}"
+        )
     console.print("  try: strato api listHosts   (Ctrl-C stops the server and agents; VMs keep running)")
     if exit_after_setup:
         stop_all()
