@@ -414,6 +414,10 @@ def destroy(ctx: CallContext, args: dict[str, Any]) -> str:
 def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Destroyed", action="recover")
+    # A destroyed VM does not count against the account's VM limit; it counts again once recovered.
+    owner = ctx.session.get(Account, vm.account_id)
+    assert owner is not None
+    limits.check(ctx.session, owner, vms=1)
     vm_to(vm, "Stopped")
     for vol in ctx.session.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
         if vol.state == "Destroy":
