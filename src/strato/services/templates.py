@@ -20,10 +20,14 @@ DISK_FORMATS = ("QCOW2", "RAW")
 FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all")
 
 
-def url_ok(url: str, param: str) -> str:
+def url_ok(ctx: CallContext, url: str, param: str) -> str:
+    """http(s) for everyone; file:// (a path read by the hosts' agents) only for root admins, since the
+    agent would read any file it can, and a user could turn a host's file into a disk it can read."""
     low = url.lower()
     if not (low.startswith("http://") or low.startswith("https://") or low.startswith("file://")):
         raise InvalidParameter(f"Parameter {param} must be an http://, https:// or file:// URL, not '{url[:80]}'")
+    if low.startswith("file://") and not ctx.is_root_admin:
+        raise PermissionDenied(f"Parameter {param}: only root admins may register images from file:// URLs")
     return url
 
 
@@ -78,7 +82,7 @@ def register(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Templat
         zone_id=zone_id,
         format=fmt,
         is_iso=iso,
-        url=url_ok(args["url"], "url"),
+        url=url_ok(ctx, args["url"], "url"),
         checksum=args.get("checksum"),
         os_type=args.get("ostypeid") or "Other Linux (64-bit)",
         hypervisor=args.get("hypervisor") or "KVM",
@@ -106,7 +110,7 @@ def register(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Templat
             display_text=f"Data disk {index} of {tmpl.name}",
             zone_id=zone_id,
             format=dfmt,
-            url=url_ok(disk["url"], f"datadisks[{index - 1}].url"),
+            url=url_ok(ctx, disk["url"], f"datadisks[{index - 1}].url"),
             checksum=disk.get("checksum"),
             os_type=tmpl.os_type,
             hypervisor=tmpl.hypervisor,
