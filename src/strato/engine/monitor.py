@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.base import as_utc, utcnow
 from strato.db.engine import Database
 from strato.db.models import Host, ServerNode, StoragePool
+from strato.engine.allocator import reaches
 from strato.engine.audit import record_event
 from strato.protocol.client import AgentClient, AgentClientError, AgentUnreachable
 from strato.protocol.messages import GetState, PoolRef, StateReport
@@ -104,18 +105,11 @@ class HostMonitor:
         started = time.monotonic()
         with self.db.session() as s:
             targets = []
+            # One query for every pool; each host is given the ones it reaches.
+            all_pools = s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))).all()
             for host in self.my_hosts(s):
-                pools = s.scalars(
-                    select(StoragePool).where(
-                        StoragePool.removed.is_(None),
-                        or_(
-                            StoragePool.host_id == host.id,
-                            (StoragePool.scope == "CLUSTER") & (StoragePool.cluster_id == host.cluster_id),
-                            (StoragePool.scope == "ZONE") & (StoragePool.zone_id == host.zone_id),
-                        ),
-                    )
-                ).all()
-                targets.append((host.id, host.url, host.token, [PoolRef(id=p.id, path=p.path) for p in pools]))
+                pools = [PoolRef(id=p.id, path=p.path) for p in all_pools if reaches(host, p)]
+                targets.append((host.id, host.url, host.token, pools))
         results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
         stats = RoundStats(hosts=len(targets))
         alert_after = self.alert_after()  # read before the write transaction: SQLite has one writer
