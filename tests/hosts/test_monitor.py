@@ -133,6 +133,26 @@ def test_monitor_refreshes_pool_usage(make_cluster: MakeCluster, agent_factory: 
     )
 
 
+def test_admin_capacity_survives_monitor_reports(make_cluster: MakeCluster, agent_factory: StartAgent) -> None:
+    """A capacity an admin set (capacitybytes) is kept; the agents still refresh the used bytes."""
+    cluster = make_cluster("Simulator")
+    agent = agent_factory()
+    host = cluster.add_host(agent)
+    [local] = cluster.pools(hostid=host["id"])
+    cluster.api.updateStoragePool(id=local["id"], capacitybytes=5 << 30)
+    pool = PoolRef(id=local["id"], path=local["path"])
+    info = agent.client().call(
+        CreateLayer(layer=LayerRef(pool=pool, name=f"{uuid.uuid4().hex}.qcow2"), size_bytes=1 << 30)
+    )
+    wait_until(
+        lambda: cluster.pools(id=local["id"])[0],
+        lambda p: p["disksizeused"] == info.physical_size,
+        DEADLINE,
+        "pool usage reported by the monitor",
+    )
+    assert cluster.pools(id=local["id"])[0]["disksizetotal"] == 5 << 30
+
+
 def test_metrics_show_the_monitor_rounds(
     server: ServerProcess, make_cluster: MakeCluster, agent_factory: StartAgent
 ) -> None:

@@ -122,7 +122,8 @@ class Allocator:
                 return f"pool {pool.name} lacks tag {', '.join(sorted(missing))}"
             if (disk.storage_type == "local") != (pool.scope == "HOST"):
                 return f"pool {pool.name} is not {disk.storage_type} storage"
-        if pool.capacity_bytes and pool.used_bytes > pool.capacity_bytes * self.limits.disable_threshold:
+        fs_full = pool.used_bytes > pool.capacity_bytes * self.limits.disable_threshold
+        if pool.capacity_bytes and not pool.capacity_fixed and fs_full:
             return (
                 f"pool {pool.name} is {100 * pool.used_bytes / pool.capacity_bytes:.0f}% full, above the "
                 f"{100 * self.limits.disable_threshold:.0f}% threshold"

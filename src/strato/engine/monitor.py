@@ -152,7 +152,8 @@ class HostMonitor:
             for pool_report in report.pools:
                 pool = s.get(StoragePool, pool_report.id)
                 if pool is not None and pool.removed is None:
-                    pool.capacity_bytes = pool_report.capacity_bytes
+                    if not pool.capacity_fixed:
+                        pool.capacity_bytes = pool_report.capacity_bytes
                     pool.used_bytes = pool_report.used_bytes
             for consumer in STATE_CONSUMERS:
                 consumer(s, host, report)

@@ -52,13 +52,13 @@ def hosts_for_pool(session: Session, pool: StoragePool) -> list[Host]:
     return list(session.scalars(q))
 
 
-def apply_pool_report(pool: StoragePool, report: PoolReport, reported_capacity: bool = True) -> None:
-    if reported_capacity:
+def apply_pool_report(pool: StoragePool, report: PoolReport) -> None:
+    if not pool.capacity_fixed:
         pool.capacity_bytes = report.capacity_bytes
     pool.used_bytes = report.used_bytes
 
 
-def attach_pool(session: Session, pool: StoragePool, explicit_capacity: bool) -> None:
+def attach_pool(session: Session, pool: StoragePool) -> None:
     """Makes every host in the pool's scope mount (create) its directory; records the capacity.
 
     A host that is down is skipped: the monitor attaches nothing, but its next state report includes
@@ -71,7 +71,7 @@ def attach_pool(session: Session, pool: StoragePool, explicit_capacity: bool) ->
         except AgentClientError as exc:
             errors.append(describe_failure(host.name, exc).text)
             continue
-        apply_pool_report(pool, report, reported_capacity=not explicit_capacity)
+        apply_pool_report(pool, report)
     if hosts and len(errors) == len(hosts):
         raise describe_failure(hosts[0].name, RuntimeError("; ".join(errors)))
 

@@ -103,6 +103,7 @@ def create_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
         path=loc.path,
         tags=normalize_tags(args.get("tags")),
         capacity_bytes=args.get("capacitybytes") or 0,
+        capacity_fixed=args.get("capacitybytes") is not None,
         capacity_iops=args.get("capacityiops"),
     )
     ctx.session.add(pool)
@@ -145,7 +146,7 @@ def update_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
     if args.get("tags") is not None:
         pool.tags = normalize_tags(args["tags"])
     if args.get("capacitybytes") is not None:
-        pool.capacity_bytes = args["capacitybytes"]
+        pool.capacity_bytes, pool.capacity_fixed = args["capacitybytes"], True
     if args.get("capacityiops") is not None:
         pool.capacity_iops = args["capacityiops"]
     if args.get("enabled") is not None:

@@ -241,9 +241,8 @@ def delete(job: JobContext) -> JobResult:
 
 
 def _delete_failed(session: Session, job: Job) -> None:
-    vol = session.get(Volume, job.params["volume_id"])
-    if vol is not None and vol.state == "Destroy":
-        vol.state = "Ready"  # the files are still there: the volume stays usable
+    """The volume stays in Destroy (as CloudStack's storage cleanup would leave it): deleteVolume may
+    be called again once the pool's host is back; the job's ERROR event says why it failed."""
 
 
 job_kind("volume.delete", recover=delete, on_fail=_delete_failed, event="VOLUME.DELETE")(delete)

@@ -177,6 +177,16 @@ async def test_layer_create_info_rebase_remove(driver: QemuDriver) -> None:
     await driver.remove_layer(top, missing_ok=True)
     await expect_error(ErrorCode.NOT_FOUND, driver.remove_layer(top, missing_ok=False))
 
+    # A volume's directory goes with its last layer; the pool's own directory and busy ones stay.
+    pool_dir = Path(driver.local_pool.path)
+    first, second = layer(driver, "volumes/v1/a.qcow2"), layer(driver, "volumes/v1/b.qcow2")
+    await driver.create_layer(first, MiB, None)
+    await driver.create_layer(second, MiB, None)
+    await driver.remove_layer(first, missing_ok=False)
+    assert (pool_dir / "volumes/v1").is_dir()
+    await driver.remove_layer(second, missing_ok=False)
+    assert not (pool_dir / "volumes").exists() and pool_dir.is_dir()
+
 
 @pytest.mark.parametrize("name", ["../escape.qcow2", "/etc/passwd", "a/../../b", "a/./b", "", "sub/"])
 async def test_layer_path_escape_refused(driver: QemuDriver, name: str) -> None:

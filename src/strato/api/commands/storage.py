@@ -53,7 +53,7 @@ def _pool_view(ctx: CallContext, pool: Any) -> dict[str, Any]:
 )
 def create_pool(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     pool = storagepools.create_pool(ctx, args)
-    hosts.attach_pool(ctx.session, pool, explicit_capacity=args.get("capacitybytes") is not None)
+    hosts.attach_pool(ctx.session, pool)
     return _pool_view(ctx, pool)
 
 

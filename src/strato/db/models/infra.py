@@ -87,6 +87,9 @@ class StoragePool(Entity):
     # What the file system reports as used (all files, ours or not), refreshed from the agents.
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     capacity_iops: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Set by an admin (capacitybytes): the agents' reports of the file system's size do not replace it,
+    # and the file system's fill level (shared with other pools) does not count against it.
+    capacity_fixed: Mapped[bool] = mapped_column(default=False)
 
 
 class ImageStore(Entity):

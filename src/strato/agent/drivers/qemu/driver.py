@@ -168,6 +168,7 @@ class QemuDriver(Driver):
                 if real in await self._open_files(run):
                     raise DriverError(ErrorCode.INVALID_STATE, f"layer {layer.name} is in use by VM {run.path.name}")
         layers.remove(path, missing_ok)
+        pools.prune_empty_dirs(path.parent, Path(layer.pool.path))
 
     async def _open_files(self, run: RunDir) -> set[str]:
         """Files QEMU has open for this VM, asked from QEMU itself (block jobs may have changed them)."""

@@ -72,3 +72,15 @@ def os_error(exc: OSError, what: str) -> DriverError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DriverError(ErrorCode.INSUFFICIENT_CAPACITY, f"{what}: {exc.strerror}")
     return DriverError(ErrorCode.INTERNAL, f"{what}: {exc}")
+
+
+def prune_empty_dirs(directory: Path, pool_root: Path) -> None:
+    """Removes directories left empty by a layer's removal (e.g. volumes/<id>/), up to the pool's root."""
+    root = pool_root.resolve()
+    current = directory.resolve()
+    while current != root and root in current.parents:
+        try:
+            current.rmdir()
+        except OSError:
+            return  # not empty (or gone): stop here
+        current = current.parent

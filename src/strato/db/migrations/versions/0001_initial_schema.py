@@ -374,6 +374,7 @@ def upgrade() -> None:
         sa.Column("capacity_bytes", sa.BigInteger(), nullable=False),
         sa.Column("used_bytes", sa.BigInteger(), nullable=False),
         sa.Column("capacity_iops", sa.BigInteger(), nullable=True),
+        sa.Column("capacity_fixed", sa.Boolean(), nullable=False),
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
