@@ -71,3 +71,28 @@ def test_ten_linked_clones_share_one_cached_template_layer(env: Env) -> None:
     env.api.deleteTemplate(id=tid)
     assert not cached.exists()
     assert list(states_settled(env)) == []
+
+
+def test_full_clone_has_no_backing_file_and_grows_to_rootdisksize(env: Env) -> None:
+    """fullclone=true copies the template into the root disk: no backing chain, all the template's data."""
+    pool = env.pools["shared2"]
+    vm = env.api.deployVirtualMachine(
+        name=f"full-{uuid.uuid4().hex[:6]}",
+        zoneid=env.zoneid,
+        serviceofferingid=env.offering["id"],
+        templateid=env.template["id"],
+        rootdiskstorageid=pool["id"],
+        rootdisksize=1,
+        fullclone=True,
+        startvm=False,
+    )["virtualmachine"]
+    try:
+        [root] = env.volumes(vm["id"])
+        path = env.assert_on_pool(root, "shared2")
+        info = qemu_img_info(path)
+        assert "backing-filename" not in info, info
+        assert info["virtual-size"] == root["size"] == 1024 * MIB
+        assert info["actual-size"] > 5 * MIB  # the kernel and initramfs were copied in
+    finally:
+        env.api.destroyVirtualMachine(id=vm["id"], expunge=True)
+    assert list(states_settled(env)) == []
