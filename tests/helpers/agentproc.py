@@ -31,9 +31,7 @@ def _cli_has_agent() -> bool:
         from strato.cli.main import app
     except Exception:
         return False
-    names = {
-        info.name or (info.callback.__name__ if info.callback else "") for info in app.registered_commands
-    }
+    names = {info.name or (info.callback.__name__ if info.callback else "") for info in app.registered_commands}
     return "agent" in names or "agent_command" in names
 
 
@@ -54,9 +52,7 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, token: str | None = None, timeout: float = 10.0, path: str = "") -> AgentClient:
-        client = AgentClient(
-            self.base_url + path, token if token is not None else self.token, timeout=timeout
-        )
+        client = AgentClient(self.base_url + path, token if token is not None else self.token, timeout=timeout)
         self.clients.append(client)
         return client
 

@@ -85,9 +85,7 @@ def test_probe_matches_a_real_boot_under_kvm(tiny_image: Path, tmp_path: Path) -
         return
     # /dev/kvm opens here: the answer must be what a boot under KVM really does.
     booted = independent_kvm_boot(tiny_image, tmp_path, PROBE_TIMEOUT)
-    assert result == ("kvm" if booted else "tcg"), (
-        f"probe said {result}, a real KVM boot showed marker: {booted}"
-    )
+    assert result == ("kvm" if booted else "tcg"), f"probe said {result}, a real KVM boot showed marker: {booted}"
 
 
 def test_cached_answer_is_reused_without_booting(tiny_image: Path, tmp_path: Path) -> None:

@@ -40,9 +40,7 @@ def test_boots_and_sees_two_virtio_disks(tiny_image: Path, workdir: Path) -> Non
 
 
 @pytest.mark.parametrize("cd_bus", ["ide", "scsi"])
-def test_config_drive_sets_hostname_keys_and_runs_user_data(
-    tiny_image: Path, workdir: Path, cd_bus: str
-) -> None:
+def test_config_drive_sets_hostname_keys_and_runs_user_data(tiny_image: Path, workdir: Path, cd_bus: str) -> None:
     user_data = '#!/bin/sh\necho "user-data on $(hostname) keys=$(wc -l < /root/.ssh/authorized_keys)"\n'
     iso = build_config_drive(
         workdir / "config.iso", hostname="web-7", user_data=user_data, public_keys=[KEY, "ssh-rsa AAAAB3 bob"]
@@ -82,9 +80,7 @@ def test_integrity_workload_verifies_and_detects_corruption(tiny_image: Path, wo
     report = verify_image(disk)
     assert report.failures == [BlockFailure(5, f"checksum gen {gens[5]}")]
 
-    with boot_tiny(
-        tiny_image, workdir, disks=[disk], run="integrity-verify:vdb;poweroff", name="checker"
-    ) as vm:
+    with boot_tiny(tiny_image, workdir, disks=[disk], run="integrity-verify:vdb;poweroff", name="checker") as vm:
         vm.wait_for(r"^STRATO-INTEGRITY FAIL 1 of 64 blocks bad$", timeout=90)
         fails = re.findall(r"^STRATO-INTEGRITY FAIL block (\d+) (.*)$", vm.console(), re.M)
         assert fails == [("5", f"checksum gen {gens[5]}")]
