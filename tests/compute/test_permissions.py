@@ -32,7 +32,7 @@ def test_users_keep_to_their_own_resources(env: Env, make_user: Callable[..., Ke
     alice, bob = env.client_for(alice_keys), env.client_for(bob_keys)
     vm = _deploy(env, alice, datadisksdetails=[{"diskofferingid": env.disk_offering["id"]}])
     try:
-        assert vm["state"] == "Stopped" and "hostid" not in vm  # users are not shown hosts
+        assert vm["state"] == "Stopped" and "hostid" not in vm and "instancename" not in vm  # hosts are for admins
         vols = alice.listVolumes(virtualmachineid=vm["id"])["volume"]
         assert len(vols) == 2
         # Bob sees none of it, even with listall or by id, and cannot act on it.

@@ -341,7 +341,8 @@ def tag(session: Session, t: ResourceTag) -> dict[str, Any]:
 JOB_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2, "cancelled": 3}
 
 # object name → renderer of that object by id, for async job results.
-ResultRenderer = Callable[[Session, str], dict[str, Any] | None]
+ResultRenderer = Callable[[Session, str, bool], dict[str, Any] | None]
+"""(session, object id, caller is root admin) -> the object as the caller may see it."""
 RESULT_RENDERERS: dict[str, ResultRenderer] = {}
 
 
@@ -349,7 +350,7 @@ def register_result(object_name: str, fn: ResultRenderer) -> None:
     RESULT_RENDERERS[object_name] = fn
 
 
-def job(session: Session, j: Job) -> dict[str, Any]:
+def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
     status = JOB_STATUS.get(j.status, 0)
     percent = int(100 * j.progress_done / j.progress_total) if j.progress_total else (100 if status else 0)
     out: dict[str, Any] = {
@@ -372,7 +373,7 @@ def job(session: Session, j: Job) -> dict[str, Any]:
         "jobsteps": j.steps or [],
     }
     if j.status in ("succeeded", "failed", "cancelled"):
-        out["jobresult"] = _job_result(session, j)
+        out["jobresult"] = _job_result(session, j, admin)
     acct = session.get(Account, j.account_id) if j.account_id else None
     if acct is not None:
         out["account"] = acct.name
@@ -380,13 +381,13 @@ def job(session: Session, j: Job) -> dict[str, Any]:
     return _clean(out)
 
 
-def _job_result(session: Session, j: Job) -> dict[str, Any]:
+def _job_result(session: Session, j: Job, admin: bool) -> dict[str, Any]:
     result = dict(j.result or {})
     if j.status != "succeeded":
         return result
     obj_type, obj_id = result.get("type"), result.get("id")
     if isinstance(obj_type, str) and isinstance(obj_id, str) and obj_type in RESULT_RENDERERS:
-        rendered = RESULT_RENDERERS[obj_type](session, obj_id)
+        rendered = RESULT_RENDERERS[obj_type](session, obj_id, admin)
         return {obj_type: rendered} if rendered is not None else {}
     return result
 
@@ -430,4 +431,4 @@ def _host_address(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-register_result("host", lambda s, i: host(s, h) if (h := s.get(Host, i)) is not None else None)
+register_result("host", lambda s, i, _admin: host(s, h) if (h := s.get(Host, i)) is not None else None)

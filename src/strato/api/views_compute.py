@@ -223,6 +223,8 @@ def ssh_keypair(session: Session, k: SSHKeyPair, private_key: str | None = None)
     )
 
 
-register_result("virtualmachine", lambda s, i: virtual_machine(s, v) if (v := s.get(VirtualMachine, i)) else None)
-register_result("volume", lambda s, i: volume(s, v) if (v := s.get(Volume, i)) else None)
-register_result("template", lambda s, i: template(s, t) if (t := s.get(Template, i)) else None)
+register_result(
+    "virtualmachine", lambda s, i, admin: virtual_machine(s, v, admin) if (v := s.get(VirtualMachine, i)) else None
+)
+register_result("volume", lambda s, i, _admin: volume(s, v) if (v := s.get(Volume, i)) else None)
+register_result("template", lambda s, i, _admin: template(s, t) if (t := s.get(Template, i)) else None)

@@ -20,7 +20,7 @@ from strato.services.listing import Page
     params=(Param("jobid", T.UUID, "The ID of the asynchronous job", required=True),),
 )
 def query_async_job_result(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    return views.job(ctx.session, jobs.get_job(ctx, args["jobid"]))
+    return views.job(ctx.session, jobs.get_job(ctx, args["jobid"]), ctx.is_root_admin)
 
 
 @api(
@@ -33,7 +33,7 @@ def query_async_job_result(ctx: CallContext, args: dict[str, Any]) -> dict[str, 
 )
 def list_async_jobs(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = jobs.list_jobs(ctx, args, Page.from_args(args))
-    return Listing([views.job(ctx.session, j) for j in rows], total)
+    return Listing([views.job(ctx.session, j, ctx.is_root_admin) for j in rows], total)
 
 
 @api(
@@ -44,4 +44,4 @@ def list_async_jobs(ctx: CallContext, args: dict[str, Any]) -> Listing:
     params=(Param("jobid", T.UUID, "The ID of the asynchronous job", required=True),),
 )
 def cancel_async_job(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    return views.job(ctx.session, jobs.cancel_job(ctx, args["jobid"]))
+    return views.job(ctx.session, jobs.cancel_job(ctx, args["jobid"]), ctx.is_root_admin)
