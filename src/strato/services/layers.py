@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.engine import Database
-from strato.db.models import Host, ImageStore, Layer, StoragePool, Template, TemplateStoreCopy
+from strato.db.models import Host, ImageStore, Job, Layer, StoragePool, Template, TemplateStoreCopy
+from strato.db.models.jobs import JOB_ACTIVE
 from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
 from strato.errors import CloudError, InsufficientCapacity, ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentCallError, AgentClientError
@@ -50,41 +52,57 @@ def agent_error(host_name: str, exc: AgentClientError) -> CloudError:
 
 
 def ensure_template_on_pool(
-    db: Database, template_id: str, pool_id: str, progress: ProgressFn | None = None, timeout_s: float = 3600
+    db: Database,
+    template_id: str,
+    pool_id: str,
+    progress: ProgressFn | None = None,
+    job_id: str | None = None,
+    timeout_s: float = 3600,
 ) -> str:
     """Returns the id of the template's Ready base layer on the pool, copying it there first if needed.
 
     Concurrent deploys of one template to one pool copy it once: the first inserts the layer row
-    (unique per pool and path) and copies; the others wait for it."""
+    (unique per live pool and path, marked with its job) and copies; the others wait for it. A row left
+    Creating by a job that has ended (a crash), or by this very job before a restart, is cleared and the
+    copy made again."""
     path = template_layer_path(template_id)
+    for _attempt in range(3):
+        claimed, layer_id = _claim_template_row(db, template_id, pool_id, path, job_id)
+        if claimed:
+            return _copy_into(db, template_id, pool_id, path, layer_id, progress)
+        if _wait_ready(db, layer_id, job_id, timeout_s):
+            return layer_id
+        remove_unfinished_layer(db, layer_id)
+    raise ResourceUnavailable(f"Could not get template {template_id} onto the pool: its copy keeps failing")
+
+
+def _claim_template_row(
+    db: Database, template_id: str, pool_id: str, path: str, job_id: str | None
+) -> tuple[bool, str]:
+    """(True, id) when this job inserted the row and must copy; (False, id) of another job's row."""
+    live = select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None))
     with db.session() as s:
-        existing = s.scalar(select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None)))
-        if existing is None:
-            tmpl = s.get(Template, template_id)
-            assert tmpl is not None
-            layer = Layer(
-                pool_id=pool_id,
-                path=path,
-                kind=LAYER_TEMPLATE,
-                frozen=True,
-                template_id=template_id,
-                virtual_size=tmpl.virtual_size,
-                state="Creating",
-            )
-            s.add(layer)
-            try:
-                s.flush()
-            except IntegrityError:
-                s.rollback()
-                existing = s.scalar(
-                    select(Layer).where(Layer.pool_id == pool_id, Layer.path == path, Layer.removed.is_(None))
-                )
-            else:
-                layer_id, mine = layer.id, True
+        existing = s.scalar(live)
         if existing is not None:
-            layer_id, mine = existing.id, False
-    if not mine:
-        return _wait_ready(db, layer_id, timeout_s)
+            return False, existing.id
+        tmpl = s.get(Template, template_id)
+        assert tmpl is not None
+        layer = Layer(pool_id=pool_id, path=path, kind=LAYER_TEMPLATE, frozen=True, template_id=template_id,
+                      virtual_size=tmpl.virtual_size, state="Creating", creating_job=job_id)  # fmt: skip
+        s.add(layer)
+        try:
+            s.flush()
+        except IntegrityError:
+            s.rollback()
+            existing = s.scalar(live)
+            assert existing is not None
+            return False, existing.id
+        return True, layer.id
+
+
+def _copy_into(
+    db: Database, template_id: str, pool_id: str, path: str, layer_id: str, progress: ProgressFn | None
+) -> str:
     try:
         info = _copy_template_to_pool(db, template_id, pool_id, path, progress)
     except BaseException:
@@ -100,17 +118,54 @@ def ensure_template_on_pool(
     return layer_id
 
 
-def _wait_ready(db: Database, layer_id: str, timeout_s: float) -> str:
+def _wait_ready(db: Database, layer_id: str, job_id: str | None, timeout_s: float) -> bool:
+    """True once the layer is Ready; False when it will never be (gone, or its job ended without it)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with db.session() as s:
             row = s.get(Layer, layer_id)
-            if row is None:
-                raise ResourceUnavailable("Copying the template to the pool failed in another job; try again")
+            if row is None or row.removed is not None:
+                return False
             if row.state == "Ready":
-                return layer_id
+                return True
+            if row.creating_job is not None and (row.creating_job == job_id or not _job_active(s, row.creating_job)):
+                return False
         time.sleep(0.3)
     raise ResourceUnavailable("Timed out waiting for the template's copy on the pool")
+
+
+def _job_active(session: Session, job_id: str) -> bool:
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status in JOB_ACTIVE
+
+
+def remove_unfinished_layer(db: Database, layer_id: str) -> None:
+    """Deletes the file (if any) of a layer whose creation did not finish, and its row."""
+    with db.session() as s:
+        row = s.get(Layer, layer_id)
+        if row is None or row.removed is not None or row.state == "Ready":
+            return
+        pool = s.get(StoragePool, row.pool_id)
+        assert pool is not None
+        host = host_for(s, [pool])
+        client, host_name, target = host_client(host), host.name, ref(pool, row.path)
+    try:
+        client.call(RemoveLayer(layer=target, missing_ok=True))
+    except AgentClientError as exc:
+        raise agent_error(host_name, exc) from None
+    with db.session() as s:
+        row = s.get(Layer, layer_id)
+        if row is not None:
+            row.removed, row.state = utcnow(), "Removed"
+
+
+def remove_layers_created_by(db: Database, job_id: str) -> None:
+    """After a crash: removes every layer the job had begun and not finished (recovery hooks call this)."""
+    with db.session() as s:
+        ids = list(s.scalars(select(Layer.id).where(Layer.creating_job == job_id, Layer.state == "Creating",
+                                                    Layer.removed.is_(None))))  # fmt: skip
+    for layer_id in ids:
+        remove_unfinished_layer(db, layer_id)
 
 
 def _copy_template_to_pool(

@@ -187,7 +187,7 @@ def copy(job: JobContext) -> JobResult:
         progress = job.part_progress(index, len(ids))
         if job.params.get("pool_id"):
             with job.step(f"prepare {template_id}"):
-                ensure_template_on_pool(job.db, template_id, job.params["pool_id"], progress)
+                ensure_template_on_pool(job.db, template_id, job.params["pool_id"], progress, job_id=job.job_id)
             continue
         with job.db.session() as s:
             store = s.get(ImageStore, job.params["store_id"])

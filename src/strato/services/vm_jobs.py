@@ -23,7 +23,6 @@ from strato.protocol.messages import (
     ChangeCdrom,
     ConvertLayer,
     RebootVm,
-    RemoveLayer,
     RemoveVm,
     StartVm,
     StopVm,
@@ -36,11 +35,11 @@ from strato.services.layers import (
     ensure_template_on_pool,
     ref,
     remove_layer_file,
+    remove_layers_created_by,
     remove_volume_layers,
     template_layer_path,
     volume_layer_path,
 )
-from strato.services.reach import host_for
 from strato.services.vmspec import attached_volumes, config_drive_layer, iso_path, vm_spec
 
 VM_RESULT = "virtualmachine"
@@ -114,6 +113,7 @@ def _create_disk(job: JobContext, disk: dict[str, Any], pool_id: str, host_id: s
             kind=LAYER_VOLUME,
             virtual_size=disk["size"],
             state="Creating",
+            creating_job=job.job_id,
         )
         s.add(layer)
         s.flush()
@@ -122,7 +122,7 @@ def _create_disk(job: JobContext, disk: dict[str, Any], pool_id: str, host_id: s
     base_id = None
     if disk.get("template_id"):
         with job.step(f"template on pool for {disk['label']}"):
-            base_id = ensure_template_on_pool(job.db, disk["template_id"], pool_id, lambda d, t: None)
+            base_id = ensure_template_on_pool(job.db, disk["template_id"], pool_id, job_id=job.job_id)
     try:
         if base_id and job.params.get("fullclone"):
             with job.db.session() as s:
@@ -169,7 +169,12 @@ def _build_config_drive(job: JobContext, root_pool_id: str, host_id: str) -> str
         host = s.get(Host, host_id)
         assert pool is not None and host is not None
         layer = Layer(
-            pool_id=pool.id, path=f"configdrive/{vm.id}.iso", kind=LAYER_CONFIG_DRIVE, vm_id=vm.id, state="Creating"
+            pool_id=pool.id,
+            path=f"configdrive/{vm.id}.iso",
+            kind=LAYER_CONFIG_DRIVE,
+            vm_id=vm.id,
+            state="Creating",
+            creating_job=job.job_id,
         )
         s.add(layer)
         s.flush()
@@ -287,6 +292,7 @@ def _deploy_failed(session: Session, job: Job) -> None:
 def _deploy_recover(job: JobContext) -> JobResult:
     """After a crash: stop the VM if it started, remove every layer the deploy made, then fail."""
     _cleanup_vm(job, job.params["vm_id"], [d["volume_id"] for d in job.params["disks"]])
+    remove_layers_created_by(job.db, job.job_id)
     raise ResourceUnavailable(
         "The deployment was interrupted by a management server restart; everything it had created was removed"
     )
@@ -542,10 +548,3 @@ def change_iso(job: JobContext) -> JobResult:
 
 
 job_kind("vm.iso", recover=change_iso, event="VM.ISO")(change_iso)
-
-
-def remove_stray_layer(job: JobContext, pool: StoragePool, path: str, host: Host) -> None:
-    host_client(host).call(RemoveLayer(layer=ref(pool, path), missing_ok=True))
-
-
-__all__ = ["host_for"]

@@ -50,7 +50,13 @@ def _vm_host(s: Session, vm: VirtualMachine) -> Host | None:
 def _new_layer(job: JobContext, volume_id: str, pool_id: str, size: int) -> tuple[str, str]:
     with job.db.session() as s:
         layer = Layer(
-            pool_id=pool_id, path="", volume_id=volume_id, kind=LAYER_VOLUME, virtual_size=size, state="Creating"
+            pool_id=pool_id,
+            path="",
+            volume_id=volume_id,
+            kind=LAYER_VOLUME,
+            virtual_size=size,
+            state="Creating",
+            creating_job=job.job_id,
         )
         s.add(layer)
         s.flush()

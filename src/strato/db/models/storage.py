@@ -43,6 +43,8 @@ class Layer(Entity):
     virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
     physical_size: Mapped[int] = mapped_column(BigInteger, default=0)
     state: Mapped[str] = mapped_column(String(16), default="Creating")  # Creating, Ready, Error
+    # The job making it while Creating: after a crash, that job's recovery removes what it began.
+    creating_job: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
 
 
 class Volume(Entity):

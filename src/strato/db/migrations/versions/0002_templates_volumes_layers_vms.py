@@ -216,6 +216,7 @@ def upgrade() -> None:
         sa.Column("virtual_size", sa.BigInteger(), nullable=False),
         sa.Column("physical_size", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("creating_job", sa.String(length=36), nullable=True),
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
@@ -226,6 +227,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_layers")),
     )
     with op.batch_alter_table("layers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_layers_creating_job"), ["creating_job"], unique=False)
         batch_op.create_index(batch_op.f("ix_layers_parent_id"), ["parent_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_layers_pool_id"), ["pool_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_layers_template_id"), ["template_id"], unique=False)
