@@ -188,6 +188,26 @@ async def test_layer_create_info_rebase_remove(driver: QemuDriver) -> None:
     assert not (pool_dir / "volumes").exists() and pool_dir.is_dir()
 
 
+async def test_partial_files_of_an_earlier_agent_life_are_swept(data_dir: Path) -> None:
+    """A copy interrupted by an agent crash leaves a hidden partial file; the next agent removes it the
+    first time it sees the pool, and leaves the files of its own running tasks and real layers alone."""
+    pool_dir = data_dir / "pools" / "swept"
+    (pool_dir / "volumes" / "v9").mkdir(parents=True)
+    stale = pool_dir / "volumes" / "v9" / ".top.qcow2.0123abcd.copying"
+    stale.write_bytes(b"half a copy")
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    real = pool_dir / "volumes" / "v9" / "top.qcow2"
+    real.write_bytes(b"a layer")
+    os.utime(real, (old, old))
+    drv = QemuDriver(data_dir, accel="tcg")
+    fresh = pool_dir / ".base.qcow2.89abcdef.fetching"  # a task of this agent life
+    fresh.write_bytes(b"downloading")
+    report = await drv.state([PoolRef(id="swept", path=str(pool_dir))])
+    assert [p.id for p in report.pools] == ["swept"]
+    assert not stale.exists() and real.exists() and fresh.exists()
+
+
 @pytest.mark.parametrize("name", ["../escape.qcow2", "/etc/passwd", "a/../../b", "a/./b", "", "sub/"])
 async def test_layer_path_escape_refused(driver: QemuDriver, name: str) -> None:
     await expect_error(ErrorCode.BAD_REQUEST, driver.create_layer(layer(driver, name), MiB, None))

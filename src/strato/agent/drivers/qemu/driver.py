@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +41,8 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
+
+log = logging.getLogger("strato.agent.qemu")
 
 LOCAL_POOL_ID = "local"
 QUIT_GRACE_S = 5.0
@@ -67,6 +71,8 @@ class QemuDriver(Driver):
         self._qmp_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._vnc_lock = asyncio.Lock()
         self._version: str | None = None
+        self._started_at = time.time()
+        self._swept: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -127,6 +133,7 @@ class QemuDriver(Driver):
         vms = [await self._report(run) for run in self._run_dirs()]
         reports: list[PoolReport] = []
         for pool in pools_:
+            self._sweep(pool)
             try:
                 reports.append(pools.pool_report(pool))
             except DriverError as exc:
@@ -135,7 +142,17 @@ class QemuDriver(Driver):
         return StateReport(vms=vms, pools=reports)
 
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
-        return pools.attach(pool, create)
+        report = pools.attach(pool, create)
+        self._sweep(pool)
+        return report
+
+    def _sweep(self, pool: PoolRef) -> None:
+        """Once per pool and agent life: partial files left by the agent's previous life go."""
+        if pool.path in self._swept:
+            return
+        self._swept.add(pool.path)
+        for path in pools.sweep_stale_temp_files(Path(pool.path), self._started_at):
+            log.info("removed a partial file left by an earlier agent: %s", path)
 
     # --- layers ------------------------------------------------------------------------------------
 

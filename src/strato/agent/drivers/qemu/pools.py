@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 from strato.agent.drivers.base import DriverError
@@ -84,3 +85,22 @@ def prune_empty_dirs(directory: Path, pool_root: Path) -> None:
         except OSError:
             return  # not empty (or gone): stop here
         current = current.parent
+
+
+TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.(copying|fetching|converting)$")
+
+
+def sweep_stale_temp_files(root: Path, older_than: float) -> list[Path]:
+    """Removes the hidden partial files of copies, downloads and conversions that an earlier life of the
+    agent was making when it stopped (older than this agent's start, so none of its own tasks)."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for path in root.rglob(".*"):
+        try:
+            if TEMP_FILE.match(path.name) and path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
