@@ -86,6 +86,14 @@ def test_everyday_life(env: Env) -> None:
         assert with_iso["isoid"] == iso["id"]
         assert not env.api.detachIso(virtualmachineid=vm["id"])["virtualmachine"].get("isoid")
 
+        # --- statistics from the host (the guest read its disks at boot), only when asked for
+        [plain] = env.api.listVirtualMachines(id=vm["id"])["virtualmachine"]
+        assert "diskkbsread" not in plain
+        [with_stats] = env.api.listVirtualMachines(id=vm["id"], details="stats")["virtualmachine"]
+        assert with_stats["diskkbsread"] > 0 and with_stats["diskioread"] > 0 and with_stats["cputimens"] > 0
+        assert with_stats["memorykbs"] == 128 * 1024
+        assert {d["deviceid"] for d in with_stats["diskstats"]} == {0, 1}
+
         # --- reboot: the guest boots again
         env.api.rebootVirtualMachine(id=vm["id"])
         env.wait_boots(vm, 2)

@@ -23,11 +23,36 @@ from strato.db.models import (
     Zone,
 )
 from strato.db.models.storage import LAYER_TEMPLATE
+from strato.protocol.messages import VmStats
 
 GIB = 1024**3
 
 
-def virtual_machine(session: Session, vm: VirtualMachine, admin: bool = True) -> dict[str, Any]:
+def vm_stats(stats: VmStats) -> dict[str, Any]:
+    """CloudStack's statistics fields (cumulative since the VM started), plus Strato's CPU time."""
+    return {
+        "diskkbsread": sum(d.read_bytes for d in stats.disks) // 1024,
+        "diskkbswrite": sum(d.write_bytes for d in stats.disks) // 1024,
+        "diskioread": sum(d.read_ops for d in stats.disks),
+        "diskiowrite": sum(d.write_ops for d in stats.disks),
+        "memorykbs": stats.memory_mib * 1024,
+        "cputimens": stats.cpu_time_ns,
+        "diskstats": [
+            {
+                "deviceid": d.device_id,
+                "readbytes": d.read_bytes,
+                "writebytes": d.write_bytes,
+                "readops": d.read_ops,
+                "writeops": d.write_ops,
+            }
+            for d in stats.disks
+        ],
+    }
+
+
+def virtual_machine(
+    session: Session, vm: VirtualMachine, admin: bool = True, stats: VmStats | None = None
+) -> dict[str, Any]:
     template = session.get(Template, vm.template_id) if vm.template_id else None
     iso = session.get(Template, vm.iso_id) if vm.iso_id else None
     offering = session.get(ServiceOffering, vm.service_offering_id)
@@ -71,6 +96,8 @@ def virtual_machine(session: Session, vm: VirtualMachine, admin: bool = True) ->
         "rootdisksize": root.size // GIB if root else None,
         **_owner_fields(session, vm.account_id),
     }
+    if stats is not None:
+        out.update(vm_stats(stats))
     if admin:
         out["instancename"] = vm.instance_name
         out["hostid"] = vm.host_id

@@ -27,8 +27,11 @@ from strato.db.models import (
 )
 from strato.engine import queue
 from strato.errors import InvalidParameter, NotFound, PermissionDenied
+from strato.protocol.client import AgentClientError
+from strato.protocol.messages import GetVmStats, VmStats
 from strato.services import limits, sshkeys
 from strato.services.access import check_account_access, owner_scope
+from strato.services.agents import host_client
 from strato.services.context import CallContext
 from strato.services.identity import find_account
 from strato.services.listing import Page, run_page
@@ -487,3 +490,17 @@ def detach_iso(ctx: CallContext, args: dict[str, Any]) -> str:
 
 def mark_expunged(vm: VirtualMachine) -> None:
     vm.state, vm.removed, vm.host_id = "Expunged", utcnow(), None
+
+
+def stats(ctx: CallContext, vm: VirtualMachine) -> VmStats | None:
+    """The agent's statistics of a running VM (CPU time, memory, per-disk bytes and operations); None
+    when the VM is not running or its host does not answer (a list must not fail for one host)."""
+    if vm.state != "Running" or not vm.host_id:
+        return None
+    host = ctx.session.get(Host, vm.host_id)
+    if host is None:
+        return None
+    try:
+        return host_client(host).call(GetVmStats(name=vm.instance_name))
+    except AgentClientError:
+        return None

@@ -22,8 +22,9 @@ DETAILS = Param(
 )
 
 
-def _view(ctx: CallContext, vm: Any) -> dict[str, Any]:
-    return views.virtual_machine(ctx.session, vm, admin=ctx.is_root_admin)
+def _view(ctx: CallContext, vm: Any, with_stats: bool = False) -> dict[str, Any]:
+    stats = vms.stats(ctx, vm) if with_stats else None
+    return views.virtual_machine(ctx.session, vm, admin=ctx.is_root_admin, stats=stats)
 
 
 @api(
@@ -87,11 +88,17 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("hostid", T.UUID, "The host ID (admins)"),
         Param("templateid", T.UUID, "List VMs by template"),
         Param("serviceofferingid", T.UUID, "List VMs by service offering"),
+        Param(
+            "details",
+            T.LIST,
+            "Details to include: all, stats (asks the hosts for running VMs' disk I/O and CPU time), min, ...",
+        ),
     ),
 )
 def list_vms(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = vms.list_vms(ctx, args, Page.from_args(args))
-    return Listing([_view(ctx, vm) for vm in rows], total)
+    with_stats = bool({"all", "stats"} & {d.lower() for d in args.get("details") or []})
+    return Listing([_view(ctx, vm, with_stats) for vm in rows], total)
 
 
 @api(
