@@ -13,10 +13,10 @@ from strato.api.envelope import AsyncStarted, Listing, error_body, list_body
 from strato.api.params import T, collect_maps, parse_list, parse_scalar
 from strato.api.registry import Command, Kind, Role, find
 from strato.db.engine import Database
-from strato.engine.audit import record_event
 from strato.errors import CloudError, ErrorCode, InvalidParameter, Unauthorized, UnsupportedAction
 from strato.services import settings
 from strato.services.context import CallContext
+from strato.services.events import record_event
 
 log = logging.getLogger("strato.api")
 

@@ -197,9 +197,9 @@ def cluster(session: Session, c: Cluster) -> dict[str, Any]:
 
 
 def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -> dict[str, Any]:
-    from strato.engine.allocator import pool_allocated
+    from strato.services.storagepools import allocated_bytes
 
-    allocated = pool_allocated(session, p.id)
+    allocated = allocated_bytes(session, p)
     return _clean(
         {
             "id": p.id,

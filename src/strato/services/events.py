@@ -7,9 +7,12 @@ from typing import Any
 from sqlalchemy import select
 
 from strato.db.models import Event
+from strato.engine.audit import record_event
 from strato.services.access import owner_scope
 from strato.services.context import CallContext
 from strato.services.listing import Page, run_page
+
+__all__ = ["list_events", "record_event"]
 
 
 def list_events(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Event], int]:

@@ -11,6 +11,7 @@ from strato.db.base import utcnow
 from strato.db.models import Account, Domain, User
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN, ACCOUNT_TYPE_USER
 from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
+from strato.services import jobs
 from strato.services.access import (
     check_account_access,
     get_domain,
@@ -219,7 +220,28 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
     return acct
 
 
-def delete_account(ctx: CallContext, account_id: str) -> Account:
+def delete_account(ctx: CallContext, account_id: str) -> str:
+    """Checks the deletion is allowed and queues it; returns the job id."""
+    acct = _deletable_account(ctx, account_id)
+    return jobs.submit(
+        ctx, "account.delete", "deleteAccount", {"accountid": acct.id}, [f"account:{acct.id}"], "Account", acct.id
+    )
+
+
+def submit_delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> str:
+    get_domain(ctx, domain_id)
+    return jobs.submit(
+        ctx,
+        "domain.delete",
+        "deleteDomain",
+        {"id": domain_id, "cleanup": cleanup},
+        [f"domain:{domain_id}"],
+        "Domain",
+        domain_id,
+    )
+
+
+def _deletable_account(ctx: CallContext, account_id: str) -> Account:
     acct = get_account(ctx, account_id)
     if acct.id == ctx.account.id:
         raise InvalidParameter("An account cannot delete itself")

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from strato.db.models import Account, Job
 from strato.db.models.jobs import JOB_ACTIVE
+from strato.engine import queue
 from strato.errors import InvalidParameter, NotFound
 from strato.services.access import check_account_access, owner_scope
 from strato.services.context import CallContext
@@ -42,3 +43,35 @@ def cancel_job(ctx: CallContext, job_id: str) -> Job:
         raise InvalidParameter(f"Async job {job_id} has already ended ({job.status})")
     job.cancel_requested = True
     return job
+
+
+def submit(
+    ctx: CallContext,
+    kind: str,
+    cmd: str,
+    params: dict[str, Any],
+    resources: list[str],
+    instance_type: str | None = None,
+    instance_id: str | None = None,
+) -> str:
+    """Queues a job on behalf of the caller, in the caller's transaction; returns its id."""
+    job = queue.submit(
+        ctx.session,
+        kind=kind,
+        cmd=cmd,
+        params=params,
+        resources=resources,
+        account_id=ctx.account.id,
+        user_id=ctx.user.id,
+        instance_type=instance_type,
+        instance_id=instance_id,
+    )
+    return job.id
+
+
+def completed(ctx: CallContext, cmd: str, result: dict[str, Any], instance_type: str | None = None) -> str:
+    """A job whose short work was done in the request (for commands CloudStack clients poll)."""
+    job = queue.record_completed(
+        ctx.session, cmd=cmd, result=result, account_id=ctx.account.id, user_id=ctx.user.id, instance_type=instance_type
+    )
+    return job.id

@@ -8,9 +8,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.models import Cluster, Host, ImageStore, Pod, StoragePool, Zone
+from strato.engine.allocator import pool_allocated
 from strato.errors import InvalidParameter
 from strato.services.context import CallContext
 from strato.services.listing import Page, run_page
@@ -157,6 +159,11 @@ def update_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
             )
         pool.state = "Up" if args["enabled"] else "Disabled"
     return pool
+
+
+def allocated_bytes(session: Session, pool: StoragePool) -> int:
+    """Bytes promised on the pool to volumes and template copies (listStoragePools' disksizeallocated)."""
+    return pool_allocated(session, pool.id)
 
 
 def delete_pool(ctx: CallContext, pool_id: str, forced: bool) -> None:

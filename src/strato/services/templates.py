@@ -11,6 +11,7 @@ from sqlalchemy import select
 from strato.db.models import ImageStore, Layer, StoragePool, Template, TemplateStoreCopy, Volume, Zone
 from strato.db.models.storage import LAYER_TEMPLATE
 from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
+from strato.services import jobs
 from strato.services.access import check_account_access, owner_scope
 from strato.services.context import CallContext
 from strato.services.listing import Page, run_page
@@ -299,20 +300,7 @@ def check_deletable(ctx: CallContext, tmpl: Template) -> None:
 
 
 def _queue(ctx: CallContext, kind: str, cmd: str, tmpl: Template, params: dict[str, Any], extra: list[str]) -> str:
-    from strato.engine import queue
-
-    job = queue.submit(
-        ctx.session,
-        kind=kind,
-        cmd=cmd,
-        params=params,
-        resources=[f"template:{tmpl.id}", *extra],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="Template",
-        instance_id=tmpl.id,
-    )
-    return job.id
+    return jobs.submit(ctx, kind, cmd, params, [f"template:{tmpl.id}", *extra], "Template", tmpl.id)
 
 
 def submit_download(ctx: CallContext, tmpl: Template, plan: list[dict[str, Any]]) -> str:

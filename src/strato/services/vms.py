@@ -25,11 +25,10 @@ from strato.db.models import (
     Volume,
     Zone,
 )
-from strato.engine import queue
 from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import GetVmStats, VmStats
-from strato.services import limits, sshkeys
+from strato.services import jobs, limits, sshkeys
 from strato.services.access import check_account_access, owner_scope
 from strato.services.agents import host_client
 from strato.services.context import CallContext
@@ -304,18 +303,8 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]
         "host_id": host_id,
         "fullclone": bool(args.get("fullclone")),
     }
-    job = queue.submit(
-        ctx.session,
-        kind="vm.deploy",
-        cmd="deployVirtualMachine",
-        params=params,
-        resources=[f"vm:{vm.id}", *(f"volume:{d['volume_id']}" for d in disks)],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="VirtualMachine",
-        instance_id=vm.id,
-    )
-    return vm, job.id
+    resources = [f"vm:{vm.id}", *(f"volume:{d['volume_id']}" for d in disks)]
+    return vm, jobs.submit(ctx, "vm.deploy", "deployVirtualMachine", params, resources, "VirtualMachine", vm.id)
 
 
 def zone_hypervisor(ctx: CallContext, zone_id: str) -> str:
@@ -365,18 +354,7 @@ def list_vms(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[V
 
 
 def _submit(ctx: CallContext, vm: VirtualMachine, kind: str, cmd: str, **params: Any) -> str:
-    job = queue.submit(
-        ctx.session,
-        kind=kind,
-        cmd=cmd,
-        params={"vm_id": vm.id, **params},
-        resources=[f"vm:{vm.id}"],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="VirtualMachine",
-        instance_id=vm.id,
-    )
-    return job.id
+    return jobs.submit(ctx, kind, cmd, {"vm_id": vm.id, **params}, [f"vm:{vm.id}"], "VirtualMachine", vm.id)
 
 
 def start(ctx: CallContext, args: dict[str, Any]) -> str:

@@ -8,9 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from strato.db.models import Account, DiskOffering, Host, StoragePool, VirtualMachine, Volume, Zone
-from strato.engine import queue
 from strato.errors import InvalidParameter, NotFound, PermissionDenied
-from strato.services import limits
+from strato.services import jobs, limits
 from strato.services.access import check_account_access, owner_scope
 from strato.services.context import CallContext
 from strato.services.identity import find_account
@@ -38,18 +37,8 @@ def get_volume(ctx: CallContext, volume_id: str, param: str = "id") -> Volume:
 
 def _submit(ctx: CallContext, kind: str, cmd: str, vol: Volume, vm_id: str | None = None, **params: Any) -> str:
     resources = [f"volume:{vol.id}"] + ([f"vm:{vm_id}"] if vm_id else [])
-    job = queue.submit(
-        ctx.session,
-        kind=kind,
-        cmd=cmd,
-        params={"volume_id": vol.id, "vm_id": vm_id, **params},
-        resources=resources,
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="Volume",
-        instance_id=vol.id,
-    )
-    return job.id
+    params = {"volume_id": vol.id, "vm_id": vm_id, **params}
+    return jobs.submit(ctx, kind, cmd, params, resources, "Volume", vol.id)
 
 
 def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
@@ -321,15 +310,13 @@ def import_vm(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, s
         ctx.session.add(vol)
         ctx.session.flush()
         disk["volume_id"] = vol.id
-    job = queue.submit(
-        ctx.session,
-        kind="vm.import",
-        cmd="importVm",
-        params={"vm_id": vm.id, "host_id": host.id, "disks": disks},
-        resources=[f"vm:{vm.id}", *(f"volume:{d['volume_id']}" for d in disks)],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="VirtualMachine",
-        instance_id=vm.id,
+    resources = [f"vm:{vm.id}", *(f"volume:{d['volume_id']}" for d in disks)]
+    return vm, jobs.submit(
+        ctx,
+        "vm.import",
+        "importVm",
+        {"vm_id": vm.id, "host_id": host.id, "disks": disks},
+        resources,
+        "VirtualMachine",
+        vm.id,
     )
-    return vm, job.id

@@ -8,7 +8,6 @@ from strato.api import views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
-from strato.engine import queue
 from strato.services import capacity, hosts
 from strato.services.context import CallContext
 from strato.services.listing import Page
@@ -106,21 +105,6 @@ def delete_host(ctx: CallContext, args: dict[str, Any]) -> None:
     hosts.delete_host(ctx, args["id"], bool(args.get("forced")))
 
 
-def _host_job(ctx: CallContext, kind: str, cmd: str, host_id: str) -> AsyncStarted:
-    job = queue.submit(
-        ctx.session,
-        kind=kind,
-        cmd=cmd,
-        params={"id": host_id},
-        resources=[f"host:{host_id}"],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="Host",
-        instance_id=host_id,
-    )
-    return AsyncStarted(job.id)
-
-
 @api(
     "prepareHostForMaintenance",
     "Prepares a host for maintenance",
@@ -130,8 +114,7 @@ def _host_job(ctx: CallContext, kind: str, cmd: str, host_id: str) -> AsyncStart
     params=(Param("id", T.UUID, "The host ID", required=True),),
 )
 def prepare_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    host = hosts.begin_maintenance(ctx, args["id"])
-    return _host_job(ctx, "host.maintenance", "prepareHostForMaintenance", host.id)
+    return AsyncStarted(hosts.prepare_maintenance(ctx, args["id"]), args["id"])
 
 
 @api(
@@ -143,8 +126,7 @@ def prepare_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     params=(Param("id", T.UUID, "The host ID", required=True),),
 )
 def cancel_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    host = hosts.cancel_maintenance(ctx, args["id"])
-    return _host_job(ctx, "host.cancelmaintenance", "cancelHostMaintenance", host.id)
+    return AsyncStarted(hosts.cancel_maintenance(ctx, args["id"]), args["id"])
 
 
 @api(

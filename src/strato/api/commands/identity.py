@@ -11,7 +11,6 @@ from strato.api.dispatch import Reply, Request
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, DOMAIN_ADMINS, Kind, api
-from strato.engine import queue
 from strato.services import identity
 from strato.services.context import CallContext
 from strato.services.listing import Page
@@ -134,21 +133,7 @@ def list_domains(ctx: CallContext, args: dict[str, Any]) -> Listing:
     ),
 )
 def delete_domain(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    from strato.services.access import get_domain
-
-    get_domain(ctx, args["id"])
-    job = queue.submit(
-        ctx.session,
-        kind="domain.delete",
-        cmd="deleteDomain",
-        params=args,
-        resources=[f"domain:{args['id']}"],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="Domain",
-        instance_id=args["id"],
-    )
-    return AsyncStarted(job.id)
+    return AsyncStarted(identity.submit_delete_domain(ctx, args["id"], bool(args.get("cleanup"))), args["id"])
 
 
 # --- accounts --------------------------------------------------------------------------------------
@@ -223,19 +208,7 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     params=(Param("id", T.UUID, "Account id", required=True),),
 )
 def delete_account(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    acct = identity.delete_account(ctx, args["id"])
-    job = queue.submit(
-        ctx.session,
-        kind="account.delete",
-        cmd="deleteAccount",
-        params={"accountid": acct.id},
-        resources=[f"account:{acct.id}"],
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="Account",
-        instance_id=acct.id,
-    )
-    return AsyncStarted(job.id)
+    return AsyncStarted(identity.delete_account(ctx, args["id"]), args["id"])
 
 
 # --- users -----------------------------------------------------------------------------------------

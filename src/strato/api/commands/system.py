@@ -9,8 +9,7 @@ from strato.api import views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, COMMANDS, Kind, Role, api
-from strato.engine import queue
-from strato.services import events, settings, tags
+from strato.services import events, jobs, settings, tags
 from strato.services.context import CallContext
 from strato.services.listing import Page, paginate_rows
 
@@ -237,15 +236,7 @@ def create_tags(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 
 def _done(ctx: CallContext, cmd: str) -> AsyncStarted:
     """CloudStack's tag commands are async: clients poll a job. The work is a few rows, done at once."""
-    job = queue.record_completed(
-        ctx.session,
-        cmd=cmd,
-        result={"success": True},
-        account_id=ctx.account.id,
-        user_id=ctx.user.id,
-        instance_type="ResourceTag",
-    )
-    return AsyncStarted(job.id)
+    return AsyncStarted(jobs.completed(ctx, cmd, {"success": True}, "ResourceTag"))
 
 
 @api(
