@@ -9,6 +9,7 @@ test's temp dir are killed, and the temp dir is removed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -134,7 +135,9 @@ def _setup(env_base: Path, server: ServerProcess, agents: dict[str, AgentProcess
 
 
 @pytest.fixture(scope="session")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """STRATO_COMPUTE_BACKEND=postgres runs the compute tests against PostgreSQL (SQLite by default,
+    to keep the suite short; the API tests run on both)."""
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         pytest.skip("qemu-system-x86_64 and qemu-img are needed")
     base = tmp_path_factory.mktemp("compute")
@@ -143,7 +146,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     made: Env | None = None
     try:
         image = _tiny_image(base)
-        server = start_server(base / "server")
+        database_url = None
+        if os.environ.get("STRATO_COMPUTE_BACKEND", "sqlite") == "postgres":
+            database_url = request.getfixturevalue("pg_server").create_database()
+        server = start_server(base / "server", database_url=database_url)
         for n in (1, 2):
             agents[f"host{n}"] = start_agent(
                 base / f"host{n}", token=f"compute-{uuid.uuid4().hex[:8]}", driver="qemu", accel="tcg"
