@@ -12,6 +12,7 @@ from strato.api.signing import check_expiry, signature_matches
 from strato.db.base import as_utc, utcnow
 from strato.db.models import Account, Domain, LoginSession, User
 from strato.errors import Unauthorized
+from strato.services import settings
 from strato.services.context import CallContext
 from strato.services.passwords import new_session_key, verify_password
 
@@ -35,7 +36,7 @@ def _context(session: Session, user: User) -> CallContext:
     return CallContext(session=session, user=user, account=account, domain=domain)
 
 
-def authenticate(session: Session, creds: Credentials, session_timeout_s: int) -> CallContext:
+def authenticate(session: Session, creds: Credentials) -> CallContext:
     lowered = {k.lower(): v for k, v in creds.params.items()}
     api_key = lowered.get("apikey")
     signature = lowered.get("signature")
@@ -52,7 +53,8 @@ def authenticate(session: Session, creds: Credentials, session_timeout_s: int) -
         if row is None:
             raise Unauthorized(BAD_CREDENTIALS)
         now = utcnow()
-        if as_utc(row.last_used) + timedelta(seconds=session_timeout_s) < now:
+        timeout_s = int(settings.get(session, "session.timeout"))
+        if as_utc(row.last_used) + timedelta(seconds=timeout_s) < now:
             session.delete(row)
             raise Unauthorized("The session has expired; log in again")
         row.last_used = now

@@ -14,7 +14,6 @@ from strato.api.params import T, collect_maps, parse_list, parse_scalar
 from strato.api.registry import Command, Kind, Role, find
 from strato.db.engine import Database
 from strato.errors import CloudError, ErrorCode, InvalidParameter, Unauthorized, UnsupportedAction
-from strato.services import settings
 from strato.services.context import CallContext
 from strato.services.events import record_event
 
@@ -52,9 +51,8 @@ class Dispatcher:
             if cmd is not None and cmd.allow_anonymous:
                 return self._run_anonymous(cmd, req, lowered)
             with self.db.session() as s:
-                timeout = settings.get(s, "session.timeout")
                 session_key = lowered.get("sessionkey") or req.session_cookie
-                ctx = authn.authenticate(s, authn.Credentials(req.params, session_key), timeout)
+                ctx = authn.authenticate(s, authn.Credentials(req.params, session_key))
                 if cmd is None or _role(ctx) not in cmd.access:
                     raise UnsupportedAction(UNKNOWN_COMMAND)
                 args = parse_args(cmd, lowered)
@@ -109,9 +107,7 @@ class Dispatcher:
             with self.db.session() as s:
                 lowered = {k.lower(): v for k, v in req.params.items()}
                 ctx = authn.authenticate(
-                    s,
-                    authn.Credentials(req.params, lowered.get("sessionkey") or req.session_cookie),
-                    settings.get(s, "session.timeout"),
+                    s, authn.Credentials(req.params, lowered.get("sessionkey") or req.session_cookie)
                 )
                 record_event(
                     s,
