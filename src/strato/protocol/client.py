@@ -6,6 +6,7 @@ back as exceptions carrying the agent's typed `ErrorCode`, or as `AgentUnreachab
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -214,7 +215,8 @@ class AgentClient:
     ) -> BaseModel:
         """Start a long-running command and poll it to the end, reporting (done, total) as it changes.
 
-        When `cancel_event` is set, the remote task is cancelled and AgentCallError(CANCELLED) raised."""
+        When `cancel_event` is set, the remote task is cancelled and AgentCallError(CANCELLED) raised; when
+        `on_progress` raises, the remote task is cancelled and the exception goes on."""
         task_id = self.start_task(command)
         last: tuple[int, int] | None = None
         while True:
@@ -229,7 +231,14 @@ class AgentClient:
                 ) from exc
             current = (report.progress_done, report.progress_total)
             if on_progress is not None and current != last and report.progress_total > 0:
-                on_progress(*current)
+                try:
+                    on_progress(*current)
+                except BaseException:
+                    # The caller gave up (e.g. its job was cancelled): the agent must stop too, or it
+                    # would go on writing a file that the caller's clean-up has already removed.
+                    with contextlib.suppress(AgentClientError):
+                        self.cancel_task(task_id)
+                    raise
             last = current
             if report.state != TaskState.RUNNING:
                 return self._outcome(command, report)
