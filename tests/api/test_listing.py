@@ -56,12 +56,21 @@ def test_bad_paging_is_431(admin: CloudStack, params: dict[str, int], fragment: 
     assert err.value.error["errorcode"] == 431 and fragment in err.value.error["errortext"]
 
 
-def test_page_without_pagesize_is_431(server: ServerProcess, admin_keys: Keys) -> None:
-    # cs always adds pagesize to page, so this one is signed by hand.
-    params = {"command": "listAccounts", "apiKey": admin_keys.apikey, "response": "json", "page": "1"}
-    resp = httpx.get(f"{server.endpoint}?{signed_query(params, admin_keys.secretkey)}", timeout=30)
-    assert resp.status_code == 431
-    assert "together with pagesize" in resp.json()["listaccountsresponse"]["errortext"]
+def test_page_without_pagesize_uses_default_page_size(
+    server: ServerProcess, admin_keys: Keys, admin: CloudStack, crowd: dict[str, Any]
+) -> None:
+    """As CloudStack: page alone takes its size from default.page.size."""
+    admin.updateConfiguration(name="default.page.size", value="5")
+    try:
+        # cs always adds pagesize to page, so this one is signed by hand.
+        params = {"command": "listAccounts", "apiKey": admin_keys.apikey, "response": "json", "page": "2",
+                  "domainid": crowd["domain"]["id"]}  # fmt: skip
+        resp = httpx.get(f"{server.endpoint}?{signed_query(params, admin_keys.secretkey)}", timeout=30)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()["listaccountsresponse"]
+        assert body["count"] == 23 and len(body["account"]) == 5
+    finally:
+        admin.updateConfiguration(name="default.page.size", value="")
 
 
 def test_keyword(admin: CloudStack, crowd: dict[str, Any]) -> None:
@@ -157,7 +166,7 @@ def test_users_cannot_tag_infrastructure(
     [
         ("ping.interval", "often", "7"),
         ("storage.overprovisioning.factor", "lots", "2.5"),
-        ("enable.storage.migration", "maybe", "false"),
+        ("api.signature.version3.only", "maybe", "false"),
         ("ping.interval", "0", "9"),
     ],
 )

@@ -53,6 +53,22 @@ def test_cs_without_signature_version_is_accepted(server: ServerProcess, admin_k
     assert isinstance(client.listZones(), dict)
 
 
+def test_version3_only_setting_refuses_requests_without_expires(
+    server: ServerProcess, admin_keys: Keys, admin: CloudStack
+) -> None:
+    legacy = server.cs(admin_keys, expiration=-1)  # neither signatureVersion nor expires
+    admin.updateConfiguration(name="api.signature.version3.only", value="true")
+    try:
+        with pytest.raises(CloudStackApiException) as err:
+            legacy.listZones()
+        assert err.value.error["errorcode"] == 401
+        assert "signatureVersion=3" in err.value.error["errortext"]
+        assert isinstance(admin.listZones(), dict)  # cs's default, v3 with expires, still works
+    finally:
+        admin.updateConfiguration(name="api.signature.version3.only", value="false")
+    assert isinstance(legacy.listZones(), dict)
+
+
 @pytest.mark.parametrize(
     ("label", "encode", "lower_sort"),
     [

@@ -44,7 +44,7 @@ def authenticate(session: Session, creds: Credentials) -> CallContext:
         user = session.scalar(select(User).where(User.api_key == api_key, User.removed.is_(None)))
         if user is None or not user.secret_key:
             raise Unauthorized(BAD_CREDENTIALS)
-        check_expiry(creds.params, utcnow())
+        check_expiry(creds.params, utcnow(), bool(settings.get(session, "api.signature.version3.only")))
         if not signature_matches(creds.params, signature, user.secret_key):
             raise Unauthorized(BAD_CREDENTIALS)
         return _context(session, user)

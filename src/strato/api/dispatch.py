@@ -14,6 +14,7 @@ from strato.api.params import T, collect_maps, parse_list, parse_scalar
 from strato.api.registry import Command, Kind, Role, find
 from strato.db.engine import Database
 from strato.errors import CloudError, ErrorCode, InvalidParameter, Unauthorized, UnsupportedAction
+from strato.services import settings
 from strato.services.context import CallContext
 from strato.services.events import record_event
 
@@ -56,6 +57,8 @@ class Dispatcher:
                 if cmd is None or _role(ctx) not in cmd.access:
                     raise UnsupportedAction(UNKNOWN_COMMAND)
                 args = parse_args(cmd, lowered)
+                if cmd.kind == Kind.LIST and "page" in args and "pagesize" not in args:
+                    args["pagesize"] = int(settings.get(s, "default.page.size"))
                 result = cmd.handler(ctx, args)
                 body = wrap(cmd, result)
                 self._audit(cmd, ctx, args, result)

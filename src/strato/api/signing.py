@@ -65,12 +65,16 @@ def parse_expires(value: str) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def check_expiry(params: dict[str, str], now: datetime) -> None:
-    """signatureVersion=3 requests carry `expires` and are refused after it."""
+def check_expiry(params: dict[str, str], now: datetime, require_v3: bool = False) -> None:
+    """signatureVersion=3 requests carry `expires` and are refused after it. With `require_v3` (the
+    api.signature.version3.only setting), requests without them are refused: a captured request cannot
+    be replayed for ever."""
     lowered = {k.lower(): v for k, v in params.items()}
     version = lowered.get("signatureversion")
     expires = lowered.get("expires")
     if version is None:
+        if require_v3:
+            raise Unauthorized("This cloud accepts only signed requests with signatureVersion=3 and expires")
         return
     if version != "3":
         raise Unauthorized(f"Unsupported signatureVersion {version[:10]}; use 3")

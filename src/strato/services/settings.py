@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.models import HypervisorCapability, Setting
+from strato.engine.allocator import Limits
 from strato.errors import InvalidParameter, NotFound
 from strato.services.context import CallContext
 from strato.services.listing import Page, paginate_rows
@@ -109,15 +110,6 @@ SPECS: dict[str, SettingSpec] = {
             "Advanced",
             "Seconds a destroyed VM is kept recoverable before it is expunged",
             0,
-        ),
-        SettingSpec("vm.snapshot.max", int, 10, "Snapshots", "Maximum number of VM snapshots per VM", 1),
-        SettingSpec(
-            "enable.storage.migration",
-            bool,
-            True,
-            "Storage",
-            "Whether storage motion (volume and VM-with-storage migration) is enabled",
-            None,
         ),
         SettingSpec(
             "api.signature.version3.only",
@@ -242,3 +234,11 @@ def update_capability(ctx: CallContext, args: dict[str, Any]) -> HypervisorCapab
         if args.get(param) is not None:
             setattr(row, attr, args[param])
     return row
+
+
+def allocation_limits(session: Session) -> Limits:
+    """The allocator's view of the storage settings."""
+    return Limits(
+        overprovision=float(get(session, "storage.overprovisioning.factor")),
+        disable_threshold=float(get(session, "pool.storage.capacity.disablethreshold")),
+    )

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from strato.db.base import utcnow
 from strato.db.models import Host, Job, Layer, StoragePool, Template, VirtualMachine, Volume
 from strato.db.models.storage import LAYER_CONFIG_DRIVE, LAYER_TEMPLATE, LAYER_VOLUME
-from strato.engine.allocator import DiskRequest, Limits, plan, reaches
+from strato.engine.allocator import DiskRequest, plan, reaches
 from strato.engine.context import JobContext
 from strato.engine.jobkinds import JobResult, job_kind
 from strato.errors import InvalidState, ResourceUnavailable
@@ -47,13 +47,6 @@ VM_RESULT = "virtualmachine"
 # quit grace (5 s), which must stay within the agent client's 30 s read timeout, or the job would fail
 # (534, "not reachable") while the agent goes on stopping the VM.
 GRACEFUL_STOP_S = 20.0
-
-
-def _limits(db_session: Session) -> Limits:
-    return Limits(
-        overprovision=float(settings.get(db_session, "storage.overprovisioning.factor")),
-        disable_threshold=float(settings.get(db_session, "pool.storage.capacity.disablethreshold")),
-    )
 
 
 def _result(vm_id: str) -> JobResult:
@@ -93,7 +86,15 @@ def _plan_deploy(job: JobContext) -> tuple[str, list[str]]:
                     extra_by_pool=extra,
                 )
             )
-        chosen = plan(s, vm.zone_id, requests, vm.memory_mib, vm.cpu_number, _limits(s), host_id=job.params["host_id"])
+        chosen = plan(
+            s,
+            vm.zone_id,
+            requests,
+            vm.memory_mib,
+            vm.cpu_number,
+            settings.allocation_limits(s),
+            host_id=job.params["host_id"],
+        )
         vm.host_id = chosen.host.id if job.params["start"] else None
         vm.last_host_id = chosen.host.id
         for d, pool in zip(disks, chosen.pools, strict=True):
@@ -344,7 +345,7 @@ def start(job: JobContext) -> JobResult:
             requests,
             vm.memory_mib,
             vm.cpu_number,
-            _limits(s),
+            settings.allocation_limits(s),
             host_id=job.params.get("host_id"),
             prefer_host_id=vm.last_host_id,
         )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from strato.db.base import utcnow
 from strato.db.models import Host, Job, Layer, StoragePool, VirtualMachine, Volume
 from strato.db.models.storage import LAYER_VOLUME
-from strato.engine.allocator import DiskRequest, Limits, place_volume, reaches
+from strato.engine.allocator import DiskRequest, place_volume, reaches
 from strato.engine.context import JobContext
 from strato.engine.jobkinds import JobResult, job_kind
 from strato.errors import InvalidState
@@ -33,13 +33,6 @@ from strato.services.reach import host_for
 from strato.services.vmspec import disk_spec
 
 VOLUME_RESULT = "volume"
-
-
-def _limits(s: Session) -> Limits:
-    return Limits(
-        overprovision=float(settings.get(s, "storage.overprovisioning.factor")),
-        disable_threshold=float(settings.get(s, "pool.storage.capacity.disablethreshold")),
-    )
 
 
 def _vm_host(s: Session, vm: VirtualMachine) -> Host | None:
@@ -97,7 +90,7 @@ def create(job: JobContext) -> JobResult:
             storage_type=job.params.get("storage_type") or "shared",
             pool_id=vol.requested_pool_id,
         )
-        pool = place_volume(s, vol.zone_id, disk, _limits(s), host)
+        pool = place_volume(s, vol.zone_id, disk, settings.allocation_limits(s), host)
         vol.pool_id, vol.state = pool.id, "Creating"
         pool_id, size = pool.id, vol.size
     layer_id, path = _new_layer(job, volume_id, pool_id, size)
@@ -279,7 +272,7 @@ def import_vm(job: JobContext) -> JobResult:
             host_row = s.get(Host, host_id)
             assert vol is not None and host_row is not None
             request = DiskRequest(label=f"disk {n} ({disk['path']})", size=info.virtual_size, pool_id=disk["pool_id"])
-            pool = place_volume(s, vol.zone_id, request, _limits(s), host_row)
+            pool = place_volume(s, vol.zone_id, request, settings.allocation_limits(s), host_row)
             vol.pool_id, vol.size, vol.state = pool.id, info.virtual_size, "Creating"
         layer_id, path = _new_layer(job, disk["volume_id"], pool.id, info.virtual_size)
         target = ref(pool, path)
