@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cs import CloudStack
+from simcloud import simulated_cloud
 
 from helpers.agentproc import AgentProcess, start_agent
 from helpers.serverproc import ServerProcess, start_server, wait_job
@@ -32,29 +32,6 @@ def env(tmp_path: Path) -> Iterator[tuple[ServerProcess, AgentProcess]]:
         server.stop()
 
 
-def _setup(api: CloudStack, agent: AgentProcess, store: Path) -> dict[str, str]:
-    zone = api.createZone(name="z-recovery")["zone"]
-    pod = api.createPod(name="p", zoneid=zone["id"])["pod"]
-    cluster = api.addCluster(clustername="c", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"], url=agent.base_url,
-                       username="x", password=agent.token, hypervisor="Simulator")["host"][0]  # fmt: skip
-    store.mkdir()
-    api.addImageStore(url=f"file://localhost{store}", provider="NFS", zoneid=zone["id"])
-    # The simulator records http templates without fetching them.
-    tmpl = api.registerTemplate(name="t", displaytext="t", url="http://images.invalid/t.qcow2", format="QCOW2",
-                                hypervisor="Simulator", zoneid=zone["id"])["template"][0]  # fmt: skip
-    assert wait_job(api, tmpl["jobid"])["jobstatus"] == 1
-    offering = api.createServiceOffering(
-        name="s", displaytext="s", cpunumber=1, cpuspeed=1000, memory=128, storagetype="local"
-    )
-    return {
-        "zone": zone["id"],
-        "host": host["id"],
-        "template": tmpl["id"],
-        "offering": offering["serviceoffering"]["id"],
-    }
-
-
 def _steps(server: ServerProcess, job_id: str) -> list[dict[str, str]]:
     rows = server.sql("SELECT steps FROM jobs WHERE id = ?", job_id)
     raw = rows[0][0] if rows else None
@@ -71,7 +48,7 @@ def test_deploy_interrupted_by_a_server_crash_is_rolled_back(
 ) -> None:
     server, agent = env
     api = server.cs()
-    ids = _setup(api, agent, tmp_path / "store")
+    ids = simulated_cloud(api, agent, tmp_path / "store")
     agent.client().call(ConfigureSimulator(command=slow_command, delay_s=DELAY_S))
     started = api.deployVirtualMachine(zoneid=ids["zone"], serviceofferingid=ids["offering"],
                                        templateid=ids["template"], name="crashy")  # fmt: skip

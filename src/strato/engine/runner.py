@@ -231,3 +231,18 @@ def wait_for_job(db: Database, job_id: str, timeout: float = 60.0) -> Job:
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still running after {timeout}s")
         time.sleep(0.1)
+
+
+def purge_expired_jobs(db: Database, older_than: timedelta) -> int:
+    """Deletes finished jobs (and their resource rows) that ended before now - older_than."""
+    from sqlalchemy import delete
+
+    from strato.db.models import JobResource
+
+    limit = utcnow() - older_than
+    with db.session() as s:
+        seqs = list(s.scalars(select(Job.seq).where(Job.completed.is_not(None), Job.completed < limit)))
+        if seqs:
+            s.execute(delete(JobResource).where(JobResource.job_seq.in_(seqs)))
+            s.execute(delete(Job).where(Job.seq.in_(seqs)))
+        return len(seqs)

@@ -15,19 +15,15 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-import strato.api.commands
-import strato.services.host_jobs
-import strato.services.identity_jobs
-import strato.services.template_jobs
-import strato.services.vm_jobs
-import strato.services.volume_jobs  # noqa: F401
 from strato.api.dispatch import Dispatcher, Reply, Request
 from strato.db import migrate
 from strato.db.engine import Database
 from strato.engine.monitor import HostMonitor
+from strato.engine.periodic import PeriodicRunner
 from strato.engine.runner import JobRunner
 from strato.server.config import ServerConfig
 from strato.server.metrics import render_metrics
+from strato.server.registrations import load_registrations
 from strato.services import agents, identity, settings
 
 log = logging.getLogger("strato.server")
@@ -40,6 +36,7 @@ class ServerState:
     """What lives as long as the process: the database, the job runner, the dispatcher."""
 
     def __init__(self, config: ServerConfig) -> None:
+        load_registrations()
         self.config = config
         self.db = Database(config.db_url)
         self.runner = JobRunner(
@@ -51,6 +48,7 @@ class ServerState:
             dead_after=config.dead_after,
         )
         self.dispatcher = Dispatcher(self.db, self.runner.notify)
+        self.periodic = PeriodicRunner(self.db, config.node_id, dead_after=config.dead_after)
         self.monitor = HostMonitor(
             self.db,
             config.node_id,
@@ -79,8 +77,10 @@ class ServerState:
         self.runner.start()
         if self.config.monitor:
             self.monitor.start()
+        self.periodic.start()
 
     def stop(self) -> None:
+        self.periodic.stop()
         self.monitor.stop()
         self.runner.stop()
         agents.close_all()

@@ -442,7 +442,7 @@ def destroy(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
-        vm.state, vm.host_id = "Destroyed", None
+        vm.state, vm.host_id, vm.destroyed_at = "Destroyed", None, utcnow()
         for vol in attached_volumes(s, vm_id):
             if vol.volume_type == "ROOT" or vol.id in job.params.get("volume_ids", []):
                 vol.state = "Destroy"

@@ -400,6 +400,7 @@ def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
     assert owner is not None
     limits.check(ctx.session, owner, vms=1)
     vm_to(vm, "Stopped")
+    vm.destroyed_at = None
     for vol in ctx.session.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
         if vol.state == "Destroy":
             vol.state = "Ready"

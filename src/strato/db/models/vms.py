@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text
@@ -35,6 +36,8 @@ class VirtualMachine(Entity):
     group: Mapped[str | None] = mapped_column(String(255), default=None)
     ha_enabled: Mapped[bool] = mapped_column(default=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # When it was destroyed: it is expunged expunge.delay seconds later unless recovered first.
+    destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class SSHKeyPair(Entity):

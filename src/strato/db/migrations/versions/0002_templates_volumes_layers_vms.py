@@ -138,6 +138,7 @@ def upgrade() -> None:
         sa.Column("group", sa.String(length=255), nullable=True),
         sa.Column("ha_enabled", sa.Boolean(), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
+        sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("removed", sa.DateTime(timezone=True), nullable=True),
