@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -206,7 +205,11 @@ class JobRunner:
             job.completed = utcnow()
             kind = get_kind(job.kind)
             if kind is not None and kind.on_fail is not None:
-                kind.on_fail(s, job)
+                try:
+                    with s.begin_nested():  # a broken hook must not keep the job from ending
+                        kind.on_fail(s, job)
+                except Exception:
+                    log.exception("on_fail of job %s (%s) failed; its resources may need attention", job.id, job.kind)
             if kind is not None and kind.event:
                 record_event(
                     s,
@@ -218,19 +221,6 @@ class JobRunner:
                     resource_type=job.instance_type,
                     resource_id=job.instance_id,
                 )
-
-
-def wait_for_job(db: Database, job_id: str, timeout: float = 60.0) -> Job:
-    """Polls a job until it ends (for the CLI's embedded mode and tests in-process)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with db.session() as s:
-            job = s.scalar(select(Job).where(Job.id == job_id))
-            if job is not None and job.status not in (JOB_RUNNING, "queued"):
-                return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still running after {timeout}s")
-        time.sleep(0.1)
 
 
 def purge_expired_jobs(db: Database, older_than: timedelta) -> int:

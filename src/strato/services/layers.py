@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -33,12 +32,6 @@ def template_layer_path(template_id: str) -> str:
 
 def volume_layer_path(volume_id: str, layer_id: str) -> str:
     return f"volumes/{volume_id}/{layer_id}.qcow2"
-
-
-@dataclass(frozen=True)
-class Located:
-    pool: StoragePool
-    layer: Layer
 
 
 def ref(pool: StoragePool, path: str) -> LayerRef:

@@ -8,10 +8,10 @@ from typing import Protocol
 from strato.errors import InvalidState
 
 VM_TRANSITIONS: dict[str, set[str]] = {
-    "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error"},
+    "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error", "Running"},  # Running: VM sync
     "Starting": {"Running", "Stopped", "Error"},
     "Running": {"Stopping", "Stopped", "Migrating", "Running", "Error"},
-    "Stopping": {"Stopped", "Running", "Error"},
+    "Stopping": {"Stopped", "Running", "Destroyed", "Error"},
     "Migrating": {"Running", "Stopped", "Error"},
     "Destroyed": {"Stopped", "Expunging"},
     "Expunging": {"Expunged", "Destroyed", "Error"},
@@ -22,11 +22,11 @@ VM_TRANSITIONS: dict[str, set[str]] = {
 VOLUME_TRANSITIONS: dict[str, set[str]] = {
     "Allocated": {"Creating", "Ready", "Destroy", "Expunged"},
     "Creating": {"Ready", "Allocated", "Destroy", "Expunged"},
-    "Ready": {"Migrating", "Snapshotting", "Destroy", "Ready", "Resizing"},
+    "Ready": {"Migrating", "Snapshotting", "Destroy", "Ready", "Resizing", "Expunged"},
     "Resizing": {"Ready"},
     "Migrating": {"Ready"},
     "Snapshotting": {"Ready"},
-    "Destroy": {"Expunged", "Ready"},
+    "Destroy": {"Expunged", "Ready", "Destroy"},
     "Expunged": set(),
 }
 

@@ -27,11 +27,6 @@ TAGGABLE: dict[str, tuple[Any, str | None]] = {
 }
 
 
-def register_taggable(name: str, model: Any, owner_column: str | None) -> None:
-    """Later resource kinds (UserVm, Volume, Template...) add themselves here."""
-    TAGGABLE[name] = (model, owner_column)
-
-
 def _resolve_type(resource_type: str) -> tuple[str, Any, str | None]:
     for name, (model, owner) in TAGGABLE.items():
         if name.lower() == resource_type.lower():
@@ -115,11 +110,3 @@ def list_tags(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
     if args.get("resourcetype"):
         q = q.where(ResourceTag.resource_type == _resolve_type(args["resourcetype"])[0])
     return run_page(ctx.session, q, page, (ResourceTag.key, ResourceTag.value), (ResourceTag.created,))
-
-
-def tags_of(ctx: CallContext, resource_id: str) -> list[ResourceTag]:
-    return list(
-        ctx.session.scalars(
-            select(ResourceTag).where(ResourceTag.resource_id == resource_id, ResourceTag.removed.is_(None))
-        )
-    )

@@ -40,6 +40,7 @@ from strato.services.layers import (
     template_layer_path,
     volume_layer_path,
 )
+from strato.services.states import vm_to, volume_to
 from strato.services.vmspec import attached_volumes, config_drive_layer, iso_path, vm_spec
 
 VM_RESULT = "virtualmachine"
@@ -100,7 +101,8 @@ def _plan_deploy(job: JobContext) -> tuple[str, list[str]]:
         for d, pool in zip(disks, chosen.pools, strict=True):
             vol = s.get(Volume, d["volume_id"])
             assert vol is not None
-            vol.pool_id, vol.state = pool.id, "Creating"
+            vol.pool_id = pool.id
+            volume_to(vol, "Creating")
         return chosen.host.id, [p.id for p in chosen.pools]
 
 
@@ -248,9 +250,9 @@ def deploy(job: JobContext) -> JobResult:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
         for vol in attached_volumes(s, vm_id):
-            vol.state = "Ready"
+            volume_to(vol, "Ready")
             vol.attached = utcnow()
-        vm.state = "Running" if job.params["start"] else "Stopped"
+        vm_to(vm, "Running" if job.params["start"] else "Stopped")
     return _result(vm_id)
 
 
@@ -278,9 +280,11 @@ def _deploy_failed(session: Session, job: Job) -> None:
     vm = session.get(VirtualMachine, job.params["vm_id"])
     if vm is None:
         return
-    vm.state, vm.host_id = "Error", None
+    vm_to(vm, "Error")
+    vm.host_id = None
     for vol in session.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
-        vol.state, vol.removed, vol.vm_id = "Expunged", utcnow(), None
+        volume_to(vol, "Expunged")
+        vol.removed, vol.vm_id = utcnow(), None
     for layer in session.scalars(
         select(Layer).where(
             Layer.removed.is_(None), Layer.state == "Creating", Layer.kind.in_((LAYER_VOLUME, LAYER_CONFIG_DRIVE))
@@ -357,14 +361,15 @@ def start(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
-        vm.state = "Running"
+        vm_to(vm, "Running")
     return _result(vm_id)
 
 
 def _back_to_stopped(session: Session, job: Job) -> None:
     vm = session.get(VirtualMachine, job.params["vm_id"])
     if vm is not None and vm.state in ("Starting", "Running"):
-        vm.state, vm.host_id = "Stopped", None
+        vm_to(vm, "Stopped")
+        vm.host_id = None
 
 
 job_kind("vm.start", on_fail=_back_to_stopped, event="VM.START")(start)
@@ -396,14 +401,15 @@ def stop(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
-        vm.state, vm.host_id = "Stopped", None
+        vm_to(vm, "Stopped")
+        vm.host_id = None
     return _result(vm_id)
 
 
 def _stop_failed(session: Session, job: Job) -> None:
     vm = session.get(VirtualMachine, job.params["vm_id"])
     if vm is not None and vm.state == "Stopping":
-        vm.state = "Running"  # the agent did not stop it; VM sync corrects this if it did
+        vm_to(vm, "Running")  # the agent did not stop it; VM sync corrects this if it did
 
 
 job_kind("vm.stop", recover=stop, on_fail=_stop_failed, event="VM.STOP")(stop)
@@ -431,7 +437,7 @@ def destroy(job: JobContext) -> JobResult:
         assert vm is not None
         running = vm.state == "Running" and vm.host_id
         if running:
-            vm.state = "Stopping"
+            vm_to(vm, "Stopping")
     if running:
         client, host_name, name = _host_and_name(job, vm_id)
         with job.step("stop"):
@@ -442,10 +448,11 @@ def destroy(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
-        vm.state, vm.host_id, vm.destroyed_at = "Destroyed", None, utcnow()
+        vm_to(vm, "Destroyed")
+        vm.host_id, vm.destroyed_at = None, utcnow()
         for vol in attached_volumes(s, vm_id):
             if vol.volume_type == "ROOT" or vol.id in job.params.get("volume_ids", []):
-                vol.state = "Destroy"
+                volume_to(vol, "Destroy")
     if job.params.get("expunge"):
         return expunge(job)
     return _result(vm_id)
@@ -454,7 +461,7 @@ def destroy(job: JobContext) -> JobResult:
 def _destroy_failed(session: Session, job: Job) -> None:
     vm = session.get(VirtualMachine, job.params["vm_id"])
     if vm is not None and vm.state == "Stopping":
-        vm.state = "Running"
+        vm_to(vm, "Running")
 
 
 job_kind("vm.destroy", recover=destroy, on_fail=_destroy_failed, event="VM.DESTROY")(destroy)
@@ -468,9 +475,9 @@ def expunge(job: JobContext) -> JobResult:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
         if vm.state == "Stopped":
-            vm.state = "Destroyed"
+            vm_to(vm, "Destroyed")
         if vm.state != "Expunging":
-            vm.state = "Expunging"
+            vm_to(vm, "Expunging")
         host = s.get(Host, vm.last_host_id) if vm.last_host_id else None
         name = vm.instance_name
         doomed = [
@@ -484,7 +491,8 @@ def expunge(job: JobContext) -> JobResult:
             with job.db.session() as s:
                 vol = s.get(Volume, volume_id)
                 assert vol is not None
-                vol.state, vol.removed, vol.vm_id, vol.top_layer_id = "Expunged", utcnow(), None, None
+                volume_to(vol, "Expunged")
+                vol.removed, vol.vm_id, vol.top_layer_id = utcnow(), None, None
     with job.step("config drive"):
         _drop_config_drive(job, vm_id)
     if host is not None:
@@ -496,14 +504,15 @@ def expunge(job: JobContext) -> JobResult:
         assert vm is not None
         for vol in attached_volumes(s, vm_id):
             vol.vm_id, vol.device_id, vol.attached = None, None, None
-        vm.state, vm.removed, vm.host_id, vm.iso_id = "Expunged", utcnow(), None, None
+        vm_to(vm, "Expunged")
+        vm.removed, vm.host_id, vm.iso_id = utcnow(), None, None
     return {"success": True}
 
 
 def _expunge_failed(session: Session, job: Job) -> None:
     vm = session.get(VirtualMachine, job.params["vm_id"])
     if vm is not None and vm.state == "Expunging":
-        vm.state = "Destroyed"
+        vm_to(vm, "Destroyed")
 
 
 job_kind("vm.expunge", recover=expunge, on_fail=_expunge_failed, event="VM.EXPUNGE")(expunge)

@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from strato.db.base import utcnow
 from strato.db.models import (
     Account,
     DiskOffering,
@@ -35,7 +34,7 @@ from strato.services.context import CallContext
 from strato.services.identity import find_account
 from strato.services.listing import Page, run_page
 from strato.services.lookup import get_live
-from strato.services.states import require_vm_state, vm_to
+from strato.services.states import require_vm_state, vm_to, volume_to
 
 GIB = 1024**3
 MAX_USER_DATA = 32768
@@ -403,7 +402,7 @@ def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
     vm.destroyed_at = None
     for vol in ctx.session.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
         if vol.state == "Destroy":
-            vol.state = "Ready"
+            volume_to(vol, "Ready")
     return vm
 
 
@@ -465,10 +464,6 @@ def detach_iso(ctx: CallContext, args: dict[str, Any]) -> str:
     if not vm.iso_id:
         raise InvalidParameter(f"VM {vm.name} has no ISO attached")
     return _submit(ctx, vm, "vm.iso", "detachIso", iso_id=None)
-
-
-def mark_expunged(vm: VirtualMachine) -> None:
-    vm.state, vm.removed, vm.host_id = "Expunged", utcnow(), None
 
 
 def stats(ctx: CallContext, vm: VirtualMachine) -> VmStats | None:

@@ -18,6 +18,7 @@ from strato.engine.audit import record_event
 from strato.engine.monitor import on_state_report
 from strato.protocol.messages import PowerState, StateReport
 from strato.services import capacity
+from strato.services.states import vm_to
 
 _suspects: dict[str, str] = {}
 _lock = threading.Lock()
@@ -51,7 +52,8 @@ def sync_vms(session: Session, host: Host, report: StateReport) -> None:
         running = power in (PowerState.RUNNING, PowerState.PAUSED)
         if vm.state == "Running" and vm.host_id == host.id and not running:
             if _confirmed(vm.id, "stopped"):
-                vm.state, vm.host_id = "Stopped", None
+                vm_to(vm, "Stopped")
+                vm.host_id = None
                 record_event(
                     session,
                     "VM.SYNC",
@@ -64,7 +66,8 @@ def sync_vms(session: Session, host: Host, report: StateReport) -> None:
                 )
         elif vm.state == "Stopped" and running:
             if _confirmed(vm.id, "running"):
-                vm.state, vm.host_id = "Running", host.id
+                vm_to(vm, "Running")
+                vm.host_id = host.id
                 record_event(
                     session,
                     "VM.SYNC",

@@ -30,6 +30,7 @@ from strato.services import settings
 from strato.services.agents import host_client
 from strato.services.layers import agent_error, create_layer_on, ref, remove_volume_layers, volume_layer_path
 from strato.services.reach import host_for
+from strato.services.states import vm_to, volume_to
 from strato.services.vmspec import disk_spec
 
 VOLUME_RESULT = "volume"
@@ -91,7 +92,8 @@ def create(job: JobContext) -> JobResult:
             pool_id=vol.requested_pool_id,
         )
         pool = place_volume(s, vol.zone_id, disk, settings.allocation_limits(s), host)
-        vol.pool_id, vol.state = pool.id, "Creating"
+        vol.pool_id = pool.id
+        volume_to(vol, "Creating")
         pool_id, size = pool.id, vol.size
     layer_id, path = _new_layer(job, volume_id, pool_id, size)
     with job.step("create layer", undo=_layers_remover(job, layer_id)):
@@ -104,7 +106,7 @@ def create(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vol = s.get(Volume, volume_id)
         assert vol is not None
-        vol.state = "Ready"
+        volume_to(vol, "Ready")
     if vm_id:
         with job.db.session() as s:
             vm = s.get(VirtualMachine, vm_id)
@@ -118,7 +120,8 @@ def create(job: JobContext) -> JobResult:
 def _create_failed(session: Session, job: Job) -> None:
     vol = session.get(Volume, job.params["volume_id"])
     if vol is not None and vol.state in ("Allocated", "Creating"):
-        vol.state, vol.removed = "Expunged", utcnow()
+        volume_to(vol, "Expunged")
+        vol.removed = utcnow()
 
 
 job_kind("volume.create", on_fail=_create_failed, event="VOLUME.CREATE")(create)
@@ -203,7 +206,7 @@ def resize(job: JobContext) -> JobResult:
             device_id=vol.device_id if running_host else None,
         )
         client, host_name, layer_id = host_client(host), host.name, top.id
-        vol.state = "Resizing"
+        volume_to(vol, "Resizing")
     try:
         info = client.call(cmd)
     except AgentClientError as exc:
@@ -211,7 +214,8 @@ def resize(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vol, layer = s.get(Volume, volume_id), s.get(Layer, layer_id)
         assert vol is not None and layer is not None
-        vol.size, vol.state = info.virtual_size, "Ready"
+        vol.size = info.virtual_size
+        volume_to(vol, "Ready")
         layer.virtual_size, layer.physical_size = info.virtual_size, info.physical_size
     return {"type": VOLUME_RESULT, "id": volume_id}
 
@@ -219,7 +223,7 @@ def resize(job: JobContext) -> JobResult:
 def _resize_failed(session: Session, job: Job) -> None:
     vol = session.get(Volume, job.params["volume_id"])
     if vol is not None and vol.state == "Resizing":
-        vol.state = "Ready"
+        volume_to(vol, "Ready")
 
 
 job_kind("volume.resize", on_fail=_resize_failed, event="VOLUME.RESIZE")(resize)
@@ -235,7 +239,8 @@ def delete(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vol = s.get(Volume, volume_id)
         assert vol is not None
-        vol.state, vol.removed, vol.top_layer_id = "Expunged", utcnow(), None
+        volume_to(vol, "Expunged")
+        vol.removed, vol.top_layer_id = utcnow(), None
     return {"success": True}
 
 
@@ -273,7 +278,8 @@ def import_vm(job: JobContext) -> JobResult:
             assert vol is not None and host_row is not None
             request = DiskRequest(label=f"disk {n} ({disk['path']})", size=info.virtual_size, pool_id=disk["pool_id"])
             pool = place_volume(s, vol.zone_id, request, settings.allocation_limits(s), host_row)
-            vol.pool_id, vol.size, vol.state = pool.id, info.virtual_size, "Creating"
+            vol.pool_id, vol.size = pool.id, info.virtual_size
+            volume_to(vol, "Creating")
         layer_id, path = _new_layer(job, disk["volume_id"], pool.id, info.virtual_size)
         target = ref(pool, path)
         with job.step(f"import {disk['path']}", undo=_layers_remover(job, layer_id)):
@@ -296,18 +302,21 @@ def import_vm(job: JobContext) -> JobResult:
         for disk in disks:
             vol = s.get(Volume, disk["volume_id"])
             assert vol is not None
-            vol.state, vol.attached = "Ready", utcnow()
+            volume_to(vol, "Ready")
+            vol.attached = utcnow()
     return {"type": "virtualmachine", "id": vm_id}
 
 
 def _import_failed(session: Session, job: Job) -> None:
     vm = session.get(VirtualMachine, job.params["vm_id"])
     if vm is not None:
-        vm.state, vm.removed = "Error", None
+        vm_to(vm, "Error")
+        vm.removed = None
     for disk in job.params["disks"]:
         vol = session.get(Volume, disk["volume_id"])
         if vol is not None:
-            vol.state, vol.removed, vol.vm_id = "Expunged", utcnow(), None
+            volume_to(vol, "Expunged")
+            vol.removed, vol.vm_id = utcnow(), None
 
 
 job_kind("vm.import", on_fail=_import_failed, event="VM.IMPORT")(import_vm)

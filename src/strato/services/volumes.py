@@ -16,7 +16,7 @@ from strato.services.identity import find_account
 from strato.services.listing import Page, run_page
 from strato.services.lookup import get_live
 from strato.services.settings import capability_for
-from strato.services.states import require_vm_state
+from strato.services.states import require_vm_state, volume_to
 from strato.services.vms import get_vm
 
 GIB = 1024**3
@@ -209,7 +209,7 @@ def delete(ctx: CallContext, args: dict[str, Any]) -> None:
         raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it before deleting it")
     if vol.state not in ("Ready", "Allocated", "Destroy"):
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; it cannot be deleted now")
-    vol.state = "Destroy"
+    volume_to(vol, "Destroy")
     _submit(ctx, "volume.delete", "deleteVolume", vol)
 
 
