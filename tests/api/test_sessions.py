@@ -1,4 +1,4 @@
-"""Session login (POST), the session key as a parameter or a cookie, logout, session expiry, and API
+"""Session login (POST), the session key as a parameter (matching the cookie if any), logout, session expiry, and API
 keys made and read through registerUserKeys / getUserKeys."""
 
 from __future__ import annotations
@@ -35,10 +35,16 @@ def test_session_key_as_parameter_and_as_cookie(server: ServerProcess) -> None:
         # Parameter only (a fresh client carries no cookie).
         resp = httpx.post(server.endpoint, data={"command": "listZones", "response": "json", "sessionkey": key})
         assert resp.status_code == 200 and "listzonesresponse" in resp.json()
-        # Cookie only.
-        resp = _call(client, server, "listAccounts")
+        # Cookie and matching parameter, as CloudStack's UI sends them.
+        resp = _call(client, server, "listAccounts", sessionkey=key)
         assert resp.status_code == 200
         assert any(a["name"] == "admin" for a in resp.json()["listaccountsresponse"]["account"])
+        # Cookie only: refused, so that another site cannot use the browser's cookie (CSRF).
+        resp = _call(client, server, "listAccounts")
+        assert resp.status_code == 401 and "sessionkey parameter" in resp.text
+        # A parameter that does not match the cookie: refused.
+        resp = _call(client, server, "listAccounts", sessionkey="not-" + key)
+        assert resp.status_code == 401
         # Neither: refused.
         resp = httpx.post(server.endpoint, data={"command": "listZones", "response": "json"})
         assert resp.status_code == 401
@@ -155,7 +161,7 @@ def test_session_expires_after_the_configured_timeout(server: ServerProcess, adm
     timeout = int(admin.listConfigurations(name="session.timeout")["configuration"][0]["value"])
     client, info = login(server.endpoint, "admin", ADMIN_PASSWORD)
     with closing(client):
-        assert _call(client, server, "listZones").status_code == 200
+        assert _call(client, server, "listZones", sessionkey=info["sessionkey"]).status_code == 200
         # Age the session past the timeout instead of waiting for it.
         stale = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=timeout + 5)
         server.sql("UPDATE login_sessions SET last_used = ? WHERE key = ?", stale, info["sessionkey"])

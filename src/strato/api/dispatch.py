@@ -52,7 +52,7 @@ class Dispatcher:
             if cmd is not None and cmd.allow_anonymous:
                 return self._run_anonymous(cmd, req, lowered)
             with self.db.session() as s:
-                session_key = lowered.get("sessionkey") or req.session_cookie
+                session_key = session_key_of(lowered, req.session_cookie)
                 ctx = authn.authenticate(s, authn.Credentials(req.params, session_key))
                 if cmd is None or _role(ctx) not in cmd.access:
                     raise UnsupportedAction(UNKNOWN_COMMAND)
@@ -109,9 +109,7 @@ class Dispatcher:
         try:
             with self.db.session() as s:
                 lowered = {k.lower(): v for k, v in req.params.items()}
-                ctx = authn.authenticate(
-                    s, authn.Credentials(req.params, lowered.get("sessionkey") or req.session_cookie)
-                )
+                ctx = authn.authenticate(s, authn.Credentials(req.params, session_key_of(lowered, req.session_cookie)))
                 record_event(
                     s,
                     cmd.event,
@@ -123,6 +121,20 @@ class Dispatcher:
                 )
         except CloudError:
             pass
+
+
+def session_key_of(lowered: dict[str, str], cookie: str | None) -> str | None:
+    """As CloudStack: a session call carries its key as the sessionkey parameter, which must match the
+    cookie when there is one. A cookie alone is refused, so that another site cannot make a browser
+    call the API with it (CSRF)."""
+    key = lowered.get("sessionkey")
+    if key is None:
+        if cookie is not None and "signature" not in lowered:
+            raise Unauthorized("A session request must carry the sessionkey parameter (the cookie alone is not enough)")
+        return None
+    if cookie is not None and cookie != key:
+        raise Unauthorized("The sessionkey parameter does not match the session cookie")
+    return key
 
 
 def _role(ctx: CallContext) -> Role:

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from strato.db.models import Account, Domain
+from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
 from strato.errors import NotFound, PermissionDenied
 from strato.services.context import CallContext
 
@@ -37,10 +38,14 @@ def check_account_access(ctx: CallContext, account: Account) -> None:
     """Raises 531 when the caller may not act on the account's resources."""
     if ctx.is_root_admin or account.id == ctx.account.id:
         return
-    if ctx.is_domain_admin:
+    if ctx.is_domain_admin and account.type != ACCOUNT_TYPE_ADMIN:
+        # A domain admin manages the users of its subtree, and the domain admins of domains below its
+        # own; never a root admin, nor a peer domain admin of its own domain.
         domain = ctx.session.get(Domain, account.domain_id)
         if domain is not None and in_subtree(domain, ctx.domain):
-            return
+            peer = account.type == ACCOUNT_TYPE_DOMAIN_ADMIN and domain.id == ctx.domain.id
+            if not peer:
+                return
     raise PermissionDenied(
         f"Account {ctx.account.name} does not have permission to access resources of account {account.name}"
     )

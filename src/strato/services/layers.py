@@ -17,7 +17,7 @@ from strato.db.engine import Database
 from strato.db.models import Host, ImageStore, Job, Layer, StoragePool, Template, TemplateStoreCopy
 from strato.db.models.jobs import JOB_ACTIVE
 from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
-from strato.errors import CloudError, InsufficientCapacity, ResourceInUse, ResourceUnavailable
+from strato.errors import CloudError, InsufficientCapacity, InvalidState, ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentCallError, AgentClientError
 from strato.protocol.messages import CopyLayer, CreateLayer, ErrorCode, LayerInfo, LayerRef, RemoveLayer
 from strato.services.agents import describe_failure, host_client
@@ -80,6 +80,8 @@ def _claim_template_row(
             return False, existing.id
         tmpl = s.get(Template, template_id)
         assert tmpl is not None
+        if tmpl.state != "Ready" or tmpl.removed is not None:
+            raise InvalidState(f"Template {tmpl.name} is {tmpl.state}; it cannot be copied to a pool now")
         layer = Layer(pool_id=pool_id, path=path, kind=LAYER_TEMPLATE, frozen=True, template_id=template_id,
                       virtual_size=tmpl.virtual_size, state="Creating", creating_job=job_id)  # fmt: skip
         s.add(layer)

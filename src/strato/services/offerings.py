@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from strato.db.base import utcnow
 from strato.db.models import DiskOffering, Domain, ServiceOffering
-from strato.errors import InvalidParameter
+from strato.errors import InvalidParameter, PermissionDenied
 from strato.services.access import get_domain, in_subtree
 from strato.services.context import CallContext
 from strato.services.listing import Page, paginate_rows, run_page
@@ -32,6 +32,15 @@ def _offering_domain(ctx: CallContext, domain_id: str | None) -> str | None:
     if not ctx.is_root_admin:
         raise InvalidParameter("Domain admins must give domainid when creating an offering")
     return None
+
+
+def _check_manages(ctx: CallContext, domain_id: str | None, name: str) -> None:
+    """Public offerings belong to the root admin; a domain admin changes only its subtree's offerings."""
+    if ctx.is_root_admin:
+        return
+    if domain_id is None:
+        raise PermissionDenied(f"Offering {name} is public: only the root admin may change it")
+    get_domain(ctx, domain_id)
 
 
 def _visible(ctx: CallContext, domain_id: str | None) -> bool:
@@ -84,6 +93,7 @@ def list_service_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -
 
 def update_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOffering:
     offering = get_live(ctx.session, ServiceOffering, args["id"], "service offering")
+    _check_manages(ctx, offering.domain_id, offering.name)
     if args.get("name"):
         offering.name = args["name"]
     if args.get("displaytext"):
@@ -97,6 +107,7 @@ def update_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOf
 
 def delete_service_offering(ctx: CallContext, offering_id: str) -> None:
     offering = get_live(ctx.session, ServiceOffering, offering_id, "service offering")
+    _check_manages(ctx, offering.domain_id, offering.name)
     offering.removed = utcnow()
     offering.state = "Inactive"
 
@@ -145,5 +156,6 @@ def list_disk_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> t
 
 def delete_disk_offering(ctx: CallContext, offering_id: str) -> None:
     offering = get_live(ctx.session, DiskOffering, offering_id, "disk offering")
+    _check_manages(ctx, offering.domain_id, offering.name)
     offering.removed = utcnow()
     offering.state = "Inactive"

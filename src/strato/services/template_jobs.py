@@ -14,11 +14,21 @@ from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.engine import Database
-from strato.db.models import Host, ImageStore, Job, Layer, StoragePool, Template, TemplateStoreCopy, Volume
+from strato.db.models import (
+    Host,
+    ImageStore,
+    Job,
+    Layer,
+    StoragePool,
+    Template,
+    TemplateStoreCopy,
+    VirtualMachine,
+    Volume,
+)
 from strato.db.models.storage import LAYER_TEMPLATE
 from strato.engine.context import JobContext
 from strato.engine.jobkinds import JobResult, job_kind
-from strato.errors import ResourceUnavailable
+from strato.errors import ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentClient, AgentClientError
 from strato.protocol.messages import ConvertLayer, CopyLayer, FetchImage, LayerInfo, LayerRef, RemoveLayer
 from strato.services.agents import host_client
@@ -317,6 +327,7 @@ def delete(job: JobContext) -> JobResult:
                         copy_row.id,
                     )
                 )
+            _check_still_unused(s, template_id)
             for layer in s.scalars(
                 select(Layer).where(
                     Layer.template_id == template_id, Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None)
@@ -342,4 +353,30 @@ def delete(job: JobContext) -> JobResult:
     return {"success": True}
 
 
-job_kind("template.delete", recover=delete, event="TEMPLATE.DELETE")(delete)
+def _check_still_unused(s: Session, template_id: str) -> None:
+    """Checked again in the job: a disk may have been cloned from it, or an ISO attached, since the
+    request was accepted."""
+    tmpl = s.get(Template, template_id)
+    assert tmpl is not None
+    if tmpl.is_iso:
+        vm = s.scalar(select(VirtualMachine).where(VirtualMachine.iso_id == template_id,
+                                                   VirtualMachine.removed.is_(None)))  # fmt: skip
+        if vm is not None:
+            raise ResourceInUse(f"ISO {tmpl.name} is attached to VM {vm.name}; detach it first")
+        return
+    bases = select(Layer.id).where(Layer.template_id == template_id, Layer.kind == LAYER_TEMPLATE,
+                                   Layer.removed.is_(None))  # fmt: skip
+    child = s.scalar(select(Layer).where(Layer.parent_id.in_(bases), Layer.removed.is_(None)))
+    if child is not None:
+        raise ResourceInUse(f"Template {tmpl.name} cannot be deleted: layer {child.path} still depends on it")
+
+
+def _delete_failed(session: Session, job: Job) -> None:
+    """The template stays usable (whatever was not removed yet is still there)."""
+    for template_id in job.params.get("template_ids", []):
+        tmpl = session.get(Template, template_id)
+        if tmpl is not None and tmpl.removed is None and tmpl.state == "Deleting":
+            tmpl.state = str((tmpl.details or {}).get("state_before_delete", "Ready"))
+
+
+job_kind("template.delete", recover=delete, on_fail=_delete_failed, event="TEMPLATE.DELETE")(delete)

@@ -310,6 +310,8 @@ def submit_download(ctx: CallContext, tmpl: Template, plan: list[dict[str, Any]]
 def copy_to(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Template, str]:
     """copyTemplate: to the image store of another zone, or (Strato) to a given store or pool."""
     tmpl = get_template(ctx, args["id"], iso)
+    if not ctx.is_admin:
+        _check_owner(ctx, tmpl)  # copies use the cloud's storage: owners and admins only, as CloudStack
     if tmpl.state != "Ready":
         raise InvalidParameter(f"Template {tmpl.name} is not ready ({tmpl.state})")
     targets = [x for x in ("destzoneid", "destimagestoreid", "deststorageid") if args.get(x)]
@@ -361,6 +363,9 @@ def delete(ctx: CallContext, args: dict[str, Any], iso: bool) -> str:
         raise InvalidParameter(f"Template {tmpl.name} is still downloading; wait for it to end")
     check_deletable(ctx, tmpl)
     members = family(ctx, tmpl)
+    for member in members:  # no new deploy or copy starts from it; the job checks users again
+        member.details = {**(member.details or {}), "state_before_delete": member.state}
+        member.state = "Deleting"
     return _queue(
         ctx,
         "template.delete",

@@ -22,8 +22,11 @@ from strato.protocol.messages import (
     BuildConfigDrive,
     ChangeCdrom,
     ConvertLayer,
+    LayerInfo,
     RebootVm,
+    RemoveLayer,
     RemoveVm,
+    ResizeLayer,
     StartVm,
     StopVm,
 )
@@ -107,11 +110,20 @@ def _plan_deploy(job: JobContext) -> tuple[str, list[str]]:
 
 
 def _create_disk(job: JobContext, disk: dict[str, Any], pool_id: str, host_id: str) -> str:
-    """Makes the volume's top layer: a linked clone of the template's layer, a full copy, or empty."""
+    """Makes the volume's top layer: a linked clone of the template's layer, a full copy, or empty.
+
+    The layer's row names its backing layer before the file is made, so that a template deletion sees
+    the clone being made and refuses."""
+    base_id = None
+    if disk.get("template_id"):
+        with job.step(f"template on pool for {disk['label']}"):
+            base_id = ensure_template_on_pool(job.db, disk["template_id"], pool_id, job_id=job.job_id)
+    full = bool(base_id and job.params.get("fullclone"))
     with job.db.session() as s:
         layer = Layer(
             pool_id=pool_id,
             path="",
+            parent_id=None if full else base_id,
             volume_id=disk["volume_id"],
             kind=LAYER_VOLUME,
             virtual_size=disk["size"],
@@ -122,27 +134,9 @@ def _create_disk(job: JobContext, disk: dict[str, Any], pool_id: str, host_id: s
         s.flush()
         layer.path = volume_layer_path(disk["volume_id"], layer.id)
         layer_id, path = layer.id, layer.path
-    base_id = None
-    if disk.get("template_id"):
-        with job.step(f"template on pool for {disk['label']}"):
-            base_id = ensure_template_on_pool(job.db, disk["template_id"], pool_id, job_id=job.job_id)
     try:
-        if base_id and job.params.get("fullclone"):
-            with job.db.session() as s:
-                pool = s.get(StoragePool, pool_id)
-                host = s.get(Host, host_id)
-                assert pool is not None and host is not None
-                source, target = ref(pool, template_layer_path(disk["template_id"])), ref(pool, path)
-                client, host_name = host_client(host), host.name
-            try:
-                info = client.run_long(ConvertLayer(source=source, target=target))
-                if info.virtual_size < disk["size"]:
-                    from strato.protocol.messages import ResizeLayer
-
-                    info = client.call(ResizeLayer(layer=target, size_bytes=disk["size"]))
-            except AgentClientError as exc:
-                raise agent_error(host_name, exc) from None
-            base_id = None
+        if full:
+            info = _full_clone(job, disk, pool_id, host_id, path)
         else:
             info = create_layer_on(job.db, pool_id, path, disk["size"], base_id, host_id)
     except BaseException:
@@ -155,11 +149,30 @@ def _create_disk(job: JobContext, disk: dict[str, Any], pool_id: str, host_id: s
         row = s.get(Layer, layer_id)
         vol = s.get(Volume, disk["volume_id"])
         assert row is not None and vol is not None
-        row.parent_id, row.state = base_id, "Ready"
+        row.state = "Ready"
         row.virtual_size, row.physical_size = info.virtual_size, info.physical_size
         vol.top_layer_id = layer_id
         vol.size = info.virtual_size
     return layer_id
+
+
+def _full_clone(job: JobContext, disk: dict[str, Any], pool_id: str, host_id: str, path: str) -> LayerInfo:
+    """A standalone copy of the template's layer, grown to the disk's size; nothing left if it fails."""
+    with job.db.session() as s:
+        pool = s.get(StoragePool, pool_id)
+        host = s.get(Host, host_id)
+        assert pool is not None and host is not None
+        source, target = ref(pool, template_layer_path(disk["template_id"])), ref(pool, path)
+        client, host_name = host_client(host), host.name
+    try:
+        info = client.run_long(ConvertLayer(source=source, target=target))
+        if info.virtual_size < disk["size"]:
+            info = client.call(ResizeLayer(layer=target, size_bytes=disk["size"]))
+        return info
+    except AgentClientError as exc:
+        with contextlib.suppress(AgentClientError):
+            client.call(RemoveLayer(layer=target, missing_ok=True))
+        raise agent_error(host_name, exc) from None
 
 
 def _build_config_drive(job: JobContext, root_pool_id: str, host_id: str) -> str | None:
