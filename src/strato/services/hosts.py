@@ -24,24 +24,6 @@ from strato.services.topology import HYPERVISORS
 RESOURCE_STATES = ("Enabled", "Disabled", "PrepareForMaintenance", "Maintenance", "ErrorInMaintenance")
 
 
-def pools_of_host(session: Session, host: Host) -> list[StoragePool]:
-    """The pools a host reaches: its own local pools, its cluster's and its zone's shared pools."""
-    return list(
-        session.scalars(
-            select(StoragePool)
-            .where(
-                StoragePool.removed.is_(None),
-                or_(
-                    StoragePool.host_id == host.id,
-                    (StoragePool.scope == "CLUSTER") & (StoragePool.cluster_id == host.cluster_id),
-                    (StoragePool.scope == "ZONE") & (StoragePool.zone_id == host.zone_id),
-                ),
-            )
-            .order_by(StoragePool.created)
-        )
-    )
-
-
 def hosts_for_pool(session: Session, pool: StoragePool) -> list[Host]:
     q = select(Host).where(Host.removed.is_(None))
     if pool.scope == "HOST":
@@ -62,19 +44,33 @@ def apply_pool_report(pool: StoragePool, report: PoolReport) -> None:
 def attach_pool(session: Session, pool: StoragePool) -> None:
     """Makes every host in the pool's scope mount (create) its directory; records the capacity.
 
-    A host that is down is skipped: the monitor attaches nothing, but its next state report includes
-    the pool, and a host that cannot see a shared pool's directory shows it in listStoragePools."""
-    hosts = [h for h in hosts_for_pool(session, pool) if h.status == "Up"]
+    The pool's row is committed first, so that the agent calls do not hold the database's lock; if no
+    host could attach it, the row is removed again and the error raised. A host that is down is
+    skipped: it gets the pool in its next state report."""
+    hosts = [(h.name, host_client(h)) for h in hosts_for_pool(session, pool) if h.status == "Up"]
+    ref, pool_id = pool_ref(pool), pool.id
+    session.commit()
+    reports: list[PoolReport] = []
     errors: list[str] = []
-    for host in hosts:
+    for name, client in hosts:
         try:
-            report = host_client(host).call(AttachPool(pool=pool_ref(pool), create=True))
+            reports.append(client.call(AttachPool(pool=ref, create=True)))
         except AgentClientError as exc:
-            errors.append(describe_failure(host.name, exc).text)
-            continue
-        apply_pool_report(pool, report)
-    if hosts and len(errors) == len(hosts):
-        raise describe_failure(hosts[0].name, RuntimeError("; ".join(errors)))
+            errors.append(describe_failure(name, exc).text)
+    row = session.get(StoragePool, pool_id)
+    assert row is not None
+    for report in reports:
+        apply_pool_report(row, report)
+    if hosts and not reports:
+        row.removed, row.state = utcnow(), "Removed"
+        session.commit()
+        raise describe_failure(hosts[0][0], RuntimeError("; ".join(errors)))
+
+
+def release_lock(ctx: CallContext) -> None:
+    """Ends the request's (read-only so far) transaction before slow agent calls: on SQLite a
+    transaction holds the only write lock, and every other request would wait for the agent."""
+    ctx.session.commit()
 
 
 def _hypervisor(value: str) -> str:
@@ -114,8 +110,17 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
         token=args["password"],
         hypervisor=hypervisor,
     )
+    shared = [p for p in ctx.session.scalars(select(StoragePool).where(
+        StoragePool.removed.is_(None),
+        or_((StoragePool.scope == "CLUSTER") & (StoragePool.cluster_id == cluster.id),
+            (StoragePool.scope == "ZONE") & (StoragePool.zone_id == zone.id)),
+    ))]  # fmt: skip
+    refs = [pool_ref(p) for p in shared]
+    release_lock(ctx)  # nothing written yet: the agent calls below must not hold the database's lock
+    client = host_client(probe)
     try:
-        info = host_client(probe).call(GetHostInfo())
+        info = client.call(GetHostInfo())
+        reports = [client.call(AttachPool(pool=r, create=True)) for r in refs]
     except AgentClientError as exc:
         raise describe_failure(url, exc) from None
     if info.hypervisor != hypervisor:
@@ -148,13 +153,10 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
         )
     )
     ctx.session.flush()
-    for pool in pools_of_host(ctx.session, host):
-        if pool.scope != "HOST":
-            try:
-                report = host_client(host).call(AttachPool(pool=pool_ref(pool), create=True))
-            except AgentClientError as exc:
-                raise describe_failure(host.name, exc) from None
-            apply_pool_report(pool, report)
+    for pool, report in zip(shared, reports, strict=True):
+        row = ctx.session.get(StoragePool, pool.id)
+        if row is not None and row.removed is None:
+            apply_pool_report(row, report)
     return host
 
 

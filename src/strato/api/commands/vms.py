@@ -98,6 +98,8 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 def list_vms(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = vms.list_vms(ctx, args, Page.from_args(args))
     with_stats = bool({"all", "stats"} & {d.lower() for d in args.get("details") or []})
+    if with_stats:
+        ctx.session.commit()  # the hosts are asked outside the database's lock
     return Listing([_view(ctx, vm, with_stats) for vm in rows], total)
 
 
