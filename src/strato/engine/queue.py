@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from strato.db.base import utcnow
 from strato.db.models import Job, JobResource
-from strato.db.models.jobs import JOB_ACTIVE, JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED
+from strato.db.models.jobs import JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED
 
 
 def submit(
@@ -74,7 +74,9 @@ def record_completed(
 
 
 def _unblocked_queued(is_postgres: bool, limit: int) -> Any:
-    """Queued jobs none of whose resources is held by an earlier active job, oldest first."""
+    """Queued jobs none of whose resources is held by a running job, or by an earlier queued one;
+    oldest first. (A running job blocks whatever its seq: on PostgreSQL seqs are handed out before
+    commit, so a later seq can be claimed before an earlier one becomes visible.)"""
     mine = aliased(JobResource)
     theirs = aliased(JobResource)
     other = aliased(Job)
@@ -83,7 +85,13 @@ def _unblocked_queued(is_postgres: bool, limit: int) -> Any:
         .select_from(mine)
         .join(theirs, theirs.resource == mine.resource)
         .join(other, other.seq == theirs.job_seq)
-        .where(and_(mine.job_seq == Job.seq, other.seq < Job.seq, other.status.in_(JOB_ACTIVE)))
+        .where(
+            and_(
+                mine.job_seq == Job.seq,
+                other.seq != Job.seq,
+                or_(other.status == JOB_RUNNING, and_(other.seq < Job.seq, other.status == JOB_QUEUED)),
+            )
+        )
     )
     q = select(Job).where(Job.status == JOB_QUEUED, ~blocked).order_by(Job.seq).limit(limit)
     if is_postgres:
@@ -107,6 +115,17 @@ def claim(session: Session, owner: str, limit: int, is_postgres: bool) -> list[J
             session.refresh(job)
             claimed.append(job)
     return claimed
+
+
+def take_over(session: Session, seq: int, dead_owners: list[str], new_owner: str) -> bool:
+    """Moves a dead server's running job to `new_owner`; False when another server got it first."""
+    res = session.execute(
+        update(Job)
+        .where(Job.seq == seq, Job.status == JOB_RUNNING, Job.owner.in_(dead_owners))
+        .values(owner=new_owner)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(res, "rowcount", 0) == 1
 
 
 def orphaned(session: Session, dead_owners: list[str]) -> list[Job]:

@@ -114,11 +114,12 @@ class JobRunner:
 
     def _take_over(self, owners: list[str]) -> None:
         with self.db.session() as s:
-            jobs = queue.orphaned(s, owners)
-            for job in jobs:
-                job.owner = self.server_id
-                log.info("taking over job %s (%s) from %s", job.id, job.kind, owners)
-            seqs = [j.seq for j in jobs]
+            seqs = []
+            for job in queue.orphaned(s, owners):
+                # Conditional: when two servers see the same dead one, only one takes each job.
+                if queue.take_over(s, job.seq, owners, self.server_id):
+                    log.info("taking over job %s (%s) from %s", job.id, job.kind, owners)
+                    seqs.append(job.seq)
         for seq in seqs:
             self._launch(seq, recovering=True)
 
@@ -144,7 +145,12 @@ class JobRunner:
             job = s.get(Job, seq)
             if job is None or job.status != JOB_RUNNING:
                 return
+            cancelled_before_start = job.cancel_requested and not job.steps
             s.expunge(job)
+        if cancelled_before_start:
+            self._finish_failed(seq, ErrorCode.INTERNAL_ERROR, "The job was cancelled before it started",
+                                status=JOB_CANCELLED)  # fmt: skip
+            return
         kind = get_kind(job.kind)
         ctx = JobContext(self.db, job, recovering=recovering)
         if kind is None:
