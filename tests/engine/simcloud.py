@@ -31,7 +31,9 @@ def simulated_cloud(api: CloudStack, agent: AgentProcess, store: Path) -> dict[s
     offering = api.createServiceOffering(
         name="s", displaytext="s", cpunumber=1, cpuspeed=1000, memory=128, storagetype="local"
     )
+    disk = api.createDiskOffering(name="d", displaytext="d", disksize=1, storagetype="local")["diskoffering"]
     return {
+        "disk_offering": disk["id"],
         "zone": zone["id"],
         "host": host["id"],
         "template": tmpl["id"],

@@ -28,6 +28,8 @@ class DiskRequest:
     tags: frozenset[str] = frozenset()
     storage_type: str = "shared"  # shared or local
     pool_id: str | None = None  # the owner's choice
+    # A disk that is already on its pool (starting a VM): only reachability counts, not free space.
+    existing: bool = False
     # Bytes this disk needs on its pool beyond its own size (a template copy not there yet).
     extra_by_pool: dict[str, int] = field(default_factory=dict)
 
@@ -122,6 +124,8 @@ class Allocator:
                 return f"pool {pool.name} lacks tag {', '.join(sorted(missing))}"
             if (disk.storage_type == "local") != (pool.scope == "HOST"):
                 return f"pool {pool.name} is not {disk.storage_type} storage"
+        if disk.existing:
+            return None
         fs_full = pool.used_bytes > pool.capacity_bytes * self.limits.disable_threshold
         if pool.capacity_bytes and not pool.capacity_fixed and fs_full:
             return (

@@ -76,6 +76,10 @@ class JobContext:
         if undo is not None:
             self._undo.append((name, undo))
 
+    def keep_completed_steps(self) -> None:
+        """What the job has done so far stands even if a later step fails: nothing to undo before here."""
+        self._undo.clear()
+
     def compensate(self) -> None:
         """Runs the undo actions of the completed steps, newest first, each at most once."""
         while self._undo:

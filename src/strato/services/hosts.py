@@ -9,8 +9,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import Cluster, Host, Pod, StoragePool, Zone
-from strato.errors import InvalidParameter, InvalidState
+from strato.db.models import Cluster, Host, Pod, StoragePool, VirtualMachine, Volume, Zone
+from strato.errors import InvalidParameter, InvalidState, ResourceInUse
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import AttachPool, GetHostInfo, PoolReport
 from strato.services import jobs
@@ -199,6 +199,14 @@ def delete_host(ctx: CallContext, host_id: str, forced: bool) -> None:
         raise InvalidState(
             f"Host {host.name} must be in maintenance or disabled before it is deleted (or pass forced=true)"
         )
+    vm = ctx.session.scalar(select(VirtualMachine).where(
+        VirtualMachine.removed.is_(None), (VirtualMachine.host_id == host.id) | (VirtualMachine.last_host_id == host.id)
+    ))  # fmt: skip
+    local = select(StoragePool.id).where(StoragePool.host_id == host.id, StoragePool.removed.is_(None))
+    volume = ctx.session.scalar(select(Volume).where(Volume.pool_id.in_(local), Volume.removed.is_(None)))
+    if vm is not None or volume is not None:
+        what = f"VM {vm.name}" if vm is not None else f"volume {volume.name}" if volume is not None else ""
+        raise ResourceInUse(f"Host {host.name} still has {what} on it; move or expunge its VMs and volumes first")
     now = utcnow()
     for pool in ctx.session.scalars(
         select(StoragePool).where(StoragePool.host_id == host.id, StoragePool.removed.is_(None))

@@ -50,7 +50,7 @@ def expunge_destroyed_vms(db: Database) -> None:
                 s,
                 kind="vm.expunge",
                 cmd="expungeVirtualMachine",
-                params={"vm_id": vm.id},
+                params={"vm_id": vm.id, "expect_state": "Destroyed"},
                 resources=[f"vm:{vm.id}"],
                 account_id=vm.account_id,
                 user_id=None,

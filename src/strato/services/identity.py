@@ -99,6 +99,10 @@ def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
             select(Account).where(Account.domain_id.in_([d.id for d in subtree]), Account.removed.is_(None))
         )
     )
+    for acct in accounts:
+        owned = owned_resources(ctx.session, acct.id)
+        if owned is not None:
+            raise ResourceInUse(f"Account {acct.name} of domain {domain.name} still owns {owned}")
     if accounts and not cleanup:
         raise ResourceInUse(
             f"Domain {domain.name} still has {len(accounts)} account(s); delete them first or pass cleanup=true"
@@ -228,8 +232,23 @@ def delete_account(ctx: CallContext, account_id: str) -> str:
     )
 
 
+def owned_resources(session: Session, account_id: str) -> str | None:
+    """What still belongs to the account (a VM, volume or template), in words; None when nothing."""
+    from strato.db.models import Template, VirtualMachine, Volume
+
+    for model, label in ((VirtualMachine, "VM"), (Volume, "volume"), (Template, "template")):
+        row = session.scalar(select(model).where(model.account_id == account_id, model.removed.is_(None)))
+        if row is not None:
+            return f"{label} {getattr(row, 'name', row.id)}"
+    return None
+
+
 def submit_delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> str:
-    get_domain(ctx, domain_id)
+    domain = get_domain(ctx, domain_id)
+    if domain.parent_id is None:
+        raise InvalidParameter("The ROOT domain cannot be deleted")
+    if domain.id == ctx.domain.id:
+        raise PermissionDenied("A domain admin cannot delete its own domain")
     return jobs.submit(
         ctx,
         "domain.delete",
@@ -245,10 +264,14 @@ def _deletable_account(ctx: CallContext, account_id: str) -> Account:
     acct = get_account(ctx, account_id)
     if acct.id == ctx.account.id:
         raise InvalidParameter("An account cannot delete itself")
-    if acct.type == ACCOUNT_TYPE_ADMIN and acct.name == "admin":
-        domain = ctx.session.get(Domain, acct.domain_id)
-        if domain is not None and domain.parent_id is None:
-            raise InvalidParameter("The system's root admin account cannot be deleted")
+    if acct.type == ACCOUNT_TYPE_ADMIN:
+        admins = ctx.session.scalars(select(Account.id).where(Account.type == ACCOUNT_TYPE_ADMIN,
+                                                              Account.removed.is_(None))).all()  # fmt: skip
+        if len(admins) <= 1:
+            raise InvalidParameter("The last root admin account cannot be deleted")
+    owned = owned_resources(ctx.session, acct.id)
+    if owned is not None:
+        raise ResourceInUse(f"Account {acct.name} still owns {owned}; delete its VMs, volumes and templates first")
     return acct
 
 

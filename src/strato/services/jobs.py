@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from strato.db.models import Account, Job
 from strato.db.models.jobs import JOB_ACTIVE
@@ -75,3 +76,14 @@ def completed(ctx: CallContext, cmd: str, result: dict[str, Any], instance_type:
         ctx.session, cmd=cmd, result=result, account_id=ctx.account.id, user_id=ctx.user.id, instance_type=instance_type
     )
     return job.id
+
+
+def active_on(session: Session, resource: str) -> bool:
+    """Whether a queued or running job holds the resource (e.g. "vm:<id>")."""
+    from strato.db.models import JobResource
+
+    found = session.scalar(
+        select(Job.seq).join(JobResource, JobResource.job_seq == Job.seq)
+        .where(JobResource.resource == resource, Job.status.in_(JOB_ACTIVE)).limit(1)
+    )  # fmt: skip
+    return found is not None

@@ -3,6 +3,7 @@ capabilities."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +131,8 @@ def _coerce(spec: SettingSpec, raw: str) -> Any:
                 raise ValueError(raw)
             return raw.lower() == "true"
         value = spec.type(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(raw)
     except ValueError:
         raise InvalidParameter(
             f"Cannot set configuration {spec.name} to '{raw}': a value of type {spec.type.__name__} is expected"

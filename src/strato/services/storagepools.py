@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import Cluster, Host, ImageStore, Pod, StoragePool, Zone
+from strato.db.models import Cluster, Host, ImageStore, Layer, Pod, StoragePool, Volume, Zone
 from strato.engine.allocator import pool_allocated
-from strato.errors import InvalidParameter
+from strato.errors import InvalidParameter, ResourceInUse
 from strato.services.context import CallContext
 from strato.services.listing import Page, run_page
 from strato.services.lookup import get_live
@@ -168,7 +168,17 @@ def allocated_bytes(session: Session, pool: StoragePool) -> int:
 
 def delete_pool(ctx: CallContext, pool_id: str, forced: bool) -> None:
     pool = get_live(ctx.session, StoragePool, pool_id, "storage pool")
-    # Volumes and template copies (layers) arrive with the VM issue; the check grows with them.
+    volumes = ctx.session.scalar(
+        select(func.count()).select_from(Volume).where(Volume.pool_id == pool.id, Volume.removed.is_(None))
+    )
+    if volumes:
+        raise ResourceInUse(f"Storage pool {pool.name} still holds {volumes} volume(s); move or delete them first")
+    cached = ctx.session.scalars(select(Layer).where(Layer.pool_id == pool.id, Layer.removed.is_(None))).all()
+    if cached and not forced:
+        raise ResourceInUse(f"Storage pool {pool.name} still holds {len(cached)} template copies; pass forced=true "
+                            "to forget them (their files stay in the pool's directory)")  # fmt: skip
+    for layer in cached:
+        layer.removed, layer.state = utcnow(), "Removed"
     pool.removed = utcnow()
     pool.state = "Removed"
 

@@ -354,7 +354,7 @@ def start(job: JobContext) -> JobResult:
         assert vm is not None
         volumes = attached_volumes(s, vm_id)
         pools = [s.get(StoragePool, v.pool_id) for v in volumes if v.pool_id]
-        requests = [DiskRequest(label=v.name, size=0, pool_id=v.pool_id) for v in volumes if v.pool_id]
+        requests = [DiskRequest(label=v.name, size=0, pool_id=v.pool_id, existing=True) for v in volumes if v.pool_id]
         # The volumes exist: the host must reach their pools; sizes are already accounted.
         chosen = plan(
             s,
@@ -487,6 +487,9 @@ def expunge(job: JobContext) -> JobResult:
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
         assert vm is not None
+        expected = job.params.get("expect_state")
+        if expected and vm.state != expected and vm.state != "Expunging":
+            return _result(vm_id)  # recovered (or otherwise changed) since the expunge was queued
         if vm.state == "Stopped":
             vm_to(vm, "Destroyed")
         if vm.state != "Expunging":

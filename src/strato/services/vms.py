@@ -24,7 +24,7 @@ from strato.db.models import (
     Volume,
     Zone,
 )
-from strato.errors import InvalidParameter, NotFound, PermissionDenied
+from strato.errors import InvalidParameter, InvalidState, NotFound, PermissionDenied
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import GetVmStats, VmStats
 from strato.services import jobs, limits, sshkeys
@@ -352,8 +352,11 @@ def list_vms(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[V
     )
 
 
-def _submit(ctx: CallContext, vm: VirtualMachine, kind: str, cmd: str, **params: Any) -> str:
-    return jobs.submit(ctx, kind, cmd, {"vm_id": vm.id, **params}, [f"vm:{vm.id}"], "VirtualMachine", vm.id)
+def _submit(
+    ctx: CallContext, vm: VirtualMachine, kind: str, cmd: str, also_lock: tuple[str, ...] = (), **params: Any
+) -> str:
+    resources = [f"vm:{vm.id}", *also_lock]
+    return jobs.submit(ctx, kind, cmd, {"vm_id": vm.id, **params}, resources, "VirtualMachine", vm.id)
 
 
 def start(ctx: CallContext, args: dict[str, Any]) -> str:
@@ -394,6 +397,8 @@ def destroy(ctx: CallContext, args: dict[str, Any]) -> str:
 def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Destroyed", action="recover")
+    if jobs.active_on(ctx.session, f"vm:{vm.id}"):
+        raise InvalidState(f"VM {vm.name} has a job under way (e.g. its expunge); try again when it ends")
     # A destroyed VM does not count against the account's VM limit; it counts again once recovered.
     owner = ctx.session.get(Account, vm.account_id)
     assert owner is not None
@@ -455,7 +460,7 @@ def attach_iso(ctx: CallContext, args: dict[str, Any]) -> str:
     require_vm_state(vm, "Running", "Stopped", action="attach an ISO to")
     if vm.iso_id:
         raise InvalidParameter(f"VM {vm.name} already has an ISO attached; detach it first")
-    return _submit(ctx, vm, "vm.iso", "attachIso", iso_id=iso.id)
+    return _submit(ctx, vm, "vm.iso", "attachIso", also_lock=(f"template:{iso.id}",), iso_id=iso.id)
 
 
 def detach_iso(ctx: CallContext, args: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
@@ -30,6 +31,7 @@ from strato.services import settings
 from strato.services.agents import host_client
 from strato.services.layers import agent_error, create_layer_on, ref, remove_volume_layers, volume_layer_path
 from strato.services.reach import host_for
+from strato.services.settings import capability_for
 from strato.services.states import vm_to, volume_to
 from strato.services.vmspec import disk_spec
 
@@ -108,12 +110,9 @@ def create(job: JobContext) -> JobResult:
         assert vol is not None
         volume_to(vol, "Ready")
     if vm_id:
-        with job.db.session() as s:
-            vm = s.get(VirtualMachine, vm_id)
-            assert vm is not None
-            used = {v.device_id for v in s.query(Volume).filter(Volume.vm_id == vm_id, Volume.removed.is_(None))}
-        device_id = next(n for n in range(1, 64) if n not in used)
-        _attach(job, volume_id, vm_id, device_id)
+        # The volume exists from here on: if attaching fails, it stays, Ready and detached, as CloudStack.
+        job.keep_completed_steps()
+        _attach(job, volume_id, vm_id, 1)  # the first free device id from 1
     return {"type": VOLUME_RESULT, "id": volume_id}
 
 
@@ -141,6 +140,19 @@ def _attach(job: JobContext, volume_id: str, vm_id: str, device_id: int) -> None
             )
         if vm.state not in ("Running", "Stopped"):
             raise InvalidState(f"VM {vm.name} is {vm.state}")
+        # Checked again here: other jobs on this volume or VM may have run since the request.
+        if vol.vm_id is not None and vol.vm_id != vm_id:
+            raise InvalidState(f"Volume {vol.name} is already attached to another VM")
+        if vol.state != "Ready" or vol.removed is not None:
+            raise InvalidState(f"Volume {vol.name} is {vol.state}; only Ready volumes can be attached")
+        others = [v for v in s.scalars(select(Volume).where(Volume.vm_id == vm_id, Volume.removed.is_(None)))
+                  if v.id != vol.id]  # fmt: skip
+        cap = capability_for(s, vm.hypervisor if vm.hypervisor in ("KVM", "Simulator") else "KVM")
+        if sum(1 for v in others if v.volume_type == "DATADISK") + 1 > cap.max_data_volumes_limit:
+            raise InvalidState(f"VM {vm.name} has reached its limit of {cap.max_data_volumes_limit} data disks")
+        used = {v.device_id for v in others}
+        while device_id in used:
+            device_id += 1
         vol.device_id = device_id
         spec = disk_spec(s, vol)
         vol.device_id = None
