@@ -78,3 +78,17 @@ def test_one_volume_attached_to_two_vms_at_once(cloud: tuple[ServerProcess, dict
     attached = api.listVolumes(id=vol["id"])["volume"][0]
     assert attached["virtualmachineid"] in (first["id"], second["id"])
     assert attached["state"] == "Ready"
+
+
+def test_resize_beyond_the_pool_is_refused(cloud: tuple[ServerProcess, dict[str, str]]) -> None:
+    server, ids = cloud
+    api = server.cs()
+    vol = api.createVolume(zoneid=ids["zone"], diskofferingid=ids["disk_offering"], name="growing",
+                           fetch_result=True)["volume"]  # fmt: skip
+    api.updateStoragePool(id=vol["storageid"], capacitybytes=10 * 1024**3)  # x2 over-provisioning: 20 GiB
+    grown = api.resizeVolume(id=vol["id"], size=4, fetch_result=True)["volume"]
+    assert grown["size"] == 4 * 1024**3
+    code, text = _code(lambda: api.resizeVolume(id=vol["id"], size=500, fetch_result=True))
+    assert code == 533 and "growing" in text and "free" in text, text
+    after = api.listVolumes(id=vol["id"])["volume"][0]
+    assert after["size"] == 4 * 1024**3 and after["state"] == "Ready"

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from strato.db.base import utcnow
 from strato.db.models import Host, Job, Layer, StoragePool, VirtualMachine, Volume
 from strato.db.models.storage import LAYER_VOLUME
-from strato.engine.allocator import DiskRequest, place_volume, reaches
+from strato.engine.allocator import Allocator, DiskRequest, place_volume, reaches
 from strato.engine.context import JobContext
 from strato.engine.jobkinds import JobResult, job_kind
-from strato.errors import InvalidState
+from strato.errors import InsufficientCapacity, InvalidState
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import (
     AttachDisk,
@@ -208,6 +208,11 @@ def resize(job: JobContext) -> JobResult:
         assert vol is not None and vol.pool_id and vol.top_layer_id
         pool, top = s.get(StoragePool, vol.pool_id), s.get(Layer, vol.top_layer_id)
         assert pool is not None and top is not None
+        if size > vol.size:  # the pool must have room for the growth, as for a new disk
+            growth = DiskRequest(label=f"the growth of volume {vol.name}", size=size - vol.size, pool_id=pool.id)
+            why = Allocator(s, settings.allocation_limits(s)).why_not(pool, growth, None)
+            if why is not None:
+                raise InsufficientCapacity(f"Cannot resize volume {vol.name}: {why}")
         vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
         running_host = s.get(Host, vm.host_id) if vm is not None and vm.state == "Running" and vm.host_id else None
         host = running_host or host_for(s, [pool])
@@ -227,6 +232,8 @@ def resize(job: JobContext) -> JobResult:
         vol, layer = s.get(Volume, volume_id), s.get(Layer, layer_id)
         assert vol is not None and layer is not None
         vol.size = info.virtual_size
+        if job.params.get("offering_id"):
+            vol.disk_offering_id = job.params["offering_id"]
         volume_to(vol, "Ready")
         layer.virtual_size, layer.physical_size = info.virtual_size, info.physical_size
     return {"type": VOLUME_RESULT, "id": volume_id}

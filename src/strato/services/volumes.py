@@ -175,7 +175,7 @@ def resize(ctx: CallContext, args: dict[str, Any]) -> str:
     vol = get_volume(ctx, args["id"])
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be resized")
-    size = vol.size
+    size, offering_id = vol.size, None
     if args.get("diskofferingid"):
         offering = get_live(ctx.session, DiskOffering, args["diskofferingid"], "disk offering", "diskofferingid")
         size = offering.disk_size_bytes if not offering.customized else size
@@ -183,7 +183,7 @@ def resize(ctx: CallContext, args: dict[str, Any]) -> str:
             if not args.get("size"):
                 raise InvalidParameter("A custom-size disk offering needs size (GiB)")
             size = args["size"] * GIB
-        vol.disk_offering_id = offering.id
+        offering_id = offering.id  # recorded by the job once the disk has grown
     elif args.get("size"):
         size = args["size"] * GIB
     else:
@@ -200,7 +200,7 @@ def resize(ctx: CallContext, args: dict[str, Any]) -> str:
     if vm_id:
         vm = get_vm(ctx, vm_id)
         require_vm_state(vm, "Running", "Stopped", action="resize a volume of")
-    return _submit(ctx, "volume.resize", "resizeVolume", vol, vm_id, size=size)
+    return _submit(ctx, "volume.resize", "resizeVolume", vol, vm_id, size=size, offering_id=offering_id)
 
 
 def delete(ctx: CallContext, args: dict[str, Any]) -> None:
