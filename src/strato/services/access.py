@@ -113,3 +113,18 @@ def owner_scope(ctx: CallContext, args: dict[str, Any]) -> OwnerScope:
     if ctx.is_root_admin:
         return OwnerScope()
     return OwnerScope(domain_path=ctx.domain.path, recursive=True)
+
+
+def get_owned(ctx: CallContext, model: Any, entity_id: str, label: str, param: str = "id") -> Any:
+    """A live row with an account_id that the caller may act on; otherwise NotFound, as CloudStack
+    answers for ids the caller may not see (so that ids do not leak)."""
+    row = ctx.session.get(model, entity_id)
+    if row is None or row.removed is not None:
+        raise NotFound(f"Unable to find {label} with {param}={entity_id}")
+    acct = ctx.session.get(Account, row.account_id)
+    assert acct is not None
+    try:
+        check_account_access(ctx, acct)
+    except PermissionDenied:
+        raise NotFound(f"Unable to find {label} with {param}={entity_id}") from None
+    return row

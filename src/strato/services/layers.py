@@ -163,6 +163,42 @@ def remove_layers_created_by(db: Database, job_id: str) -> None:
         remove_unfinished_layer(db, layer_id)
 
 
+def template_source(
+    s: Session, template_id: str, pools: list[StoragePool], stores: list[ImageStore]
+) -> tuple[LayerRef, Host]:
+    """A ready copy of the template (on an image store first, else on a pool not among the targets)
+    and an Up host that reads it and reaches the target pools and stores."""
+    ready_copies = select(TemplateStoreCopy).where(
+        TemplateStoreCopy.template_id == template_id,
+        TemplateStoreCopy.state == "Ready",
+        TemplateStoreCopy.removed.is_(None),
+    )
+    for copy in s.scalars(ready_copies):
+        store = s.get(ImageStore, copy.store_id)
+        if store is None or store.removed is not None:
+            continue
+        try:
+            return LayerRef(pool=store_ref(store), name=copy.path), host_for(s, pools, [store, *stores])
+        except ResourceUnavailable:
+            continue
+    targets = {p.id for p in pools}
+    ready_layers = select(Layer).where(
+        Layer.template_id == template_id,
+        Layer.kind == LAYER_TEMPLATE,
+        Layer.state == "Ready",
+        Layer.removed.is_(None),
+    )
+    for layer in s.scalars(ready_layers):
+        src_pool = s.get(StoragePool, layer.pool_id)
+        if src_pool is None or src_pool.removed is not None or src_pool.id in targets:
+            continue
+        try:
+            return ref(src_pool, layer.path), host_for(s, [*pools, src_pool], stores)
+        except ResourceUnavailable:
+            continue
+    raise ResourceUnavailable(f"Template {template_id} has no ready copy that a host reaching the destination can read")
+
+
 def _copy_template_to_pool(
     db: Database, template_id: str, pool_id: str, path: str, progress: ProgressFn | None
 ) -> LayerInfo:
@@ -171,47 +207,8 @@ def _copy_template_to_pool(
         pool = s.get(StoragePool, pool_id)
         assert pool is not None
         target = ref(pool, path)
-        sources: list[tuple[LayerRef, str]] = []
-        for copy in s.scalars(
-            select(TemplateStoreCopy).where(
-                TemplateStoreCopy.template_id == template_id,
-                TemplateStoreCopy.state == "Ready",
-                TemplateStoreCopy.removed.is_(None),
-            )
-        ):
-            store = s.get(ImageStore, copy.store_id)
-            if store is None or store.removed is not None:
-                continue
-            try:
-                host = host_for(s, [pool], [store])
-            except ResourceUnavailable:
-                continue
-            sources.append((LayerRef(pool=store_ref(store), name=copy.path), host.id))
-        for other in s.scalars(
-            select(Layer).where(
-                Layer.template_id == template_id,
-                Layer.kind == LAYER_TEMPLATE,
-                Layer.state == "Ready",
-                Layer.removed.is_(None),
-                Layer.pool_id != pool_id,
-            )
-        ):
-            src_pool = s.get(StoragePool, other.pool_id)
-            if src_pool is None or src_pool.removed is not None:
-                continue
-            try:
-                host = host_for(s, [pool, src_pool])
-            except ResourceUnavailable:
-                continue
-            sources.append((ref(src_pool, other.path), host.id))
-        if not sources:
-            raise ResourceUnavailable(
-                f"Template {template_id} has no ready copy that a host reaching pool {pool.name} can read"
-            )
-        source, chosen_id = sources[0]
-        chosen = s.get(Host, chosen_id)
-        assert chosen is not None
-        client, host_name = host_client(chosen), chosen.name
+        source, host = template_source(s, template_id, [pool], [])
+        client, host_name = host_client(host), host.name
     try:
         return client.run_long(CopyLayer(source=source, target=target), on_progress=progress)
     except AgentClientError as exc:

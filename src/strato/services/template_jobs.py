@@ -32,7 +32,7 @@ from strato.errors import ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentClient, AgentClientError
 from strato.protocol.messages import ConvertLayer, CopyLayer, FetchImage, LayerInfo, LayerRef, RemoveLayer
 from strato.services.agents import host_client
-from strato.services.layers import agent_error, ensure_template_on_pool, ref, template_layer_path
+from strato.services.layers import agent_error, ensure_template_on_pool, ref, template_layer_path, template_source
 from strato.services.reach import host_for, store_ref, up_hosts
 
 
@@ -150,46 +150,6 @@ job_kind("template.download", recover=_download_recover, on_fail=_download_faile
 # --- copies ----------------------------------------------------------------------------------------
 
 
-def _source_for(
-    s: Session, template_id: str, reach_pool: StoragePool | None, reach_store: ImageStore | None
-) -> tuple[LayerRef, Host]:
-    """A ready copy of the template (on a store, or a pool) and a host that reads it and the target."""
-    for copy in s.scalars(
-        select(TemplateStoreCopy).where(
-            TemplateStoreCopy.template_id == template_id,
-            TemplateStoreCopy.state == "Ready",
-            TemplateStoreCopy.removed.is_(None),
-        )
-    ):
-        store = s.get(ImageStore, copy.store_id)
-        if store is None or store.removed is not None:
-            continue
-        try:
-            host = host_for(s, [reach_pool] if reach_pool else [], [store] + ([reach_store] if reach_store else []))
-        except ResourceUnavailable:
-            continue
-        return LayerRef(pool=store_ref(store), name=copy.path), host
-    for layer in s.scalars(
-        select(Layer).where(
-            Layer.template_id == template_id,
-            Layer.kind == LAYER_TEMPLATE,
-            Layer.state == "Ready",
-            Layer.removed.is_(None),
-        )
-    ):
-        pool = s.get(StoragePool, layer.pool_id)
-        if pool is None or pool.removed is not None:
-            continue
-        try:
-            host = host_for(s, [pool] + ([reach_pool] if reach_pool else []), [reach_store] if reach_store else [])
-        except ResourceUnavailable:
-            continue
-        return ref(pool, layer.path), host
-    raise ResourceUnavailable(
-        f"Template {template_id} has no ready copy reachable from a host that also reaches the destination"
-    )
-
-
 def copy(job: JobContext) -> JobResult:
     """copyTemplate / prepareTemplate: every disk of the template to a store or a pool."""
     ids: list[str] = job.params["template_ids"]
@@ -212,7 +172,7 @@ def copy(job: JobContext) -> JobResult:
             assert dest is not None
             if dest.state == "Ready":
                 continue
-            source, host = _source_for(s, template_id, None, store)
+            source, host = template_source(s, template_id, [], [store])
             target = LayerRef(pool=store_ref(store), name=dest.path)
             client, host_name, dest_id = host_client(host), host.name, dest.id
         with job.step(f"copy {template_id}", undo=_remover(client, target)):

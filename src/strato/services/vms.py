@@ -24,11 +24,11 @@ from strato.db.models import (
     Volume,
     Zone,
 )
-from strato.errors import InvalidParameter, InvalidState, NotFound, PermissionDenied
+from strato.errors import InvalidParameter, InvalidState, PermissionDenied
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import GetVmStats, VmStats
 from strato.services import jobs, limits, sshkeys
-from strato.services.access import check_account_access, owner_scope
+from strato.services.access import get_owned, owner_scope
 from strato.services.agents import host_client
 from strato.services.context import CallContext
 from strato.services.identity import find_account
@@ -41,16 +41,8 @@ MAX_USER_DATA = 32768
 
 
 def get_vm(ctx: CallContext, vm_id: str, param: str = "id") -> VirtualMachine:
-    vm = ctx.session.get(VirtualMachine, vm_id)
-    if vm is None or vm.removed is not None:
-        raise NotFound(f"Unable to find virtual machine with {param}={vm_id}")
-    acct = ctx.session.get(Account, vm.account_id)
-    assert acct is not None
-    try:
-        check_account_access(ctx, acct)
-    except PermissionDenied:
-        raise NotFound(f"Unable to find virtual machine with {param}={vm_id}") from None
-    return vm
+    found: VirtualMachine = get_owned(ctx, VirtualMachine, vm_id, "virtual machine", param)
+    return found
 
 
 def _owner(ctx: CallContext, args: dict[str, Any]) -> Account:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from strato.db.models import Account, DiskOffering, Host, StoragePool, VirtualMachine, Volume, Zone
 from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services import jobs, limits
-from strato.services.access import check_account_access, owner_scope
+from strato.services.access import get_owned, owner_scope
 from strato.services.context import CallContext
 from strato.services.identity import find_account
 from strato.services.listing import Page, run_page
@@ -23,16 +23,8 @@ GIB = 1024**3
 
 
 def get_volume(ctx: CallContext, volume_id: str, param: str = "id") -> Volume:
-    vol = ctx.session.get(Volume, volume_id)
-    if vol is None or vol.removed is not None:
-        raise NotFound(f"Unable to find volume with {param}={volume_id}")
-    acct = ctx.session.get(Account, vol.account_id)
-    assert acct is not None
-    try:
-        check_account_access(ctx, acct)
-    except PermissionDenied:
-        raise NotFound(f"Unable to find volume with {param}={volume_id}") from None
-    return vol
+    found: Volume = get_owned(ctx, Volume, volume_id, "volume", param)
+    return found
 
 
 def _submit(ctx: CallContext, kind: str, cmd: str, vol: Volume, vm_id: str | None = None, **params: Any) -> str:
