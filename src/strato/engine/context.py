@@ -90,11 +90,17 @@ class JobContext:
             except Exception as exc:  # compensation is best effort; the log says what stayed
                 self._log(name, f"undo failed: {exc}")
 
-    def _log(self, name: str, state: str) -> None:
+    def record(self, name: str, state: str, data: dict[str, Any] | None = None) -> None:
+        """Appends to the job's step log (what recovery reads): running, done (with the step's output),
+        failed, undone, or the reason an undo failed."""
+        entry: dict[str, Any] = {"name": name, "state": state, "at": utcnow().isoformat()}
+        if data:
+            entry["data"] = data
         with self.db.session() as s:
             job = s.get(Job, self.job_seq)
             if job is None:
                 return
-            steps = list(job.steps or [])
-            steps.append({"name": name, "state": state, "at": utcnow().isoformat()})
-            job.steps = steps
+            job.steps = [*(job.steps or []), entry]
+
+    def _log(self, name: str, state: str) -> None:
+        self.record(name, state)
