@@ -47,18 +47,38 @@ def _setup(base: Path, server: ServerProcess, agent: AgentProcess) -> KillEnv:
     zone = api.createZone(name=f"kz-{tag}")["zone"]
     pod = api.createPod(name="p", zoneid=zone["id"])["pod"]
     cluster = api.addCluster(clustername="c", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"], url=agent.base_url,
-                       username="strato", password=agent.token, hypervisor="KVM")["host"][0]  # fmt: skip
+    host = api.addHost(
+        zoneid=zone["id"],
+        podid=pod["id"],
+        clusterid=cluster["id"],
+        url=agent.base_url,
+        username="strato",
+        password=agent.token,
+        hypervisor="KVM",
+    )["host"][0]
     local = api.listStoragePools(zoneid=zone["id"], hostid=host["id"], scope="host")["storagepool"][0]
     (base / "shared").mkdir()
-    shared = api.createStoragePool(name=f"shared-{tag}", zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"],
-                                   scope="cluster", url=f"SharedMountPoint://localhost{base / 'shared'}")["storagepool"]  # fmt: skip
+    shared = api.createStoragePool(
+        name=f"shared-{tag}",
+        zoneid=zone["id"],
+        podid=pod["id"],
+        clusterid=cluster["id"],
+        scope="cluster",
+        url=f"SharedMountPoint://localhost{base / 'shared'}",
+    )["storagepool"]
     (base / "store").mkdir()
     api.addImageStore(name="s", provider="NFS", url=f"file://localhost{base / 'store'}", zoneid=zone["id"])
     image = base / "tiny.qcow2"
     shutil.copyfile(default_image_path(), image)
-    tmpl = api.registerTemplate(name="tiny", displaytext="tiny", url=f"file://{image}", format="QCOW2",
-                                hypervisor="KVM", zoneid=zone["id"], ostypeid="Other Linux (64-bit)")["template"][0]  # fmt: skip
+    tmpl = api.registerTemplate(
+        name="tiny",
+        displaytext="tiny",
+        url=f"file://{image}",
+        format="QCOW2",
+        hypervisor="KVM",
+        zoneid=zone["id"],
+        ostypeid="Other Linux (64-bit)",
+    )["template"][0]
     assert wait_job(api, tmpl["jobid"], 120)["jobstatus"] == 1
     offering = api.createServiceOffering(name="t", displaytext="t", cpunumber=1, cpuspeed=1000, memory=128)
     disk = api.createDiskOffering(name="d", displaytext="d", disksize=1)["diskoffering"]
@@ -73,7 +93,7 @@ def _setup(base: Path, server: ServerProcess, agent: AgentProcess) -> KillEnv:
             "local": local["id"],
             "shared": shared["id"],
             "host": host["id"],
-        },  # fmt: skip
+        },
         pools={local["id"]: Path(local["path"]), shared["id"]: Path(shared["path"])},
     )
 
@@ -125,8 +145,9 @@ def _kept(env: KillEnv, vm_id: str, volume_ids: set[str]) -> None:
 @pytest.fixture(scope="module")
 def keeper(kenv: KillEnv) -> tuple[str, set[str]]:
     api = kenv.api()
-    started = api.deployVirtualMachine(zoneid=kenv.ids["zone"], serviceofferingid=kenv.ids["offering"],
-                                       templateid=kenv.ids["template"], name="keeper")  # fmt: skip
+    started = api.deployVirtualMachine(
+        zoneid=kenv.ids["zone"], serviceofferingid=kenv.ids["offering"], templateid=kenv.ids["template"], name="keeper"
+    )
     assert wait_job(api, started["jobid"], 120)["jobstatus"] == 1
     vols = {v["id"] for v in api.listVolumes(virtualmachineid=started["id"], listall=True)["volume"]}
     return started["id"], vols
@@ -136,10 +157,14 @@ def keeper(kenv: KillEnv) -> tuple[str, set[str]]:
 def test_server_killed_during_a_deploy(kenv: KillEnv, keeper: tuple[str, set[str]], after: float) -> None:
     api = kenv.api()
     started = api.deployVirtualMachine(
-        zoneid=kenv.ids["zone"], serviceofferingid=kenv.ids["offering"], templateid=kenv.ids["template"],
-        name=f"killed-{int(after * 10)}", rootdiskstorageid=kenv.ids["local"],
-        diskofferingid=kenv.ids["disk"], datadiskstorageid=kenv.ids["shared"],
-    )  # fmt: skip
+        zoneid=kenv.ids["zone"],
+        serviceofferingid=kenv.ids["offering"],
+        templateid=kenv.ids["template"],
+        name=f"killed-{int(after * 10)}",
+        rootdiskstorageid=kenv.ids["local"],
+        diskofferingid=kenv.ids["disk"],
+        datadiskstorageid=kenv.ids["shared"],
+    )
     _kill_and_restart(kenv, after)
     found = _ended(kenv, started["jobid"])
     vm = _vm(kenv.api(), started["id"])
@@ -158,8 +183,12 @@ def test_server_killed_during_a_deploy(kenv: KillEnv, keeper: tuple[str, set[str
 def test_server_killed_during_an_attach(kenv: KillEnv, keeper: tuple[str, set[str]], after: float) -> None:
     api = kenv.api()
     vm_id = keeper[0]
-    vol = api.createVolume(name=f"att-{int(after * 10)}", zoneid=kenv.ids["zone"], diskofferingid=kenv.ids["disk"],
-                           storageid=kenv.ids["shared"])  # fmt: skip
+    vol = api.createVolume(
+        name=f"att-{int(after * 10)}",
+        zoneid=kenv.ids["zone"],
+        diskofferingid=kenv.ids["disk"],
+        storageid=kenv.ids["shared"],
+    )
     assert wait_job(api, vol["jobid"], 60)["jobstatus"] == 1
     started = api.attachVolume(id=vol["id"], virtualmachineid=vm_id)
     _kill_and_restart(kenv, after)
