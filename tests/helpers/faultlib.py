@@ -65,11 +65,13 @@ def transitional(server: ServerProcess) -> list[tuple[str, str, str]]:
 
 
 def known_layers(server: ServerProcess, ready_only: bool = False) -> set[tuple[str, str]]:
-    """(pool id, path) of every layer row the database holds (not removed)."""
+    """(pool or image store id, path) of every layer and template copy the database holds (not removed)."""
     q = "SELECT pool_id, path FROM layers WHERE removed IS NULL"
+    copies = "SELECT store_id, path FROM template_store_copies WHERE removed IS NULL"
     if ready_only:
         q += " AND state = 'Ready'"
-    return {(str(p), str(path)) for p, path in server.sql(q)}
+        copies += " AND state = 'Ready'"
+    return {(str(p), str(path)) for p, path in [*server.sql(q), *server.sql(copies)]}
 
 
 def files_in_pools(pools: dict[str, Path]) -> set[tuple[str, str]]:

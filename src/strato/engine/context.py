@@ -9,6 +9,7 @@ from typing import Any
 from strato.db.base import utcnow
 from strato.db.engine import Database
 from strato.db.models import Job
+from strato.engine import faults
 from strato.errors import CloudError, ErrorCode
 
 
@@ -75,6 +76,7 @@ class JobContext:
         self._log(name, "done")
         if undo is not None:
             self._undo.append((name, undo))
+        faults.after_step(self.kind, name)
 
     def keep_completed_steps(self) -> None:
         """What the job has done so far stands even if a later step fails: nothing to undo before here."""
