@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
