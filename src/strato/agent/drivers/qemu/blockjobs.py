@@ -109,6 +109,7 @@ class BlockJobs:
         copy_mode: CopyMode = "background",
         backing_node: str | None = None,
         backing_path: Path | None = None,
+        buf_size: int | None = None,
     ) -> None:
         """Create `path` (qcow2, the size of `device`; on `backing_path` for sync top), open it as
         the target and start the mirror; on failure the target is closed and removed again."""
@@ -118,7 +119,7 @@ class BlockJobs:
         await layers.create(path, size, backing_path)
         try:
             target = await self.add_target(job_id, path, backing_node)
-            await self.start_mirror(job_id, device, target, sync, speed, copy_mode)
+            await self.start_mirror(job_id, device, target, sync, speed, copy_mode, buf_size)
         except BaseException:
             with contextlib.suppress(DriverError):
                 await self.drop_target(job_id)
@@ -133,8 +134,11 @@ class BlockJobs:
         sync: Sync = "full",
         speed: int | None = None,
         copy_mode: CopyMode = "background",
+        buf_size: int | None = None,
     ) -> None:
-        """`blockdev-mirror` from node `device` to node `target`; READY once both hold the same data."""
+        """`blockdev-mirror` from node `device` to node `target`; READY once both hold the same data.
+        QEMU's rate limit lets one burst of `buf_size` bytes (default 16 MiB) through before it
+        throttles: a small `buf_size` makes a low `speed` smooth from the start."""
         args: dict[str, object] = {
             "job-id": job_id,
             "device": device,
@@ -145,6 +149,8 @@ class BlockJobs:
         }
         if speed is not None:
             args["speed"] = speed
+        if buf_size is not None:
+            args["buf-size"] = buf_size
         await self.monitor.execute("blockdev-mirror", args)
 
     async def start_stream(
