@@ -27,6 +27,7 @@ from strato.db.models import (
     Zone,
 )
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
+from strato.services.settings import HostsCanDo
 
 GIB = 1024**3
 ROLE_NAMES = {0: "User", ACCOUNT_TYPE_ADMIN: "Admin", ACCOUNT_TYPE_DOMAIN_ADMIN: "DomainAdmin"}
@@ -292,17 +293,18 @@ def disk_offering(session: Session, o: DiskOffering) -> dict[str, Any]:
     )
 
 
-def hypervisor_capability(session: Session, h: HypervisorCapability) -> dict[str, Any]:
+def hypervisor_capability(h: HypervisorCapability, can: HostsCanDo) -> dict[str, Any]:
+    """The flags the hosts really have (`can`, from what their agents reported) within the administrator's."""
     return _clean(
         {
             "id": h.id,
             "hypervisor": h.hypervisor,
             "hypervisorversion": h.hypervisor_version,
             "maxguestslimit": h.max_guests_limit,
-            "maxdatavolumeslimit": h.max_data_volumes_limit,
+            "maxdatavolumeslimit": can.max_data_volumes_limit,
             "maxhostspercluster": h.max_hosts_per_cluster,
-            "storagemotionenabled": h.storage_motion_enabled,
-            "vmsnapshotenabled": h.vm_snapshot_enabled,
+            "storagemotionenabled": can.storage_motion_enabled,
+            "vmsnapshotenabled": can.vm_snapshot_enabled,
             "securitygroupenabled": h.security_group_enabled,
         }
     )
