@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.db.models import HypervisorCapability, Setting
+from strato.db.models import Host, HypervisorCapability, Setting
 from strato.engine.allocator import Limits
 from strato.errors import InvalidParameter, NotFound
+from strato.protocol.capabilities import DriverCapabilities
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
 from strato.services.core.lookup import get_live
@@ -197,6 +198,43 @@ DEFAULT_CAPABILITIES = (
         vm_snapshot_enabled=True,
     ),
 )
+
+
+@dataclass(frozen=True)
+class HostsCanDo:
+    """What a hypervisor's hosts can really do, from the capabilities their agents reported, within
+    what the administrator allows (updateHypervisorCapabilities can only turn a feature off)."""
+
+    storage_motion_enabled: bool
+    vm_snapshot_enabled: bool
+    max_data_volumes_limit: int
+
+
+def reported_capabilities(session: Session, hypervisor: str) -> list[DriverCapabilities]:
+    """The capabilities reported by the live hosts of `hypervisor` (hosts that reported none are left out)."""
+    rows = session.scalars(
+        select(Host.capabilities).where(
+            Host.removed.is_(None), Host.hypervisor == hypervisor, Host.capabilities.is_not(None)
+        )
+    )
+    return [DriverCapabilities.model_validate(row) for row in rows if row is not None]
+
+
+def hosts_can_do(session: Session, row: HypervisorCapability) -> HostsCanDo:
+    """A feature is on when every host that reported its capabilities has it, and at least one did;
+    storage motion means live storage motion (offline volume moves need no flag, as in CloudStack).
+    The data-volume limit is the administrator's, lowered to what the hosts' drivers can attach."""
+    reported = reported_capabilities(session, row.hypervisor)
+    limit = row.max_data_volumes_limit
+    if reported:
+        limit = min(limit, *(caps.max_data_volumes for caps in reported))
+    return HostsCanDo(
+        storage_motion_enabled=row.storage_motion_enabled
+        and bool(reported)
+        and all(caps.live_storage_motion for caps in reported),
+        vm_snapshot_enabled=row.vm_snapshot_enabled and bool(reported) and all(caps.vm_snapshots for caps in reported),
+        max_data_volumes_limit=limit,
+    )
 
 
 def bootstrap_capabilities(session: Session) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.models import Cluster, Host, Pod, StoragePool, VirtualMachine, Volume, Zone
+from strato.engine.monitor import store_capabilities
 from strato.errors import InvalidParameter, InvalidState, ResourceInUse
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import AttachPool, GetHostInfo, PoolReport
@@ -133,6 +134,7 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
     host.hypervisor_version = info.hypervisor_version
     host.cpus, host.cpu_mhz, host.memory_bytes = info.cpus, info.cpu_mhz, info.memory_bytes
     host.host_tags = args.get("hosttags")
+    store_capabilities(host, info.capabilities)
     host.status, host.last_ping = "Up", utcnow()
     ctx.session.add(host)
     ctx.session.flush()

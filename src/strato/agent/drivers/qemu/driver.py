@@ -29,6 +29,7 @@ from strato.agent.drivers.qemu.blockjobs import BlockJobs
 from strato.agent.drivers.qemu.monitor import VmMonitor
 from strato.agent.drivers.qemu.process import Accel, RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
+from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     CdromSpec,
     DiskSpec,
@@ -57,8 +58,22 @@ _RUNNING_STATES = {"running"}
 _NODE_RE = re.compile(r"^disk(\d+)-fmt$")
 
 
+MAX_DATA_VOLUMES = 24
+"""Data disks per VM: the pc machine's PCI bus 0 has 32 slots; the host bridge, PIIX, VGA, the root disk
+and a virtio-scsi controller take 5, and the rest is kept for NICs (CloudStack's KVM default is 24 too)."""
+
+
 class QemuDriver(Driver):
-    """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local."""
+    """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local.
+
+    Roles: lifecycle, layers and volumes. Block jobs and migration come with their roles later; until
+    then live motion, migration and snapshots are not claimed."""
+
+    capabilities = DriverCapabilities(
+        hot_plug_disks=True,
+        offline_storage_motion=True,
+        max_data_volumes=MAX_DATA_VOLUMES,
+    )
 
     def __init__(
         self,
