@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.models import Account, Job, JobResource
 from strato.db.models.jobs import JOB_ACTIVE
 from strato.engine import queue
+from strato.engine.operation import Operation
 from strato.errors import InvalidParameter, NotFound
 from strato.services.core.access import check_account_access, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
+
+P = TypeVar("P", bound=BaseModel)
 
 
 def get_job(ctx: CallContext, job_id: str) -> Job:
@@ -71,6 +75,28 @@ def submit(
         instance_id=instance_id,
     )
     return job.id
+
+
+def submit_operation(
+    ctx: CallContext,
+    operation: type[Operation[P]],
+    params: P,
+    instance_type: str | None = None,
+    instance_id: str | None = None,
+    cmd: str | None = None,
+) -> str:
+    """Checks the operation's rules in the caller's transaction (the same `check` the job runs again when
+    it starts under its locks), then queues it; returns the job id."""
+    operation.check(ctx.session, params)
+    return submit(
+        ctx,
+        operation.kind,
+        cmd or operation.cmd,
+        params.model_dump(mode="json"),
+        operation.resources(params),
+        instance_type,
+        instance_id,
+    )
 
 
 def completed(ctx: CallContext, cmd: str, result: dict[str, Any], instance_type: str | None = None) -> str:
