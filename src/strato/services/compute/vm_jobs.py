@@ -242,6 +242,7 @@ def _stopper(job: JobContext, vm_id: str, host_id: str) -> Any:
 
 
 def deploy(job: JobContext) -> JobResult:
+    """The deployVirtualMachine job: plans host and pools, creates each disk, then starts the VM."""
     vm_id = job.params["vm_id"]
     disks: list[dict[str, Any]] = job.params["disks"]
     with job.step("plan"):
@@ -346,6 +347,7 @@ job_kind("vm.deploy", recover=_deploy_recover, on_fail=_deploy_failed, event="VM
 
 
 def start(job: JobContext) -> JobResult:
+    """The startVirtualMachine job: picks a host that reaches the VM's pools and boots it there."""
     vm_id = job.params["vm_id"]
     with job.step("plan"), job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
@@ -397,6 +399,7 @@ def _host_and_name(job: JobContext, vm_id: str) -> tuple[Any, str, str]:
 
 
 def stop(job: JobContext) -> JobResult:
+    """The stopVirtualMachine job: asks the agent to stop the VM (forced on request) and frees its host."""
     vm_id = job.params["vm_id"]
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
@@ -424,6 +427,7 @@ job_kind("vm.stop", recover=stop, on_fail=_stop_failed, event="VM.STOP")(stop)
 
 
 def reboot(job: JobContext) -> JobResult:
+    """The rebootVirtualMachine job: the guest restarts on the same host with the same disks."""
     client, host_name, name = _host_and_name(job, job.params["vm_id"])
     with agent_errors(host_name):
         client.call(RebootVm(name=name))
@@ -437,6 +441,7 @@ job_kind("vm.reboot", recover=reboot, event="VM.REBOOT")(reboot)
 
 
 def destroy(job: JobContext) -> JobResult:
+    """The destroyVirtualMachine job: stops the VM and, with expunge, removes it and its disks."""
     vm_id = job.params["vm_id"]
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)
@@ -528,6 +533,7 @@ job_kind("vm.expunge", recover=expunge, on_fail=_expunge_failed, event="VM.EXPUN
 
 
 def scale(job: JobContext) -> JobResult:
+    """The scaleVirtualMachine job: records the new shape, rechecked under the VM's lock."""
     with job.db.session() as s:
         vm = s.get(VirtualMachine, job.params["vm_id"])
         assert vm is not None
@@ -542,6 +548,7 @@ job_kind("vm.scale", recover=scale, event="VM.UPGRADE")(scale)
 
 
 def change_iso(job: JobContext) -> JobResult:
+    """The attachIso/detachIso job: changes the CD of a running VM live, or only in the database."""
     vm_id, iso_id = job.params["vm_id"], job.params.get("iso_id")
     with job.db.session() as s:
         vm = s.get(VirtualMachine, vm_id)

@@ -31,6 +31,7 @@ def _source(path: str) -> LayerRef:
 
 
 def import_vm(job: JobContext) -> JobResult:
+    """The importVm job: places each disk image on a pool and converts it into the volume's layer."""
     vm_id, host_id = job.params["vm_id"], job.params["host_id"]
     disks: list[dict[str, Any]] = job.params["disks"]
     with job.db.session() as s:

@@ -67,6 +67,7 @@ def _pool_choice(ctx: CallContext, pool_id: str | None, param: str, zone_id: str
 
 
 def decode_user_data(raw: str | None) -> str | None:
+    """User data arrives base64 encoded; the config drive needs the text, and a bound on its size."""
     if raw is None or raw == "":
         return None
     try:
@@ -279,6 +280,7 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]
 
 
 def zone_hypervisor(ctx: CallContext, zone_id: str) -> str:
+    """The hypervisor a new VM of the zone runs on (KVM while the zone has no host)."""
     host = ctx.session.scalar(select(Host).where(Host.zone_id == zone_id, Host.removed.is_(None)))
     return host.hypervisor if host is not None else "KVM"
 
@@ -294,6 +296,7 @@ def _check_name(ctx: CallContext, owner: Account, name: str, exclude: str | None
 
 
 def list_vms(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[VirtualMachine], int]:
+    """listVirtualMachines: the VMs the caller may see, filtered and paged."""
     q = select(VirtualMachine).where(
         VirtualMachine.removed.is_(None), owner_scope(ctx, args).condition(VirtualMachine.account_id)
     )
@@ -332,6 +335,7 @@ def _submit(
 
 
 def start(ctx: CallContext, args: dict[str, Any]) -> str:
+    """startVirtualMachine: checks the VM is stopped, marks it Starting and queues the job."""
     vm = get_vm(ctx, args["id"])
     host_id = _admin_choice(ctx, args.get("hostid"), "hostid")
     require_vm_state(vm, "Stopped", action="start")
@@ -340,6 +344,7 @@ def start(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def stop(ctx: CallContext, args: dict[str, Any]) -> str:
+    """stopVirtualMachine: marks a running VM Stopping and queues the job."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Running", "Stopped", action="stop")
     if vm.state == "Running":
@@ -348,12 +353,14 @@ def stop(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def reboot(ctx: CallContext, args: dict[str, Any]) -> str:
+    """rebootVirtualMachine: only a running VM reboots; queues the job."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Running", action="reboot")
     return _submit(ctx, vm, "vm.reboot", "rebootVirtualMachine")
 
 
 def destroy(ctx: CallContext, args: dict[str, Any]) -> str:
+    """destroyVirtualMachine: checks the VM and the data volumes to drop with it and queues the job."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Running", "Stopped", "Error", action="destroy")
     # CloudStack lets users expunge when allow.user.expunge.recover.vm is on; Strato always allows it.
@@ -367,6 +374,7 @@ def destroy(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
+    """recoverVirtualMachine: a destroyed VM comes back Stopped, if the account's VM limit allows."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Destroyed", action="recover")
     if jobs.active_on(ctx.session, f"vm:{vm.id}"):
@@ -384,12 +392,14 @@ def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
 
 
 def expunge(ctx: CallContext, args: dict[str, Any]) -> str:
+    """expungeVirtualMachine: queues the removal of a destroyed, failed or stopped VM and its disks."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Destroyed", "Error", "Stopped", action="expunge")
     return _submit(ctx, vm, "vm.expunge", "expungeVirtualMachine")
 
 
 def scale(ctx: CallContext, args: dict[str, Any]) -> str:
+    """scaleVirtualMachine: checks the new offering's shape now and queues the change for a stopped VM."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Stopped", action="scale (only stopped VMs can be scaled)")
     offering = get_live(
@@ -402,6 +412,7 @@ def scale(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def update(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
+    """updateVirtualMachine: name, display name and details; renaming needs a stopped VM."""
     vm = get_vm(ctx, args["id"])
     if args.get("name") and args["name"] != vm.name:
         require_vm_state(vm, "Stopped", action="rename")
@@ -423,6 +434,7 @@ def update(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
 
 
 def attach_iso(ctx: CallContext, args: dict[str, Any]) -> str:
+    """attachIso: checks the ISO is ready and the VM has no CD, then queues the change."""
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
 
     iso = get_template(ctx, args["id"], iso=True)
@@ -435,6 +447,7 @@ def attach_iso(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def detach_iso(ctx: CallContext, args: dict[str, Any]) -> str:
+    """detachIso: queues the removal of the VM's CD."""
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
     require_vm_state(vm, "Running", "Stopped", action="detach an ISO from")
     if not vm.iso_id:

@@ -21,6 +21,7 @@ P = TypeVar("P", bound=BaseModel)
 
 
 def get_job(ctx: CallContext, job_id: str) -> Job:
+    """An async job the caller may see (its own, or its accounts' as an admin), for queryAsyncJobResult."""
     job = ctx.session.scalar(select(Job).where(Job.id == job_id))
     if job is None:
         raise NotFound(f"Unable to find async job with id {job_id}")
@@ -36,6 +37,7 @@ def get_job(ctx: CallContext, job_id: str) -> Job:
 
 
 def list_jobs(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Job], int]:
+    """listAsyncJobs: the caller's jobs, newest first."""
     q = select(Job).where(owner_scope(ctx, args).condition(Job.account_id))
     if args.get("startdate"):
         q = q.where(Job.created >= args["startdate"])
@@ -43,6 +45,7 @@ def list_jobs(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
 
 
 def cancel_job(ctx: CallContext, job_id: str) -> Job:
+    """Asks a queued or running job to stop; a queued one ends at once, a running one at its next step."""
     job = get_job(ctx, job_id)
     if job.status not in JOB_ACTIVE:
         raise InvalidParameter(f"Async job {job_id} has already ended ({job.status})")

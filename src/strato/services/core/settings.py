@@ -21,6 +21,8 @@ from strato.services.core.lookup import get_live
 
 @dataclass(frozen=True)
 class SettingSpec:
+    """A global setting's type, default and bounds, declared once for reads, updates and listConfigurations."""
+
     name: str
     type: type
     default: Any
@@ -144,6 +146,7 @@ def _coerce(spec: SettingSpec, raw: str) -> Any:
 
 
 def get(session: Session, name: str) -> Any:
+    """A setting's current value, its default when unset."""
     spec = SPECS[name]
     row = session.get(Setting, name)
     if row is None or row.value is None:
@@ -152,6 +155,7 @@ def get(session: Session, name: str) -> Any:
 
 
 def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec, Any]:
+    """updateConfiguration: checks the value against the setting's type and bounds; empty resets it."""
     spec = SPECS.get(name)
     if spec is None:
         raise InvalidParameter(f"Configuration {name} does not exist")
@@ -169,6 +173,7 @@ def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec,
 
 
 def list_settings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[tuple[SettingSpec, Any]], int]:
+    """listConfigurations: the settings with their current values, filtered and paged."""
     specs = sorted(SPECS.values(), key=lambda s: s.name)
     if args.get("name"):
         specs = [s for s in specs if s.name == args["name"]]
@@ -238,6 +243,7 @@ def hosts_can_do(session: Session, row: HypervisorCapability) -> HostsCanDo:
 
 
 def bootstrap_capabilities(session: Session) -> None:
+    """Fills the default hypervisor capabilities of a new database."""
     for caps in DEFAULT_CAPABILITIES:
         exists = session.scalar(
             select(HypervisorCapability).where(HypervisorCapability.hypervisor == caps["hypervisor"])
@@ -247,6 +253,7 @@ def bootstrap_capabilities(session: Session) -> None:
 
 
 def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> list[HypervisorCapability]:
+    """listHypervisorCapabilities: the limits and features per hypervisor."""
     q = select(HypervisorCapability).where(HypervisorCapability.removed.is_(None))
     if args.get("id"):
         q = q.where(HypervisorCapability.id == args["id"])
@@ -256,6 +263,7 @@ def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> list[Hypervisor
 
 
 def capability_for(session: Session, hypervisor: str) -> HypervisorCapability:
+    """The capabilities of a hypervisor, for rules such as the data volume limit."""
     row = session.scalar(select(HypervisorCapability).where(HypervisorCapability.hypervisor == hypervisor))
     if row is None:
         raise NotFound(f"No hypervisor capabilities for {hypervisor}")
@@ -263,6 +271,7 @@ def capability_for(session: Session, hypervisor: str) -> HypervisorCapability:
 
 
 def update_capability(ctx: CallContext, args: dict[str, Any]) -> HypervisorCapability:
+    """updateHypervisorCapabilities: an admin changes a hypervisor's limits or features."""
     row = get_live(ctx.session, HypervisorCapability, args["id"], "hypervisor capabilities")
     for param, attr in (
         ("maxguestslimit", "max_guests_limit"),

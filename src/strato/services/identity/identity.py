@@ -52,6 +52,7 @@ def bootstrap(session: Session, admin_password: str) -> bool:
 
 
 def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_domain: str | None) -> Domain:
+    """createDomain: a child domain, below the caller's own for domain admins."""
     if "/" in name or not name.strip():
         raise InvalidParameter("Parameter name must be a non-empty domain name without '/'")
     parent = get_domain(ctx, parent_id) if parent_id else ctx.domain
@@ -75,6 +76,7 @@ def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_do
 
 
 def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Domain], int]:
+    """listDomains: the domains the caller may see."""
     q = select(Domain).where(Domain.removed.is_(None))
     if not ctx.is_admin:
         q = q.where(Domain.id == ctx.domain.id)
@@ -90,6 +92,7 @@ def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[li
 
 
 def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
+    """The domain.delete job's work: removes the subtree, with cleanup its accounts, if they own nothing."""
     domain = get_domain(ctx, domain_id)
     if domain.parent_id is None:
         raise InvalidParameter("The ROOT domain cannot be deleted")
@@ -118,6 +121,7 @@ def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
 
 
 def get_account(ctx: CallContext, account_id: str) -> Account:
+    """An account by id that the caller may act on."""
     acct = ctx.session.get(Account, account_id)
     if acct is None or acct.removed is not None:
         raise NotFound(f"Unable to find account by id {account_id}")
@@ -126,6 +130,7 @@ def get_account(ctx: CallContext, account_id: str) -> Account:
 
 
 def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
+    """An account by name in a domain (the caller's by default), as the API's account/domainid pairs name it."""
     domain = get_domain(ctx, domain_id) if domain_id else ctx.domain
     acct = ctx.session.scalar(
         select(Account).where(Account.name == name, Account.domain_id == domain.id, Account.removed.is_(None))
@@ -147,6 +152,7 @@ def _check_username_free(session: Session, domain_id: str, username: str) -> Non
 
 
 def create_account(ctx: CallContext, args: dict[str, Any]) -> Account:
+    """createAccount: an account and its first user; only root admins create admin accounts."""
     acct_type = args.get("accounttype")
     if acct_type is None:
         acct_type = {"Admin": ACCOUNT_TYPE_ADMIN, "DomainAdmin": ACCOUNT_TYPE_DOMAIN_ADMIN}.get(
@@ -187,6 +193,7 @@ def _new_user(acct: Account, args: dict[str, Any]) -> User:
 
 
 def list_accounts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Account], int]:
+    """listAccounts: the accounts the caller may see."""
     scope = owner_scope(ctx, {**args, "listall": True if ctx.is_admin else args.get("listall")})
     q = select(Account).where(Account.removed.is_(None), scope.condition(Account.id))
     if args.get("id"):
@@ -201,6 +208,7 @@ def list_accounts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
 
 
 def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
+    """updateAccount: renames or changes an account, found by id or by name and domain."""
     if args.get("id"):
         acct = get_account(ctx, args["id"])
     elif args.get("account"):
@@ -243,6 +251,7 @@ def owned_resources(session: Session, account_id: str) -> str | None:
 
 
 def submit_delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> str:
+    """deleteDomain: refuses ROOT and the caller's own domain at once and queues the job."""
     domain = get_domain(ctx, domain_id)
     if domain.parent_id is None:
         raise InvalidParameter("The ROOT domain cannot be deleted")
@@ -296,6 +305,7 @@ def remove_account(session: Session, account_id: str) -> None:
 
 
 def get_user(ctx: CallContext, user_id: str) -> User:
+    """A user by id: oneself, or a user of an account the caller may act on."""
     user = ctx.session.get(User, user_id)
     if user is None or user.removed is not None:
         raise NotFound(f"Unable to find user by id {user_id}")
@@ -307,6 +317,7 @@ def get_user(ctx: CallContext, user_id: str) -> User:
 
 
 def create_user(ctx: CallContext, args: dict[str, Any]) -> User:
+    """createUser: a user in an account, its name free in the domain."""
     acct = find_account(ctx, args["account"], args.get("domainid"))
     _check_username_free(ctx.session, acct.domain_id, args["username"])
     user = _new_user(acct, args)
@@ -316,6 +327,7 @@ def create_user(ctx: CallContext, args: dict[str, Any]) -> User:
 
 
 def list_users(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[User], int]:
+    """listUsers: the users the caller may see."""
     scope = owner_scope(ctx, {**args, "listall": True if ctx.is_admin else args.get("listall")})
     q = select(User).where(User.removed.is_(None), scope.condition(User.account_id))
     if args.get("id"):
@@ -328,6 +340,7 @@ def list_users(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def register_user_keys(ctx: CallContext, user_id: str) -> User:
+    """registerUserKeys: new API and secret keys; the old ones stop working."""
     user = get_user(ctx, user_id)
     user.api_key = new_api_key()
     user.secret_key = new_api_key()

@@ -96,6 +96,7 @@ def _remover(client: AgentClient, target: LayerRef) -> Callable[[], None]:
 
 
 def download(job: JobContext) -> JobResult:
+    """The registerTemplate/ISO job: each image store fetches the URL; a failed fetch leaves no file."""
     plan: list[dict[str, Any]] = job.params["plan"]
     for index, entry in enumerate(plan):
         target, client, host_name = _target(job.db, entry)

@@ -187,11 +187,13 @@ def _destination(
 
 
 def store_path(tmpl: Template) -> str:
+    """Where a template's file lives on an image store, derived from its id."""
     ext = "iso" if tmpl.is_iso else "qcow2"
     return f"template/{tmpl.id}/{tmpl.id}.{ext}"
 
 
 def get_template(ctx: CallContext, template_id: str, iso: bool | None = None, param: str = "id") -> Template:
+    """A template or ISO the caller may use: public, or of an account it may act on."""
     tmpl = ctx.session.get(Template, template_id)
     label = "ISO" if iso else "template"
     if tmpl is None or tmpl.removed is not None or (iso is not None and tmpl.is_iso != iso):
@@ -207,6 +209,7 @@ def get_template(ctx: CallContext, template_id: str, iso: bool | None = None, pa
 
 
 def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool) -> tuple[list[Template], int]:
+    """listTemplates/listIsos with CloudStack's filters (featured, self, executable...)."""
     flt = (args.get("templatefilter") or args.get("isofilter") or "executable").lower()
     if flt not in FILTERS:
         raise InvalidParameter(f"Parameter templatefilter must be one of {', '.join(FILTERS)}")
@@ -243,6 +246,7 @@ def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool
 
 
 def update_template(ctx: CallContext, args: dict[str, Any], iso: bool) -> Template:
+    """updateTemplate/updateIso: the owner changes names and flags."""
     tmpl = get_template(ctx, args["id"], iso)
     _check_owner(ctx, tmpl)
     for param, attr in (
@@ -310,6 +314,7 @@ def _queue(ctx: CallContext, kind: str, cmd: str, tmpl: Template, params: dict[s
 
 
 def submit_download(ctx: CallContext, tmpl: Template, plan: list[dict[str, Any]]) -> str:
+    """Queues the download of a registered template to its image stores."""
     return _queue(ctx, "template.download", "registerTemplate", tmpl, {"template_id": tmpl.id, "plan": plan}, [])
 
 
@@ -361,6 +366,7 @@ def prepare(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
 
 
 def delete(ctx: CallContext, args: dict[str, Any], iso: bool) -> str:
+    """deleteTemplate/deleteIso: marks it and its data disks Deleting and queues the job."""
     tmpl = get_template(ctx, args["id"], iso)
     _check_owner(ctx, tmpl)
     if tmpl.parent_id is not None:

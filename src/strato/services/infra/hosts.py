@@ -26,6 +26,7 @@ RESOURCE_STATES = ("Enabled", "Disabled", "PrepareForMaintenance", "Maintenance"
 
 
 def hosts_for_pool(session: Session, pool: StoragePool) -> list[Host]:
+    """The hosts that mount a pool (its host, its cluster's or its zone's), to attach it everywhere."""
     q = select(Host).where(Host.removed.is_(None))
     if pool.scope == "HOST":
         q = q.where(Host.id == pool.host_id)
@@ -37,6 +38,7 @@ def hosts_for_pool(session: Session, pool: StoragePool) -> list[Host]:
 
 
 def apply_pool_report(pool: StoragePool, report: PoolReport) -> None:
+    """Records an agent's report of a pool's size and use."""
     if not pool.capacity_fixed:
         pool.capacity_bytes = report.capacity_bytes
     pool.used_bytes = report.used_bytes
@@ -82,6 +84,7 @@ def _hypervisor(value: str) -> str:
 
 
 def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
+    """addHost: asks the agent what it is, then records the host and attaches its pools."""
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     pod = get_live(ctx.session, Pod, args["podid"], "pod", "podid")
     cluster = (
@@ -163,6 +166,7 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
 
 
 def list_hosts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Host], int]:
+    """listHosts: the hosts, filtered and paged."""
     q = select(Host).where(Host.removed.is_(None))
     for param, col in (
         ("id", Host.id),
@@ -182,6 +186,7 @@ def list_hosts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def update_host(ctx: CallContext, args: dict[str, Any]) -> Host:
+    """updateHost: name, host tags and allocation state (not during maintenance)."""
     host = get_live(ctx.session, Host, args["id"], "host")
     if args.get("hosttags") is not None:
         host.host_tags = ",".join(t.strip() for t in args["hosttags"].split(",") if t.strip()) or None
@@ -196,6 +201,7 @@ def update_host(ctx: CallContext, args: dict[str, Any]) -> Host:
 
 
 def delete_host(ctx: CallContext, host_id: str, forced: bool) -> None:
+    """deleteHost: refused while VMs or volumes are on it; its local pools go with it."""
     host = get_live(ctx.session, Host, host_id, "host")
     if not forced and host.resource_state not in ("Maintenance", "Disabled") and host.status == "Up":
         raise InvalidState(
@@ -231,6 +237,7 @@ def prepare_maintenance(ctx: CallContext, host_id: str) -> str:
 
 
 def cancel_maintenance(ctx: CallContext, host_id: str) -> str:
+    """cancelHostMaintenance: queues the host's return to service."""
     host = get_live(ctx.session, Host, host_id, "host")
     if host.resource_state not in ("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance"):
         raise InvalidState(f"Host {host.name} is not in maintenance (it is {host.resource_state})")

@@ -19,6 +19,7 @@ from strato.services.core import settings
 
 @periodic("expire-jobs", every_s=60)
 def expire_jobs(db: Database) -> None:
+    """Finished jobs are kept job.expire.minutes for queryAsyncJobResult, then purged."""
     with db.session() as s:
         minutes = int(settings.get(s, "job.expire.minutes"))
     purge_expired_jobs(db, timedelta(minutes=minutes))
