@@ -10,6 +10,7 @@ MODULES = (
     "strato.services.identity.identity_jobs",
     "strato.services.infra.host_jobs",
     "strato.services.images.template_jobs",
+    "strato.services.images.register",
     "strato.services.compute.vm_jobs",
     "strato.services.compute.vmimport_jobs",
     "strato.services.storage.volume_jobs",

@@ -10,7 +10,7 @@ from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.images import templates
+from strato.services.images import register, templates
 
 COMMON = (
     Param("name", T.STRING, "The name of the template", required=True, max_length=255),
@@ -74,8 +74,8 @@ def _deploy_result(ctx: CallContext, tmpl: Any, job_id: str) -> Listing:
     ),
 )
 def register_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
-    tmpl, plan = templates.register(ctx, args, iso=False)
-    return _deploy_result(ctx, tmpl, templates.submit_download(ctx, tmpl, plan))
+    tmpl, job_id = register.register(ctx, args, iso=False)
+    return _deploy_result(ctx, tmpl, job_id)
 
 
 @api(
@@ -87,8 +87,7 @@ def register_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
     params=COMMON,
 )
 def register_iso(ctx: CallContext, args: dict[str, Any]) -> Listing:
-    tmpl, plan = templates.register(ctx, {**args, "format": "ISO"}, iso=True)
-    job_id = templates.submit_download(ctx, tmpl, plan)
+    tmpl, job_id = register.register(ctx, {**args, "format": "ISO"}, iso=True)
     out = views.iso(ctx.session, tmpl)
     out["jobid"] = job_id
     return Listing([out], 1)

@@ -29,8 +29,8 @@ from strato.db.models.storage import LAYER_TEMPLATE
 from strato.engine.context import JobContext
 from strato.engine.jobkinds import JobResult, job_kind
 from strato.errors import ResourceInUse, ResourceUnavailable
-from strato.protocol.client import AgentClient, AgentClientError
-from strato.protocol.messages import ConvertLayer, CopyLayer, FetchImage, LayerInfo, LayerRef, RemoveLayer
+from strato.protocol.client import AgentClient
+from strato.protocol.messages import ConvertLayer, CopyLayer, LayerInfo, LayerRef, RemoveLayer
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.reach import host_for, store_ref, up_hosts
 from strato.services.storage.layers import (
@@ -93,61 +93,6 @@ def _remover(client: AgentClient, target: LayerRef) -> Callable[[], None]:
         client.call(RemoveLayer(layer=target, missing_ok=True))
 
     return undo
-
-
-def download(job: JobContext) -> JobResult:
-    plan: list[dict[str, Any]] = job.params["plan"]
-    for index, entry in enumerate(plan):
-        target, client, host_name = _target(job.db, entry)
-        cmd = FetchImage(url=entry["url"], target=target, format=entry["format"].lower(), checksum=entry["checksum"])
-        with job.step(f"fetch {entry['template_id']}", undo=_remover(client, target)):
-            with agent_errors(host_name):
-                info = client.run_long(cmd, on_progress=job.part_progress(index, len(plan)))
-            _record_ready(job.db, entry, info)
-    with job.db.session() as s:
-        for entry in plan:
-            tmpl = s.get(Template, entry["template_id"])
-            assert tmpl is not None
-            tmpl.state, tmpl.status_text = "Ready", "Download Complete"
-    return {"type": "template", "id": job.params["template_id"]}
-
-
-def _download_failed(session: Session, job: Job) -> None:
-    text = (job.result or {}).get("errortext", "download failed")
-    for entry in job.params.get("plan", []):
-        tmpl = session.get(Template, entry["template_id"])
-        if tmpl is not None:
-            tmpl.state, tmpl.status_text = "Error", str(text)[:1024]
-        if entry.get("store_copy_id"):
-            copy = session.get(TemplateStoreCopy, entry["store_copy_id"])
-            if copy is not None:
-                copy.state, copy.error_text, copy.removed = "Error", str(text)[:1024], utcnow()
-        for layer in session.scalars(
-            select(Layer).where(
-                Layer.template_id == entry["template_id"],
-                Layer.kind == LAYER_TEMPLATE,
-                Layer.removed.is_(None),
-            )
-        ):
-            if entry.get("pool_id") == layer.pool_id:
-                layer.removed, layer.state = utcnow(), "Removed"
-
-
-def _download_recover(job: JobContext) -> JobResult:
-    """After a crash the download's outcome is unknown: remove whatever it may have written, then fail."""
-    for entry in job.params["plan"]:
-        try:
-            target, client, _ = _target(job.db, entry)
-            client.call(RemoveLayer(layer=target, missing_ok=True))
-        except (AgentClientError, ResourceUnavailable):
-            pass
-    raise ResourceUnavailable(
-        "The template download was interrupted by a management server restart; "
-        "its partial files were removed; register the template again"
-    )
-
-
-job_kind("template.download", recover=_download_recover, on_fail=_download_failed, event="TEMPLATE.CREATE")(download)
 
 
 # --- copies ----------------------------------------------------------------------------------------

@@ -309,10 +309,6 @@ def _queue(ctx: CallContext, kind: str, cmd: str, tmpl: Template, params: dict[s
     return jobs.submit(ctx, kind, cmd, params, [f"template:{tmpl.id}", *extra], "Template", tmpl.id)
 
 
-def submit_download(ctx: CallContext, tmpl: Template, plan: list[dict[str, Any]]) -> str:
-    return _queue(ctx, "template.download", "registerTemplate", tmpl, {"template_id": tmpl.id, "plan": plan}, [])
-
-
 def copy_to(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Template, str]:
     """copyTemplate: to the image store of another zone, or (Strato) to a given store or pool."""
     tmpl = get_template(ctx, args["id"], iso)

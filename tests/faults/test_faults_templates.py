@@ -1,0 +1,74 @@
+"""Template operations stopped after each of their steps, then recovered: the three promises hold, and the
+user sees a consistent template: registered and Ready with its file, or in Error with no copy left;
+created from a VM's volume, or gone; copied (the copy Ready with its file, or absent) with the source
+still usable; deleted, or still there and usable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from conftest import FaultCloud
+from helpers.faultlib import Promises, run_fault_matrix
+
+
+def _template(cloud: FaultCloud, template_id: str) -> dict[str, Any] | None:
+    found = cloud.api().listTemplates(templatefilter="all", id=template_id, listall=True).get("template", [])
+    return found[0] if found else None
+
+
+def _locations(tmpl: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(loc["type"], loc["id"], loc["state"]) for loc in tmpl.get("locations", [])}
+
+
+def _deploys(cloud: FaultCloud, template_id: str, pool: str = "local") -> None:
+    """The template is usable: a VM deploys from it (then it is expunged, to keep the pools tidy)."""
+    api = cloud.api()
+    started = api.deployVirtualMachine(zoneid=cloud.ids["zone"], serviceofferingid=cloud.ids["offering"],
+                                       templateid=template_id, name=cloud.name("ft"),
+                                       rootdiskstorageid=cloud.ids[pool])  # fmt: skip
+    cloud.ok(started, timeout=180)
+    cloud.ok(api.destroyVirtualMachine(id=started["id"], expunge=True))
+
+
+def _delete(cloud: FaultCloud, template_id: str) -> None:
+    cloud.ok(cloud.api().deleteTemplate(id=template_id))
+
+
+# --- register ------------------------------------------------------------------------------------------
+
+
+def _registerer(cloud: FaultCloud) -> tuple[Callable[[], str], list[str]]:
+    made: list[str] = []
+
+    def start() -> str:
+        tmpl = cloud.api().registerTemplate(name=cloud.name("fr"), displaytext="r", format="QCOW2",
+                                            url="http://images.invalid/r.qcow2", hypervisor="Simulator",
+                                            zoneid=cloud.ids["zone"], ostypeid="Other Linux (64-bit)",
+                                            imagestoreid=cloud.ids["store"])["template"][0]  # fmt: skip
+        made.append(tmpl["id"])
+        return str(tmpl["jobid"])
+
+    return start, made
+
+
+def _check_registered(cloud: FaultCloud, template_id: str, found: Promises) -> None:
+    tmpl = _template(cloud, template_id)
+    assert tmpl is not None
+    if found.job["jobstatus"] == 1:
+        assert tmpl["state"] == "Ready" and tmpl["isready"], tmpl
+        assert _locations(tmpl) == {("imagestore", cloud.ids["store"], "Ready")}, tmpl
+    else:
+        assert tmpl["state"] == "Error" and not tmpl["isready"], tmpl
+        assert tmpl["status"] == found.job["jobresult"]["errortext"], tmpl
+        assert _locations(tmpl) == set(), tmpl
+    _delete(cloud, template_id)
+
+
+def test_register_on_the_simulator(simcloud: FaultCloud) -> None:
+    start, made = _registerer(simcloud)
+    names = run_fault_matrix(
+        simcloud.server, simcloud.api(), simcloud.fault_file, "template.download", start, simcloud.files,
+        after_each=lambda _step, found: _check_registered(simcloud, made[-1], found),
+    )  # fmt: skip
+    assert names[-1] == "ready", names
