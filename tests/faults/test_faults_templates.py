@@ -72,3 +72,47 @@ def test_register_on_the_simulator(simcloud: FaultCloud) -> None:
         after_each=lambda _step, found: _check_registered(simcloud, made[-1], found),
     )  # fmt: skip
     assert names[-1] == "ready", names
+
+
+# --- create from a VM's volume -------------------------------------------------------------------------
+
+
+def _stopped_vm(cloud: FaultCloud) -> tuple[str, str]:
+    """A stopped VM's id and its root volume's id."""
+    api = cloud.api()
+    started = api.deployVirtualMachine(zoneid=cloud.ids["zone"], serviceofferingid=cloud.ids["offering"],
+                                       templateid=cloud.ids["template"], name=cloud.name("src"),
+                                       rootdiskstorageid=cloud.ids["local"], startvm=False)  # fmt: skip
+    cloud.ok(started)
+    [root] = api.listVolumes(virtualmachineid=started["id"], listall=True)["volume"]
+    return str(started["id"]), str(root["id"])
+
+
+def _check_created(cloud: FaultCloud, template_id: str, volume_id: str, found: Promises) -> None:
+    tmpl = _template(cloud, template_id)
+    if found.job["jobstatus"] == 1:
+        assert tmpl is not None and tmpl["state"] == "Ready", tmpl
+        assert _locations(tmpl) == {("imagestore", cloud.ids["store"], "Ready")}, tmpl
+        _delete(cloud, template_id)
+    else:
+        assert tmpl is None, tmpl  # a template that could not be made is not listed
+    [vol] = cloud.api().listVolumes(id=volume_id, listall=True)["volume"]
+    assert vol["state"] == "Ready", vol  # the source is untouched
+
+
+def test_create_from_a_volume_on_the_simulator(simcloud: FaultCloud) -> None:
+    vm_id, volume_id = _stopped_vm(simcloud)
+    made: list[str] = []
+
+    def start() -> str:
+        started = simcloud.api().createTemplate(name=simcloud.name("fc"), ostypeid="Other Linux (64-bit)",
+                                                volumeid=volume_id, imagestoreid=simcloud.ids["store"])  # fmt: skip
+        made.append(started["id"])
+        return str(started["jobid"])
+
+    names = run_fault_matrix(
+        simcloud.server, simcloud.api(), simcloud.fault_file, "template.create", start, simcloud.files,
+        after_each=lambda _step, found: _check_created(simcloud, made[-1], volume_id, found),
+    )  # fmt: skip
+    assert names == ["convert disk 0", "ready"], names
+    simcloud.ok(simcloud.api().destroyVirtualMachine(id=vm_id, expunge=True))

@@ -11,6 +11,7 @@ MODULES = (
     "strato.services.infra.host_jobs",
     "strato.services.images.template_jobs",
     "strato.services.images.register",
+    "strato.services.images.create",
     "strato.services.compute.vm_jobs",
     "strato.services.compute.vmimport_jobs",
     "strato.services.storage.volume_jobs",

@@ -10,7 +10,7 @@ from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.images import register, templates
+from strato.services.images import create, register, templates
 
 COMMON = (
     Param("name", T.STRING, "The name of the template", required=True, max_length=255),
@@ -250,5 +250,5 @@ def prepare_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
     ),
 )
 def create_template(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    tmpl, job_id = templates.create_from(ctx, args)
+    tmpl, job_id = create.create_from(ctx, args)
     return AsyncStarted(job_id, tmpl.id)

@@ -23,14 +23,13 @@ from strato.db.models import (
     Template,
     TemplateStoreCopy,
     VirtualMachine,
-    Volume,
 )
 from strato.db.models.storage import LAYER_TEMPLATE
 from strato.engine.context import JobContext
 from strato.engine.jobkinds import JobResult, job_kind
 from strato.errors import ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentClient
-from strato.protocol.messages import ConvertLayer, CopyLayer, LayerInfo, LayerRef, RemoveLayer
+from strato.protocol.messages import CopyLayer, LayerInfo, LayerRef, RemoveLayer
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.reach import host_for, store_ref, up_hosts
 from strato.services.storage.layers import (
@@ -149,62 +148,6 @@ def _copy_failed(session: Session, job: Job) -> None:
 
 
 job_kind("template.copy", recover=copy, on_fail=_copy_failed, event="TEMPLATE.COPY")(copy)
-
-
-# --- create from volumes ---------------------------------------------------------------------------
-
-
-def create_from_volumes(job: JobContext) -> JobResult:
-    """Flattens each volume's chain into the new template's file on the chosen store or pool."""
-    disks: list[dict[str, Any]] = job.params["disks"]
-    for index, disk in enumerate(disks):
-        with job.db.session() as s:
-            volume = s.get(Volume, disk["volume_id"])
-            assert volume is not None and volume.top_layer_id and volume.pool_id
-            top = s.get(Layer, volume.top_layer_id)
-            src_pool = s.get(StoragePool, volume.pool_id)
-            assert top is not None and src_pool is not None
-            source = ref(src_pool, top.path)
-            if disk.get("store_copy_id"):
-                dest = s.get(TemplateStoreCopy, disk["store_copy_id"])
-                assert dest is not None
-                store = s.get(ImageStore, dest.store_id)
-                assert store is not None
-                host = host_for(s, [src_pool], [store])
-                target = LayerRef(pool=store_ref(store), name=dest.path)
-            else:
-                pool = s.get(StoragePool, disk["pool_id"])
-                assert pool is not None
-                host = host_for(s, [src_pool, pool])
-                target = ref(pool, template_layer_path(disk["template_id"]))
-            client, host_name = host_client(host), host.name
-        with job.step(f"convert {disk['volume_id']}", undo=_remover(client, target)):
-            with agent_errors(host_name):
-                info = client.run_long(
-                    ConvertLayer(source=source, target=target), on_progress=job.part_progress(index, len(disks))
-                )
-            _record_ready(job.db, disk, info)
-    with job.db.session() as s:
-        for disk in disks:
-            tmpl = s.get(Template, disk["template_id"])
-            assert tmpl is not None
-            tmpl.state, tmpl.status_text = "Ready", "Download Complete"
-    return {"type": "template", "id": disks[0]["template_id"]}
-
-
-def _create_failed(session: Session, job: Job) -> None:
-    text = str((job.result or {}).get("errortext", "failed"))[:1024]
-    for disk in job.params.get("disks", []):
-        tmpl = session.get(Template, disk["template_id"])
-        if tmpl is not None:
-            tmpl.state, tmpl.status_text, tmpl.removed = "Error", text, utcnow()
-        if disk.get("store_copy_id"):
-            row = session.get(TemplateStoreCopy, disk["store_copy_id"])
-            if row is not None:
-                row.state, row.removed = "Error", utcnow()
-
-
-job_kind("template.create", on_fail=_create_failed, event="TEMPLATE.CREATE")(create_from_volumes)
 
 
 # --- delete ----------------------------------------------------------------------------------------
