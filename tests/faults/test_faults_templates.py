@@ -116,3 +116,113 @@ def test_create_from_a_volume_on_the_simulator(simcloud: FaultCloud) -> None:
     )  # fmt: skip
     assert names == ["convert disk 0", "ready"], names
     simcloud.ok(simcloud.api().destroyVirtualMachine(id=vm_id, expunge=True))
+
+
+# --- copy to a store, copy to a pool, delete ------------------------------------------------------------
+
+
+def _fresh_template(cloud: FaultCloud) -> str:
+    """A newly registered Ready template on the cloud's image store (the same image as the cloud's)."""
+    if cloud.driver == "qemu":
+        url, hv = f"file://{cloud.base / 'tiny.qcow2'}", "KVM"
+    else:
+        url, hv = "http://images.invalid/c.qcow2", "Simulator"
+    tmpl = cloud.api().registerTemplate(name=cloud.name("fs"), displaytext="s", format="QCOW2", url=url,
+                                        hypervisor=hv, zoneid=cloud.ids["zone"], ostypeid="Other Linux (64-bit)",
+                                        imagestoreid=cloud.ids["store"])["template"][0]  # fmt: skip
+    cloud.ok(tmpl, timeout=180)
+    return str(tmpl["id"])
+
+
+def _second_store(cloud: FaultCloud) -> str:
+    if "store2" not in cloud.ids:
+        path = cloud.base / "store2"
+        path.mkdir(exist_ok=True)
+        added = cloud.api().addImageStore(name="s2", provider="NFS", url=f"file://localhost{path}",
+                                          zoneid=cloud.ids["zone"])  # fmt: skip
+        cloud.ids["store2"] = added["imagestore"]["id"]
+        if cloud.store_dir is not None:
+            cloud.pool_dirs[cloud.ids["store2"]] = path
+    return cloud.ids["store2"]
+
+
+def _copier(cloud: FaultCloud, **dest: str) -> tuple[Callable[[], str], list[str]]:
+    made: list[str] = []
+
+    def start() -> str:
+        made.append(_fresh_template(cloud))
+        return str(cloud.api().copyTemplate(id=made[-1], **dest)["jobid"])
+
+    return start, made
+
+
+def _check_copied(cloud: FaultCloud, template_id: str, where: tuple[str, str], found: Promises) -> None:
+    tmpl = _template(cloud, template_id)
+    assert tmpl is not None and tmpl["state"] == "Ready", tmpl
+    locations = _locations(tmpl)
+    source = ("imagestore", cloud.ids["store"], "Ready")
+    if found.job["jobstatus"] == 1:
+        assert locations == {source, (*where, "Ready")}, tmpl
+    else:
+        assert locations == {source}, tmpl  # absent, and the source still there
+    if where[0] == "storagepool":
+        _deploys(cloud, template_id, "shared")  # still usable, from the pool's copy when it was made
+    _delete(cloud, template_id)
+
+
+def test_copy_to_a_store_on_the_simulator(simcloud: FaultCloud) -> None:
+    store2 = _second_store(simcloud)
+    start, made = _copier(simcloud, destimagestoreid=store2)
+    names = run_fault_matrix(
+        simcloud.server, simcloud.api(), simcloud.fault_file, "template.copy", start, simcloud.files,
+        after_each=lambda _step, found: _check_copied(simcloud, made[-1], ("imagestore", store2), found),
+    )  # fmt: skip
+    assert names == ["place disk 0", "copy disk 0"], names
+
+
+def test_copy_to_a_pool_on_the_simulator(simcloud: FaultCloud) -> None:
+    start, made = _copier(simcloud, deststorageid=simcloud.ids["shared"])
+    names = run_fault_matrix(
+        simcloud.server, simcloud.api(), simcloud.fault_file, "template.copy", start, simcloud.files,
+        after_each=lambda _step, found: _check_copied(simcloud, made[-1], ("storagepool", simcloud.ids["shared"]),
+                                                      found),
+    )  # fmt: skip
+    assert names == ["copy disk 0"], names
+
+
+def test_delete_on_the_simulator(simcloud: FaultCloud) -> None:
+    made: list[str] = []
+
+    def start() -> str:
+        made.append(_fresh_template(simcloud))
+        # A cached copy on a pool too, so that the deletion has files in two places to remove.
+        simcloud.ok(simcloud.api().copyTemplate(id=made[-1], deststorageid=simcloud.ids["shared"]))
+        return str(simcloud.api().deleteTemplate(id=made[-1])["jobid"])
+
+    def check(_step: str, found: Promises) -> None:
+        tmpl = _template(simcloud, made[-1])
+        if found.job["jobstatus"] == 1:
+            assert tmpl is None, tmpl
+        else:
+            assert tmpl is not None and tmpl["state"] == "Ready", tmpl
+            _deploys(simcloud, made[-1])
+            _delete(simcloud, made[-1])
+
+    names = run_fault_matrix(simcloud.server, simcloud.api(), simcloud.fault_file, "template.delete", start,
+                             simcloud.files, after_each=check)  # fmt: skip
+    assert names == ["mark deleting", "remove disk 0"], names
+
+
+def test_copy_to_a_pool_with_qemu(qemucloud: FaultCloud) -> None:
+    """After each fault the copy is Ready on the pool with its file, or absent with no file (the file
+    check of the harness), and the template still deploys."""
+    start, made = _copier(qemucloud, deststorageid=qemucloud.ids["shared"])
+
+    def check(_step: str, found: Promises) -> None:
+        on_pool = qemucloud.pool_dirs[qemucloud.ids["shared"]] / "templates" / f"{made[-1]}.qcow2"
+        assert on_pool.is_file() == (found.job["jobstatus"] == 1), (on_pool, found.job)
+        _check_copied(qemucloud, made[-1], ("storagepool", qemucloud.ids["shared"]), found)
+
+    names = run_fault_matrix(qemucloud.server, qemucloud.api(), qemucloud.fault_file, "template.copy", start,
+                             qemucloud.files, after_each=check)  # fmt: skip
+    assert names == ["copy disk 0"], names

@@ -11,17 +11,12 @@ from sqlalchemy import select
 from strato.db.models import (
     Account,
     ImageStore,
-    Layer,
     StoragePool,
     Template,
     TemplateStoreCopy,
-    VirtualMachine,
-    Volume,
     Zone,
 )
-from strato.db.models.storage import LAYER_TEMPLATE
-from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
-from strato.services.core import jobs
+from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services.core.access import check_account_access, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -274,104 +269,3 @@ def family(ctx: CallContext, tmpl: Template) -> list[Template]:
         select(Template).where(Template.parent_id == tmpl.id, Template.removed.is_(None)).order_by(Template.disk_index)
     )
     return [tmpl, *children]
-
-
-def check_deletable(ctx: CallContext, tmpl: Template) -> None:
-    """Refused while a volume's chain rests on one of the template's layers, or a VM uses the ISO."""
-    ids = [t.id for t in family(ctx, tmpl)]
-    if tmpl.is_iso:
-        vm = ctx.session.scalar(
-            select(VirtualMachine).where(VirtualMachine.iso_id == tmpl.id, VirtualMachine.removed.is_(None))
-        )
-        if vm is not None:
-            raise ResourceInUse(f"ISO {tmpl.name} is attached to VM {vm.name}; detach it first")
-        return
-    bases = ctx.session.scalars(
-        select(Layer).where(Layer.template_id.in_(ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
-    ).all()
-    for base in bases:
-        child = ctx.session.scalar(select(Layer).where(Layer.parent_id == base.id, Layer.removed.is_(None)))
-        if child is not None:
-            volume = ctx.session.get(Volume, child.volume_id) if child.volume_id else None
-            pool = ctx.session.get(StoragePool, base.pool_id)
-            who = f"volume {volume.name}" if volume is not None else f"layer {child.path}"
-            raise ResourceInUse(
-                f"Template {tmpl.name} cannot be deleted: {who} still depends on its layer on pool "
-                f"{pool.name if pool else base.pool_id}"
-            )
-
-
-# --- jobs queued from the API ----------------------------------------------------------------------
-
-
-def _queue(ctx: CallContext, kind: str, cmd: str, tmpl: Template, params: dict[str, Any], extra: list[str]) -> str:
-    return jobs.submit(ctx, kind, cmd, params, [f"template:{tmpl.id}", *extra], "Template", tmpl.id)
-
-
-def copy_to(ctx: CallContext, args: dict[str, Any], iso: bool) -> tuple[Template, str]:
-    """copyTemplate: to the image store of another zone, or (Strato) to a given store or pool."""
-    tmpl = get_template(ctx, args["id"], iso)
-    if not ctx.is_admin:
-        check_owner(ctx, tmpl)  # copies use the cloud's storage: owners and admins only, as CloudStack
-    if tmpl.state != "Ready":
-        raise InvalidParameter(f"Template {tmpl.name} is not ready ({tmpl.state})")
-    targets = [x for x in ("destzoneid", "destimagestoreid", "deststorageid") if args.get(x)]
-    if len(targets) != 1:
-        raise InvalidParameter("Give exactly one of destzoneid, destimagestoreid or deststorageid")
-    members = family(ctx, tmpl)
-    if args.get("deststorageid"):
-        pool = choose_pool(ctx, args["deststorageid"], "deststorageid")
-        params = {"template_ids": [t.id for t in members], "pool_id": pool.id}
-        return tmpl, _queue(ctx, "template.copy", "copyTemplate", tmpl, params, [f"pool:{pool.id}"])
-    store = store_in_zone(ctx, args.get("destzoneid"), args.get("destimagestoreid"))
-    for member in members:
-        exists = ctx.session.scalar(
-            select(TemplateStoreCopy).where(
-                TemplateStoreCopy.template_id == member.id,
-                TemplateStoreCopy.store_id == store.id,
-                TemplateStoreCopy.removed.is_(None),
-            )
-        )
-        if exists is None:
-            ctx.session.add(
-                TemplateStoreCopy(template_id=member.id, store_id=store.id, path=store_path(member), state="Copying")
-            )
-    ctx.session.flush()
-    params = {"template_ids": [t.id for t in members], "store_id": store.id}
-    return tmpl, _queue(ctx, "template.copy", "copyTemplate", tmpl, params, [f"store:{store.id}"])
-
-
-def prepare(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
-    """prepareTemplate: put the template on a primary pool ahead of use (admins)."""
-    tmpl = get_template(ctx, args["templateid"], iso=False, param="templateid")
-    if tmpl.state != "Ready":
-        raise InvalidParameter(f"Template {tmpl.name} is not ready ({tmpl.state})")
-    if not args.get("storageid"):
-        raise InvalidParameter("Parameter storageid is required: the pool to put the template on")
-    pool = choose_pool(ctx, args["storageid"], "storageid")
-    if pool.zone_id != args["zoneid"]:
-        raise InvalidParameter(f"Storage pool {pool.name} is not in the given zone")
-    params = {"template_ids": [t.id for t in family(ctx, tmpl)], "pool_id": pool.id}
-    return tmpl, _queue(ctx, "template.copy", "prepareTemplate", tmpl, params, [f"pool:{pool.id}"])
-
-
-def delete(ctx: CallContext, args: dict[str, Any], iso: bool) -> str:
-    tmpl = get_template(ctx, args["id"], iso)
-    check_owner(ctx, tmpl)
-    if tmpl.parent_id is not None:
-        raise InvalidParameter(f"Template {tmpl.name} is a data disk of another template; delete its parent")
-    if tmpl.state == "Downloading":
-        raise InvalidParameter(f"Template {tmpl.name} is still downloading; wait for it to end")
-    check_deletable(ctx, tmpl)
-    members = family(ctx, tmpl)
-    for member in members:  # no new deploy or copy starts from it; the job checks users again
-        member.details = {**(member.details or {}), "state_before_delete": member.state}
-        member.state = "Deleting"
-    return _queue(
-        ctx,
-        "template.delete",
-        "deleteIso" if iso else "deleteTemplate",
-        tmpl,
-        {"template_ids": [t.id for t in members]},
-        [],
-    )
