@@ -8,7 +8,7 @@ import importlib
 MODULES = (
     "strato.api.commands",
     "strato.services.identity.identity_jobs",
-    "strato.services.infra.host_jobs",
+    "strato.services.infra.maintenance",
     "strato.services.images.register",
     "strato.services.images.create",
     "strato.services.images.copies",
