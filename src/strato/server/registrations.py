@@ -7,7 +7,7 @@ import importlib
 
 MODULES = (
     "strato.api.commands",
-    "strato.services.identity.identity_jobs",
+    "strato.services.identity.deletion",
     "strato.services.infra.maintenance",
     "strato.services.images.register",
     "strato.services.images.create",
