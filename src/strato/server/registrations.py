@@ -7,9 +7,12 @@ import importlib
 
 MODULES = (
     "strato.api.commands",
-    "strato.services.identity.identity_jobs",
-    "strato.services.infra.host_jobs",
-    "strato.services.images.template_jobs",
+    "strato.services.identity.deletion",
+    "strato.services.infra.maintenance",
+    "strato.services.images.register",
+    "strato.services.images.create",
+    "strato.services.images.copies",
+    "strato.services.images.delete",
     "strato.services.compute.deploy",
     "strato.services.compute.power",
     "strato.services.compute.destroy",

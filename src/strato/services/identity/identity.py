@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 from strato.db.base import utcnow
 from strato.db.models import Account, Domain, Template, User, VirtualMachine, Volume
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN, ACCOUNT_TYPE_USER
-from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
-from strato.services.core import jobs
+from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services.core.access import (
     check_account_access,
     get_domain,
@@ -52,7 +51,6 @@ def bootstrap(session: Session, admin_password: str) -> bool:
 
 
 def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_domain: str | None) -> Domain:
-    """createDomain: a child domain, below the caller's own for domain admins."""
     if "/" in name or not name.strip():
         raise InvalidParameter("Parameter name must be a non-empty domain name without '/'")
     parent = get_domain(ctx, parent_id) if parent_id else ctx.domain
@@ -76,7 +74,6 @@ def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_do
 
 
 def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Domain], int]:
-    """listDomains: the domains the caller may see."""
     q = select(Domain).where(Domain.removed.is_(None))
     if not ctx.is_admin:
         q = q.where(Domain.id == ctx.domain.id)
@@ -91,37 +88,10 @@ def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[li
     return run_page(ctx.session, q, page, (Domain.name,), (Domain.path,))
 
 
-def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
-    """The domain.delete job's work: removes the subtree, with cleanup its accounts, if they own nothing."""
-    domain = get_domain(ctx, domain_id)
-    if domain.parent_id is None:
-        raise InvalidParameter("The ROOT domain cannot be deleted")
-    subtree = [d for d in ctx.session.scalars(select(Domain).where(Domain.removed.is_(None))) if in_subtree(d, domain)]
-    accounts = list(
-        ctx.session.scalars(
-            select(Account).where(Account.domain_id.in_([d.id for d in subtree]), Account.removed.is_(None))
-        )
-    )
-    for acct in accounts:
-        owned = owned_resources(ctx.session, acct.id)
-        if owned is not None:
-            raise ResourceInUse(f"Account {acct.name} of domain {domain.name} still owns {owned}")
-    if accounts and not cleanup:
-        raise ResourceInUse(
-            f"Domain {domain.name} still has {len(accounts)} account(s); delete them first or pass cleanup=true"
-        )
-    now = utcnow()
-    for acct in accounts:
-        _remove_account(ctx.session, acct)
-    for d in subtree:
-        d.removed = now
-
-
 # --- accounts --------------------------------------------------------------------------------------
 
 
 def get_account(ctx: CallContext, account_id: str) -> Account:
-    """An account by id that the caller may act on."""
     acct = ctx.session.get(Account, account_id)
     if acct is None or acct.removed is not None:
         raise NotFound(f"Unable to find account by id {account_id}")
@@ -130,7 +100,6 @@ def get_account(ctx: CallContext, account_id: str) -> Account:
 
 
 def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
-    """An account by name in a domain (the caller's by default), as the API's account/domainid pairs name it."""
     domain = get_domain(ctx, domain_id) if domain_id else ctx.domain
     acct = ctx.session.scalar(
         select(Account).where(Account.name == name, Account.domain_id == domain.id, Account.removed.is_(None))
@@ -152,7 +121,6 @@ def _check_username_free(session: Session, domain_id: str, username: str) -> Non
 
 
 def create_account(ctx: CallContext, args: dict[str, Any]) -> Account:
-    """createAccount: an account and its first user; only root admins create admin accounts."""
     acct_type = args.get("accounttype")
     if acct_type is None:
         acct_type = {"Admin": ACCOUNT_TYPE_ADMIN, "DomainAdmin": ACCOUNT_TYPE_DOMAIN_ADMIN}.get(
@@ -193,7 +161,6 @@ def _new_user(acct: Account, args: dict[str, Any]) -> User:
 
 
 def list_accounts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Account], int]:
-    """listAccounts: the accounts the caller may see."""
     scope = owner_scope(ctx, {**args, "listall": True if ctx.is_admin else args.get("listall")})
     q = select(Account).where(Account.removed.is_(None), scope.condition(Account.id))
     if args.get("id"):
@@ -208,7 +175,6 @@ def list_accounts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
 
 
 def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
-    """updateAccount: renames or changes an account, found by id or by name and domain."""
     if args.get("id"):
         acct = get_account(ctx, args["id"])
     elif args.get("account"):
@@ -232,14 +198,6 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
     return acct
 
 
-def delete_account(ctx: CallContext, account_id: str) -> str:
-    """Checks the deletion is allowed and queues it; returns the job id."""
-    acct = _deletable_account(ctx, account_id)
-    return jobs.submit(
-        ctx, "account.delete", "deleteAccount", {"accountid": acct.id}, [f"account:{acct.id}"], "Account", acct.id
-    )
-
-
 def owned_resources(session: Session, account_id: str) -> str | None:
     """What still belongs to the account (a VM, volume or template), in words; None when nothing."""
 
@@ -248,39 +206,6 @@ def owned_resources(session: Session, account_id: str) -> str | None:
         if row is not None:
             return f"{label} {getattr(row, 'name', row.id)}"
     return None
-
-
-def submit_delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> str:
-    """deleteDomain: refuses ROOT and the caller's own domain at once and queues the job."""
-    domain = get_domain(ctx, domain_id)
-    if domain.parent_id is None:
-        raise InvalidParameter("The ROOT domain cannot be deleted")
-    if domain.id == ctx.domain.id:
-        raise PermissionDenied("A domain admin cannot delete its own domain")
-    return jobs.submit(
-        ctx,
-        "domain.delete",
-        "deleteDomain",
-        {"id": domain_id, "cleanup": cleanup},
-        [f"domain:{domain_id}"],
-        "Domain",
-        domain_id,
-    )
-
-
-def _deletable_account(ctx: CallContext, account_id: str) -> Account:
-    acct = get_account(ctx, account_id)
-    if acct.id == ctx.account.id:
-        raise InvalidParameter("An account cannot delete itself")
-    if acct.type == ACCOUNT_TYPE_ADMIN:
-        admins = ctx.session.scalars(select(Account.id).where(Account.type == ACCOUNT_TYPE_ADMIN,
-                                                              Account.removed.is_(None))).all()  # fmt: skip
-        if len(admins) <= 1:
-            raise InvalidParameter("The last root admin account cannot be deleted")
-    owned = owned_resources(ctx.session, acct.id)
-    if owned is not None:
-        raise ResourceInUse(f"Account {acct.name} still owns {owned}; delete its VMs, volumes and templates first")
-    return acct
 
 
 def _remove_account(session: Session, acct: Account) -> None:
@@ -305,7 +230,6 @@ def remove_account(session: Session, account_id: str) -> None:
 
 
 def get_user(ctx: CallContext, user_id: str) -> User:
-    """A user by id: oneself, or a user of an account the caller may act on."""
     user = ctx.session.get(User, user_id)
     if user is None or user.removed is not None:
         raise NotFound(f"Unable to find user by id {user_id}")
@@ -317,7 +241,6 @@ def get_user(ctx: CallContext, user_id: str) -> User:
 
 
 def create_user(ctx: CallContext, args: dict[str, Any]) -> User:
-    """createUser: a user in an account, its name free in the domain."""
     acct = find_account(ctx, args["account"], args.get("domainid"))
     _check_username_free(ctx.session, acct.domain_id, args["username"])
     user = _new_user(acct, args)
@@ -327,7 +250,6 @@ def create_user(ctx: CallContext, args: dict[str, Any]) -> User:
 
 
 def list_users(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[User], int]:
-    """listUsers: the users the caller may see."""
     scope = owner_scope(ctx, {**args, "listall": True if ctx.is_admin else args.get("listall")})
     q = select(User).where(User.removed.is_(None), scope.condition(User.account_id))
     if args.get("id"):
@@ -340,7 +262,6 @@ def list_users(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def register_user_keys(ctx: CallContext, user_id: str) -> User:
-    """registerUserKeys: new API and secret keys; the old ones stop working."""
     user = get_user(ctx, user_id)
     user.api_key = new_api_key()
     user.secret_key = new_api_key()
