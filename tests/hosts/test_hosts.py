@@ -96,6 +96,18 @@ def test_hypervisor_capabilities_follow_what_the_hosts_reported(
         api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=24)
 
 
+def test_list_capabilities_claims_no_motion_or_snapshots_the_hosts_lack(
+    make_cluster: MakeCluster, qemu_agent_factory: StartAgent
+) -> None:
+    """listCapabilities (what clients such as the CloudStack UI read to show features) follows the KVM
+    hosts' drivers, which have neither live storage motion nor VM snapshots yet."""
+    cluster = make_cluster("KVM")
+    cluster.add_host(qemu_agent_factory())
+    caps = cluster.api.listCapabilities()["capability"]
+    flags = (caps["storagemotionenabled"], caps["kvmsnapshotenabled"], caps["vmsnapshotmemoryenabled"])
+    assert flags == (False, False, False)
+
+
 def test_add_qemu_host_reports_real_resources_and_statvfs_capacity(
     make_cluster: MakeCluster, qemu_agent_factory: StartAgent, tmp_path: Path
 ) -> None:

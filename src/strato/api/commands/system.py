@@ -68,6 +68,8 @@ def list_apis(ctx: CallContext, args: dict[str, Any]) -> Listing:
 
 @api("listCapabilities", "Lists capabilities", kind=Kind.RAW)
 def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    # The snapshot and motion flags say what the KVM hosts' drivers really do (false until built).
+    kvm = settings.cloud_features(ctx.session, "KVM")
     return {
         "capability": {
             "cloudstackversion": f"{CLOUDSTACK_VERSION} (Strato {strato.__version__})",
@@ -77,7 +79,7 @@ def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             "supportELB": "false",
             "projectinviterequired": False,
             "allowusercreateprojects": False,
-            "kvmsnapshotenabled": True,
+            "kvmsnapshotenabled": kvm.vm_snapshots,
             "customdiskofferingmaxsize": 1024,
             "customdiskofferingminsize": 1,
             "apilimitinterval": 1,
@@ -85,8 +87,8 @@ def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             "dynamicrolesenabled": False,
             "allowuserviewdestroyedvm": True,
             "allowuserexpungerecovervm": True,
-            "storagemotionenabled": True,
-            "vmsnapshotmemoryenabled": True,
+            "storagemotionenabled": kvm.live_storage_motion,
+            "vmsnapshotmemoryenabled": kvm.memory_snapshots,
         }
     }
 

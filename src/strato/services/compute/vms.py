@@ -60,6 +60,7 @@ def pool_choice(ctx: CallContext, pool_id: str | None, param: str, zone_id: str)
 
 
 def decode_user_data(raw: str | None) -> str | None:
+    """User data arrives base64 encoded; the config drive needs the text, and a bound on its size."""
     if raw is None or raw == "":
         return None
     try:
@@ -110,6 +111,7 @@ def check_name(ctx: CallContext, owner: Account, name: str, exclude: str | None 
 
 
 def list_vms(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[VirtualMachine], int]:
+    """listVirtualMachines: the VMs the caller may see, filtered and paged."""
     q = select(VirtualMachine).where(
         VirtualMachine.removed.is_(None), owner_scope(ctx, args).condition(VirtualMachine.account_id)
     )
@@ -141,6 +143,7 @@ def list_vms(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[V
 
 
 def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
+    """recoverVirtualMachine: a destroyed VM comes back Stopped, if the account's VM limit allows."""
     vm = get_vm(ctx, args["id"])
     require_vm_state(vm, "Destroyed", action="recover")
     if jobs.active_on(ctx.session, f"vm:{vm.id}"):
@@ -158,6 +161,7 @@ def recover(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
 
 
 def update(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
+    """updateVirtualMachine: name, display name and details; renaming needs a stopped VM."""
     vm = get_vm(ctx, args["id"])
     if args.get("name") and args["name"] != vm.name:
         require_vm_state(vm, "Stopped", action="rename")

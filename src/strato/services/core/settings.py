@@ -225,6 +225,25 @@ def reported_capabilities(session: Session, hypervisor: str) -> list[DriverCapab
     return [DriverCapabilities.model_validate(row) for row in rows if row is not None]
 
 
+@dataclass(frozen=True)
+class CloudFeatures:
+    """What every reporting host of one hypervisor can do (all false while none reported)."""
+
+    live_storage_motion: bool
+    vm_snapshots: bool
+    memory_snapshots: bool
+
+
+def cloud_features(session: Session, hypervisor: str) -> CloudFeatures:
+    """For listCapabilities: a feature is claimed only when the hosts' drivers have it."""
+    reported = reported_capabilities(session, hypervisor)
+
+    def every(flag: str) -> bool:
+        return bool(reported) and all(getattr(caps, flag) for caps in reported)
+
+    return CloudFeatures(every("live_storage_motion"), every("vm_snapshots"), every("memory_snapshots"))
+
+
 def hosts_can_do(session: Session, row: HypervisorCapability) -> HostsCanDo:
     """A feature is on when every host that reported its capabilities has it, and at least one did;
     storage motion means live storage motion (offline volume moves need no flag, as in CloudStack).

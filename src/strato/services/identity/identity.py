@@ -51,6 +51,7 @@ def bootstrap(session: Session, admin_password: str) -> bool:
 
 
 def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_domain: str | None) -> Domain:
+    """createDomain: a child domain, below the caller's own for domain admins."""
     if "/" in name or not name.strip():
         raise InvalidParameter("Parameter name must be a non-empty domain name without '/'")
     parent = get_domain(ctx, parent_id) if parent_id else ctx.domain
@@ -74,6 +75,7 @@ def create_domain(ctx: CallContext, name: str, parent_id: str | None, network_do
 
 
 def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Domain], int]:
+    """listDomains: the domains the caller may see."""
     q = select(Domain).where(Domain.removed.is_(None))
     if not ctx.is_admin:
         q = q.where(Domain.id == ctx.domain.id)
@@ -92,6 +94,7 @@ def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[li
 
 
 def get_account(ctx: CallContext, account_id: str) -> Account:
+    """An account by id that the caller may act on."""
     acct = ctx.session.get(Account, account_id)
     if acct is None or acct.removed is not None:
         raise NotFound(f"Unable to find account by id {account_id}")
@@ -100,6 +103,7 @@ def get_account(ctx: CallContext, account_id: str) -> Account:
 
 
 def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
+    """An account by name in a domain (the caller's by default), as the API's account/domainid pairs name it."""
     domain = get_domain(ctx, domain_id) if domain_id else ctx.domain
     acct = ctx.session.scalar(
         select(Account).where(Account.name == name, Account.domain_id == domain.id, Account.removed.is_(None))
@@ -121,6 +125,7 @@ def _check_username_free(session: Session, domain_id: str, username: str) -> Non
 
 
 def create_account(ctx: CallContext, args: dict[str, Any]) -> Account:
+    """createAccount: an account and its first user; only root admins create admin accounts."""
     acct_type = args.get("accounttype")
     if acct_type is None:
         acct_type = {"Admin": ACCOUNT_TYPE_ADMIN, "DomainAdmin": ACCOUNT_TYPE_DOMAIN_ADMIN}.get(
@@ -161,6 +166,7 @@ def _new_user(acct: Account, args: dict[str, Any]) -> User:
 
 
 def list_accounts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Account], int]:
+    """listAccounts: the accounts the caller may see."""
     scope = owner_scope(ctx, {**args, "listall": True if ctx.is_admin else args.get("listall")})
     q = select(Account).where(Account.removed.is_(None), scope.condition(Account.id))
     if args.get("id"):
@@ -175,6 +181,7 @@ def list_accounts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
 
 
 def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
+    """updateAccount: renames or changes an account, found by id or by name and domain."""
     if args.get("id"):
         acct = get_account(ctx, args["id"])
     elif args.get("account"):
@@ -230,6 +237,7 @@ def remove_account(session: Session, account_id: str) -> None:
 
 
 def get_user(ctx: CallContext, user_id: str) -> User:
+    """A user by id: oneself, or a user of an account the caller may act on."""
     user = ctx.session.get(User, user_id)
     if user is None or user.removed is not None:
         raise NotFound(f"Unable to find user by id {user_id}")
@@ -241,6 +249,7 @@ def get_user(ctx: CallContext, user_id: str) -> User:
 
 
 def create_user(ctx: CallContext, args: dict[str, Any]) -> User:
+    """createUser: a user in an account, its name free in the domain."""
     acct = find_account(ctx, args["account"], args.get("domainid"))
     _check_username_free(ctx.session, acct.domain_id, args["username"])
     user = _new_user(acct, args)
@@ -250,6 +259,7 @@ def create_user(ctx: CallContext, args: dict[str, Any]) -> User:
 
 
 def list_users(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[User], int]:
+    """listUsers: the users the caller may see."""
     scope = owner_scope(ctx, {**args, "listall": True if ctx.is_admin else args.get("listall")})
     q = select(User).where(User.removed.is_(None), scope.condition(User.account_id))
     if args.get("id"):
@@ -262,6 +272,7 @@ def list_users(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def register_user_keys(ctx: CallContext, user_id: str) -> User:
+    """registerUserKeys: new API and secret keys; the old ones stop working."""
     user = get_user(ctx, user_id)
     user.api_key = new_api_key()
     user.secret_key = new_api_key()

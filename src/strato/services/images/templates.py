@@ -181,11 +181,13 @@ def destination(
 
 
 def store_path(tmpl: Template) -> str:
+    """Where a template's file lives on an image store, derived from its id."""
     ext = "iso" if tmpl.is_iso else "qcow2"
     return f"template/{tmpl.id}/{tmpl.id}.{ext}"
 
 
 def get_template(ctx: CallContext, template_id: str, iso: bool | None = None, param: str = "id") -> Template:
+    """A template or ISO the caller may use: public, or of an account it may act on."""
     tmpl = ctx.session.get(Template, template_id)
     label = "ISO" if iso else "template"
     if tmpl is None or tmpl.removed is not None or (iso is not None and tmpl.is_iso != iso):
@@ -201,6 +203,7 @@ def get_template(ctx: CallContext, template_id: str, iso: bool | None = None, pa
 
 
 def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool) -> tuple[list[Template], int]:
+    """listTemplates/listIsos with CloudStack's filters (featured, self, executable...)."""
     flt = (args.get("templatefilter") or args.get("isofilter") or "executable").lower()
     if flt not in FILTERS:
         raise InvalidParameter(f"Parameter templatefilter must be one of {', '.join(FILTERS)}")
@@ -237,6 +240,7 @@ def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool
 
 
 def update_template(ctx: CallContext, args: dict[str, Any], iso: bool) -> Template:
+    """updateTemplate/updateIso: the owner changes names and flags."""
     tmpl = get_template(ctx, args["id"], iso)
     check_owner(ctx, tmpl)
     for param, attr in (

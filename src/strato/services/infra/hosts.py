@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.models import Cluster, Host, Pod, StoragePool, VirtualMachine, Volume, Zone
+from strato.engine.monitor import store_capabilities
 from strato.errors import InvalidParameter, InvalidState, ResourceInUse
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import AttachPool, GetHostInfo, PoolReport
@@ -24,6 +25,7 @@ RESOURCE_STATES = ("Enabled", "Disabled", "PrepareForMaintenance", "Maintenance"
 
 
 def hosts_for_pool(session: Session, pool: StoragePool) -> list[Host]:
+    """The hosts that mount a pool (its host, its cluster's or its zone's), to attach it everywhere."""
     q = select(Host).where(Host.removed.is_(None))
     if pool.scope == "HOST":
         q = q.where(Host.id == pool.host_id)
@@ -35,6 +37,7 @@ def hosts_for_pool(session: Session, pool: StoragePool) -> list[Host]:
 
 
 def apply_pool_report(pool: StoragePool, report: PoolReport) -> None:
+    """Records an agent's report of a pool's size and use."""
     if not pool.capacity_fixed:
         pool.capacity_bytes = report.capacity_bytes
     pool.used_bytes = report.used_bytes
@@ -80,6 +83,7 @@ def _hypervisor(value: str) -> str:
 
 
 def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
+    """addHost: asks the agent what it is, then records the host and attaches its pools."""
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     pod = get_live(ctx.session, Pod, args["podid"], "pod", "podid")
     cluster = (
@@ -132,6 +136,7 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
     host.hypervisor_version = info.hypervisor_version
     host.cpus, host.cpu_mhz, host.memory_bytes = info.cpus, info.cpu_mhz, info.memory_bytes
     host.host_tags = args.get("hosttags")
+    store_capabilities(host, info.capabilities)
     host.status, host.last_ping = "Up", utcnow()
     ctx.session.add(host)
     ctx.session.flush()
@@ -160,6 +165,7 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Host:
 
 
 def list_hosts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Host], int]:
+    """listHosts: the hosts, filtered and paged."""
     q = select(Host).where(Host.removed.is_(None))
     for param, col in (
         ("id", Host.id),
@@ -179,6 +185,7 @@ def list_hosts(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def update_host(ctx: CallContext, args: dict[str, Any]) -> Host:
+    """updateHost: name, host tags and allocation state (not during maintenance)."""
     host = get_live(ctx.session, Host, args["id"], "host")
     if args.get("hosttags") is not None:
         host.host_tags = ",".join(t.strip() for t in args["hosttags"].split(",") if t.strip()) or None
@@ -193,6 +200,7 @@ def update_host(ctx: CallContext, args: dict[str, Any]) -> Host:
 
 
 def delete_host(ctx: CallContext, host_id: str, forced: bool) -> None:
+    """deleteHost: refused while VMs or volumes are on it; its local pools go with it."""
     host = get_live(ctx.session, Host, host_id, "host")
     if not forced and host.resource_state not in ("Maintenance", "Disabled") and host.status == "Up":
         raise InvalidState(
