@@ -12,7 +12,11 @@ MODULES = (
     "strato.services.images.template_jobs",
     "strato.services.compute.vm_jobs",
     "strato.services.compute.vmimport_jobs",
-    "strato.services.storage.volume_jobs",
+    "strato.services.storage.create_volume",
+    "strato.services.storage.attach_volume",
+    "strato.services.storage.detach_volume",
+    "strato.services.storage.resize_volume",
+    "strato.services.storage.delete_volume",
     "strato.services.infra.vmsync",
     "strato.services.infra.housekeeping",
 )

@@ -17,11 +17,11 @@ from strato.protocol.messages import ConvertLayer, FetchImage, GetLayerInfo, Lay
 from strato.services.core import settings
 from strato.services.core.agents import agent_error, agent_errors, host_client
 from strato.services.core.states import vm_to, volume_to
-from strato.services.storage.layers import ref
-from strato.services.storage.volume_jobs import (
+from strato.services.storage.layers import (
     drop_layer_row,
     finish_volume_layer,
     new_volume_layer,
+    ref,
     volume_layers_remover,
 )
 

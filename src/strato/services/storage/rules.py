@@ -30,17 +30,17 @@ def check_data_disk_limit(session: Session, hypervisor: str | None, data_disks: 
 
 def data_disk_count(session: Session, vm_id: str, excluding: str | None = None) -> int:
     """The data disks attached to a VM (not counting the volume `excluding`)."""
-    q = select(func.count()).select_from(Volume).where(
-        Volume.vm_id == vm_id, Volume.removed.is_(None), Volume.volume_type == "DATADISK"
+    q = (
+        select(func.count())
+        .select_from(Volume)
+        .where(Volume.vm_id == vm_id, Volume.removed.is_(None), Volume.volume_type == "DATADISK")
     )
     if excluding is not None:
         q = q.where(Volume.id != excluding)
     return int(session.scalar(q) or 0)
 
 
-def check_attach(
-    session: Session, vm: VirtualMachine, volume: Volume | None, pool: StoragePool | None = None
-) -> None:
+def check_attach(session: Session, vm: VirtualMachine, volume: Volume | None, pool: StoragePool | None = None) -> None:
     """Attach's rules: the VM Running or Stopped, the volume Ready, detached, of the VM's account and zone,
     room under the data-disk limit, and the volume's pool reachable from the host a running VM is on.
     `volume` is None for createVolume with a VM before the volume exists (`pool`: the one asked for)."""
@@ -61,6 +61,4 @@ def check_attach(
     host = session.get(Host, vm.host_id) if vm.state == "Running" and vm.host_id else None
     if host is not None and pool is not None and not reaches(host, pool):
         what = f"of volume {volume.name} " if volume is not None else ""
-        raise InvalidParameter(
-            f"Pool {pool.name} {what}is not reachable from host {host.name} where VM {vm.name} runs"
-        )
+        raise InvalidParameter(f"Pool {pool.name} {what}is not reachable from host {host.name} where VM {vm.name} runs")
