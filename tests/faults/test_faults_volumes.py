@@ -18,7 +18,7 @@ import pytest
 
 from conftest import FaultCloud
 from helpers.faultlib import Promises, run_fault_matrix
-from strato.protocol.messages import GetVmStats
+from strato.protocol.messages import GetConsoleLog, GetVmStats
 
 GIB = 1024**3
 Check = Callable[[str, Promises], None]
@@ -288,6 +288,16 @@ def test_delete_on_the_simulator(simcloud: FaultCloud) -> None:
 PATTERN = "0x5a"
 
 
+def _wait_booted(cloud: FaultCloud, vm: dict[str, Any], timeout: float = 240) -> None:
+    """Until the guest has booted (its STRATO-DISKS line): only a running OS releases a hot-unplugged disk."""
+    deadline = time.monotonic() + timeout
+    while (
+        "STRATO-DISKS:" not in cloud.agent.client().call(GetConsoleLog(name=vm["instancename"], tail_bytes=None)).text
+    ):
+        assert time.monotonic() < deadline, f"VM {vm['name']} did not boot"
+        time.sleep(1)
+
+
 def _layer_file(cloud: FaultCloud, vol_id: str) -> Path:
     rows = cloud.server.sql(
         "SELECT l.pool_id, l.path FROM layers l JOIN volumes v ON v.top_layer_id = l.id WHERE v.id = ?", vol_id
@@ -312,6 +322,7 @@ def test_attach_to_a_running_vm_with_qemu(qemucloud: FaultCloud) -> None:
     detached and Ready; either way its file still holds what was written into it before."""
     vm = _deploy(qemucloud, start=True)
     assert vm["state"] == "Running", vm
+    _wait_booted(qemucloud, vm)
     vol = _new_volume(qemucloud, storageid=qemucloud.ids["shared"])
     written = _qemu_io(_layer_file(qemucloud, vol["id"]), f"write -P {PATTERN} 0 64k")
     assert written.returncode == 0, written.stderr
