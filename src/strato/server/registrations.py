@@ -19,7 +19,11 @@ MODULES = (
     "strato.services.compute.scale",
     "strato.services.compute.iso",
     "strato.services.compute.vmimport",
-    "strato.services.storage.volume_jobs",
+    "strato.services.storage.create_volume",
+    "strato.services.storage.attach_volume",
+    "strato.services.storage.detach_volume",
+    "strato.services.storage.resize_volume",
+    "strato.services.storage.delete_volume",
     "strato.services.infra.vmsync",
     "strato.services.infra.housekeeping",
 )

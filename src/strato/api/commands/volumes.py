@@ -10,7 +10,7 @@ from strato.api.params import Param, T
 from strato.api.registry import Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.storage import volumes
+from strato.services.storage import attach_volume, create_volume, delete_volume, detach_volume, resize_volume, volumes
 
 
 @api(
@@ -30,7 +30,7 @@ from strato.services.storage import volumes
     ),
 )
 def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    vol, job_id = volumes.create(ctx, args)
+    vol, job_id = create_volume.create(ctx, args)
     return AsyncStarted(job_id, vol.id)
 
 
@@ -70,7 +70,7 @@ def list_volumes(ctx: CallContext, args: dict[str, Any]) -> Listing:
     ),
 )
 def attach(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(volumes.attach(ctx, args), args["id"])
+    return AsyncStarted(attach_volume.attach(ctx, args), args["id"])
 
 
 @api(
@@ -85,7 +85,7 @@ def attach(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     ),
 )
 def detach(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(volumes.detach(ctx, args), args.get("id"))
+    return AsyncStarted(detach_volume.detach(ctx, args), args.get("id"))
 
 
 @api(
@@ -101,7 +101,7 @@ def detach(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     ),
 )
 def resize(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(volumes.resize(ctx, args), args["id"])
+    return AsyncStarted(resize_volume.resize(ctx, args), args["id"])
 
 
 @api(
@@ -112,4 +112,4 @@ def resize(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     params=(Param("id", T.UUID, "The ID of the disk volume", required=True),),
 )
 def delete(ctx: CallContext, args: dict[str, Any]) -> None:
-    volumes.delete(ctx, args)
+    delete_volume.delete(ctx, args)

@@ -102,7 +102,8 @@ class DeployVirtualMachine(Operation[DeployParams]):
             if tmpl is None or tmpl.removed is not None or tmpl.state != "Ready":
                 state = "deleted" if tmpl is None or tmpl.removed else tmpl.state
                 raise InvalidParameter(f"Template {tmpl.name if tmpl else disk.template_id} is not ready ({state})")
-        check_data_disk_limit(session, vm.hypervisor, vm.name, sum(1 for d in params.disks if d.type == "DATADISK"))
+        data_disks = sum(1 for d in params.disks if d.type == "DATADISK")
+        check_data_disk_limit(session, vm.hypervisor, data_disks, f"VM {vm.name}")
 
     def steps(self) -> Sequence[Step]:
         out = [Step("plan", self._plan, undo=self._unplan)]

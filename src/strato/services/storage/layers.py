@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.engine import Database
-from strato.db.models import Host, ImageStore, Job, Layer, StoragePool, Template, TemplateStoreCopy
+from strato.db.models import Host, ImageStore, Job, Layer, StoragePool, Template, TemplateStoreCopy, Volume
 from strato.db.models.jobs import JOB_ACTIVE
 from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
+from strato.engine.context import JobContext
 from strato.errors import InvalidState, ResourceInUse, ResourceUnavailable
 from strato.protocol.messages import CopyLayer, CreateLayer, LayerInfo, LayerRef, RemoveLayer
 from strato.services.core.agents import agent_errors, host_client
@@ -277,3 +278,51 @@ def remove_volume_layers(db: Database, top_layer_id: str | None) -> None:
             if layer is None or layer.kind != LAYER_VOLUME:
                 break
         remove_layer_file(db, layer_id)
+
+
+def remove_volume_files(db: Database, volume_id: str) -> None:
+    """Removes every live layer of a volume's own, finished or not (what undoes a volume's creation);
+    a file already gone is no error. Newest first, so that no layer is removed under its child."""
+    with db.session() as s:
+        rows = list(s.scalars(select(Layer).where(Layer.volume_id == volume_id, Layer.kind == LAYER_VOLUME,
+                                                  Layer.removed.is_(None)).order_by(Layer.created.desc())))  # fmt: skip
+        ids = [(r.id, r.state == "Ready") for r in rows]
+    for layer_id, ready in ids:
+        if ready:
+            remove_layer_file(db, layer_id)
+        else:
+            remove_unfinished_layer(db, layer_id)
+
+
+# --- a volume's own layer, for the operations that make one (createVolume, importVm) ----------------
+
+
+def new_volume_layer(job: JobContext, volume_id: str, pool_id: str, size: int) -> tuple[str, str]:
+    """Inserts the row of a volume's new layer (Creating, marked with the job); its id and path."""
+    with job.db.session() as s:
+        layer = Layer(pool_id=pool_id, path="", volume_id=volume_id, kind=LAYER_VOLUME, virtual_size=size,
+                      state="Creating", creating_job=job.job_id)  # fmt: skip
+        s.add(layer)
+        s.flush()
+        layer.path = volume_layer_path(volume_id, layer.id)
+        return layer.id, layer.path
+
+
+def finish_volume_layer(job: JobContext, layer_id: str, volume_id: str, virtual: int, physical: int) -> None:
+    """The layer's file is made: the layer is Ready and the volume's top."""
+    with job.db.session() as s:
+        layer, vol = s.get(Layer, layer_id), s.get(Volume, volume_id)
+        assert layer is not None and vol is not None
+        layer.state, layer.virtual_size, layer.physical_size = "Ready", virtual, physical
+        vol.top_layer_id, vol.size = layer_id, virtual
+
+
+def volume_layers_remover(job: JobContext, top_layer_id: str) -> Callable[[], None]:
+    return lambda: remove_volume_layers(job.db, top_layer_id)
+
+
+def drop_layer_row(job: JobContext, layer_id: str) -> None:
+    with job.db.session() as s:
+        row = s.get(Layer, layer_id)
+        if row is not None:
+            s.delete(row)

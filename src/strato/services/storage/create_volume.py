@@ -1,0 +1,169 @@
+"""createVolume: a data disk from a disk offering, on a pool chosen or one the allocator picks, attached
+to a VM once made when one is given.
+
+"ready" is the commit point: from there on the volume exists, and a failed attach leaves it Ready and
+detached (as CloudStack does) instead of undoing it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from strato.db.base import utcnow
+from strato.db.models import DiskOffering, Host, StoragePool, Volume, Zone
+from strato.engine.allocator import DiskRequest, place_volume
+from strato.engine.jobkinds import JobResult
+from strato.engine.operation import Operation, Step, StepData
+from strato.errors import InvalidParameter, InvalidState, PermissionDenied
+from strato.services.core import jobs, limits, settings
+from strato.services.core.access import get_vm
+from strato.services.core.context import CallContext
+from strato.services.core.lookup import get_live
+from strato.services.core.states import volume_to
+from strato.services.identity.identity import find_account
+from strato.services.storage.attach_volume import AttachSteps, live_vm, live_volume
+from strato.services.storage.layers import create_layer_on, finish_volume_layer, new_volume_layer, remove_volume_files
+from strato.services.storage.rules import check_attach
+from strato.services.storage.volumes import VOLUME_RESULT
+from strato.units import GIB
+
+
+class CreateVolumeParams(BaseModel):
+    volume_id: str
+    vm_id: str | None = None
+    tags: list[str] = []
+    storage_type: str | None = None
+
+
+class CreateVolume(Operation[CreateVolumeParams]):
+    """createVolume: place, make the layer, Ready (commit); then attach when a VM is given."""
+
+    kind: ClassVar[str] = "volume.create"
+    cmd: ClassVar[str] = "createVolume"
+    event: ClassVar[str | None] = "VOLUME.CREATE"
+    params_model = CreateVolumeParams
+
+    @classmethod
+    def resources(cls, params: CreateVolumeParams) -> list[str]:
+        return [f"volume:{params.volume_id}"] + ([f"vm:{params.vm_id}"] if params.vm_id else [])
+
+    @classmethod
+    def check(cls, session: Session, params: CreateVolumeParams) -> None:
+        vol = live_volume(session, params.volume_id)
+        if vol.state != "Allocated":
+            raise InvalidState(f"Volume {vol.name} is {vol.state}; it has been created already")
+        if params.vm_id:
+            pool = session.get(StoragePool, vol.requested_pool_id) if vol.requested_pool_id else None
+            check_attach(session, live_vm(session, params.vm_id), None, pool)
+
+    def steps(self) -> Sequence[Step]:
+        out = [
+            Step("place", self._place),
+            Step("create layer", self._create_layer, undo=lambda: remove_volume_files(self.db, self.params.volume_id)),
+            Step("ready", self._ready, commit=True),
+        ]
+        if self.params.vm_id:
+            out.extend(AttachSteps(self, self.params.volume_id, self.params.vm_id, None).steps())
+        return out
+
+    def _place(self) -> StepData:
+        with self.db.session() as s:
+            vol = live_volume(s, self.params.volume_id)
+            if vol.state == "Creating" and vol.pool_id:  # placed before a restart
+                return {"pool_id": vol.pool_id}
+            host = None
+            if self.params.vm_id:  # a pool the VM's host (or last host) reaches
+                vm = live_vm(s, self.params.vm_id)
+                host_id = vm.host_id or vm.last_host_id
+                host = s.get(Host, host_id) if host_id else None
+            disk = DiskRequest(
+                label=f"volume {vol.name}",
+                size=vol.size,
+                tags=frozenset(self.params.tags),
+                storage_type=self.params.storage_type or "shared",
+                pool_id=vol.requested_pool_id,
+            )
+            pool = place_volume(s, vol.zone_id, disk, settings.allocation_limits(s), host)
+            vol.pool_id = pool.id
+            volume_to(vol, "Creating")
+            return {"pool_id": pool.id}
+
+    def _create_layer(self) -> StepData:
+        with self.db.session() as s:
+            vol = live_volume(s, self.params.volume_id)
+            assert vol.pool_id
+            pool_id, size = vol.pool_id, vol.size
+        layer_id, path = new_volume_layer(self.job, self.params.volume_id, pool_id, size)
+        info = create_layer_on(self.db, pool_id, path, size, None)
+        finish_volume_layer(self.job, layer_id, self.params.volume_id, info.virtual_size, info.physical_size)
+        return {"layer_id": layer_id}
+
+    def _ready(self) -> None:
+        with self.db.session() as s:
+            vol = live_volume(s, self.params.volume_id)
+            if vol.state != "Ready":
+                volume_to(vol, "Ready")
+
+    def result(self) -> JobResult:
+        return {"type": VOLUME_RESULT, "id": self.params.volume_id}
+
+    @classmethod
+    def failed(cls, session: Session, params: CreateVolumeParams) -> None:
+        vol = session.get(Volume, params.volume_id)
+        if vol is not None and vol.state in ("Allocated", "Creating"):
+            volume_to(vol, "Expunged")
+            vol.removed = utcnow()
+
+
+def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
+    """createVolume at the request: parameters, permissions and limits; the volume row (Allocated), then
+    the operation's own rules and its job."""
+    owner = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid") if args.get("virtualmachineid") else None
+    zone_id = args.get("zoneid") or (vm.zone_id if vm else None)
+    if not zone_id:
+        raise InvalidParameter("Parameter zoneid is required (or virtualmachineid)")
+    zone = get_live(ctx.session, Zone, zone_id, "zone", "zoneid")
+    if not args.get("diskofferingid"):
+        raise InvalidParameter("Parameter diskofferingid is required (a custom-size offering takes size in GiB)")
+    offering = get_live(ctx.session, DiskOffering, args["diskofferingid"], "disk offering", "diskofferingid")
+    size = offering.disk_size_bytes
+    if offering.customized:
+        if not args.get("size"):
+            raise InvalidParameter(f"Disk offering {offering.name} has a custom size: give size in GiB")
+        size = args["size"] * GIB
+    elif args.get("size"):
+        raise InvalidParameter(f"Disk offering {offering.name} has a fixed size; size may not be given")
+    pool_id = args.get("storageid")
+    if pool_id:
+        if not ctx.is_root_admin:
+            raise PermissionDenied("Only admins may choose a storage pool (storageid)")
+        pool = get_live(ctx.session, StoragePool, pool_id, "storage pool", "storageid")
+        if pool.zone_id != zone.id:
+            raise InvalidParameter(f"Storage pool {pool.name} is not in zone {zone.name}")
+    limits.check(ctx.session, owner, volumes=1, storage_bytes=size)
+    vol = Volume(
+        name=args.get("name") or "",
+        account_id=owner.id,
+        domain_id=owner.domain_id,
+        zone_id=zone.id,
+        volume_type="DATADISK",
+        size=size,
+        disk_offering_id=offering.id,
+        state="Allocated",
+        provisioning_type=offering.provisioning_type,
+        requested_pool_id=pool_id,
+    )
+    ctx.session.add(vol)
+    ctx.session.flush()
+    vol.name = vol.name or f"DATA-{vol.id[:8]}"
+    params = CreateVolumeParams(
+        volume_id=vol.id,
+        vm_id=vm.id if vm else None,
+        tags=[t for t in (offering.tags or "").split(",") if t],
+        storage_type=offering.storage_type,
+    )
+    return vol, jobs.submit_operation(ctx, CreateVolume, params, "Volume", vol.id)
