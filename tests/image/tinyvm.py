@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.console import whole_lines
+
 QEMU = "qemu-system-x86_64"
 
 
@@ -28,18 +30,22 @@ class TinyVM:
     started: float = field(default_factory=time.monotonic)
 
     def console(self) -> str:
-        return self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        """The console's complete lines (a line still being written is held back while QEMU runs)."""
+        exited = self.proc.poll() is not None
+        text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        return whole_lines(text, final=exited)
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """First match of `pattern` (a regex, multiline) on the console; fails with the console tail."""
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         while True:
+            exited = self.proc.poll() is not None  # before the read: after exit the read is final
             match = regex.search(self.console())
             if match:
                 return match
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited {self.proc.returncode}" if self.proc.poll() is not None else "timeout"
+            if exited or time.monotonic() > deadline:
+                why = f"exited {self.proc.returncode}" if exited else "timeout"
                 raise AssertionError(
                     f"{pattern!r} not on console ({why}, {time.monotonic() - self.started:.1f}s)\n"
                     f"--- console tail ---\n{self.console()[-3000:]}\n"
