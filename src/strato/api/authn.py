@@ -12,9 +12,9 @@ from strato.api.signing import check_expiry, signature_matches
 from strato.db.base import as_utc, utcnow
 from strato.db.models import Account, Domain, LoginSession, User
 from strato.errors import Unauthorized
-from strato.services import settings
-from strato.services.context import CallContext
-from strato.services.passwords import new_session_key, verify_password
+from strato.services.core import settings
+from strato.services.core.context import CallContext
+from strato.services.identity.passwords import new_session_key, verify_password
 
 BAD_CREDENTIALS = "unable to verify user credentials and/or request signature"
 

@@ -14,9 +14,9 @@ from strato.api.params import T, collect_maps, parse_list, parse_scalar
 from strato.api.registry import Command, Kind, Role, find
 from strato.db.engine import Database
 from strato.errors import CloudError, ErrorCode, InvalidParameter, Unauthorized, UnsupportedAction
-from strato.services import settings
-from strato.services.context import CallContext
-from strato.services.events import record_event
+from strato.services.core import settings
+from strato.services.core.context import CallContext
+from strato.services.core.events import record_event
 
 log = logging.getLogger("strato.api")
 

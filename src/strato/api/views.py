@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from strato.db.base import as_utc
+from strato.api.viewkit import (
+    RESULT_RENDERERS,
+    clean,
+    cs_date,
+    domain_fields,
+    name_of,
+    owner_fields,
+    register_result,
+    tags,
+)
 from strato.db.models import (
     Account,
     Cluster,
@@ -20,66 +28,22 @@ from strato.db.models import (
     ImageStore,
     Job,
     Pod,
-    ResourceTag,
     ServiceOffering,
     StoragePool,
     User,
     Zone,
 )
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
+from strato.services.infra.storagepools import allocated_bytes
+from strato.units import GIB
 
-GIB = 1024**3
 ROLE_NAMES = {0: "User", ACCOUNT_TYPE_ADMIN: "Admin", ACCOUNT_TYPE_DOMAIN_ADMIN: "DomainAdmin"}
 
 
-def cs_date(ts: datetime | None) -> str | None:
-    """CloudStack's yyyy-MM-dd'T'HH:mm:ssZ, e.g. 2026-11-22T10:00:00+0000."""
-    if ts is None:
-        return None
-    return as_utc(ts).strftime("%Y-%m-%dT%H:%M:%S+0000")
-
-
-def _name(session: Session, model: Any, row_id: str | None) -> str | None:
-    if not row_id:
-        return None
-    row = session.get(model, row_id)
-    return row.name if row is not None else None
-
-
-def _domain_fields(session: Session, domain_id: str | None) -> dict[str, Any]:
-    dom = session.get(Domain, domain_id) if domain_id else None
-    if dom is None:
-        return {}
-    return {"domainid": dom.id, "domain": dom.name, "domainpath": "/" + dom.path}
-
-
-def _owner_fields(session: Session, account_id: str | None) -> dict[str, Any]:
-    acct = session.get(Account, account_id) if account_id else None
-    if acct is None:
-        return {}
-    return {"account": acct.name, "accountid": acct.id, **_domain_fields(session, acct.domain_id)}
-
-
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    """CloudStack omits null fields."""
-    return {k: v for k, v in d.items() if v is not None}
-
-
-def tags(session: Session, resource_id: str) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
-    rows = session.scalars(
-        select(ResourceTag).where(ResourceTag.resource_id == resource_id, ResourceTag.removed.is_(None))
-    )
-    return [tag(session, r) for r in rows]
-
-
 def domain(session: Session, d: Domain) -> dict[str, Any]:
-    from sqlalchemy import func, select
-
     children = session.scalar(select(func.count()).where(Domain.parent_id == d.id, Domain.removed.is_(None)))
     parent = session.get(Domain, d.parent_id) if d.parent_id else None
-    return _clean(
+    return clean(
         {
             "id": d.id,
             "name": d.name,
@@ -114,19 +78,17 @@ def user(session: Session, u: User, with_keys: bool = False) -> dict[str, Any]:
         "rolename": ROLE_NAMES.get(acct.type),
         "iscallerchilddomain": False,
         "isdefault": acct.name == "admin" and acct.type == ACCOUNT_TYPE_ADMIN,
-        **_domain_fields(session, acct.domain_id),
+        **domain_fields(session, acct.domain_id),
     }
     if with_keys:
         out["apikey"] = u.api_key
         out["secretkey"] = u.secret_key
-    return _clean(out)
+    return clean(out)
 
 
 def account(session: Session, a: Account) -> dict[str, Any]:
-    from sqlalchemy import select
-
     users = session.scalars(select(User).where(User.account_id == a.id, User.removed.is_(None)))
-    return _clean(
+    return clean(
         {
             "id": a.id,
             "name": a.name,
@@ -138,13 +100,13 @@ def account(session: Session, a: Account) -> dict[str, Any]:
             "created": cs_date(a.created),
             "isdefault": a.name == "admin" and a.type == ACCOUNT_TYPE_ADMIN,
             "user": [user(session, u) for u in users],
-            **_domain_fields(session, a.domain_id),
+            **domain_fields(session, a.domain_id),
         }
     )
 
 
 def zone(session: Session, z: Zone) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": z.id,
             "name": z.name,
@@ -158,18 +120,18 @@ def zone(session: Session, z: Zone) -> dict[str, Any]:
             "zonetoken": z.id,
             "tags": tags(session, z.id),
             "created": cs_date(z.created),
-            **_domain_fields(session, z.domain_id),
+            **domain_fields(session, z.domain_id),
         }
     )
 
 
 def pod(session: Session, p: Pod) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": p.id,
             "name": p.name,
             "zoneid": p.zone_id,
-            "zonename": _name(session, Zone, p.zone_id),
+            "zonename": name_of(session, Zone, p.zone_id),
             "gateway": p.gateway,
             "netmask": p.netmask,
             "startip": [p.start_ip] if p.start_ip else None,
@@ -180,14 +142,14 @@ def pod(session: Session, p: Pod) -> dict[str, Any]:
 
 
 def cluster(session: Session, c: Cluster) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": c.id,
             "name": c.name,
             "zoneid": c.zone_id,
-            "zonename": _name(session, Zone, c.zone_id),
+            "zonename": name_of(session, Zone, c.zone_id),
             "podid": c.pod_id,
-            "podname": _name(session, Pod, c.pod_id),
+            "podname": name_of(session, Pod, c.pod_id),
             "hypervisortype": c.hypervisor,
             "clustertype": c.cluster_type,
             "allocationstate": c.allocation_state,
@@ -197,19 +159,17 @@ def cluster(session: Session, c: Cluster) -> dict[str, Any]:
 
 
 def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -> dict[str, Any]:
-    from strato.services.storagepools import allocated_bytes
-
     allocated = allocated_bytes(session, p)
-    return _clean(
+    return clean(
         {
             "id": p.id,
             "name": p.name,
             "zoneid": p.zone_id,
-            "zonename": _name(session, Zone, p.zone_id),
+            "zonename": name_of(session, Zone, p.zone_id),
             "podid": p.pod_id,
-            "podname": _name(session, Pod, p.pod_id),
+            "podname": name_of(session, Pod, p.pod_id),
             "clusterid": p.cluster_id,
-            "clustername": _name(session, Cluster, p.cluster_id),
+            "clustername": name_of(session, Cluster, p.cluster_id),
             "hostid": p.host_id,
             "scope": p.scope,
             "type": p.pool_type,
@@ -233,12 +193,12 @@ def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -
 
 
 def image_store(session: Session, s: ImageStore) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": s.id,
             "name": s.name,
             "zoneid": s.zone_id,
-            "zonename": _name(session, Zone, s.zone_id),
+            "zonename": name_of(session, Zone, s.zone_id),
             "url": s.url,
             "protocol": s.protocol,
             "providername": s.provider,
@@ -249,7 +209,7 @@ def image_store(session: Session, s: ImageStore) -> dict[str, Any]:
 
 
 def service_offering(session: Session, o: ServiceOffering) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": o.id,
             "name": o.name,
@@ -267,13 +227,13 @@ def service_offering(session: Session, o: ServiceOffering) -> dict[str, Any]:
             "rootdisksize": o.root_disk_size_bytes // GIB if o.root_disk_size_bytes else None,
             "created": cs_date(o.created),
             "state": o.state,
-            **_domain_fields(session, o.domain_id),
+            **domain_fields(session, o.domain_id),
         }
     )
 
 
 def disk_offering(session: Session, o: DiskOffering) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": o.id,
             "name": o.name,
@@ -287,13 +247,13 @@ def disk_offering(session: Session, o: DiskOffering) -> dict[str, Any]:
             "provisioningtype": o.provisioning_type,
             "created": cs_date(o.created),
             "state": o.state,
-            **_domain_fields(session, o.domain_id),
+            **domain_fields(session, o.domain_id),
         }
     )
 
 
 def hypervisor_capability(session: Session, h: HypervisorCapability) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": h.id,
             "hypervisor": h.hypervisor,
@@ -310,7 +270,7 @@ def hypervisor_capability(session: Session, h: HypervisorCapability) -> dict[str
 
 def event(session: Session, e: Event) -> dict[str, Any]:
     u = session.get(User, e.user_id) if e.user_id else None
-    return _clean(
+    return clean(
         {
             "id": e.id,
             "type": e.type,
@@ -321,33 +281,12 @@ def event(session: Session, e: Event) -> dict[str, Any]:
             "username": u.username if u else None,
             "resourceid": e.resource_id,
             "resourcetype": e.resource_type,
-            **_owner_fields(session, e.account_id),
-        }
-    )
-
-
-def tag(session: Session, t: ResourceTag) -> dict[str, Any]:
-    return _clean(
-        {
-            "key": t.key,
-            "value": t.value,
-            "resourcetype": t.resource_type,
-            "resourceid": t.resource_id,
-            **_owner_fields(session, t.account_id),
+            **owner_fields(session, e.account_id),
         }
     )
 
 
 JOB_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2, "cancelled": 3}
-
-# object name → renderer of that object by id, for async job results.
-ResultRenderer = Callable[[Session, str, bool], dict[str, Any] | None]
-"""(session, object id, caller is root admin) -> the object as the caller may see it."""
-RESULT_RENDERERS: dict[str, ResultRenderer] = {}
-
-
-def register_result(object_name: str, fn: ResultRenderer) -> None:
-    RESULT_RENDERERS[object_name] = fn
 
 
 def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
@@ -377,8 +316,8 @@ def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
     acct = session.get(Account, j.account_id) if j.account_id else None
     if acct is not None:
         out["account"] = acct.name
-        out.update(_domain_fields(session, acct.domain_id))
-    return _clean(out)
+        out.update(domain_fields(session, acct.domain_id))
+    return clean(out)
 
 
 def _job_result(session: Session, j: Job, admin: bool) -> dict[str, Any]:
@@ -393,7 +332,7 @@ def _job_result(session: Session, j: Job, admin: bool) -> dict[str, Any]:
 
 
 def host(session: Session, h: Host) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": h.id,
             "name": h.name,
@@ -403,11 +342,11 @@ def host(session: Session, h: Host) -> dict[str, Any]:
             "hypervisor": h.hypervisor,
             "hypervisorversion": h.hypervisor_version,
             "zoneid": h.zone_id,
-            "zonename": _name(session, Zone, h.zone_id),
+            "zonename": name_of(session, Zone, h.zone_id),
             "podid": h.pod_id,
-            "podname": _name(session, Pod, h.pod_id),
+            "podname": name_of(session, Pod, h.pod_id),
             "clusterid": h.cluster_id,
-            "clustername": _name(session, Cluster, h.cluster_id),
+            "clustername": name_of(session, Cluster, h.cluster_id),
             "clustertype": "CloudManaged",
             "ipaddress": _host_address(h.url),
             "url": h.url,

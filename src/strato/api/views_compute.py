@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.api.views import _clean, _name, _owner_fields, cs_date, register_result, tags
+from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result, tags
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -24,8 +24,7 @@ from strato.db.models import (
 )
 from strato.db.models.storage import LAYER_TEMPLATE
 from strato.protocol.messages import VmStats
-
-GIB = 1024**3
+from strato.units import GIB
 
 
 def vm_stats(stats: VmStats) -> dict[str, Any]:
@@ -66,7 +65,7 @@ def virtual_machine(
         "state": vm.state,
         "created": cs_date(vm.created),
         "zoneid": vm.zone_id,
-        "zonename": _name(session, Zone, vm.zone_id),
+        "zonename": name_of(session, Zone, vm.zone_id),
         "templateid": vm.template_id,
         "templatename": template.name if template else None,
         "templatedisplaytext": template.display_text if template else None,
@@ -94,15 +93,15 @@ def virtual_machine(
         "tags": tags(session, vm.id),
         "userdata": None,
         "rootdisksize": root.size // GIB if root else None,
-        **_owner_fields(session, vm.account_id),
+        **owner_fields(session, vm.account_id),
     }
     if stats is not None:
         out.update(vm_stats(stats))
     if admin:
         out["instancename"] = vm.instance_name
         out["hostid"] = vm.host_id
-        out["hostname"] = _name(session, Host, vm.host_id)
-    return _clean(out)
+        out["hostname"] = name_of(session, Host, vm.host_id)
+    return clean(out)
 
 
 def volume(session: Session, v: Volume) -> dict[str, Any]:
@@ -117,7 +116,7 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
         if current.kind != LAYER_TEMPLATE:
             physical += current.physical_size
         current = session.get(Layer, current.parent_id) if current.parent_id else None
-    return _clean(
+    return clean(
         {
             "id": v.id,
             "name": v.name,
@@ -131,7 +130,7 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
             "vmdisplayname": vm.display_name if vm else None,
             "vmstate": vm.state if vm else None,
             "zoneid": v.zone_id,
-            "zonename": _name(session, Zone, v.zone_id),
+            "zonename": name_of(session, Zone, v.zone_id),
             "storageid": v.pool_id,
             "storage": pool.name if pool else None,
             "storagetype": ("local" if pool.scope == "HOST" else "shared") if pool else None,
@@ -147,7 +146,7 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
             "isextractable": True,
             "chainsize": chain,
             "tags": tags(session, v.id),
-            **_owner_fields(session, v.account_id),
+            **owner_fields(session, v.account_id),
         }
     )
 
@@ -162,7 +161,7 @@ def _locations(session: Session, t: Template) -> list[dict[str, Any]]:
             {
                 "type": "imagestore",
                 "id": copy.store_id,
-                "name": _name(session, ImageStore, copy.store_id),
+                "name": name_of(session, ImageStore, copy.store_id),
                 "state": copy.state,
                 "path": copy.path,
             }
@@ -174,7 +173,7 @@ def _locations(session: Session, t: Template) -> list[dict[str, Any]]:
             {
                 "type": "storagepool",
                 "id": layer.pool_id,
-                "name": _name(session, StoragePool, layer.pool_id),
+                "name": name_of(session, StoragePool, layer.pool_id),
                 "state": layer.state,
                 "path": layer.path,
             }
@@ -187,7 +186,7 @@ def template(session: Session, t: Template) -> dict[str, Any]:
         select(Template).where(Template.parent_id == t.id, Template.removed.is_(None)).order_by(Template.disk_index)
     )
     status = {"Ready": "Download Complete", "Downloading": "Download in progress", "Creating": "Creating"}
-    return _clean(
+    return clean(
         {
             "id": t.id,
             "name": t.name,
@@ -203,7 +202,7 @@ def template(session: Session, t: Template) -> dict[str, Any]:
             "bootable": t.bootable,
             "crossZones": t.zone_id is None,
             "zoneid": t.zone_id,
-            "zonename": _name(session, Zone, t.zone_id),
+            "zonename": name_of(session, Zone, t.zone_id),
             "ostypename": t.os_type,
             "ostypeid": t.os_type,
             "hypervisor": t.hypervisor,
@@ -225,7 +224,7 @@ def template(session: Session, t: Template) -> dict[str, Any]:
             ],
             "locations": _locations(session, t),
             "tags": tags(session, t.id),
-            **_owner_fields(session, t.account_id),
+            **owner_fields(session, t.account_id),
         }
     )
 
@@ -238,14 +237,14 @@ def iso(session: Session, t: Template) -> dict[str, Any]:
 
 
 def ssh_keypair(session: Session, k: SSHKeyPair, private_key: str | None = None) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "id": k.id,
             "name": k.name,
             "fingerprint": k.fingerprint,
             "publickey": k.public_key,
             "privatekey": private_key,
-            **_owner_fields(session, k.account_id),
+            **owner_fields(session, k.account_id),
         }
     )
 

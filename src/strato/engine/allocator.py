@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from strato.db.models import Cluster, Host, Layer, StoragePool, VirtualMachine, Volume
 from strato.db.models.storage import LAYER_TEMPLATE
 from strato.errors import InsufficientCapacity
+from strato.units import GIB
 
-GIB = 1024**3
 ACTIVE_VM_STATES = ("Starting", "Running", "Stopping", "Migrating")
 
 

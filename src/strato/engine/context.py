@@ -9,6 +9,7 @@ from typing import Any
 from strato.db.base import utcnow
 from strato.db.engine import Database
 from strato.db.models import Job
+from strato.engine import faults
 from strato.errors import CloudError, ErrorCode
 
 
@@ -75,6 +76,7 @@ class JobContext:
         self._log(name, "done")
         if undo is not None:
             self._undo.append((name, undo))
+        faults.after_step(self.kind, name)
 
     def keep_completed_steps(self) -> None:
         """What the job has done so far stands even if a later step fails: nothing to undo before here."""
@@ -90,11 +92,17 @@ class JobContext:
             except Exception as exc:  # compensation is best effort; the log says what stayed
                 self._log(name, f"undo failed: {exc}")
 
-    def _log(self, name: str, state: str) -> None:
+    def record(self, name: str, state: str, data: dict[str, Any] | None = None) -> None:
+        """Appends to the job's step log (what recovery reads): running, done (with the step's output),
+        failed, undone, or the reason an undo failed."""
+        entry: dict[str, Any] = {"name": name, "state": state, "at": utcnow().isoformat()}
+        if data:
+            entry["data"] = data
         with self.db.session() as s:
             job = s.get(Job, self.job_seq)
             if job is None:
                 return
-            steps = list(job.steps or [])
-            steps.append({"name": name, "state": state, "at": utcnow().isoformat()})
-            job.steps = steps
+            job.steps = [*(job.steps or []), entry]
+
+    def _log(self, name: str, state: str) -> None:
+        self.record(name, state)

@@ -17,6 +17,7 @@ from strato.db.models.jobs import JOB_CANCELLED, JOB_FAILED, JOB_RUNNING, JOB_SU
 from strato.engine import queue
 from strato.engine.audit import record_event
 from strato.engine.context import JobCancelled, JobContext
+from strato.engine.faults import WorkerStopped
 from strato.engine.jobkinds import JobResult, get_kind
 from strato.errors import CloudError, ErrorCode
 
@@ -166,6 +167,12 @@ class JobRunner:
                 result = kind.recover(ctx)
             else:
                 result = kind.run(ctx)
+        except WorkerStopped:
+            # Fault injection: this worker "died" at a step boundary. The job stays running with its step
+            # log, and is recovered from it as a restarted server would (a fresh context from the database).
+            log.warning("job %s (%s) stopped by fault injection; recovering it", job.id, job.kind)
+            self.run_job(seq, recovering=True)
+            return
         except JobCancelled as exc:
             ctx.compensate()
             self._finish_failed(seq, ErrorCode.INTERNAL_ERROR, exc.text, status=JOB_CANCELLED)

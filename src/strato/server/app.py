@@ -24,7 +24,8 @@ from strato.engine.runner import JobRunner
 from strato.server.config import ServerConfig
 from strato.server.metrics import render_metrics
 from strato.server.registrations import load_registrations
-from strato.services import agents, identity, settings
+from strato.services.core import agents, settings
+from strato.services.identity import identity
 
 log = logging.getLogger("strato.server")
 

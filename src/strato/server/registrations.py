@@ -7,13 +7,14 @@ import importlib
 
 MODULES = (
     "strato.api.commands",
-    "strato.services.identity_jobs",
-    "strato.services.host_jobs",
-    "strato.services.template_jobs",
-    "strato.services.vm_jobs",
-    "strato.services.volume_jobs",
-    "strato.services.vmsync",
-    "strato.services.housekeeping",
+    "strato.services.identity.identity_jobs",
+    "strato.services.infra.host_jobs",
+    "strato.services.images.template_jobs",
+    "strato.services.compute.vm_jobs",
+    "strato.services.compute.vmimport_jobs",
+    "strato.services.storage.volume_jobs",
+    "strato.services.infra.vmsync",
+    "strato.services.infra.housekeeping",
 )
 
 

@@ -8,9 +8,9 @@ from strato.api import views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
-from strato.services import capacity, hosts
-from strato.services.context import CallContext
-from strato.services.listing import Page
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
+from strato.services.infra import capacity, hosts
 
 
 @api(

@@ -11,9 +11,11 @@ from strato.api.dispatch import Reply, Request
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, DOMAIN_ADMINS, Kind, api
-from strato.services import identity
-from strato.services.context import CallContext
-from strato.services.listing import Page
+from strato.errors import CloudError, ErrorCode
+from strato.services.core import settings
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
+from strato.services.identity import identity
 
 USER_FIELDS = (
     Param("username", T.STRING, "Unique username", required=True, max_length=255),
@@ -43,13 +45,9 @@ USER_FIELDS = (
     ),
 )
 def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
-    from strato.errors import CloudError, ErrorCode
-
     if req.method != "POST":
         raise CloudError("login must be sent as a POST request", ErrorCode.METHOD_NOT_ALLOWED)
     ctx, key = authn.login(session, args["username"], args["password"], args.get("domain"), args.get("domainid"))
-    from strato.services import settings
-
     body = {
         "loginresponse": {
             "username": ctx.user.username,

@@ -8,9 +8,9 @@ from strato.api import views
 from strato.api.envelope import Listing
 from strato.api.params import Param, T
 from strato.api.registry import Kind, api
-from strato.services import jobs
-from strato.services.context import CallContext
-from strato.services.listing import Page
+from strato.services.core import jobs
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
 
 
 @api(

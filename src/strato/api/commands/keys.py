@@ -8,10 +8,11 @@ from strato.api import views_compute as views
 from strato.api.envelope import Listing
 from strato.api.params import Param, T
 from strato.api.registry import DOMAIN_ADMINS, Kind, api
-from strato.services import limits, sshkeys
-from strato.services.context import CallContext
-from strato.services.identity import find_account, get_account
-from strato.services.listing import Page
+from strato.services.core import limits
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
+from strato.services.identity import sshkeys
+from strato.services.identity.identity import find_account, get_account
 
 OWNER = (
     Param("account", T.STRING, "The account of the key pair (admins); with domainid", max_length=255),

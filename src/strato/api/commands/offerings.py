@@ -8,9 +8,9 @@ from strato.api import views
 from strato.api.envelope import Listing
 from strato.api.params import Param, T
 from strato.api.registry import DOMAIN_ADMINS, Kind, api
-from strato.services import offerings
-from strato.services.context import CallContext
-from strato.services.listing import Page
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
+from strato.services.offerings import offerings
 
 NAME = Param("name", T.STRING, "The name of the offering", required=True, max_length=255)
 DISPLAY = Param("displaytext", T.STRING, "The display text of the offering", max_length=4096)

@@ -8,9 +8,10 @@ from strato.api import views
 from strato.api.envelope import Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
-from strato.services import hosts, settings, storagepools
-from strato.services.context import CallContext
-from strato.services.listing import Page
+from strato.services.core import settings
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
+from strato.services.infra import hosts, storagepools
 
 
 def _pool_view(ctx: CallContext, pool: Any) -> dict[str, Any]:

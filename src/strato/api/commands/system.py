@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import strato
-from strato.api import views
+from strato.api import viewkit, views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, COMMANDS, Kind, Role, api
-from strato.services import events, jobs, settings, tags
-from strato.services.context import CallContext
-from strato.services.listing import Page, paginate_rows
+from strato.services.core import events, jobs, settings, tags
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page, paginate_rows
 
 CLOUDSTACK_VERSION = "4.19.0"
 
@@ -266,4 +266,4 @@ def delete_tags(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def list_tags(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = tags.list_tags(ctx, args, Page.from_args(args))
-    return Listing([views.tag(ctx.session, t) for t in rows], total)
+    return Listing([viewkit.tag(ctx.session, t) for t in rows], total)

@@ -8,9 +8,9 @@ from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
-from strato.services import vms, volumes
-from strato.services.context import CallContext
-from strato.services.listing import Page
+from strato.services.compute import vmimport, vms
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page
 
 VM_ID = Param("id", T.UUID, "The ID of the virtual machine", required=True)
 DETAILS = Param(
@@ -239,5 +239,5 @@ def detach_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     ),
 )
 def import_vm(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    vm, job_id = volumes.import_vm(ctx, args)
+    vm, job_id = vmimport.import_vm(ctx, args)
     return AsyncStarted(job_id, vm.id)

@@ -1,0 +1,82 @@
+"""Pieces every CloudStack response object uses (dates, names next to ids, owner fields, tags, null
+fields left out), shared by views and views_compute."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from strato.db.base import as_utc
+from strato.db.models import Account, Domain, ResourceTag
+
+
+def cs_date(ts: datetime | None) -> str | None:
+    """CloudStack's yyyy-MM-dd'T'HH:mm:ssZ, e.g. 2026-11-22T10:00:00+0000."""
+    if ts is None:
+        return None
+    return as_utc(ts).strftime("%Y-%m-%dT%H:%M:%S+0000")
+
+
+def name_of(session: Session, model: Any, row_id: str | None) -> str | None:
+    """The name CloudStack shows next to an id (zonename, hostname...), None for a missing row."""
+    if not row_id:
+        return None
+    row = session.get(model, row_id)
+    return row.name if row is not None else None
+
+
+def domain_fields(session: Session, domain_id: str | None) -> dict[str, Any]:
+    """domainid, domain and domainpath, as every owned object carries them."""
+    dom = session.get(Domain, domain_id) if domain_id else None
+    if dom is None:
+        return {}
+    return {"domainid": dom.id, "domain": dom.name, "domainpath": "/" + dom.path}
+
+
+def owner_fields(session: Session, account_id: str | None) -> dict[str, Any]:
+    """account, accountid and the domain fields of an owned object."""
+    acct = session.get(Account, account_id) if account_id else None
+    if acct is None:
+        return {}
+    return {"account": acct.name, "accountid": acct.id, **domain_fields(session, acct.domain_id)}
+
+
+def clean(d: dict[str, Any]) -> dict[str, Any]:
+    """CloudStack omits null fields."""
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def tags(session: Session, resource_id: str) -> list[dict[str, Any]]:
+    """The live tags of a resource, as its `tags` field lists them."""
+    rows = session.scalars(
+        select(ResourceTag).where(ResourceTag.resource_id == resource_id, ResourceTag.removed.is_(None))
+    )
+    return [tag(session, r) for r in rows]
+
+
+def tag(session: Session, t: ResourceTag) -> dict[str, Any]:
+    """One resource tag as listTags and the `tags` fields show it."""
+    return clean(
+        {
+            "key": t.key,
+            "value": t.value,
+            "resourcetype": t.resource_type,
+            "resourceid": t.resource_id,
+            **owner_fields(session, t.account_id),
+        }
+    )
+
+
+# object name → renderer of that object by id, for async job results.
+ResultRenderer = Callable[[Session, str, bool], dict[str, Any] | None]
+"""(session, object id, caller is root admin) -> the object as the caller may see it."""
+RESULT_RENDERERS: dict[str, ResultRenderer] = {}
+
+
+def register_result(object_name: str, fn: ResultRenderer) -> None:
+    """Lets queryAsyncJobResult render the object a job returns, whichever views module knows it."""
+    RESULT_RENDERERS[object_name] = fn

@@ -1,0 +1,1 @@
+"""Virtual machines: deploy, lifecycle, scale, ISOs, import. Imports every area before it."""

@@ -1,0 +1,61 @@
+"""Clients for the hosts' agents, one pooled client per host, shared by every thread of the server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from strato.db.models import Host
+from strato.errors import CloudError, InsufficientCapacity, ResourceUnavailable
+from strato.protocol.client import AgentCallError, AgentClient, AgentClientError, AgentUnreachable
+from strato.protocol.messages import ErrorCode
+
+_clients: dict[tuple[str, str], AgentClient] = {}
+_lock = threading.Lock()
+
+
+def client_for(url: str, token: str, timeout: float = 30.0) -> AgentClient:
+    key = (url, token)
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            client = AgentClient(url, token, timeout=timeout, connect_timeout=3.0)
+            _clients[key] = client
+        return client
+
+
+def host_client(host: Host) -> AgentClient:
+    return client_for(host.url, host.token)
+
+
+def describe_failure(host_name: str, exc: Exception) -> ResourceUnavailable:
+    """An agent failure as the API reports it: 534, naming the host and the cause."""
+    if isinstance(exc, AgentUnreachable):
+        return ResourceUnavailable(f"Host {host_name} is not reachable: {exc}")
+    if isinstance(exc, AgentCallError):
+        return ResourceUnavailable(f"Host {host_name} refused the command: {exc.message}")
+    return ResourceUnavailable(f"Host {host_name} failed: {exc}")
+
+
+def agent_error(host_name: str, exc: AgentClientError) -> CloudError:
+    """A failed agent call as the API answers it: 533 when the host ran out of room, else 534."""
+    if isinstance(exc, AgentCallError) and exc.code == ErrorCode.INSUFFICIENT_CAPACITY:
+        return InsufficientCapacity(f"Host {host_name}: {exc.message}")
+    return describe_failure(host_name, exc)
+
+
+@contextmanager
+def agent_errors(host_name: str) -> Iterator[None]:
+    """Agent calls inside raise the CloudError of agent_error, so that every caller answers alike."""
+    try:
+        yield
+    except AgentClientError as exc:
+        raise agent_error(host_name, exc) from None
+
+
+def close_all() -> None:
+    with _lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()

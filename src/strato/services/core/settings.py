@@ -1,0 +1,247 @@
+"""Declared configuration settings (defaults in code, overrides in the database) and hypervisor
+capabilities."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from strato.db.models import HypervisorCapability, Setting
+from strato.engine.allocator import Limits
+from strato.errors import InvalidParameter, NotFound
+from strato.services.core.context import CallContext
+from strato.services.core.listing import Page, paginate_rows
+from strato.services.core.lookup import get_live
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    type: type
+    default: Any
+    category: str
+    description: str
+    min_value: float | None = None
+
+
+SPECS: dict[str, SettingSpec] = {
+    s.name: s
+    for s in (
+        SettingSpec(
+            "storage.overprovisioning.factor",
+            float,
+            2.0,
+            "Storage",
+            "How many times a pool's capacity may be allocated to thin disks",
+            1.0,
+        ),
+        SettingSpec(
+            "pool.storage.capacity.disablethreshold",
+            float,
+            0.85,
+            "Alert",
+            "Fraction of a pool's capacity used above which no new disk is placed on it",
+            0.0,
+        ),
+        SettingSpec("ping.interval", int, 5, "Advanced", "Seconds between two pings of every host by the monitor", 1),
+        SettingSpec(
+            "ping.timeout",
+            float,
+            2.5,
+            "Advanced",
+            "Multiple of ping.interval after which a host that does not answer goes Alert",
+            1.0,
+        ),
+        SettingSpec(
+            "session.timeout",
+            int,
+            1800,
+            "Advanced",
+            "Seconds of inactivity after which a login session ends",
+            60,
+        ),
+        SettingSpec(
+            "default.page.size",
+            int,
+            500,
+            "Advanced",
+            "Page size of list calls that pass page without pagesize",
+            1,
+        ),
+        SettingSpec(
+            "job.expire.minutes",
+            int,
+            1440,
+            "Advanced",
+            "Minutes after which finished async jobs are removed",
+            1,
+        ),
+        SettingSpec(
+            "max.account.user.vms",
+            int,
+            20,
+            "Account Defaults",
+            "The default maximum number of VMs an account may have",
+            -1,
+        ),
+        SettingSpec(
+            "max.account.volumes",
+            int,
+            20,
+            "Account Defaults",
+            "The default maximum number of volumes an account may have",
+            -1,
+        ),
+        SettingSpec(
+            "max.account.primary.storage",
+            int,
+            200,
+            "Account Defaults",
+            "The default maximum primary storage (GiB) an account may use",
+            -1,
+        ),
+        SettingSpec(
+            "expunge.delay",
+            int,
+            86400,
+            "Advanced",
+            "Seconds a destroyed VM is kept recoverable before it is expunged",
+            0,
+        ),
+        SettingSpec(
+            "api.signature.version3.only",
+            bool,
+            False,
+            "Advanced",
+            "Refuse signed requests that do not carry signatureVersion=3 and expires",
+            None,
+        ),
+    )
+}
+
+
+def _coerce(spec: SettingSpec, raw: str) -> Any:
+    try:
+        if spec.type is bool:
+            if raw.lower() not in ("true", "false"):
+                raise ValueError(raw)
+            return raw.lower() == "true"
+        value = spec.type(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(raw)
+    except ValueError:
+        raise InvalidParameter(
+            f"Cannot set configuration {spec.name} to '{raw}': a value of type {spec.type.__name__} is expected"
+        ) from None
+    if spec.min_value is not None and value < spec.min_value:
+        raise InvalidParameter(f"Cannot set configuration {spec.name} to {raw}: minimum is {spec.min_value}")
+    return value
+
+
+def get(session: Session, name: str) -> Any:
+    spec = SPECS[name]
+    row = session.get(Setting, name)
+    if row is None or row.value is None:
+        return spec.default
+    return _coerce(spec, row.value)
+
+
+def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec, Any]:
+    spec = SPECS.get(name)
+    if spec is None:
+        raise InvalidParameter(f"Configuration {name} does not exist")
+    row = ctx.session.get(Setting, name)
+    if value is None or value == "":
+        if row is not None:
+            ctx.session.delete(row)
+        return spec, spec.default
+    coerced = _coerce(spec, value)
+    if row is None:
+        ctx.session.add(Setting(name=name, value=value))
+    else:
+        row.value = value
+    return spec, coerced
+
+
+def list_settings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[tuple[SettingSpec, Any]], int]:
+    specs = sorted(SPECS.values(), key=lambda s: s.name)
+    if args.get("name"):
+        specs = [s for s in specs if s.name == args["name"]]
+    if args.get("category"):
+        specs = [s for s in specs if s.category.lower() == args["category"].lower()]
+    if page.keyword:
+        specs = [s for s in specs if page.keyword.lower() in s.name]
+    specs, total = paginate_rows(specs, page)
+    return [(s, get(ctx.session, s.name)) for s in specs], total
+
+
+# --- hypervisor capabilities ------------------------------------------------------------------------
+
+DEFAULT_CAPABILITIES = (
+    dict(
+        hypervisor="KVM",
+        max_guests_limit=50,
+        max_data_volumes_limit=24,
+        storage_motion_enabled=True,
+        vm_snapshot_enabled=True,
+    ),
+    dict(
+        hypervisor="Simulator",
+        max_guests_limit=1000,
+        max_data_volumes_limit=24,
+        storage_motion_enabled=True,
+        vm_snapshot_enabled=True,
+    ),
+)
+
+
+def bootstrap_capabilities(session: Session) -> None:
+    for caps in DEFAULT_CAPABILITIES:
+        exists = session.scalar(
+            select(HypervisorCapability).where(HypervisorCapability.hypervisor == caps["hypervisor"])
+        )
+        if exists is None:
+            session.add(HypervisorCapability(**caps))
+
+
+def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> list[HypervisorCapability]:
+    q = select(HypervisorCapability).where(HypervisorCapability.removed.is_(None))
+    if args.get("id"):
+        q = q.where(HypervisorCapability.id == args["id"])
+    if args.get("hypervisor"):
+        q = q.where(HypervisorCapability.hypervisor == args["hypervisor"])
+    return list(ctx.session.scalars(q.order_by(HypervisorCapability.hypervisor)))
+
+
+def capability_for(session: Session, hypervisor: str) -> HypervisorCapability:
+    row = session.scalar(select(HypervisorCapability).where(HypervisorCapability.hypervisor == hypervisor))
+    if row is None:
+        raise NotFound(f"No hypervisor capabilities for {hypervisor}")
+    return row
+
+
+def update_capability(ctx: CallContext, args: dict[str, Any]) -> HypervisorCapability:
+    row = get_live(ctx.session, HypervisorCapability, args["id"], "hypervisor capabilities")
+    for param, attr in (
+        ("maxguestslimit", "max_guests_limit"),
+        ("maxdatavolumeslimit", "max_data_volumes_limit"),
+        ("maxhostspercluster", "max_hosts_per_cluster"),
+        ("storagemotionenabled", "storage_motion_enabled"),
+        ("vmsnapshotenabled", "vm_snapshot_enabled"),
+        ("securitygroupenabled", "security_group_enabled"),
+    ):
+        if args.get(param) is not None:
+            setattr(row, attr, args[param])
+    return row
+
+
+def allocation_limits(session: Session) -> Limits:
+    """The allocator's view of the storage settings."""
+    return Limits(
+        overprovision=float(get(session, "storage.overprovisioning.factor")),
+        disable_threshold=float(get(session, "pool.storage.capacity.disablethreshold")),
+    )

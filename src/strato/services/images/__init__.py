@@ -1,0 +1,2 @@
+"""Templates and ISOs: registration, copies on image stores and pools, deletion. Imports the areas up to
+storage."""
