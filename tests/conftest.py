@@ -30,6 +30,16 @@ from helpers.serverproc import Keys, ServerProcess, create_user_keys, start_serv
 BACKENDS = ("sqlite", "postgres")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For pytest-xdist's `--dist loadgroup` (scripts/test.sh): a module's tests stay on one worker, as
+    they share its module-scoped server and agents; a test may name a wider group with
+    `@pytest.mark.xdist_group("name")`. Session fixtures (PostgreSQL, the compute cloud, the tiny image)
+    are made once per worker, each in its own temp dir and on its own ports."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[postgres.PostgresServer]:
     """One PostgreSQL server for the whole session, started on first use and stopped by pid at the end."""
