@@ -14,6 +14,7 @@ from pathlib import Path
 from helpers.console import whole_lines
 
 QEMU = "qemu-system-x86_64"
+SLOW_FACTOR = 4  # a guest still printing may take this many times a wait's timeout
 
 
 def have_qemu() -> bool:
@@ -36,14 +37,22 @@ class TinyVM:
         return whole_lines(text, final=exited)
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        """First match of `pattern` (a regex, multiline) on the console; fails with the console tail."""
+        """First match of `pattern` (a regex, multiline) on the console; fails with the console tail.
+
+        `timeout` is how long the guest may stay silent: while its console keeps growing it is making
+        progress, just slowly (TCG on cores shared with parallel tests), so the wait goes on, up to
+        SLOW_FACTOR times `timeout` in all."""
         regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        deadline, cap, seen = now + timeout, now + SLOW_FACTOR * timeout, -1
         while True:
             exited = self.proc.poll() is not None  # before the read: after exit the read is final
-            match = regex.search(self.console())
+            text = self.console()
+            match = regex.search(text)
             if match:
                 return match
+            if len(text) > seen:
+                seen, deadline = len(text), min(cap, max(deadline, time.monotonic() + timeout))
             if exited or time.monotonic() > deadline:
                 why = f"exited {self.proc.returncode}" if exited else "timeout"
                 raise AssertionError(
@@ -54,8 +63,17 @@ class TinyVM:
             time.sleep(0.1)
 
     def wait_exit(self, timeout: float = 60.0) -> int:
-        """Wait for the guest to power off (QEMU exits by itself)."""
-        return self.proc.wait(timeout=timeout)
+        """Wait for the guest to power off (QEMU exits by itself); as patient as wait_for."""
+        now = time.monotonic()
+        deadline, cap, seen = now + timeout, now + SLOW_FACTOR * timeout, -1
+        while self.proc.poll() is None:
+            size = self.serial.stat().st_size if self.serial.exists() else 0
+            if size > seen:
+                seen, deadline = size, min(cap, max(deadline, time.monotonic() + timeout))
+            if time.monotonic() > deadline:
+                return self.proc.wait(timeout=0.1)  # raises TimeoutExpired, as before
+            time.sleep(0.1)
+        return self.proc.returncode
 
 
 def data_disk(path: Path, size_mib: int, fmt: str = "qcow2") -> Path:
