@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from helpers.console import whole_lines
 
 QEMU = "qemu-system-x86_64"
-SLOW_FACTOR = 4  # a guest still printing may take this many times a wait's timeout
+SLOW_FACTOR = 4  # a starved guest may take this many times a wait's timeout (wall clock)
 
 
 def have_qemu() -> bool:
@@ -36,27 +37,40 @@ class TinyVM:
         text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
         return whole_lines(text, final=exited)
 
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        """First match of `pattern` (a regex, multiline) on the console; fails with the console tail.
+    def cpu_seconds(self) -> float:
+        """CPU time QEMU has had so far (all its threads): the guest's own clock of progress."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-        `timeout` is how long the guest may stay silent: while its console keeps growing it is making
-        progress, just slowly (TCG on cores shared with parallel tests), so the wait goes on, up to
-        SLOW_FACTOR times `timeout` in all."""
+    def _timer(self, timeout: float) -> Callable[[], bool]:
+        """True once `timeout` is over both in wall time and in QEMU's CPU time, or after SLOW_FACTOR
+        times `timeout` in wall time. A TCG guest on cores shared with parallel tests gets a fraction of
+        a core: it is slow, not stuck, and is given the CPU time an idle machine would give it."""
+        wall0, cpu0 = time.monotonic(), self.cpu_seconds()
+
+        def over() -> bool:
+            wall = time.monotonic() - wall0
+            return wall > SLOW_FACTOR * timeout or (wall > timeout and self.cpu_seconds() - cpu0 > timeout)
+
+        return over
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        """First match of `pattern` (a regex, multiline) on the console; fails with the console tail."""
         regex = re.compile(pattern, re.MULTILINE)
-        now = time.monotonic()
-        deadline, cap, seen = now + timeout, now + SLOW_FACTOR * timeout, -1
+        over = self._timer(timeout)
         while True:
             exited = self.proc.poll() is not None  # before the read: after exit the read is final
-            text = self.console()
-            match = regex.search(text)
+            match = regex.search(self.console())
             if match:
                 return match
-            if len(text) > seen:
-                seen, deadline = len(text), min(cap, max(deadline, time.monotonic() + timeout))
-            if exited or time.monotonic() > deadline:
+            if exited or over():
                 why = f"exited {self.proc.returncode}" if exited else "timeout"
                 raise AssertionError(
-                    f"{pattern!r} not on console ({why}, {time.monotonic() - self.started:.1f}s)\n"
+                    f"{pattern!r} not on console ({why}, {time.monotonic() - self.started:.1f}s, "
+                    f"QEMU CPU {self.cpu_seconds():.1f}s)\n"
                     f"--- console tail ---\n{self.console()[-3000:]}\n"
                     f"--- qemu stderr ---\n{self.stderr.read_text(errors='replace')[-2000:]}"
                 )
@@ -64,14 +78,10 @@ class TinyVM:
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         """Wait for the guest to power off (QEMU exits by itself); as patient as wait_for."""
-        now = time.monotonic()
-        deadline, cap, seen = now + timeout, now + SLOW_FACTOR * timeout, -1
+        over = self._timer(timeout)
         while self.proc.poll() is None:
-            size = self.serial.stat().st_size if self.serial.exists() else 0
-            if size > seen:
-                seen, deadline = size, min(cap, max(deadline, time.monotonic() + timeout))
-            if time.monotonic() > deadline:
-                return self.proc.wait(timeout=0.1)  # raises TimeoutExpired, as before
+            if over():
+                return self.proc.wait(timeout=0.1)  # raises TimeoutExpired
             time.sleep(0.1)
         return self.proc.returncode
 
