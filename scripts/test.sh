@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything (scripts/setup.sh), checks lint and types, and runs the whole test suite in
-# parallel (pytest-xdist): STRATO_TEST_WORKERS workers (default 3 - tests mostly wait on servers and
-# guests, so one more than 2 cores pays), a module's tests on one worker (--dist loadgroup, see
+# parallel (pytest-xdist): STRATO_TEST_WORKERS workers (default 2, one per core: more workers overcommit the cores with TCG
+# guests and their waits start to time out), a module's tests on one worker (--dist loadgroup, see
 # tests/conftest.py). STRATO_TEST_WORKERS=0 runs serially; extra arguments go to pytest.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
