@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,10 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.console import whole_lines
+from helpers.console import cpu_seconds, guest_timer, whole_lines
 
 QEMU = "qemu-system-x86_64"
-SLOW_FACTOR = 4  # a starved guest may take this many times a wait's timeout (wall clock)
 
 
 def have_qemu() -> bool:
@@ -38,24 +36,10 @@ class TinyVM:
         return whole_lines(text, final=exited)
 
     def cpu_seconds(self) -> float:
-        """CPU time QEMU has had so far (all its threads): the guest's own clock of progress."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def _timer(self, timeout: float) -> Callable[[], bool]:
-        """True once `timeout` is over both in wall time and in QEMU's CPU time, or after SLOW_FACTOR
-        times `timeout` in wall time. A TCG guest on cores shared with parallel tests gets a fraction of
-        a core: it is slow, not stuck, and is given the CPU time an idle machine would give it."""
-        wall0, cpu0 = time.monotonic(), self.cpu_seconds()
-
-        def over() -> bool:
-            wall = time.monotonic() - wall0
-            return wall > SLOW_FACTOR * timeout or (wall > timeout and self.cpu_seconds() - cpu0 > timeout)
-
-        return over
+        return guest_timer(lambda: self.proc.pid, timeout)
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """First match of `pattern` (a regex, multiline) on the console; fails with the console tail."""
