@@ -24,7 +24,8 @@ JOB_KINDS = {
     "vm.destroy",
     "vm.expunge",
     "vm.import",
-    "vm.iso",
+    "vm.iso.attach",
+    "vm.iso.detach",
     "vm.reboot",
     "vm.scale",
     "vm.start",
@@ -52,6 +53,7 @@ def test_every_job_kind_and_periodic_task_registers() -> None:
     from strato.server.registrations import load_registrations
 
     load_registrations()
-    assert set(jobkinds.KINDS) == JOB_KINDS
+    # Other tests register kinds of their own in the same process: only a missing kind is a failure.
+    assert JOB_KINDS - set(jobkinds.KINDS) == set()
     assert {t.name for t in periodic.TASKS} >= {"expire-jobs", "expunge-destroyed-vms"}
     assert monitor.STATE_CONSUMERS

@@ -169,7 +169,7 @@ def test_qemu_driver_refuses_configure_simulator(tmp_path: Path) -> None:
     with pytest.raises(DriverError) as err:
         asyncio.run(dispatch(QemuDriver(tmp_path), ConfigureSimulator(command="start_vm", delay_s=1)))
     assert err.value.code == ErrorCode.BAD_REQUEST
-    assert "only the simulator driver supports configure_simulator" in err.value.message
+    assert "the qemu driver does not support configure_simulator" in err.value.message
 
 
 def test_multi_agent_app_routes_by_host_with_own_tokens(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ class KillEnv:
     server: ServerProcess
     agent: AgentProcess
     ids: dict[str, str]
-    pools: dict[str, Path]  # pool id -> directory
+    pools: dict[str, Path]  # pool and image store id -> directory
 
     def api(self) -> CloudStack:
         return self.server.cs(timeout=60)
@@ -67,7 +67,7 @@ def _setup(base: Path, server: ServerProcess, agent: AgentProcess) -> KillEnv:
         url=f"SharedMountPoint://localhost{base / 'shared'}",
     )["storagepool"]
     (base / "store").mkdir()
-    api.addImageStore(name="s", provider="NFS", url=f"file://localhost{base / 'store'}", zoneid=zone["id"])
+    store = api.addImageStore(name="s", provider="NFS", url=f"file://localhost{base / 'store'}", zoneid=zone["id"])
     image = base / "tiny.qcow2"
     shutil.copyfile(default_image_path(), image)
     tmpl = api.registerTemplate(
@@ -94,7 +94,11 @@ def _setup(base: Path, server: ServerProcess, agent: AgentProcess) -> KillEnv:
             "shared": shared["id"],
             "host": host["id"],
         },
-        pools={local["id"]: Path(local["path"]), shared["id"]: Path(shared["path"])},
+        pools={
+            local["id"]: Path(local["path"]),
+            shared["id"]: Path(shared["path"]),
+            store["imagestore"]["id"]: base / "store",
+        },
     )
 
 

@@ -74,6 +74,28 @@ def test_add_simulator_host_records_resources_and_local_pool(
     assert local["disksizeused"] == 0
 
 
+def test_hypervisor_capabilities_follow_what_the_hosts_reported(
+    make_cluster: MakeCluster, agent_factory: StartAgent
+) -> None:
+    """The simulator's driver reports 24 data volumes and no live storage motion or snapshots: the
+    listed capabilities are those, whatever the administrator allows beyond them."""
+    cluster = make_cluster("Simulator")
+    cluster.add_host(agent_factory())
+    api = cluster.api
+    [row] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
+    assert (row["storagemotionenabled"], row["vmsnapshotenabled"]) == (False, False)
+    assert row["maxdatavolumeslimit"] == 24
+    try:
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=40, storagemotionenabled=True)
+        [more] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
+        assert (more["maxdatavolumeslimit"], more["storagemotionenabled"]) == (24, False)
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=3)
+        [fewer] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
+        assert fewer["maxdatavolumeslimit"] == 3
+    finally:
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=24)
+
+
 def test_add_qemu_host_reports_real_resources_and_statvfs_capacity(
     make_cluster: MakeCluster, qemu_agent_factory: StartAgent, tmp_path: Path
 ) -> None:

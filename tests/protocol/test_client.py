@@ -18,6 +18,7 @@ from strato.protocol.messages import (
     ConfigureSimulator,
     CopyLayer,
     CreateLayer,
+    DiskSpec,
     ErrorCode,
     GetHostInfo,
     GetState,
@@ -25,7 +26,11 @@ from strato.protocol.messages import (
     LayerInfo,
     LayerRef,
     PoolRef,
+    PowerState,
+    StartVm,
     StateReport,
+    StopVm,
+    VmSpec,
 )
 
 
@@ -83,3 +88,19 @@ def test_one_client_shared_by_threads(sim_agent: AgentProcess) -> None:
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(work, range(8)))
     assert all(result == {"simulator"} for result in results)
+
+
+def test_a_command_that_declares_a_longer_answer_time_is_waited_for(sim_agent: AgentProcess) -> None:
+    """stop_vm may take its own timeout_s and a grace (declared): a short client timeout does not cut it."""
+    client = sim_agent.client()
+    ref = LayerRef(pool=PoolRef(id="t", path="/sim/t"), name="root")
+    client.call(CreateLayer(layer=ref, size_bytes=1 << 20))
+    spec = VmSpec(name="slow", uuid="00000000-0000-4000-8000-000000000001", cpus=1, memory_mib=64,
+                  disks=[DiskSpec(device_id=0, layer=ref)])  # fmt: skip
+    client.call(StartVm(spec=spec))
+    client.call(ConfigureSimulator(command="stop_vm", delay_s=0.8))
+    try:
+        impatient = sim_agent.client(timeout=0.3)
+        assert impatient.call(StopVm(name="slow", timeout_s=1.0)).power_state == PowerState.STOPPED
+    finally:
+        client.call(ConfigureSimulator(command="stop_vm", delay_s=0))

@@ -1,114 +1,87 @@
-"""Turns one typed command into the matching driver call and returns its typed answer."""
+"""Turns one typed command into the call its declaration names and returns its typed answer.
+
+Nothing here lists commands: each command's declaration (strato.protocol.declare) names the driver
+role and method that serve it, and the method's parameters name the command's fields to pass."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 from pydantic import BaseModel
 
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
-from strato.protocol.messages import (
-    Ack,
-    AttachDisk,
-    AttachPool,
-    BuildConfigDrive,
-    ChangeCdrom,
-    Command,
-    ConfigureSimulator,
-    ConsoleLog,
-    ConvertLayer,
-    CopyLayer,
-    CreateLayer,
-    DetachDisk,
-    ErrorCode,
-    FetchImage,
-    GetConsoleLog,
-    GetHostInfo,
-    GetLayerInfo,
-    GetState,
-    GetVm,
-    GetVmStats,
-    RebaseLayer,
-    RebootVm,
-    RemoveLayer,
-    RemoveVm,
-    ResizeLayer,
-    StartVm,
-    StopVm,
-)
+from strato.agent.drivers.roles import ROLES, SimulatorControl
+from strato.protocol.messages import COMMANDS, Ack, AgentCommand, Command, ErrorCode
 
 
-@runtime_checkable
-class SimulatorControl(Protocol):
-    """A driver that accepts `configure_simulator` (only the simulator does)."""
+@dataclass(frozen=True)
+class Served:
+    """How the agent serves one declared command."""
 
-    async def configure(self, command: ConfigureSimulator) -> None: ...
+    role: type[Any]
+    method: str
+    fields: tuple[str, ...]
+    """The command's fields passed to the method, in the order of its parameters."""
+    long_running: bool
+    answer: type[BaseModel]
+
+
+def _served(model: type[AgentCommand[Any]]) -> Served:
+    """Check a declaration against its role's method and say how to call it (TypeError if it does not fit)."""
+    declared = model.declared
+    role = ROLES[declared.role]
+    function = getattr(role, declared.method, None)
+    if function is None or not inspect.iscoroutinefunction(function):
+        raise TypeError(f"{model.__name__}: role {role.__name__} has no async method {declared.method!r}")
+    params = [p for p in inspect.signature(function).parameters.values() if p.name != "self"]
+    if declared.long_running:
+        if not params or params[-1].name != "progress":
+            raise TypeError(f"{model.__name__} is long-running: {declared.method} must end with `progress`")
+        params = params[:-1]
+    fields = tuple(p.name for p in params)
+    missing = [name for name in fields if name not in model.model_fields]
+    if missing:
+        raise TypeError(f"{model.__name__} has no field for {declared.method}'s parameters {missing}")
+    return Served(role, declared.method, fields, declared.long_running, model.answer_model)
+
+
+SERVED: dict[str, Served] = {name: _served(model) for name, model in COMMANDS.items()}
+"""Command type -> how it is served, checked when the agent imports this module."""
 
 
 def _no_progress(done: int, total: int) -> None:
     """Progress sink for a long command run synchronously."""
 
 
+def driver_name(driver: Driver) -> str:
+    return type(driver).__name__.removesuffix("Driver").lower() or type(driver).__name__
+
+
 async def dispatch(driver: Driver, command: Command, progress: ProgressFn = _no_progress) -> BaseModel:
     """Run `command` on `driver`; DriverError propagates for the caller to map to a status."""
-    match command:
-        case GetHostInfo():
-            return await driver.host_info()
-        case GetState(pools=pools):
-            return await driver.state(pools)
-        case AttachPool(pool=pool, create=create):
-            return await driver.attach_pool(pool, create)
-        case CreateLayer(layer=layer, size_bytes=size, backing=backing):
-            return await driver.create_layer(layer, size, backing)
-        case GetLayerInfo(layer=layer):
-            return await driver.layer_info(layer)
-        case CopyLayer(source=source, target=target, bandwidth_bytes_per_s=bandwidth):
-            return await driver.copy_layer(source, target, bandwidth, progress)
-        case RebaseLayer(layer=layer, backing=backing):
-            return await driver.rebase_layer(layer, backing)
-        case RemoveLayer(layer=layer, missing_ok=missing_ok):
-            await driver.remove_layer(layer, missing_ok)
-            return Ack()
-        case StartVm(spec=spec):
-            return await driver.start_vm(spec)
-        case StopVm(name=name, force=force, timeout_s=timeout_s):
-            return await driver.stop_vm(name, force, timeout_s)
-        case RebootVm(name=name):
-            return await driver.reboot_vm(name)
-        case GetVm(name=name):
-            return await driver.get_vm(name)
-        case GetVmStats(name=name):
-            return await driver.vm_stats(name)
-        case FetchImage(url=url, target=target, format=fmt, checksum=checksum):
-            return await driver.fetch_image(url, target, fmt, checksum, progress)
-        case ConvertLayer(source=source, target=target):
-            return await driver.convert_layer(source, target, progress)
-        case ResizeLayer(layer=layer, size_bytes=size, vm_name=vm_name, device_id=device_id):
-            return await driver.resize_layer(layer, size, vm_name, device_id)
-        case BuildConfigDrive(
-            target=target,
-            hostname=hostname,
-            instance_id=instance_id,
-            user_data=user_data,
-            public_keys=public_keys,
-        ):
-            return await driver.build_config_drive(target, hostname, instance_id, user_data, public_keys)
-        case AttachDisk(vm_name=vm_name, disk=disk):
-            return await driver.attach_disk(vm_name, disk)
-        case DetachDisk(vm_name=vm_name, device_id=device_id):
-            return await driver.detach_disk(vm_name, device_id)
-        case ChangeCdrom(vm_name=vm_name, path=path):
-            return await driver.change_cdrom(vm_name, path)
-        case RemoveVm(name=name):
-            await driver.remove_vm(name)
-            return Ack()
-        case GetConsoleLog(name=name, tail_bytes=tail_bytes):
-            if tail_bytes is not None and tail_bytes < 0:
-                raise DriverError(ErrorCode.BAD_REQUEST, "tail_bytes must be >= 0")
-            return ConsoleLog(name=name, text=await driver.console_log(name, tail_bytes))
-        case ConfigureSimulator():
-            if not isinstance(driver, SimulatorControl):
-                raise DriverError(ErrorCode.BAD_REQUEST, "only the simulator driver supports configure_simulator")
-            await driver.configure(command)
-            return Ack()
-    raise DriverError(ErrorCode.UNKNOWN_COMMAND, f"no handler for command {command.type!r}")
+    served = SERVED.get(command.type)
+    if served is None:
+        raise DriverError(ErrorCode.UNKNOWN_COMMAND, f"no handler for command {command.type!r}")
+    if not isinstance(driver, served.role):
+        raise DriverError(
+            ErrorCode.BAD_REQUEST,
+            f"the {driver_name(driver)} driver does not support {command.type} (it has no {served.role.__name__} role)",
+        )
+    if isinstance(driver, SimulatorControl) and served.role is not SimulatorControl:
+        await driver.before_command(command.type, served.long_running)
+    method = cast(Callable[..., Awaitable[object]], getattr(driver, served.method))
+    args: list[object] = [getattr(command, name) for name in served.fields]
+    if served.long_running:
+        args.append(progress)
+    result = await method(*args)
+    if result is None and served.answer is Ack:
+        return Ack()
+    if not isinstance(result, served.answer):
+        raise DriverError(
+            ErrorCode.INTERNAL,
+            f"{type(driver).__name__}.{served.method} answered {type(result).__name__}, not {served.answer.__name__}",
+        )
+    return result

@@ -22,12 +22,11 @@ from starlette.routing import BaseRoute, Route
 from strato.agent.agentlog import get_logger, setup_agent_logging
 from strato.agent.auth import is_authorized
 from strato.agent.dispatch import dispatch
-from strato.agent.drivers.base import Driver, DriverError
+from strato.agent.drivers.base import Driver, DriverError, check_driver
 from strato.agent.errors import error_response
 from strato.agent.tasks import TaskRegistry
 from strato.protocol.answers import COMMAND_TYPES, HealthReport
 from strato.protocol.messages import (
-    LONG_RUNNING_COMMANDS,
     PROTOCOL_VERSION,
     CommandEnvelope,
     ErrorCode,
@@ -45,6 +44,7 @@ class AgentState:
     def __init__(self, driver: Driver, token: str, name: str = "agent") -> None:
         if not token:
             raise ValueError("the agent needs a non-empty token")
+        check_driver(driver)  # a driver claiming what it cannot do never serves
         self.driver = driver
         self.token = token
         self.name = name
@@ -129,7 +129,7 @@ def agent_routes(state: AgentState) -> list[BaseRoute]:
         if isinstance(parsed, Response):
             return parsed
         cmd = parsed.command
-        if cmd.type in LONG_RUNNING_COMMANDS:
+        if cmd.declared.long_running:
             task_id = state.tasks.start(cmd.type, lambda progress: dispatch(state.driver, cmd, progress))
             return _json(TaskStarted(task_id=task_id), status=202)
         started = time.monotonic()

@@ -34,6 +34,7 @@ from strato.db.models import (
     Zone,
 )
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
+from strato.services.core.settings import HostsCanDo
 from strato.services.infra.storagepools import allocated_bytes
 from strato.units import GIB
 
@@ -252,17 +253,18 @@ def disk_offering(session: Session, o: DiskOffering) -> dict[str, Any]:
     )
 
 
-def hypervisor_capability(session: Session, h: HypervisorCapability) -> dict[str, Any]:
+def hypervisor_capability(h: HypervisorCapability, can: HostsCanDo) -> dict[str, Any]:
+    """The flags the hosts really have (`can`, from what their agents reported) within the administrator's."""
     return clean(
         {
             "id": h.id,
             "hypervisor": h.hypervisor,
             "hypervisorversion": h.hypervisor_version,
             "maxguestslimit": h.max_guests_limit,
-            "maxdatavolumeslimit": h.max_data_volumes_limit,
+            "maxdatavolumeslimit": can.max_data_volumes_limit,
             "maxhostspercluster": h.max_hosts_per_cluster,
-            "storagemotionenabled": h.storage_motion_enabled,
-            "vmsnapshotenabled": h.vm_snapshot_enabled,
+            "storagemotionenabled": can.storage_motion_enabled,
+            "vmsnapshotenabled": can.vm_snapshot_enabled,
             "securitygroupenabled": h.security_group_enabled,
         }
     )

@@ -26,7 +26,7 @@ from strato.db.models import Host, ServerNode, StoragePool
 from strato.engine.allocator import reaches
 from strato.engine.audit import record_event
 from strato.protocol.client import AgentClient, AgentClientError, AgentUnreachable
-from strato.protocol.messages import GetState, PoolRef, StateReport
+from strato.protocol.messages import DriverCapabilities, GetState, PoolRef, StateReport
 
 log = logging.getLogger("strato.monitor")
 
@@ -38,6 +38,16 @@ def on_state_report(fn: StateConsumer) -> StateConsumer:
     """Registers a reconciler of agents' state reports (e.g. VM sync: the agent's power state wins)."""
     STATE_CONSUMERS.append(fn)
     return fn
+
+
+def store_capabilities(host: Host, capabilities: DriverCapabilities | None) -> None:
+    """Keep what the host's driver reported it can do (written only when it changed; an agent that
+    reports nothing leaves the last report in place)."""
+    if capabilities is None:
+        return
+    reported = capabilities.model_dump(mode="json")
+    if host.capabilities != reported:
+        host.capabilities = reported
 
 
 @dataclass
@@ -149,6 +159,7 @@ class HostMonitor:
             host.last_ping = now
             host.disconnected_since = None
             host.status = "Up"
+            store_capabilities(host, report.capabilities)
             for pool_report in report.pools:
                 pool = s.get(StoragePool, pool_report.id)
                 if pool is not None and pool.removed is None:

@@ -6,44 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from strato.protocol.messages import (
-    Ack,
-    ConsoleLog,
-    HostInfo,
-    LayerInfo,
-    Message,
-    PoolReport,
-    StateReport,
-    VmReport,
-    VmStats,
-)
+from strato.protocol.messages import COMMANDS, Message
 
-ANSWER_MODELS: dict[str, type[BaseModel]] = {
-    "get_host_info": HostInfo,
-    "get_state": StateReport,
-    "attach_pool": PoolReport,
-    "create_layer": LayerInfo,
-    "get_layer_info": LayerInfo,
-    "copy_layer": LayerInfo,
-    "rebase_layer": LayerInfo,
-    "remove_layer": Ack,
-    "start_vm": VmReport,
-    "stop_vm": VmReport,
-    "reboot_vm": VmReport,
-    "get_vm": VmReport,
-    "get_vm_stats": VmStats,
-    "configure_simulator": Ack,
-    "fetch_image": LayerInfo,
-    "convert_layer": LayerInfo,
-    "resize_layer": LayerInfo,
-    "attach_disk": VmReport,
-    "detach_disk": VmReport,
-    "change_cdrom": VmReport,
-    "build_config_drive": LayerInfo,
-    "remove_vm": Ack,
-    "get_console_log": ConsoleLog,
-}
-"""Command `type` -> the model of its answer (for long-running commands: of the task's answer)."""
+ANSWER_MODELS: dict[str, type[BaseModel]] = {name: model.answer_model for name, model in COMMANDS.items()}
+"""Command `type` -> the model of its answer (for long-running commands: of the task's answer); read
+from the commands' declarations."""
 
 COMMAND_TYPES = frozenset(ANSWER_MODELS)
 

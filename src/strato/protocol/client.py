@@ -10,53 +10,24 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from strato.protocol.answers import HealthReport, answer_model
+from strato.protocol.answers import HealthReport
 from strato.protocol.messages import (
-    LONG_RUNNING_COMMANDS,
-    Ack,
+    AgentCommand,
     AgentError,
-    AttachDisk,
-    AttachPool,
-    BuildConfigDrive,
-    ChangeCdrom,
     Command,
     CommandEnvelope,
-    ConfigureSimulator,
-    ConsoleLog,
-    ConvertLayer,
-    CopyLayer,
-    CreateLayer,
-    DetachDisk,
     ErrorCode,
-    FetchImage,
-    GetConsoleLog,
-    GetHostInfo,
-    GetLayerInfo,
-    GetState,
-    GetVm,
-    GetVmStats,
-    HostInfo,
-    LayerInfo,
-    PoolReport,
-    RebaseLayer,
-    RebootVm,
-    RemoveLayer,
-    RemoveVm,
-    ResizeLayer,
-    StartVm,
-    StateReport,
-    StopVm,
     TaskReport,
     TaskStarted,
     TaskState,
-    VmReport,
-    VmStats,
 )
+
+A = TypeVar("A", bound=BaseModel)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -85,6 +56,8 @@ class AgentClient:
 
     def __init__(self, base_url: str, token: str, timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._connect_timeout = min(timeout, connect_timeout)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -103,9 +76,13 @@ class AgentClient:
 
     # --- transport -----------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    def _request(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=json)
+            if timeout is None:
+                response = self._http.request(method, path, json=json)
+            else:
+                limits = httpx.Timeout(timeout, connect=self._connect_timeout)
+                response = self._http.request(method, path, json=json, timeout=limits)
         except httpx.TimeoutException as exc:
             raise AgentUnreachable(f"agent {self.base_url} timed out on {method} {path}: {exc}") from exc
         except httpx.TransportError as exc:
@@ -132,43 +109,16 @@ class AgentClient:
 
     # --- commands ------------------------------------------------------------------------------------
 
-    @overload
-    def call(self, command: GetHostInfo) -> HostInfo: ...
-    @overload
-    def call(self, command: GetState) -> StateReport: ...
-    @overload
-    def call(self, command: AttachPool) -> PoolReport: ...
-    @overload
-    def call(
-        self,
-        command: CreateLayer
-        | GetLayerInfo
-        | CopyLayer
-        | RebaseLayer
-        | FetchImage
-        | ConvertLayer
-        | ResizeLayer
-        | BuildConfigDrive,
-    ) -> LayerInfo: ...
-    @overload
-    def call(
-        self, command: StartVm | StopVm | RebootVm | GetVm | AttachDisk | DetachDisk | ChangeCdrom
-    ) -> VmReport: ...
-    @overload
-    def call(self, command: GetVmStats) -> VmStats: ...
-    @overload
-    def call(self, command: RemoveLayer | ConfigureSimulator | RemoveVm) -> Ack: ...
-    @overload
-    def call(self, command: GetConsoleLog) -> ConsoleLog: ...
-    @overload
-    def call(self, command: Command) -> BaseModel: ...
-
-    def call(self, command: Command) -> BaseModel:
-        """Run a command and return its typed answer; long-running ones are started and waited for."""
-        if command.type in LONG_RUNNING_COMMANDS:
+    def call(self, command: AgentCommand[A]) -> A:
+        """Run a command and return its typed answer (the model its declaration names); long-running
+        ones are started and waited for. A command the agent may take long to answer is waited for as
+        long as it declares (`answer_within`), never less than this client's timeout."""
+        if command.declared.long_running:
             return self.run_long(command)
-        response = self._request("POST", "/v1/command", json=self._envelope(command))
-        result: BaseModel = self._parse(answer_model(command.type), response)
+        allowed = command.answer_within()
+        timeout = None if allowed is None or allowed <= self.timeout else allowed
+        response = self._request("POST", "/v1/command", json=self._envelope(command), timeout=timeout)
+        result: A = self._parse(command.answer_model, response)
         return result
 
     @staticmethod
@@ -189,30 +139,13 @@ class AgentClient:
         report: TaskReport = self._parse(TaskReport, self._request("DELETE", f"/v1/tasks/{task_id}"))
         return report
 
-    @overload
     def run_long(
         self,
-        command: CopyLayer | FetchImage | ConvertLayer,
+        command: AgentCommand[A],
         on_progress: ProgressCallback | None = None,
         poll_interval: float = 0.2,
         cancel_event: threading.Event | None = None,
-    ) -> LayerInfo: ...
-    @overload
-    def run_long(
-        self,
-        command: Command,
-        on_progress: ProgressCallback | None = None,
-        poll_interval: float = 0.2,
-        cancel_event: threading.Event | None = None,
-    ) -> BaseModel: ...
-
-    def run_long(
-        self,
-        command: Command,
-        on_progress: ProgressCallback | None = None,
-        poll_interval: float = 0.2,
-        cancel_event: threading.Event | None = None,
-    ) -> BaseModel:
+    ) -> A:
         """Start a long-running command and poll it to the end, reporting (done, total) as it changes.
 
         When `cancel_event` is set, the remote task is cancelled and AgentCallError(CANCELLED) raised; when
@@ -250,10 +183,10 @@ class AgentClient:
             if cancel_event is None:
                 time.sleep(poll_interval)
 
-    def _outcome(self, command: Command, report: TaskReport) -> BaseModel:
+    def _outcome(self, command: AgentCommand[A], report: TaskReport) -> A:
         if report.state == TaskState.SUCCEEDED:
             try:
-                return answer_model(command.type).model_validate(report.answer or {})
+                return cast(A, command.answer_model.model_validate(report.answer or {}))
             except ValidationError as exc:
                 raise AgentCallError(ErrorCode.INTERNAL, f"unreadable task answer: {exc}") from exc
         if report.error is not None:

@@ -7,15 +7,17 @@ existing field changes meaning, add optional fields freely.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from strato.protocol.capabilities import DriverCapabilities as DriverCapabilities
+from strato.protocol.declare import AgentCommand as AgentCommand
+from strato.protocol.declare import Declared, declared_commands
+from strato.protocol.declare import Message as Message
+from strato.protocol.declare import Role as Role
 
 PROTOCOL_VERSION = 1
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class PowerState(StrEnum):
@@ -140,98 +142,140 @@ class HostInfo(Message):
     cpu_mhz: int
     memory_bytes: int
     local_pool: PoolReport
+    capabilities: DriverCapabilities | None = None
+    """What the driver can do (None from an agent that predates capability flags)."""
 
 
 class StateReport(Message):
     vms: list[VmReport]
     pools: list[PoolReport]
+    capabilities: DriverCapabilities | None = None
+    """Sent with every report so the server sees a driver's new abilities after an agent upgrade."""
+
+
+class Ack(Message):
+    ok: Literal[True] = True
+
+
+class ConsoleLog(Message):
+    name: str
+    text: str
 
 
 # --- commands --------------------------------------------------------------------------------------
+#
+# Each command declares its answer (AgentCommand[Answer]) and `declared`: the driver role and method
+# that serve it, its timeout, whether it is long-running. Defining the class registers it (see
+# strato.protocol.declare); nothing else needs to list it.
+
+QUICK = None
+"""The agent answers at once: the caller's client timeout applies."""
+STOP_GRACE_S = 15.0
+"""What stop_vm may take beyond its own timeout (QEMU's quit grace, then a kill and its wait)."""
 
 
-class GetHostInfo(Message):
+class GetHostInfo(AgentCommand[HostInfo]):
+    """The host's resources and its driver's capabilities (served by `Driver.host_report`)."""
+
+    declared = Declared(Role.LIFECYCLE, "host_report")
     type: Literal["get_host_info"] = "get_host_info"
 
 
-class GetState(Message):
+class GetState(AgentCommand[StateReport]):
     """Ground truth for reconciliation: VMs with their power states, and the given pools' capacity."""
 
+    declared = Declared(Role.LIFECYCLE, "state_report")
     type: Literal["get_state"] = "get_state"
     pools: list[PoolRef] = []
 
 
-class AttachPool(Message):
+class AttachPool(AgentCommand[PoolReport]):
+    declared = Declared(Role.LAYERS, "attach_pool")
     type: Literal["attach_pool"] = "attach_pool"
     pool: PoolRef
     create: bool = True
 
 
-class CreateLayer(Message):
+class CreateLayer(AgentCommand[LayerInfo]):
+    declared = Declared(Role.LAYERS, "create_layer")
     type: Literal["create_layer"] = "create_layer"
     layer: LayerRef
     size_bytes: int | None = None
     backing: LayerRef | None = None
 
 
-class GetLayerInfo(Message):
+class GetLayerInfo(AgentCommand[LayerInfo]):
+    declared = Declared(Role.LAYERS, "layer_info")
     type: Literal["get_layer_info"] = "get_layer_info"
     layer: LayerRef
 
 
-class CopyLayer(Message):
+class CopyLayer(AgentCommand[LayerInfo]):
     """Sparse-aware copy of a frozen layer, possibly to another pool. Long-running: returns a task."""
 
+    declared = Declared(Role.LAYERS, "copy_layer", long_running=True)
     type: Literal["copy_layer"] = "copy_layer"
     source: LayerRef
     target: LayerRef
     bandwidth_bytes_per_s: int | None = None
 
 
-class RebaseLayer(Message):
+class RebaseLayer(AgentCommand[LayerInfo]):
     """Unsafe rebase (metadata only): point a copied layer at its copied backing file."""
 
+    declared = Declared(Role.LAYERS, "rebase_layer")
     type: Literal["rebase_layer"] = "rebase_layer"
     layer: LayerRef
     backing: LayerRef | None
 
 
-class RemoveLayer(Message):
+class RemoveLayer(AgentCommand[Ack]):
+    declared = Declared(Role.LAYERS, "remove_layer")
     type: Literal["remove_layer"] = "remove_layer"
     layer: LayerRef
     missing_ok: bool = True
 
 
-class StartVm(Message):
+class StartVm(AgentCommand[VmReport]):
+    declared = Declared(Role.LIFECYCLE, "start_vm", timeout_s=60.0)
     type: Literal["start_vm"] = "start_vm"
     spec: VmSpec
 
 
-class StopVm(Message):
+class StopVm(AgentCommand[VmReport]):
+    declared = Declared(Role.LIFECYCLE, "stop_vm", timeout_s=30.0 + STOP_GRACE_S)
     type: Literal["stop_vm"] = "stop_vm"
     name: str
     force: bool = False
     timeout_s: float = 30.0
 
+    def answer_within(self) -> float | None:
+        """The guest is given `timeout_s` to shut down before it is killed."""
+        return self.timeout_s + STOP_GRACE_S
 
-class RebootVm(Message):
+
+class RebootVm(AgentCommand[VmReport]):
+    declared = Declared(Role.LIFECYCLE, "reboot_vm")
     type: Literal["reboot_vm"] = "reboot_vm"
     name: str
 
 
-class GetVm(Message):
+class GetVm(AgentCommand[VmReport]):
+    declared = Declared(Role.LIFECYCLE, "get_vm")
     type: Literal["get_vm"] = "get_vm"
     name: str
 
 
-class GetVmStats(Message):
+class GetVmStats(AgentCommand[VmStats]):
+    declared = Declared(Role.LIFECYCLE, "vm_stats")
     type: Literal["get_vm_stats"] = "get_vm_stats"
     name: str
 
 
-class ConfigureSimulator(Message):
+class ConfigureSimulator(AgentCommand[Ack]):
     """Simulator only: per-command delay and failure injection (as CloudStack's configureSimulator)."""
 
+    declared = Declared(Role.SIMULATOR, "configure")
     type: Literal["configure_simulator"] = "configure_simulator"
     command: str
     delay_s: float | None = None
@@ -239,10 +283,11 @@ class ConfigureSimulator(Message):
     fail_message: str | None = None
 
 
-class FetchImage(Message):
+class FetchImage(AgentCommand[LayerInfo]):
     """Download (http/https) or copy (file://, a path on the host) an image into a layer file,
     verify its checksum, and store disks as qcow2 (RAW is converted). Long-running."""
 
+    declared = Declared(Role.LAYERS, "fetch_image", long_running=True)
     type: Literal["fetch_image"] = "fetch_image"
     url: str
     target: LayerRef
@@ -251,17 +296,19 @@ class FetchImage(Message):
     checksum: str | None = None
 
 
-class ConvertLayer(Message):
+class ConvertLayer(AgentCommand[LayerInfo]):
     """Flatten a chain (the layer and its backing files) into one standalone qcow2. Long-running."""
 
+    declared = Declared(Role.LAYERS, "convert_layer", long_running=True)
     type: Literal["convert_layer"] = "convert_layer"
     source: LayerRef
     target: LayerRef
 
 
-class ResizeLayer(Message):
+class ResizeLayer(AgentCommand[LayerInfo]):
     """Grow a layer; when `vm_name` runs with that disk at `device_id`, through QMP block_resize."""
 
+    declared = Declared(Role.LAYERS, "resize_layer")
     type: Literal["resize_layer"] = "resize_layer"
     layer: LayerRef
     size_bytes: int
@@ -269,33 +316,37 @@ class ResizeLayer(Message):
     device_id: int | None = None
 
 
-class AttachDisk(Message):
+class AttachDisk(AgentCommand[VmReport]):
     """Hot-plug a disk into a running VM (blockdev-add + device_add)."""
 
+    declared = Declared(Role.LAYERS, "attach_disk")
     type: Literal["attach_disk"] = "attach_disk"
     vm_name: str
     disk: DiskSpec
 
 
-class DetachDisk(Message):
+class DetachDisk(AgentCommand[VmReport]):
     """Hot-unplug a disk from a running VM (device_del, wait for DEVICE_DELETED, blockdev-del)."""
 
+    declared = Declared(Role.LAYERS, "detach_disk", timeout_s=30.0)
     type: Literal["detach_disk"] = "detach_disk"
     vm_name: str
     device_id: int
 
 
-class ChangeCdrom(Message):
+class ChangeCdrom(AgentCommand[VmReport]):
     """Insert (path) or eject (None) the user CD of a running VM."""
 
+    declared = Declared(Role.LAYERS, "change_cdrom")
     type: Literal["change_cdrom"] = "change_cdrom"
     vm_name: str
     path: str | None = None
 
 
-class BuildConfigDrive(Message):
+class BuildConfigDrive(AgentCommand[LayerInfo]):
     """Write a config drive ISO (label config-2) into a layer file."""
 
+    declared = Declared(Role.LAYERS, "build_config_drive")
     type: Literal["build_config_drive"] = "build_config_drive"
     target: LayerRef
     hostname: str
@@ -304,63 +355,39 @@ class BuildConfigDrive(Message):
     public_keys: list[str] = []
 
 
-class RemoveVm(Message):
+class RemoveVm(AgentCommand[Ack]):
     """Forget a stopped VM: remove its run directory (spec, logs). Refused while it runs."""
 
+    declared = Declared(Role.LIFECYCLE, "remove_vm")
     type: Literal["remove_vm"] = "remove_vm"
     name: str
 
 
-class GetConsoleLog(Message):
+class GetConsoleLog(AgentCommand[ConsoleLog]):
     """The end of a VM's serial console log (the whole log when tail_bytes is None)."""
 
+    declared = Declared(Role.LIFECYCLE, "console")
     type: Literal["get_console_log"] = "get_console_log"
     name: str
     tail_bytes: int | None = 65536
 
 
-class ConsoleLog(Message):
-    name: str
-    text: str
+# --- the envelope: every declared command ------------------------------------------------------------
 
+COMMANDS = declared_commands()
+"""Command type -> its model, for every command declared above."""
 
-Command = Annotated[
-    GetHostInfo
-    | GetState
-    | AttachPool
-    | CreateLayer
-    | GetLayerInfo
-    | CopyLayer
-    | RebaseLayer
-    | RemoveLayer
-    | StartVm
-    | StopVm
-    | RebootVm
-    | GetVm
-    | GetVmStats
-    | ConfigureSimulator
-    | FetchImage
-    | ConvertLayer
-    | ResizeLayer
-    | AttachDisk
-    | DetachDisk
-    | ChangeCdrom
-    | BuildConfigDrive
-    | RemoveVm
-    | GetConsoleLog,
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    Command = AgentCommand[Any]
+else:
+    Command = Annotated[Union[tuple(COMMANDS.values())], Field(discriminator="type")]  # noqa: UP007
 
-LONG_RUNNING_COMMANDS = frozenset({"copy_layer", "fetch_image", "convert_layer"})
+LONG_RUNNING_COMMANDS = frozenset(name for name, model in COMMANDS.items() if model.declared.long_running)
 
 
 class CommandEnvelope(Message):
     version: int = PROTOCOL_VERSION
     command: Command
-
-
-class Ack(Message):
-    ok: Literal[True] = True
 
 
 class TaskStarted(Message):

@@ -1,147 +1,47 @@
-"""The contract every hypervisor driver fulfils; the agent service only talks to this."""
+"""The contract every hypervisor driver fulfils; the agent service only talks to this.
+
+A `Driver` has the two roles every host needs (lifecycle, layers and volumes); block jobs and the
+migration roles are inherited only by drivers that serve them (see roles.py)."""
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Callable
-from typing import Literal
-
-from strato.protocol.messages import (
-    DiskSpec,
-    ErrorCode,
-    HostInfo,
-    LayerInfo,
-    LayerRef,
-    PoolRef,
-    PoolReport,
-    StateReport,
-    VmReport,
-    VmSpec,
-    VmStats,
+from strato.agent.drivers.roles import (
+    BlockJobs,
+    DriverError,
+    Layers,
+    Lifecycle,
+    MigrationSource,
+    MigrationTarget,
+    ProgressFn,
 )
+from strato.protocol.capabilities import DriverCapabilities
 
-ProgressFn = Callable[[int, int], None]
-"""Called with (bytes done, bytes total) while a long operation runs."""
-
-
-class DriverError(Exception):
-    """A failure the agent reports to the server as a typed error."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+__all__ = ["Driver", "DriverError", "ProgressFn", "capability_problems", "check_driver"]
 
 
-class Driver(abc.ABC):
+class Driver(Lifecycle, Layers):
     """A hypervisor driver: owns the VMs and layer files of one host."""
 
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Called once when the agent starts: re-attach to VMs that are still running."""
 
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Called when the agent stops. Must never stop running VMs."""
+def capability_problems(driver: Driver) -> list[str]:
+    """Each capability the driver claims without the roles it needs (empty when it is truthful)."""
+    caps = getattr(type(driver), "capabilities", None)
+    if not isinstance(caps, DriverCapabilities):
+        return [f"{type(driver).__name__} declares no capabilities"]
+    problems = []
+    if caps.live_storage_motion and not isinstance(driver, BlockJobs):
+        problems.append("live_storage_motion needs the BlockJobs role")
+    if caps.live_migration and not (isinstance(driver, MigrationSource) and isinstance(driver, MigrationTarget)):
+        problems.append("live_migration needs the MigrationSource and MigrationTarget roles")
+    if caps.vm_snapshots or caps.memory_snapshots:
+        problems.append("no driver role serves VM snapshots yet")
+    if caps.memory_snapshots and not caps.vm_snapshots:
+        problems.append("memory_snapshots needs vm_snapshots")
+    return problems
 
-    @abc.abstractmethod
-    async def host_info(self) -> HostInfo: ...
 
-    @abc.abstractmethod
-    async def state(self, pools: list[PoolRef]) -> StateReport: ...
-
-    @abc.abstractmethod
-    async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport: ...
-
-    @abc.abstractmethod
-    async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
-        """Create an empty qcow2 layer, optionally on a backing layer (then size defaults to its size)."""
-
-    @abc.abstractmethod
-    async def layer_info(self, layer: LayerRef) -> LayerInfo: ...
-
-    @abc.abstractmethod
-    async def copy_layer(
-        self, source: LayerRef, target: LayerRef, bandwidth: int | None, progress: ProgressFn
-    ) -> LayerInfo:
-        """Copy a frozen layer sparse-aware; the copy keeps the source's backing reference as is."""
-
-    @abc.abstractmethod
-    async def rebase_layer(self, layer: LayerRef, backing: LayerRef | None) -> LayerInfo: ...
-
-    @abc.abstractmethod
-    async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None: ...
-
-    @abc.abstractmethod
-    async def start_vm(self, spec: VmSpec) -> VmReport: ...
-
-    @abc.abstractmethod
-    async def stop_vm(self, name: str, force: bool, timeout_s: float) -> VmReport: ...
-
-    @abc.abstractmethod
-    async def reboot_vm(self, name: str) -> VmReport: ...
-
-    @abc.abstractmethod
-    async def get_vm(self, name: str) -> VmReport: ...
-
-    @abc.abstractmethod
-    async def vm_stats(self, name: str) -> VmStats: ...
-
-    @abc.abstractmethod
-    async def remove_vm(self, name: str) -> None:
-        """Forget a stopped VM (its run directory or record). Already gone is not an error (expunge
-        retries); a running VM is refused with INVALID_STATE."""
-
-    @abc.abstractmethod
-    async def console_log(self, name: str, tail_bytes: int | None) -> str:
-        """The end of the VM's serial console log ("" before its first start)."""
-
-    # --- storage -----------------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def fetch_image(
-        self,
-        url: str,
-        target: LayerRef,
-        fmt: Literal["qcow2", "raw", "iso"],
-        checksum: str | None,
-        progress: ProgressFn,
-    ) -> LayerInfo:
-        """Download (http/https) or copy (file://) an image into a new layer file, verify its checksum,
-        refuse qcow2 images with a backing or external data file, convert raw to qcow2, keep ISOs as is.
-        Nothing is left behind on failure or cancellation."""
-
-    @abc.abstractmethod
-    async def convert_layer(self, source: LayerRef, target: LayerRef, progress: ProgressFn) -> LayerInfo:
-        """Flatten the chain ending at `source` into a new standalone qcow2 `target`."""
-
-    @abc.abstractmethod
-    async def resize_layer(
-        self, layer: LayerRef, size_bytes: int, vm_name: str | None, device_id: int | None
-    ) -> LayerInfo:
-        """Grow a layer (shrinking is BAD_REQUEST); live through the VM when it runs with that disk."""
-
-    @abc.abstractmethod
-    async def build_config_drive(
-        self,
-        target: LayerRef,
-        hostname: str,
-        instance_id: str,
-        user_data: str | None,
-        public_keys: list[str],
-    ) -> LayerInfo:
-        """Write a config drive ISO (label config-2) to `target`, replacing an older one."""
-
-    # --- devices of running VMs --------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def attach_disk(self, vm_name: str, disk: DiskSpec) -> VmReport:
-        """Hot-plug a disk into a running VM and record it in the VM's spec."""
-
-    @abc.abstractmethod
-    async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
-        """Hot-unplug a disk; INVALID_STATE (disk left attached) when the guest does not release it."""
-
-    @abc.abstractmethod
-    async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
-        """Insert an ISO into (path) or eject (None) the user CD drive of a running VM."""
+def check_driver(driver: Driver) -> None:
+    """Refuse a driver that claims what it cannot do (called when the agent starts)."""
+    problems = capability_problems(driver)
+    if problems:
+        raise TypeError(f"{type(driver).__name__}: " + "; ".join(problems))

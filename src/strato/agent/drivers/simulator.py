@@ -27,10 +27,11 @@ from strato.agent.drivers.imagefetch import (
     parse_checksum,
     url_kind,
 )
-from strato.protocol.answers import COMMAND_TYPES
+from strato.agent.drivers.roles import SimulatorControl
+from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
+    COMMANDS,
     CdromSpec,
-    ConfigureSimulator,
     DiskSpec,
     DiskStats,
     ErrorCode,
@@ -40,6 +41,7 @@ from strato.protocol.messages import (
     PoolRef,
     PoolReport,
     PowerState,
+    Role,
     StateReport,
     VmReport,
     VmSpec,
@@ -58,6 +60,8 @@ CONFIG_DRIVE_BYTES = 374_784
 STATE_FILE = "simulator-state.json"
 CONFIG_FILE = "simulator-config.json"
 PROGRESS_STEPS = 20
+MAX_DATA_VOLUMES = 24
+"""As the QEMU driver declares (its PCI slots), so limits behave the same on simulated hosts."""
 
 
 class SimulatorConfig(BaseModel):
@@ -169,8 +173,16 @@ def _inspect_file(path: Path, checksum: Checksum | None) -> tuple[int, int, str 
     return st.st_size, st.st_blocks * 512, hasher.hexdigest() if hasher is not None else None
 
 
-class SimulatorDriver(Driver):
-    """A fake host: records instead of files and processes, with configurable delays and failures."""
+class SimulatorDriver(Driver, SimulatorControl):
+    """A fake host: records instead of files and processes, with configurable delays and failures.
+
+    Its roles and capabilities are the QEMU driver's, so the control plane sees the same host."""
+
+    capabilities = DriverCapabilities(
+        hot_plug_disks=True,
+        offline_storage_motion=True,
+        max_data_volumes=MAX_DATA_VOLUMES,
+    )
 
     def __init__(
         self, data_dir: Path, config: SimulatorConfig | None = None, shared: SharedStorage | None = None
@@ -215,24 +227,36 @@ class SimulatorDriver(Driver):
 
     # --- simulated behaviour -------------------------------------------------------------------------
 
-    async def configure(self, command: ConfigureSimulator) -> None:
-        """Set the delay and/or arm failures for one command type (fields left None stay as they are)."""
-        if command.command not in COMMAND_TYPES or command.command == "configure_simulator":
-            known = ", ".join(sorted(COMMAND_TYPES - {"configure_simulator"}))
-            raise DriverError(ErrorCode.BAD_REQUEST, f"cannot configure {command.command!r}; known: {known}")
-        if command.delay_s is not None and command.delay_s < 0:
+    async def configure(
+        self, command: str, delay_s: float | None, fail_count: int | None, fail_message: str | None
+    ) -> None:
+        """Set the delay and/or arm failures for one command type (fields left None stay as they are).
+        Every declared command can be configured, except those of the simulator role itself."""
+        configurable = {name for name, model in COMMANDS.items() if model.declared.role != Role.SIMULATOR}
+        if command not in configurable:
+            known = ", ".join(sorted(configurable))
+            raise DriverError(ErrorCode.BAD_REQUEST, f"cannot configure {command!r}; known: {known}")
+        if delay_s is not None and delay_s < 0:
             raise DriverError(ErrorCode.BAD_REQUEST, "delay_s must be >= 0")
-        if command.fail_count is not None and command.fail_count < 0:
+        if fail_count is not None and fail_count < 0:
             raise DriverError(ErrorCode.BAD_REQUEST, "fail_count must be >= 0")
-        behaviour = self._state.behaviour.setdefault(command.command, _Behaviour())
-        if command.delay_s is not None:
-            behaviour.delay_s = command.delay_s
-        if command.fail_count is not None:
-            behaviour.fail_count = command.fail_count
-        if command.fail_message is not None:
-            behaviour.fail_message = command.fail_message or None
+        behaviour = self._state.behaviour.setdefault(command, _Behaviour())
+        if delay_s is not None:
+            behaviour.delay_s = delay_s
+        if fail_count is not None:
+            behaviour.fail_count = fail_count
+        if fail_message is not None:
+            behaviour.fail_message = fail_message or None
         self._save()
-        log.info("simulator configured", extra={"command": command.command, **behaviour.model_dump()})
+        log.info("simulator configured", extra={"command": command, **behaviour.model_dump()})
+
+    async def before_command(self, command: str, long_running: bool) -> None:
+        """The configured delay (a long-running command spreads it over its progress instead), then
+        an injected failure if one is armed."""
+        if long_running:
+            self._maybe_fail(command)
+        else:
+            await self._simulate(command)
 
     def _delay(self, command: str) -> float:
         behaviour = self._state.behaviour.get(command)
@@ -351,7 +375,6 @@ class SimulatorDriver(Driver):
         self._save()
 
     async def host_info(self) -> HostInfo:
-        await self._simulate("get_host_info")
         return HostInfo(
             hostname=self.config.hostname or f"sim-{self.data_dir.name or socket.gethostname()}",
             driver="simulator",
@@ -364,7 +387,6 @@ class SimulatorDriver(Driver):
         )
 
     async def state(self, pools: list[PoolRef]) -> StateReport:
-        await self._simulate("get_state")
         return StateReport(
             vms=[self._vm_report(vm) for vm in self._state.vms.values()],
             pools=[self._pool_report(pool) for pool in pools],
@@ -372,13 +394,11 @@ class SimulatorDriver(Driver):
 
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
         """Any path is accepted: there is no directory, and so no missing mount to guard against."""
-        await self._simulate("attach_pool")
         self._pool_layers(pool)
         self._save_storage(pool)
         return self._pool_report(pool)
 
     async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
-        await self._simulate("create_layer")
         if self._find_layer(layer) is not None:
             raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(layer)} already exists")
         if size_bytes is not None and size_bytes <= 0:
@@ -396,7 +416,6 @@ class SimulatorDriver(Driver):
         return self._layer_info(layer, record)
 
     async def layer_info(self, layer: LayerRef) -> LayerInfo:
-        await self._simulate("get_layer_info")
         return self._layer_info(layer, self._layer(layer))
 
     async def copy_layer(
@@ -404,7 +423,6 @@ class SimulatorDriver(Driver):
     ) -> LayerInfo:
         """Takes the configured delay (or size/bandwidth if longer), reporting progress as it goes;
         cancelled part-way, it leaves nothing behind."""
-        self._maybe_fail("copy_layer")
         original = self._layer(source)
         if self._find_layer(target) is not None:
             raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} already exists")
@@ -425,7 +443,6 @@ class SimulatorDriver(Driver):
         return self._layer_info(target, record)
 
     async def rebase_layer(self, layer: LayerRef, backing: LayerRef | None) -> LayerInfo:
-        await self._simulate("rebase_layer")
         record = self._layer(layer)
         if backing is not None:
             self._layer(backing)
@@ -438,7 +455,6 @@ class SimulatorDriver(Driver):
     async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None:
         """Stricter than a file delete: refuses to remove a layer a running VM or another layer uses,
         so control-plane ordering bugs show up in simulated runs."""
-        await self._simulate("remove_layer")
         if self._find_layer(layer) is None:
             if missing_ok:
                 return
@@ -460,7 +476,6 @@ class SimulatorDriver(Driver):
         self._save_storage(layer.pool)
 
     async def start_vm(self, spec: VmSpec) -> VmReport:
-        await self._simulate("start_vm")
         known = self._state.vms.get(spec.name)
         if known is not None and known.running:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {spec.name} is already running")
@@ -486,21 +501,18 @@ class SimulatorDriver(Driver):
 
     async def stop_vm(self, name: str, force: bool, timeout_s: float) -> VmReport:
         """Stopping a stopped VM is not an error: it reports the VM stopped, as the QEMU driver does."""
-        await self._simulate("stop_vm")
         vm = self._vm(name)
         vm.pid = vm.vnc_port = vm.started_at = None
         self._save()
         return self._vm_report(vm)
 
     async def reboot_vm(self, name: str) -> VmReport:
-        await self._simulate("reboot_vm")
         vm = self._vm(name)
         if not vm.running:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")
         return self._vm_report(vm)
 
     async def get_vm(self, name: str) -> VmReport:
-        await self._simulate("get_vm")
         return self._vm_report(self._vm(name))
 
     def forget_vm(self, name: str) -> None:
@@ -513,13 +525,11 @@ class SimulatorDriver(Driver):
 
     async def remove_vm(self, name: str) -> None:
         """Idempotent: a VM already forgotten is not an error."""
-        await self._simulate("remove_vm")
         if name in self._state.vms:
             self.forget_vm(name)
 
     async def console_log(self, name: str, tail_bytes: int | None) -> str:
         """A made-up console: one boot line per the VM's current run."""
-        await self._simulate("get_console_log")
         vm = self._vm(name)
         lines = [f"strato simulator: VM {name} uuid {vm.spec.uuid}"]
         if vm.started_at is not None:
@@ -545,7 +555,6 @@ class SimulatorDriver(Driver):
         """file:// URLs name real files: they are read, checksummed and (qcow2) header-checked exactly
         as the real driver does, and their sizes recorded. http(s) URLs are not fetched (scale tests use
         made-up URLs): only the checksum's syntax is checked, and the sizes come from the config."""
-        self._maybe_fail("fetch_image")
         expected = parse_checksum(checksum)
         kind = url_kind(url)
         if self._find_layer(target) is not None:
@@ -582,7 +591,6 @@ class SimulatorDriver(Driver):
 
     async def convert_layer(self, source: LayerRef, target: LayerRef, progress: ProgressFn) -> LayerInfo:
         """A standalone copy of the chain: its physical size is the chain's data, at most its virtual size."""
-        self._maybe_fail("convert_layer")
         original = self._layer(source)
         if original.format != "qcow2":
             raise DriverError(ErrorCode.BAD_REQUEST, f"layer {_describe(source)} is {original.format}")
@@ -612,7 +620,6 @@ class SimulatorDriver(Driver):
     ) -> LayerInfo:
         """Grow only; a layer a running VM uses can only be grown through that VM's disk (as QEMU's
         image locking makes it on a real host)."""
-        await self._simulate("resize_layer")
         record = self._layer(layer)
         if record.format != "qcow2":
             raise DriverError(ErrorCode.BAD_REQUEST, f"layer {_describe(layer)} is {record.format}")
@@ -651,7 +658,6 @@ class SimulatorDriver(Driver):
         public_keys: list[str],
     ) -> LayerInfo:
         """Records an ISO layer; an existing config drive is replaced, as on a real host."""
-        await self._simulate("build_config_drive")
         if not hostname.strip():
             raise DriverError(ErrorCode.BAD_REQUEST, "hostname must not be empty")
         size = CONFIG_DRIVE_BYTES + len((user_data or "").encode())
@@ -671,7 +677,6 @@ class SimulatorDriver(Driver):
         return vm
 
     async def attach_disk(self, vm_name: str, disk: DiskSpec) -> VmReport:
-        await self._simulate("attach_disk")
         vm = self._running_vm(vm_name)
         if disk.bus == "ide":
             raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-plugged: use virtio or scsi")
@@ -687,7 +692,6 @@ class SimulatorDriver(Driver):
 
     async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
         """The simulated guest always releases the disk at once."""
-        await self._simulate("detach_disk")
         vm = self._running_vm(vm_name)
         disk = next((d for d in vm.spec.disks if d.device_id == device_id), None)
         if disk is None:
@@ -701,7 +705,6 @@ class SimulatorDriver(Driver):
     async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
         """Every VM has a CD drive, as on the QEMU driver. The path is recorded, not opened: ISOs in
         simulated pools have no files."""
-        await self._simulate("change_cdrom")
         vm = self._running_vm(vm_name)
         if path is not None and not os.path.isabs(path):
             raise DriverError(ErrorCode.BAD_REQUEST, "cdrom path must be absolute")
@@ -711,7 +714,6 @@ class SimulatorDriver(Driver):
 
     async def vm_stats(self, name: str) -> VmStats:
         """Plausible, monotonic counters derived from the VM's uptime (5% CPU, light disk traffic)."""
-        await self._simulate("get_vm_stats")
         vm = self._vm(name)
         if vm.started_at is None:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not running")

@@ -10,7 +10,7 @@ from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.infra import capacity, hosts
+from strato.services.infra import capacity, hosts, maintenance
 
 
 @api(
@@ -114,7 +114,7 @@ def delete_host(ctx: CallContext, args: dict[str, Any]) -> None:
     params=(Param("id", T.UUID, "The host ID", required=True),),
 )
 def prepare_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(hosts.prepare_maintenance(ctx, args["id"]), args["id"])
+    return AsyncStarted(maintenance.prepare_maintenance(ctx, args["id"]), args["id"])
 
 
 @api(
@@ -126,7 +126,7 @@ def prepare_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     params=(Param("id", T.UUID, "The host ID", required=True),),
 )
 def cancel_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(hosts.cancel_maintenance(ctx, args["id"]), args["id"])
+    return AsyncStarted(maintenance.cancel_maintenance(ctx, args["id"]), args["id"])
 
 
 @api(

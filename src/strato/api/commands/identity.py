@@ -15,7 +15,7 @@ from strato.errors import CloudError, ErrorCode
 from strato.services.core import settings
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.identity import identity
+from strato.services.identity import deletion, identity
 
 USER_FIELDS = (
     Param("username", T.STRING, "Unique username", required=True, max_length=255),
@@ -131,7 +131,7 @@ def list_domains(ctx: CallContext, args: dict[str, Any]) -> Listing:
     ),
 )
 def delete_domain(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(identity.submit_delete_domain(ctx, args["id"], bool(args.get("cleanup"))), args["id"])
+    return AsyncStarted(deletion.delete_domain(ctx, args["id"], bool(args.get("cleanup"))), args["id"])
 
 
 # --- accounts --------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     params=(Param("id", T.UUID, "Account id", required=True),),
 )
 def delete_account(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(identity.delete_account(ctx, args["id"]), args["id"])
+    return AsyncStarted(deletion.delete_account(ctx, args["id"]), args["id"])
 
 
 # --- users -----------------------------------------------------------------------------------------

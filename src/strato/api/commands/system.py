@@ -158,7 +158,7 @@ def update_configuration(ctx: CallContext, args: dict[str, Any]) -> dict[str, An
 )
 def list_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = paginate_rows(settings.list_capabilities(ctx, args), Page.from_args(args))
-    return Listing([views.hypervisor_capability(ctx.session, h) for h in rows], total)
+    return Listing([views.hypervisor_capability(h, settings.hosts_can_do(ctx.session, h)) for h in rows], total)
 
 
 @api(
@@ -183,7 +183,8 @@ def list_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> List
     ),
 )
 def update_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    return views.hypervisor_capability(ctx.session, settings.update_capability(ctx, args))
+    row = settings.update_capability(ctx, args)
+    return views.hypervisor_capability(row, settings.hosts_can_do(ctx.session, row))
 
 
 @api(

@@ -10,7 +10,7 @@ from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.images import templates
+from strato.services.images import copies, create, delete, register, templates
 
 COMMON = (
     Param("name", T.STRING, "The name of the template", required=True, max_length=255),
@@ -74,8 +74,8 @@ def _deploy_result(ctx: CallContext, tmpl: Any, job_id: str) -> Listing:
     ),
 )
 def register_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
-    tmpl, plan = templates.register(ctx, args, iso=False)
-    return _deploy_result(ctx, tmpl, templates.submit_download(ctx, tmpl, plan))
+    tmpl, job_id = register.register(ctx, args, iso=False)
+    return _deploy_result(ctx, tmpl, job_id)
 
 
 @api(
@@ -87,8 +87,7 @@ def register_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
     params=COMMON,
 )
 def register_iso(ctx: CallContext, args: dict[str, Any]) -> Listing:
-    tmpl, plan = templates.register(ctx, {**args, "format": "ISO"}, iso=True)
-    job_id = templates.submit_download(ctx, tmpl, plan)
+    tmpl, job_id = register.register(ctx, {**args, "format": "ISO"}, iso=True)
     out = views.iso(ctx.session, tmpl)
     out["jobid"] = job_id
     return Listing([out], 1)
@@ -177,12 +176,12 @@ DELETE_PARAMS = (
     params=DELETE_PARAMS,
 )
 def delete_template(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(templates.delete(ctx, args, iso=False), args["id"])
+    return AsyncStarted(delete.delete(ctx, args, iso=False), args["id"])
 
 
 @api("deleteIso", "Deletes an ISO file", kind=Kind.ASYNC, event="ISO.DELETE", params=DELETE_PARAMS)
 def delete_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(templates.delete(ctx, args, iso=True), args["id"])
+    return AsyncStarted(delete.delete(ctx, args, iso=True), args["id"])
 
 
 COPY_PARAMS = (
@@ -202,13 +201,13 @@ COPY_PARAMS = (
     params=COPY_PARAMS,
 )
 def copy_template(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    tmpl, job_id = templates.copy_to(ctx, args, iso=False)
+    tmpl, job_id = copies.copy_to(ctx, args, iso=False)
     return AsyncStarted(job_id, tmpl.id)
 
 
 @api("copyIso", "Copies an ISO to another zone or image store", kind=Kind.ASYNC, event="ISO.COPY", params=COPY_PARAMS)
 def copy_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    tmpl, job_id = templates.copy_to(ctx, args, iso=True)
+    tmpl, job_id = copies.copy_to(ctx, args, iso=True)
     return AsyncStarted(job_id, tmpl.id)
 
 
@@ -226,7 +225,7 @@ def copy_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     ),
 )
 def prepare_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
-    tmpl, job_id = templates.prepare(ctx, args)
+    tmpl, job_id = copies.prepare(ctx, args)
     return _deploy_result(ctx, tmpl, job_id)
 
 
@@ -251,5 +250,5 @@ def prepare_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
     ),
 )
 def create_template(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    tmpl, job_id = templates.create_from(ctx, args)
+    tmpl, job_id = create.create_from(ctx, args)
     return AsyncStarted(job_id, tmpl.id)

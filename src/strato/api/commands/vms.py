@@ -8,7 +8,10 @@ from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
-from strato.services.compute import vmimport, vms
+from strato.services.compute import deploy as deploy_op
+from strato.services.compute import destroy as destroy_op
+from strato.services.compute import iso, power, vmimport, vms
+from strato.services.compute import scale as scale_op
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
 
@@ -69,7 +72,7 @@ def _view(ctx: CallContext, vm: Any, with_stats: bool = False) -> dict[str, Any]
     ),
 )
 def deploy(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    vm, job_id = vms.deploy(ctx, args)
+    vm, job_id = deploy_op.deploy(ctx, args)
     return AsyncStarted(job_id, vm.id)
 
 
@@ -111,7 +114,7 @@ def list_vms(ctx: CallContext, args: dict[str, Any]) -> Listing:
     params=(VM_ID, Param("hostid", T.UUID, "Destination host to start the VM on (admins)")),
 )
 def start(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.start(ctx, args), args["id"])
+    return AsyncStarted(power.start(ctx, args), args["id"])
 
 
 @api(
@@ -122,12 +125,12 @@ def start(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     params=(VM_ID, Param("forced", T.BOOLEAN, "Force stop the VM (kill it) instead of an ACPI shutdown")),
 )
 def stop(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.stop(ctx, args), args["id"])
+    return AsyncStarted(power.stop(ctx, args), args["id"])
 
 
 @api("rebootVirtualMachine", "Reboots a virtual machine", kind=Kind.ASYNC, event="VM.REBOOT", params=(VM_ID,))
 def reboot(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.reboot(ctx, args), args["id"])
+    return AsyncStarted(power.reboot(ctx, args), args["id"])
 
 
 @api(
@@ -142,7 +145,7 @@ def reboot(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     ),
 )
 def destroy(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.destroy(ctx, args), args["id"])
+    return AsyncStarted(destroy_op.destroy(ctx, args), args["id"])
 
 
 @api(
@@ -164,7 +167,7 @@ def recover(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     params=(VM_ID,),
 )
 def expunge(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.expunge(ctx, args), args["id"])
+    return AsyncStarted(destroy_op.expunge(ctx, args), args["id"])
 
 
 @api(
@@ -175,7 +178,7 @@ def expunge(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     params=(VM_ID, Param("serviceofferingid", T.UUID, "The ID of the new service offering", required=True), DETAILS),
 )
 def scale(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.scale(ctx, args), args["id"])
+    return AsyncStarted(scale_op.scale(ctx, args), args["id"])
 
 
 @api(
@@ -205,7 +208,7 @@ ISO_PARAMS = (
 
 @api("attachIso", "Attaches an ISO to a virtual machine", kind=Kind.ASYNC, event="VM.ISO.ATTACH", params=ISO_PARAMS)
 def attach_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.attach_iso(ctx, args), args["virtualmachineid"])
+    return AsyncStarted(iso.attach_iso(ctx, args), args["virtualmachineid"])
 
 
 @api(
@@ -216,7 +219,7 @@ def attach_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     params=(Param("virtualmachineid", T.UUID, "The ID of the virtual machine", required=True),),
 )
 def detach_iso(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(vms.detach_iso(ctx, args), args["virtualmachineid"])
+    return AsyncStarted(iso.detach_iso(ctx, args), args["virtualmachineid"])
 
 
 @api(

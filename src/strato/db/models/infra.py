@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from strato.db.base import Entity
@@ -67,6 +68,9 @@ class Host(Entity):
     host_tags: Mapped[str | None] = mapped_column(String(1024), default=None)
     last_ping: Mapped[datetime | None] = mapped_column(default=None)
     disconnected_since: Mapped[datetime | None] = mapped_column(default=None)
+    # The driver's capability flags (strato.protocol.capabilities.DriverCapabilities) as the agent last
+    # reported them, to addHost or the monitor; None until it has.
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class StoragePool(Entity):

@@ -12,6 +12,7 @@ from strato.services.storage.disks import attached_volumes, disk_spec
 
 
 def iso_path(session: Session, iso_id: str) -> str | None:
+    """Where an agent finds the ISO: the path of its first ready copy on a live image store."""
     for copy in session.scalars(
         select(TemplateStoreCopy).where(
             TemplateStoreCopy.template_id == iso_id,
@@ -26,12 +27,14 @@ def iso_path(session: Session, iso_id: str) -> str | None:
 
 
 def config_drive_layer(session: Session, vm_id: str) -> Layer | None:
+    """The VM's config drive, if it has one, so that start and expunge can find it."""
     return session.scalar(
         select(Layer).where(Layer.vm_id == vm_id, Layer.kind == LAYER_CONFIG_DRIVE, Layer.removed.is_(None))
     )
 
 
 def vm_spec(session: Session, vm: VirtualMachine) -> VmSpec:
+    """Everything the agent needs to start the VM, taken from the database (the agent keeps no state)."""
     disks = [disk_spec(session, v) for v in attached_volumes(session, vm.id) if v.top_layer_id]
     cdrom = CdromSpec(path=iso_path(session, vm.iso_id)) if vm.iso_id else None
     config = config_drive_layer(session, vm.id)

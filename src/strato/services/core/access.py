@@ -16,10 +16,12 @@ from strato.services.core.context import CallContext
 
 
 def in_subtree(domain: Domain, ancestor: Domain) -> bool:
+    """Domain admins act on their domain and every domain below it."""
     return domain.path == ancestor.path or domain.path.startswith(ancestor.path + "/")
 
 
 def get_domain(ctx: CallContext, domain_id: str) -> Domain:
+    """A domain the caller may see; others answer NotFound so that ids do not leak."""
     domain = ctx.session.get(Domain, domain_id)
     if domain is None or domain.removed is not None or not can_see_domain(ctx, domain):
         raise NotFound(f"Unable to find domain by id {domain_id}")
@@ -27,6 +29,7 @@ def get_domain(ctx: CallContext, domain_id: str) -> Domain:
 
 
 def can_see_domain(ctx: CallContext, domain: Domain) -> bool:
+    """Root admins see every domain, domain admins their subtree, users their own domain."""
     if ctx.is_root_admin:
         return True
     if ctx.is_domain_admin:
@@ -131,5 +134,6 @@ def get_owned(ctx: CallContext, model: Any, entity_id: str, label: str, param: s
 
 
 def get_vm(ctx: CallContext, vm_id: str, param: str = "id") -> VirtualMachine:
+    """A VM the caller may act on; here, below compute, so that storage and images can look VMs up too."""
     found: VirtualMachine = get_owned(ctx, VirtualMachine, vm_id, "virtual machine", param)
     return found

@@ -16,6 +16,7 @@ _lock = threading.Lock()
 
 
 def client_for(url: str, token: str, timeout: float = 30.0) -> AgentClient:
+    """One pooled client per agent, so that every thread shares its connections."""
     key = (url, token)
     with _lock:
         client = _clients.get(key)
@@ -26,6 +27,7 @@ def client_for(url: str, token: str, timeout: float = 30.0) -> AgentClient:
 
 
 def host_client(host: Host) -> AgentClient:
+    """The client of a host's agent."""
     return client_for(host.url, host.token)
 
 
@@ -55,6 +57,7 @@ def agent_errors(host_name: str) -> Iterator[None]:
 
 
 def close_all() -> None:
+    """Closes every agent connection when the server stops."""
     with _lock:
         for client in _clients.values():
             client.close()

@@ -12,6 +12,8 @@ from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_AD
 
 @dataclass
 class CallContext:
+    """Who is calling, in which session: every service function takes one, so that access rules apply."""
+
     session: Session
     user: User
     account: Account

@@ -16,6 +16,7 @@ __all__ = ["list_events", "record_event"]
 
 
 def list_events(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Event], int]:
+    """listEvents: the events of the resources the caller may see, filtered and paged."""
     q = select(Event).where(Event.removed.is_(None))
     scope = owner_scope(ctx, args)
     if scope.account_ids is not None or scope.domain_path is not None:

@@ -22,6 +22,7 @@ DEFAULTS = {
 
 
 def limit(session: Session, account: Account, resource_type: int) -> int:
+    """The account's maximum of a resource type (-1: unlimited, always for root admins)."""
     if account.type == ACCOUNT_TYPE_ADMIN:
         return -1
     row = session.scalar(
@@ -35,6 +36,7 @@ def limit(session: Session, account: Account, resource_type: int) -> int:
 
 
 def usage(session: Session, account_id: str, resource_type: int) -> int:
+    """What the account holds of a resource type now, counted from the database."""
     if resource_type == USER_VM:
         q = (
             select(func.count())
@@ -77,6 +79,7 @@ def check(session: Session, account: Account, vms: int = 0, volumes: int = 0, st
 
 
 def set_limit(session: Session, account: Account, resource_type: int, maximum: int) -> None:
+    """updateResourceLimit: records the account's new maximum (-1 for unlimited)."""
     row = session.scalar(
         select(ResourceLimit).where(
             ResourceLimit.account_id == account.id,

@@ -17,6 +17,8 @@ E = TypeVar("E")
 
 @dataclass(frozen=True)
 class Page:
+    """CloudStack's page, pagesize and keyword, parsed once for every list command."""
+
     page: int | None = None
     pagesize: int | None = None
     keyword: str | None = None

@@ -13,6 +13,7 @@ E = TypeVar("E", bound=Entity)
 
 
 def get_live(session: Session, model: type[E], entity_id: str, label: str, param: str = "id") -> E:
+    """A row that exists and is not removed, or the NotFound CloudStack answers."""
     row = session.get(model, entity_id)
     if row is None or row.removed is not None:
         raise NotFound(f"Unable to find {label} with {param}={entity_id}")

@@ -15,6 +15,7 @@ from strato.protocol.messages import PoolRef
 
 
 def up_hosts(session: Session, zone_id: str | None = None) -> list[Host]:
+    """The hosts that can take work now, oldest first, so that the choice is stable."""
     q = select(Host).where(Host.removed.is_(None), Host.status == "Up").order_by(Host.created)
     if zone_id:
         q = q.where(Host.zone_id == zone_id)
@@ -40,8 +41,10 @@ def host_for(
 
 
 def pool_ref(pool: StoragePool) -> PoolRef:
+    """A pool as the agent addresses it (id and path)."""
     return PoolRef(id=pool.id, path=pool.path)
 
 
 def store_ref(store: ImageStore) -> PoolRef:
+    """An image store as the agent addresses it, like a pool."""
     return PoolRef(id=store.id, path=store.path)

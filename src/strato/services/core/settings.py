@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.db.models import HypervisorCapability, Setting
+from strato.db.models import Host, HypervisorCapability, Setting
 from strato.engine.allocator import Limits
 from strato.errors import InvalidParameter, NotFound
+from strato.protocol.capabilities import DriverCapabilities
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
 from strato.services.core.lookup import get_live
@@ -20,6 +21,8 @@ from strato.services.core.lookup import get_live
 
 @dataclass(frozen=True)
 class SettingSpec:
+    """A global setting's type, default and bounds, declared once for reads, updates and listConfigurations."""
+
     name: str
     type: type
     default: Any
@@ -143,6 +146,7 @@ def _coerce(spec: SettingSpec, raw: str) -> Any:
 
 
 def get(session: Session, name: str) -> Any:
+    """A setting's current value, its default when unset."""
     spec = SPECS[name]
     row = session.get(Setting, name)
     if row is None or row.value is None:
@@ -151,6 +155,7 @@ def get(session: Session, name: str) -> Any:
 
 
 def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec, Any]:
+    """updateConfiguration: checks the value against the setting's type and bounds; empty resets it."""
     spec = SPECS.get(name)
     if spec is None:
         raise InvalidParameter(f"Configuration {name} does not exist")
@@ -168,6 +173,7 @@ def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec,
 
 
 def list_settings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[tuple[SettingSpec, Any]], int]:
+    """listConfigurations: the settings with their current values, filtered and paged."""
     specs = sorted(SPECS.values(), key=lambda s: s.name)
     if args.get("name"):
         specs = [s for s in specs if s.name == args["name"]]
@@ -199,7 +205,45 @@ DEFAULT_CAPABILITIES = (
 )
 
 
+@dataclass(frozen=True)
+class HostsCanDo:
+    """What a hypervisor's hosts can really do, from the capabilities their agents reported, within
+    what the administrator allows (updateHypervisorCapabilities can only turn a feature off)."""
+
+    storage_motion_enabled: bool
+    vm_snapshot_enabled: bool
+    max_data_volumes_limit: int
+
+
+def reported_capabilities(session: Session, hypervisor: str) -> list[DriverCapabilities]:
+    """The capabilities reported by the live hosts of `hypervisor` (hosts that reported none are left out)."""
+    rows = session.scalars(
+        select(Host.capabilities).where(
+            Host.removed.is_(None), Host.hypervisor == hypervisor, Host.capabilities.is_not(None)
+        )
+    )
+    return [DriverCapabilities.model_validate(row) for row in rows if row is not None]
+
+
+def hosts_can_do(session: Session, row: HypervisorCapability) -> HostsCanDo:
+    """A feature is on when every host that reported its capabilities has it, and at least one did;
+    storage motion means live storage motion (offline volume moves need no flag, as in CloudStack).
+    The data-volume limit is the administrator's, lowered to what the hosts' drivers can attach."""
+    reported = reported_capabilities(session, row.hypervisor)
+    limit = row.max_data_volumes_limit
+    if reported:
+        limit = min(limit, *(caps.max_data_volumes for caps in reported))
+    return HostsCanDo(
+        storage_motion_enabled=row.storage_motion_enabled
+        and bool(reported)
+        and all(caps.live_storage_motion for caps in reported),
+        vm_snapshot_enabled=row.vm_snapshot_enabled and bool(reported) and all(caps.vm_snapshots for caps in reported),
+        max_data_volumes_limit=limit,
+    )
+
+
 def bootstrap_capabilities(session: Session) -> None:
+    """Fills the default hypervisor capabilities of a new database."""
     for caps in DEFAULT_CAPABILITIES:
         exists = session.scalar(
             select(HypervisorCapability).where(HypervisorCapability.hypervisor == caps["hypervisor"])
@@ -209,6 +253,7 @@ def bootstrap_capabilities(session: Session) -> None:
 
 
 def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> list[HypervisorCapability]:
+    """listHypervisorCapabilities: the limits and features per hypervisor."""
     q = select(HypervisorCapability).where(HypervisorCapability.removed.is_(None))
     if args.get("id"):
         q = q.where(HypervisorCapability.id == args["id"])
@@ -218,6 +263,7 @@ def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> list[Hypervisor
 
 
 def capability_for(session: Session, hypervisor: str) -> HypervisorCapability:
+    """The capabilities of a hypervisor, for rules such as the data volume limit."""
     row = session.scalar(select(HypervisorCapability).where(HypervisorCapability.hypervisor == hypervisor))
     if row is None:
         raise NotFound(f"No hypervisor capabilities for {hypervisor}")
@@ -225,6 +271,7 @@ def capability_for(session: Session, hypervisor: str) -> HypervisorCapability:
 
 
 def update_capability(ctx: CallContext, args: dict[str, Any]) -> HypervisorCapability:
+    """updateHypervisorCapabilities: an admin changes a hypervisor's limits or features."""
     row = get_live(ctx.session, HypervisorCapability, args["id"], "hypervisor capabilities")
     for param, attr in (
         ("maxguestslimit", "max_guests_limit"),

@@ -36,6 +36,8 @@ VOLUME_TRANSITIONAL = {"Creating", "Migrating", "Snapshotting", "Resizing"}
 
 
 class Stateful(Protocol):
+    """Anything with a state and a name, so one state machine serves VMs and volumes."""
+
     state: str
     name: str
 
@@ -47,13 +49,16 @@ def _move(obj: Stateful, to: str, table: dict[str, set[str]], kind: str) -> None
 
 
 def vm_to(vm: Stateful, to: str) -> None:
+    """Moves a VM to a new state, refusing an illegal transition instead of overwriting it."""
     _move(vm, to, VM_TRANSITIONS, "VM")
 
 
 def volume_to(volume: Stateful, to: str) -> None:
+    """Moves a volume to a new state, refusing an illegal transition instead of overwriting it."""
     _move(volume, to, VOLUME_TRANSITIONS, "Volume")
 
 
 def require_vm_state(vm: Stateful, *allowed: str, action: str) -> None:
+    """Refuses an action on a VM in the wrong state with CloudStack's InvalidState."""
     if vm.state not in allowed:
         raise InvalidState(f"Cannot {action} VM {vm.name}: it is {vm.state}; it must be {' or '.join(allowed)}")

@@ -51,6 +51,7 @@ def _owner(ctx: CallContext, model: Any, owner_col: str | None, resource_id: str
 
 
 def create_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> None:
+    """createTags: key/value tags on resources the caller may act on."""
     name, model, owner_col = _resolve_type(resource_type)
     if not tags:
         raise InvalidParameter("Parameter tags must have at least one entry: tags[0].key=...&tags[0].value=...")
@@ -83,6 +84,7 @@ def create_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list
 
 
 def delete_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> int:
+    """deleteTags: removes the matching tags (all of a resource's when none are named)."""
     _, model, owner_col = _resolve_type(resource_type)
     removed = 0
     for rid in ids:
@@ -97,6 +99,7 @@ def delete_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list
 
 
 def list_tags(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ResourceTag], int]:
+    """listTags: the tags of the resources the caller may see."""
     q = select(ResourceTag).where(ResourceTag.removed.is_(None))
     if not ctx.is_root_admin or (not args.get("listall") and (args.get("domainid") or args.get("account"))):
         q = q.where(owner_scope(ctx, args).condition(ResourceTag.account_id))

@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 from strato.db.base import utcnow
 from strato.db.models import Account, Domain, Template, User, VirtualMachine, Volume
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN, ACCOUNT_TYPE_USER
-from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
-from strato.services.core import jobs
+from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services.core.access import (
     check_account_access,
     get_domain,
@@ -87,31 +86,6 @@ def list_domains(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[li
     if args.get("level") is not None:
         q = q.where(Domain.level == args["level"])
     return run_page(ctx.session, q, page, (Domain.name,), (Domain.path,))
-
-
-def delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> None:
-    domain = get_domain(ctx, domain_id)
-    if domain.parent_id is None:
-        raise InvalidParameter("The ROOT domain cannot be deleted")
-    subtree = [d for d in ctx.session.scalars(select(Domain).where(Domain.removed.is_(None))) if in_subtree(d, domain)]
-    accounts = list(
-        ctx.session.scalars(
-            select(Account).where(Account.domain_id.in_([d.id for d in subtree]), Account.removed.is_(None))
-        )
-    )
-    for acct in accounts:
-        owned = owned_resources(ctx.session, acct.id)
-        if owned is not None:
-            raise ResourceInUse(f"Account {acct.name} of domain {domain.name} still owns {owned}")
-    if accounts and not cleanup:
-        raise ResourceInUse(
-            f"Domain {domain.name} still has {len(accounts)} account(s); delete them first or pass cleanup=true"
-        )
-    now = utcnow()
-    for acct in accounts:
-        _remove_account(ctx.session, acct)
-    for d in subtree:
-        d.removed = now
 
 
 # --- accounts --------------------------------------------------------------------------------------
@@ -224,14 +198,6 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
     return acct
 
 
-def delete_account(ctx: CallContext, account_id: str) -> str:
-    """Checks the deletion is allowed and queues it; returns the job id."""
-    acct = _deletable_account(ctx, account_id)
-    return jobs.submit(
-        ctx, "account.delete", "deleteAccount", {"accountid": acct.id}, [f"account:{acct.id}"], "Account", acct.id
-    )
-
-
 def owned_resources(session: Session, account_id: str) -> str | None:
     """What still belongs to the account (a VM, volume or template), in words; None when nothing."""
 
@@ -240,38 +206,6 @@ def owned_resources(session: Session, account_id: str) -> str | None:
         if row is not None:
             return f"{label} {getattr(row, 'name', row.id)}"
     return None
-
-
-def submit_delete_domain(ctx: CallContext, domain_id: str, cleanup: bool) -> str:
-    domain = get_domain(ctx, domain_id)
-    if domain.parent_id is None:
-        raise InvalidParameter("The ROOT domain cannot be deleted")
-    if domain.id == ctx.domain.id:
-        raise PermissionDenied("A domain admin cannot delete its own domain")
-    return jobs.submit(
-        ctx,
-        "domain.delete",
-        "deleteDomain",
-        {"id": domain_id, "cleanup": cleanup},
-        [f"domain:{domain_id}"],
-        "Domain",
-        domain_id,
-    )
-
-
-def _deletable_account(ctx: CallContext, account_id: str) -> Account:
-    acct = get_account(ctx, account_id)
-    if acct.id == ctx.account.id:
-        raise InvalidParameter("An account cannot delete itself")
-    if acct.type == ACCOUNT_TYPE_ADMIN:
-        admins = ctx.session.scalars(select(Account.id).where(Account.type == ACCOUNT_TYPE_ADMIN,
-                                                              Account.removed.is_(None))).all()  # fmt: skip
-        if len(admins) <= 1:
-            raise InvalidParameter("The last root admin account cannot be deleted")
-    owned = owned_resources(ctx.session, acct.id)
-    if owned is not None:
-        raise ResourceInUse(f"Account {acct.name} still owns {owned}; delete its VMs, volumes and templates first")
-    return acct
 
 
 def _remove_account(session: Session, acct: Account) -> None:

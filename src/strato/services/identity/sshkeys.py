@@ -52,6 +52,7 @@ def _check_free(ctx: CallContext, account: Account, name: str) -> None:
 
 
 def create(ctx: CallContext, args: dict[str, Any]) -> tuple[SSHKeyPair, str]:
+    """createSSHKeyPair: a new RSA key pair; the private key is shown once and never stored."""
     account = _owner(ctx, args)
     _check_free(ctx, account, args["name"])
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -77,6 +78,7 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[SSHKeyPair, str]:
 
 
 def register(ctx: CallContext, args: dict[str, Any]) -> SSHKeyPair:
+    """registerSSHKeyPair: an existing public key, for new VMs' authorized_keys."""
     account = _owner(ctx, args)
     _check_free(ctx, account, args["name"])
     public = args["publickey"].strip()
@@ -93,6 +95,7 @@ def register(ctx: CallContext, args: dict[str, Any]) -> SSHKeyPair:
 
 
 def find(ctx: CallContext, name: str, account: Account) -> SSHKeyPair:
+    """An account's key pair by name, as deploys and resets name it."""
     pair = ctx.session.scalar(
         select(SSHKeyPair).where(
             SSHKeyPair.account_id == account.id, SSHKeyPair.name == name, SSHKeyPair.removed.is_(None)
@@ -104,10 +107,12 @@ def find(ctx: CallContext, name: str, account: Account) -> SSHKeyPair:
 
 
 def delete(ctx: CallContext, args: dict[str, Any]) -> None:
+    """deleteSSHKeyPair: the pair is forgotten; VMs keep the keys they have."""
     find(ctx, args["name"], _owner(ctx, args)).removed = utcnow()
 
 
 def list_pairs(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[SSHKeyPair], int]:
+    """listSSHKeyPairs: the key pairs the caller may see."""
     q = select(SSHKeyPair).where(SSHKeyPair.removed.is_(None), owner_scope(ctx, args).condition(SSHKeyPair.account_id))
     for param, col in (
         ("name", SSHKeyPair.name),

@@ -23,6 +23,7 @@ POOL_USAGE: list[PoolUsage] = []
 
 
 def list_capacity(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """listCapacity: memory, CPU and storage used and total, per zone, pod or cluster."""
     hq = select(Host).where(Host.removed.is_(None))
     pq = select(StoragePool).where(StoragePool.removed.is_(None))
     for param, hcol, pcol in (

@@ -13,7 +13,6 @@ from strato.db.models import Cluster, Host, Pod, StoragePool, VirtualMachine, Vo
 from strato.errors import InvalidParameter, InvalidState, ResourceInUse
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import AttachPool, GetHostInfo, PoolReport
-from strato.services.core import jobs
 from strato.services.core.agents import describe_failure, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -215,23 +214,3 @@ def delete_host(ctx: CallContext, host_id: str, forced: bool) -> None:
         pool.state = "Removed"
     host.removed = now
     host.status = "Removed"
-
-
-def prepare_maintenance(ctx: CallContext, host_id: str) -> str:
-    """Refuses new work on the host at once and queues the job that finishes entering maintenance."""
-    host = get_live(ctx.session, Host, host_id, "host")
-    if host.resource_state in ("PrepareForMaintenance", "Maintenance"):
-        raise InvalidState(f"Host {host.name} is already in {host.resource_state}")
-    host.resource_state = "PrepareForMaintenance"
-    return jobs.submit(
-        ctx, "host.maintenance", "prepareHostForMaintenance", {"id": host.id}, [f"host:{host.id}"], "Host", host.id
-    )
-
-
-def cancel_maintenance(ctx: CallContext, host_id: str) -> str:
-    host = get_live(ctx.session, Host, host_id, "host")
-    if host.resource_state not in ("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance"):
-        raise InvalidState(f"Host {host.name} is not in maintenance (it is {host.resource_state})")
-    return jobs.submit(
-        ctx, "host.cancelmaintenance", "cancelHostMaintenance", {"id": host.id}, [f"host:{host.id}"], "Host", host.id
-    )

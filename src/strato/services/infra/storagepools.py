@@ -24,6 +24,8 @@ POOL_STATES = ("Up", "Disabled", "Maintenance", "PrepareForMaintenance", "ErrorI
 
 @dataclass(frozen=True)
 class PoolLocation:
+    """What a pool URL names: its type and local path."""
+
     pool_type: str
     path: str
 
@@ -56,6 +58,7 @@ def parse_pool_url(url: str, scope: str) -> PoolLocation:
 
 
 def create_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
+    """createStoragePool: records the pool in its scope; its hosts attach it outside this transaction."""
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     scope = (args.get("scope") or ("CLUSTER" if args.get("clusterid") else "ZONE")).upper()
     if scope not in SCOPES:
@@ -114,6 +117,7 @@ def create_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
 
 
 def normalize_tags(tags: str | list[str] | None) -> str | None:
+    """Storage tags as one sorted, comma-separated string, so that matching compares like with like."""
     if tags is None:
         return None
     items = tags if isinstance(tags, list) else tags.split(",")
@@ -122,6 +126,7 @@ def normalize_tags(tags: str | list[str] | None) -> str | None:
 
 
 def list_pools(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[StoragePool], int]:
+    """listStoragePools: the pools, filtered and paged."""
     q = select(StoragePool).where(StoragePool.removed.is_(None))
     for param, col in (
         ("id", StoragePool.id),
@@ -142,6 +147,7 @@ def list_pools(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def update_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
+    """updateStoragePool: name, tags, capacity and enabled state."""
     pool = get_live(ctx.session, StoragePool, args["id"], "storage pool")
     if args.get("name"):
         pool.name = args["name"]
@@ -167,6 +173,7 @@ def allocated_bytes(session: Session, pool: StoragePool) -> int:
 
 
 def delete_pool(ctx: CallContext, pool_id: str, forced: bool) -> None:
+    """deleteStoragePool: refused while volumes are on it; template copies only with forced."""
     pool = get_live(ctx.session, StoragePool, pool_id, "storage pool")
     volumes = ctx.session.scalar(
         select(func.count()).select_from(Volume).where(Volume.pool_id == pool.id, Volume.removed.is_(None))
@@ -187,6 +194,7 @@ def delete_pool(ctx: CallContext, pool_id: str, forced: bool) -> None:
 
 
 def add_image_store(ctx: CallContext, args: dict[str, Any]) -> ImageStore:
+    """addImageStore: a local or mounted directory (file:// URL) that holds templates and ISOs."""
     url = args["url"]
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -222,6 +230,7 @@ def add_image_store(ctx: CallContext, args: dict[str, Any]) -> ImageStore:
 
 
 def list_image_stores(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ImageStore], int]:
+    """listImageStores: the image stores, filtered and paged."""
     q = select(ImageStore).where(ImageStore.removed.is_(None))
     for param, col in (
         ("id", ImageStore.id),
@@ -236,5 +245,6 @@ def list_image_stores(ctx: CallContext, args: dict[str, Any], page: Page) -> tup
 
 
 def delete_image_store(ctx: CallContext, store_id: str) -> None:
+    """deleteImageStore: the store is forgotten; its files stay."""
     store = get_live(ctx.session, ImageStore, store_id, "image store")
     store.removed = utcnow()

@@ -37,6 +37,7 @@ def _in_use(session: Session, label: str, name: str, checks: list[tuple[Any, Any
 
 
 def create_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
+    """createZone: a zone with a unique name."""
     _unique_name(ctx.session, Zone, args["name"], "zone")
     zone = Zone(
         name=args["name"],
@@ -54,6 +55,7 @@ def create_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
 
 
 def list_zones(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Zone], int]:
+    """listZones: the zones, filtered and paged."""
     q = select(Zone).where(Zone.removed.is_(None))
     if args.get("id"):
         q = q.where(Zone.id == args["id"])
@@ -67,6 +69,7 @@ def list_zones(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list
 
 
 def update_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
+    """updateZone: a unique name, DNS, allocation state and local storage."""
     zone = get_live(ctx.session, Zone, args["id"], "zone")
     if args.get("name") and args["name"] != zone.name:
         _unique_name(ctx.session, Zone, args["name"], "zone")
@@ -84,6 +87,7 @@ def update_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
 
 
 def delete_zone(ctx: CallContext, zone_id: str) -> None:
+    """deleteZone: refused while pods, hosts or pools are in it."""
     zone = get_live(ctx.session, Zone, zone_id, "zone")
     _in_use(
         ctx.session,
@@ -102,6 +106,7 @@ def delete_zone(ctx: CallContext, zone_id: str) -> None:
 
 
 def create_pod(ctx: CallContext, args: dict[str, Any]) -> Pod:
+    """createPod: a pod in a zone."""
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     _unique_name(ctx.session, Pod, args["name"], "pod in this zone", zone_id=zone.id)
     pod = Pod(
@@ -119,6 +124,7 @@ def create_pod(ctx: CallContext, args: dict[str, Any]) -> Pod:
 
 
 def list_pods(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Pod], int]:
+    """listPods: the pods, filtered and paged."""
     q = select(Pod).where(Pod.removed.is_(None))
     for param, col in (
         ("id", Pod.id),
@@ -132,6 +138,7 @@ def list_pods(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
 
 
 def delete_pod(ctx: CallContext, pod_id: str) -> None:
+    """deletePod: refused while clusters or hosts are in it."""
     pod = get_live(ctx.session, Pod, pod_id, "pod")
     _in_use(ctx.session, "pod", pod.name, [(Cluster, Cluster.pod_id == pod.id), (Host, Host.pod_id == pod.id)])
     pod.removed = utcnow()
@@ -141,6 +148,7 @@ def delete_pod(ctx: CallContext, pod_id: str) -> None:
 
 
 def add_cluster(ctx: CallContext, args: dict[str, Any]) -> Cluster:
+    """addCluster: a cluster in a pod of the zone."""
     pod = get_live(ctx.session, Pod, args["podid"], "pod", "podid")
     if args["zoneid"] != pod.zone_id:
         raise InvalidParameter(f"Pod {pod.name} does not belong to zone {args['zoneid']}")
@@ -166,6 +174,7 @@ def _hypervisor(value: str) -> str:
 
 
 def list_clusters(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Cluster], int]:
+    """listClusters: the clusters, filtered and paged."""
     q = select(Cluster).where(Cluster.removed.is_(None))
     for param, col in (
         ("id", Cluster.id),
@@ -181,6 +190,7 @@ def list_clusters(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
 
 
 def delete_cluster(ctx: CallContext, cluster_id: str) -> None:
+    """deleteCluster: refused while hosts or pools are in it."""
     cluster = get_live(ctx.session, Cluster, cluster_id, "cluster")
     _in_use(
         ctx.session,

@@ -40,6 +40,7 @@ def _clear(vm_id: str) -> None:
 
 @on_state_report
 def sync_vms(session: Session, host: Host, report: StateReport) -> None:
+    """The agent's report of its VMs wins over the database for power state, as CloudStack's VM sync."""
     reported = {vm.name: vm.power_state for vm in report.vms}
     on_host = session.scalars(
         select(VirtualMachine).where(

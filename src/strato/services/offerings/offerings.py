@@ -53,6 +53,7 @@ def _visible(ctx: CallContext, domain_id: str | None) -> bool:
 
 
 def create_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOffering:
+    """createServiceOffering: a fixed shape, or a custom one whose shape the deploy gives."""
     customized = args.get("customized") or args.get("cpunumber") is None
     if not customized and (args.get("memory") is None):
         raise InvalidParameter("Parameter memory is required for a fixed offering (or set customized=true)")
@@ -76,6 +77,7 @@ def create_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOf
 
 
 def list_service_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ServiceOffering], int]:
+    """listServiceOfferings: the offerings of the caller's domains."""
     q = select(ServiceOffering).where(ServiceOffering.removed.is_(None), ServiceOffering.is_system.is_(False))
     for param, col in (("id", ServiceOffering.id), ("name", ServiceOffering.name)):
         if args.get(param):
@@ -91,6 +93,7 @@ def list_service_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -
 
 
 def update_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOffering:
+    """updateServiceOffering: names and storage tags, by whoever manages its domain."""
     offering = get_live(ctx.session, ServiceOffering, args["id"], "service offering")
     _check_manages(ctx, offering.domain_id, offering.name)
     if args.get("name"):
@@ -105,6 +108,7 @@ def update_service_offering(ctx: CallContext, args: dict[str, Any]) -> ServiceOf
 
 
 def delete_service_offering(ctx: CallContext, offering_id: str) -> None:
+    """deleteServiceOffering: existing VMs keep their shape."""
     offering = get_live(ctx.session, ServiceOffering, offering_id, "service offering")
     _check_manages(ctx, offering.domain_id, offering.name)
     offering.removed = utcnow()
@@ -112,6 +116,7 @@ def delete_service_offering(ctx: CallContext, offering_id: str) -> None:
 
 
 def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> DiskOffering:
+    """createDiskOffering: a fixed size, or a custom one within optional bounds."""
     size_gib = args.get("disksize")
     customized = bool(args.get("customized"))
     if size_gib is None and not customized:
@@ -139,6 +144,7 @@ def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> DiskOffering
 
 
 def list_disk_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[DiskOffering], int]:
+    """listDiskOfferings: the offerings of the caller's domains."""
     q = select(DiskOffering).where(DiskOffering.removed.is_(None))
     for param, col in (("id", DiskOffering.id), ("name", DiskOffering.name)):
         if args.get(param):
@@ -154,6 +160,7 @@ def list_disk_offerings(ctx: CallContext, args: dict[str, Any], page: Page) -> t
 
 
 def delete_disk_offering(ctx: CallContext, offering_id: str) -> None:
+    """deleteDiskOffering: existing volumes keep their size."""
     offering = get_live(ctx.session, DiskOffering, offering_id, "disk offering")
     _check_manages(ctx, offering.domain_id, offering.name)
     offering.removed = utcnow()

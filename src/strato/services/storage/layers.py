@@ -26,14 +26,17 @@ ProgressFn = Callable[[int, int], None]
 
 
 def template_layer_path(template_id: str) -> str:
+    """Where a template's base layer lives on a pool, derived from its id."""
     return f"templates/{template_id}.qcow2"
 
 
 def volume_layer_path(volume_id: str, layer_id: str) -> str:
+    """Where a volume's layer lives on a pool, one directory per volume."""
     return f"volumes/{volume_id}/{layer_id}.qcow2"
 
 
 def ref(pool: StoragePool, path: str) -> LayerRef:
+    """A file on a pool as the agent addresses it."""
     return LayerRef(pool=pool_ref(pool), name=path)
 
 

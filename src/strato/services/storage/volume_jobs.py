@@ -36,6 +36,7 @@ def _vm_host(s: Session, vm: VirtualMachine) -> Host | None:
 
 
 def new_volume_layer(job: JobContext, volume_id: str, pool_id: str, size: int) -> tuple[str, str]:
+    """Records a volume's new layer as Creating before its file exists, so recovery can find it."""
     with job.db.session() as s:
         layer = Layer(
             pool_id=pool_id,
@@ -53,6 +54,7 @@ def new_volume_layer(job: JobContext, volume_id: str, pool_id: str, size: int) -
 
 
 def finish_volume_layer(job: JobContext, layer_id: str, volume_id: str, virtual: int, physical: int) -> None:
+    """Marks the layer Ready and makes it the volume's top, with the sizes the agent reports."""
     with job.db.session() as s:
         layer, vol = s.get(Layer, layer_id), s.get(Volume, volume_id)
         assert layer is not None and vol is not None
@@ -61,10 +63,12 @@ def finish_volume_layer(job: JobContext, layer_id: str, volume_id: str, virtual:
 
 
 def volume_layers_remover(job: JobContext, top_layer_id: str) -> Callable[[], None]:
+    """The undo of a step that made a volume's layers: remove them again."""
     return lambda: remove_volume_layers(job.db, top_layer_id)
 
 
 def drop_layer_row(job: JobContext, layer_id: str) -> None:
+    """Forgets a layer row whose file was never made."""
     with job.db.session() as s:
         row = s.get(Layer, layer_id)
         if row is not None:
@@ -72,6 +76,7 @@ def drop_layer_row(job: JobContext, layer_id: str) -> None:
 
 
 def create(job: JobContext) -> JobResult:
+    """The createVolume job: places the volume on a pool and creates its layer (and attaches it when asked)."""
     volume_id, vm_id = job.params["volume_id"], job.params.get("vm_id")
     with job.step("place"), job.db.session() as s:
         vol = s.get(Volume, volume_id)
@@ -160,6 +165,7 @@ def _attach(job: JobContext, volume_id: str, vm_id: str, device_id: int) -> None
 
 
 def attach(job: JobContext) -> JobResult:
+    """The attachVolume job: hot-plugs the disk into a running VM, or only records it for a stopped one."""
     _attach(job, job.params["volume_id"], job.params["vm_id"], job.params["device_id"])
     return {"type": VOLUME_RESULT, "id": job.params["volume_id"]}
 
@@ -168,6 +174,7 @@ job_kind("volume.attach", event="VOLUME.ATTACH")(attach)
 
 
 def detach(job: JobContext) -> JobResult:
+    """The detachVolume job: unplugs the disk from a running VM and records it detached."""
     volume_id, vm_id = job.params["volume_id"], job.params["vm_id"]
     with job.db.session() as s:
         vol, vm = s.get(Volume, volume_id), s.get(VirtualMachine, vm_id)
@@ -190,6 +197,7 @@ job_kind("volume.detach", event="VOLUME.DETACH")(detach)
 
 
 def resize(job: JobContext) -> JobResult:
+    """The resizeVolume job: grows the layer (live on a running VM) once the pool has room."""
     volume_id, size = job.params["volume_id"], job.params["size"]
     with job.db.session() as s:
         vol = s.get(Volume, volume_id)
@@ -235,6 +243,7 @@ job_kind("volume.resize", on_fail=_resize_failed, event="VOLUME.RESIZE")(resize)
 
 
 def delete(job: JobContext) -> JobResult:
+    """The deleteVolume job: removes the volume's layers and forgets it."""
     volume_id = job.params["volume_id"]
     with job.db.session() as s:
         vol = s.get(Volume, volume_id)

@@ -21,6 +21,7 @@ from strato.units import GIB
 
 
 def get_volume(ctx: CallContext, volume_id: str, param: str = "id") -> Volume:
+    """A volume the caller may act on."""
     found: Volume = get_owned(ctx, Volume, volume_id, "volume", param)
     return found
 
@@ -32,6 +33,7 @@ def _submit(ctx: CallContext, kind: str, cmd: str, vol: Volume, vm_id: str | Non
 
 
 def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
+    """createVolume: checks offering, size and limits and queues the job."""
     owner = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid") if args.get("virtualmachineid") else None
     zone_id = args.get("zoneid") or (vm.zone_id if vm else None)
@@ -104,6 +106,7 @@ def _check_attachable(ctx: CallContext, vm: VirtualMachine) -> None:
 
 
 def next_device_id(ctx: CallContext, vm: VirtualMachine) -> int:
+    """The first free device id of a VM (0 is the root disk)."""
     used = {
         v.device_id for v in ctx.session.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)))
     }
@@ -114,6 +117,7 @@ def next_device_id(ctx: CallContext, vm: VirtualMachine) -> int:
 
 
 def attach(ctx: CallContext, args: dict[str, Any]) -> str:
+    """attachVolume: checks the volume, the VM and the data volume limit and queues the job."""
     vol = get_volume(ctx, args["id"])
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
     if vol.vm_id:
@@ -140,6 +144,7 @@ def attach(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def detach(ctx: CallContext, args: dict[str, Any]) -> str:
+    """detachVolume: a data volume, named by id or by VM and device id; queues the job."""
     if args.get("id"):
         vol = get_volume(ctx, args["id"])
     elif args.get("virtualmachineid") and args.get("deviceid") is not None:
@@ -162,6 +167,7 @@ def detach(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def resize(ctx: CallContext, args: dict[str, Any]) -> str:
+    """resizeVolume: checks the new size (never smaller: data would be lost) and the limits, and queues the job."""
     vol = get_volume(ctx, args["id"])
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be resized")
@@ -194,6 +200,7 @@ def resize(ctx: CallContext, args: dict[str, Any]) -> str:
 
 
 def delete(ctx: CallContext, args: dict[str, Any]) -> None:
+    """deleteVolume: a detached volume; queues the removal of its files."""
     vol = get_volume(ctx, args["id"])
     if vol.vm_id:
         raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it before deleting it")
@@ -204,6 +211,7 @@ def delete(ctx: CallContext, args: dict[str, Any]) -> None:
 
 
 def list_volumes(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Volume], int]:
+    """listVolumes: the volumes the caller may see, filtered and paged."""
     q = select(Volume).where(Volume.removed.is_(None), owner_scope(ctx, args).condition(Volume.account_id))
     for param, col in (
         ("id", Volume.id),

@@ -1,7 +1,9 @@
 """QemuDriver: the `Driver` contract implemented with daemonized QEMU processes and qemu-img.
 
-The driver keeps no state of its own beyond locks: every answer is read from the run directories,
-/proc and QMP, so a new driver object after an agent restart sees exactly what the old one saw.
+The driver keeps no state of its own beyond locks and one QMP connection per running VM
+(`monitor.VmMonitor`): every answer is read from the run directories, /proc and QMP, so a new driver
+object after an agent restart sees exactly what the old one saw, and re-attaches to the running VMs
+and their block jobs (`query-jobs`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from typing import Any, Literal
 
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.qemu import images, layers, pools, process
+from strato.agent.drivers.qemu.blockjobs import BlockJobs
+from strato.agent.drivers.qemu.monitor import VmMonitor
 from strato.agent.drivers.qemu.process import Accel, RunDir
-from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable, qmp_execute
+from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
+from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     CdromSpec,
     DiskSpec,
@@ -53,8 +58,22 @@ _RUNNING_STATES = {"running"}
 _NODE_RE = re.compile(r"^disk(\d+)-fmt$")
 
 
+MAX_DATA_VOLUMES = 24
+"""Data disks per VM: the pc machine's PCI bus 0 has 32 slots; the host bridge, PIIX, VGA, the root disk
+and a virtio-scsi controller take 5, and the rest is kept for NICs (CloudStack's KVM default is 24 too)."""
+
+
 class QemuDriver(Driver):
-    """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local."""
+    """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local.
+
+    Roles: lifecycle, layers and volumes. Block jobs and migration come with their roles later; until
+    then live motion, migration and snapshots are not claimed."""
+
+    capabilities = DriverCapabilities(
+        hot_plug_disks=True,
+        offline_storage_motion=True,
+        max_data_volumes=MAX_DATA_VOLUMES,
+    )
 
     def __init__(
         self,
@@ -68,7 +87,7 @@ class QemuDriver(Driver):
         self.accel = accel
         self.qemu_binary = qemu_binary
         self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._qmp_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._monitors: dict[str, VmMonitor] = {}
         self._vnc_lock = asyncio.Lock()
         self._version: str | None = None
         self._started_at = time.time()
@@ -85,15 +104,49 @@ class QemuDriver(Driver):
         return PoolRef(id=LOCAL_POOL_ID, path=str(self.data_dir / "pools" / LOCAL_POOL_ID))
 
     async def start(self) -> None:
-        """Re-attach: nothing to hold open, but tidy the run files of VMs that died meanwhile."""
+        """Re-attach: open the monitor of every running VM, tidy the run files of VMs that died."""
         self.vms_dir.mkdir(parents=True, exist_ok=True)
         pools.attach(self.local_pool, create=True)
         for run in self._run_dirs():
             if process.live_pid(run) is None:
                 run.remove_stale()
+            else:
+                with contextlib.suppress(QmpUnavailable):
+                    self.monitor(run.path.name)
 
     async def close(self) -> None:
-        """Nothing to release: QMP connections are per call, and VMs must outlive the agent."""
+        """Close the monitors; the VMs keep running (they must outlive the agent)."""
+        monitors, self._monitors = list(self._monitors.values()), {}
+        for monitor in monitors:
+            await monitor.close()
+
+    # --- monitors --------------------------------------------------------------------------------
+
+    def monitor(self, name: str) -> VmMonitor:
+        """The long-lived QMP connection of a running VM, opened on first use after a (re)start of
+        QEMU or of the agent; QmpUnavailable when the VM does not run."""
+        run = self._run(name)
+        pid = process.live_pid(run)
+        current = self._monitors.get(name)
+        if current is not None and not current.closed and current.pid == pid:
+            return current
+        if pid is None:
+            raise QmpUnavailable(f"VM {name} is not running")
+        monitor = VmMonitor(name, run.qmp_sock, pid, alive=lambda: process.live_pid(run) == pid)
+        monitor.start()
+        self._monitors[name] = monitor
+        if current is not None:
+            current.abandon()  # a QEMU of an earlier start of this VM
+        return monitor
+
+    def block_jobs(self, name: str) -> BlockJobs:
+        """Mirror / stream / commit jobs of a running VM, on its monitor."""
+        return BlockJobs(self.monitor(name))
+
+    async def _forget_monitor(self, name: str) -> None:
+        monitor = self._monitors.pop(name, None)
+        if monitor is not None:
+            await monitor.close()
 
     def _run(self, name: str) -> RunDir:
         process.check_name(name)
@@ -221,6 +274,7 @@ class QemuDriver(Driver):
                 raise DriverError(ErrorCode.INVALID_STATE, f"VM {spec.name} is already running")
             run.path.mkdir(parents=True, exist_ok=True)
             run.remove_stale()
+            await self._forget_monitor(spec.name)
             run.serial_log.unlink(missing_ok=True)
             run.write_spec(spec)
             accel = process.resolve_accel(self.accel)
@@ -267,6 +321,7 @@ class QemuDriver(Driver):
         if not await process.wait_exit(run, QUIT_GRACE_S):
             process.kill(pid)
             await process.wait_exit(run, QUIT_GRACE_S)
+        await self._forget_monitor(run.path.name)
         run.remove_stale()
 
     async def reboot_vm(self, name: str) -> VmReport:
@@ -314,6 +369,7 @@ class QemuDriver(Driver):
                 return
             if process.live_pid(run) is not None:
                 raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running: stop it first")
+            await self._forget_monitor(name)
             shutil.rmtree(run.path, ignore_errors=True)
 
     async def console_log(self, name: str, tail_bytes: int | None) -> str:
@@ -333,6 +389,9 @@ class QemuDriver(Driver):
         run = self._existing(name)
         if process.live_pid(run) is not None:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is running")
+        monitor = self._monitors.pop(name, None)
+        if monitor is not None:
+            monitor.abandon()
         shutil.rmtree(run.path, ignore_errors=True)
 
     # --- storage commands -----------------------------------------------------------------------
@@ -547,10 +606,9 @@ class QemuDriver(Driver):
             return await self._report(run)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
-        """One short QMP call. QEMU's monitor serves one client at a time and drops the others, so
-        calls to one VM are serialized here (a long-lived session would take this lock's place)."""
-        async with self._qmp_locks[run.path.name]:
-            return await qmp_execute(run.qmp_sock, command, arguments)
+        """One short QMP call on the VM's shared connection: no lock, concurrent calls (and a block
+        job's waits) go on in parallel; each call has its own timeout."""
+        return await self.monitor(run.path.name).execute(command, arguments)
 
     def _existing(self, name: str) -> RunDir:
         run = self._run(name)
@@ -566,6 +624,7 @@ class QemuDriver(Driver):
         pid = process.live_pid(run)
         if pid is None:
             run.remove_stale()
+            await self._forget_monitor(name)
             return VmReport(name=name, uuid=vm_uuid, power_state=PowerState.STOPPED)
         try:
             status = await self._qmp(run, "query-status")
@@ -574,6 +633,7 @@ class QemuDriver(Driver):
             power = PowerState.STOPPED if process.live_pid(run) is None else PowerState.UNKNOWN
         if power == PowerState.STOPPED:
             run.remove_stale()
+            await self._forget_monitor(name)
             return VmReport(name=name, uuid=vm_uuid, power_state=power)
         port = run.read_runtime().get("vnc_port")
         return VmReport(

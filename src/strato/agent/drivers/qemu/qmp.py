@@ -1,8 +1,8 @@
 """A thin wrapper around `qemu.qmp.QMPClient`: timeouts on every call, no unbounded event queue.
 
-`QmpSession` is an async context manager that can be held for as long as needed (later: block jobs
-that wait for events); `qmp_execute` is the one-shot form the driver uses for short calls, which
-connects per call and so works the same after an agent restart.
+`QmpSession` is one connection; the driver holds one per running VM through `monitor.VmMonitor`,
+which reconnects it and routes its events. `qmp_execute` is a one-shot form for tools and tests
+that talk to a QEMU no agent is attached to (QEMU's monitor serves one client at a time).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from qemu.qmp import ConnectError, ExecuteError, QMPClient
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, Runstate
 from qemu.qmp.qmp_client import NegotiationError
 
 from strato.agent.drivers.base import DriverError
@@ -22,6 +22,8 @@ from strato.protocol.messages import ErrorCode
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 10.0
 NEGOTIATION_ATTEMPTS = 3
+_DISCONNECTING: set[asyncio.Task[None]] = set()
+"""Disconnects in progress, held so that none is garbage-collected before it ends."""
 
 
 class QmpError(DriverError):
@@ -44,18 +46,37 @@ class QmpUnavailable(DriverError):
 class QmpSession:
     """One connection to a QEMU monitor socket."""
 
-    def __init__(self, socket_path: Path, name: str = "strato", timeout: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        name: str = "strato",
+        timeout: float = CALL_TIMEOUT_S,
+        listener: EventListener | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self.name = name
+        self.listener = listener
         self.client: Any = self._new_client()
 
     def _new_client(self) -> Any:
         client: Any = QMPClient(self.name)
         # The default all-events listener queues every event forever; it cannot be removed through
-        # the public API, so make it accept nothing. Callers register their own listeners.
+        # the public API, so make it accept nothing. Events go only to `listener` (if given), which
+        # is registered before connecting so no event of the session is missed.
         client.events.event_filter = lambda _event: False
+        if self.listener is not None:
+            client.register_listener(self.listener)
         return client
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.runstate == Runstate.RUNNING)
+
+    async def wait_disconnected(self) -> None:
+        """Return once the connection has broken (QEMU exited, or closed the socket)."""
+        while self.client.runstate == Runstate.RUNNING:
+            await self.client.runstate_changed()
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
         """Connect and negotiate. QEMU runs `qmp_capabilities` in its main loop and may emit an event
@@ -100,9 +121,18 @@ class QmpSession:
             raise QmpUnavailable(f"{command}: {exc!r}") from exc
 
     async def disconnect(self) -> None:
-        """Always safe to call; errors of a connection that already broke are expected."""
+        """Always safe to call; errors of a connection that already broke are expected. Runs to its
+        end even if the caller is cancelled: qemu.qmp interrupted mid-disconnect leaves its reader
+        task's error unretrieved (asyncio then reports it as an unhandled exception)."""
+        task = asyncio.get_running_loop().create_task(self._disconnect())
+        _DISCONNECTING.add(task)
+        task.add_done_callback(_DISCONNECTING.discard)
+        # Bounded for the caller (a hung QEMU may never let the writer flush); the task goes on.
+        await asyncio.wait({task}, timeout=CONNECT_TIMEOUT_S)
+
+    async def _disconnect(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.client.disconnect(), CONNECT_TIMEOUT_S)
+            await self.client.disconnect()
 
     async def __aenter__(self) -> QmpSession:
         await self.connect()

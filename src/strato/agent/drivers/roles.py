@@ -1,0 +1,296 @@
+"""The driver contract, split by role. A driver inherits the roles it serves and nothing else: the
+agent serves a command only through a driver that has the command's role (see `strato.protocol.declare`),
+and a driver may claim a capability only if it has the roles that capability needs (`base.check_driver`).
+
+Each method's parameters are named after the fields of the command it serves, so the agent's dispatch
+can pass the command's fields in order; a long-running command's method also takes a progress callback.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+from strato.protocol.capabilities import DriverCapabilities
+from strato.protocol.messages import (
+    ConsoleLog,
+    DiskSpec,
+    ErrorCode,
+    HostInfo,
+    LayerInfo,
+    LayerRef,
+    PoolRef,
+    PoolReport,
+    Role,
+    StateReport,
+    VmReport,
+    VmSpec,
+    VmStats,
+)
+from strato.protocol.motion import BlockJobReport, IncomingVm, MigrationReport
+
+ProgressFn = Callable[[int, int], None]
+"""Called with (bytes done, bytes total) while a long operation runs."""
+
+
+class DriverError(Exception):
+    """A failure the agent reports to the server as a typed error."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Lifecycle(abc.ABC):
+    """The agent's own start and stop, the host's description, and VMs from start to removal."""
+
+    capabilities: ClassVar[DriverCapabilities]
+    """What this driver can do, declared by each driver class, truthfully."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Called once when the agent starts: re-attach to VMs that are still running."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Called when the agent stops. Must never stop running VMs."""
+
+    @abc.abstractmethod
+    async def host_info(self) -> HostInfo:
+        """The host's resources and local pool (capabilities are added by `host_report`)."""
+
+    @abc.abstractmethod
+    async def state(self, pools: list[PoolRef]) -> StateReport:
+        """Every VM the host knows with its power state, and the given pools' capacity."""
+
+    @abc.abstractmethod
+    async def start_vm(self, spec: VmSpec) -> VmReport: ...
+
+    @abc.abstractmethod
+    async def stop_vm(self, name: str, force: bool, timeout_s: float) -> VmReport:
+        """Shut down (ACPI, then kill after `timeout_s`) or kill at once when `force`. A stopped VM
+        is reported stopped, not refused."""
+
+    @abc.abstractmethod
+    async def reboot_vm(self, name: str) -> VmReport: ...
+
+    @abc.abstractmethod
+    async def get_vm(self, name: str) -> VmReport: ...
+
+    @abc.abstractmethod
+    async def vm_stats(self, name: str) -> VmStats: ...
+
+    @abc.abstractmethod
+    async def remove_vm(self, name: str) -> None:
+        """Forget a stopped VM (its run directory or record). Already gone is not an error (expunge
+        retries); a running VM is refused with INVALID_STATE."""
+
+    @abc.abstractmethod
+    async def console_log(self, name: str, tail_bytes: int | None) -> str:
+        """The end of the VM's serial console log ("" before its first start)."""
+
+    # --- what the commands call: the abstract methods above, with what every driver adds ---------------
+
+    async def host_report(self) -> HostInfo:
+        """Host info with this driver's capabilities (get_host_info)."""
+        info = await self.host_info()
+        return info.model_copy(update={"capabilities": self.capabilities})
+
+    async def state_report(self, pools: list[PoolRef]) -> StateReport:
+        """State with this driver's capabilities (get_state): the monitor keeps them current."""
+        report = await self.state(pools)
+        return report.model_copy(update={"capabilities": self.capabilities})
+
+    async def console(self, name: str, tail_bytes: int | None) -> ConsoleLog:
+        """The console log as its answer (get_console_log)."""
+        if tail_bytes is not None and tail_bytes < 0:
+            raise DriverError(ErrorCode.BAD_REQUEST, "tail_bytes must be >= 0")
+        return ConsoleLog(name=name, text=await self.console_log(name, tail_bytes))
+
+
+class Layers(abc.ABC):
+    """Pools, layer files (qcow2 chains, ISOs, config drives) and the disks and CD of running VMs."""
+
+    @abc.abstractmethod
+    async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport: ...
+
+    @abc.abstractmethod
+    async def create_layer(self, layer: LayerRef, size_bytes: int | None, backing: LayerRef | None) -> LayerInfo:
+        """Create an empty qcow2 layer, optionally on a backing layer (then size defaults to its size)."""
+
+    @abc.abstractmethod
+    async def layer_info(self, layer: LayerRef) -> LayerInfo: ...
+
+    @abc.abstractmethod
+    async def copy_layer(
+        self, source: LayerRef, target: LayerRef, bandwidth_bytes_per_s: int | None, progress: ProgressFn
+    ) -> LayerInfo:
+        """Copy a frozen layer sparse-aware; the copy keeps the source's backing reference as is."""
+
+    @abc.abstractmethod
+    async def rebase_layer(self, layer: LayerRef, backing: LayerRef | None) -> LayerInfo: ...
+
+    @abc.abstractmethod
+    async def remove_layer(self, layer: LayerRef, missing_ok: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch_image(
+        self,
+        url: str,
+        target: LayerRef,
+        format: Literal["qcow2", "raw", "iso"],
+        checksum: str | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """Download (http/https) or copy (file://) an image into a new layer file, verify its checksum,
+        refuse qcow2 images with a backing or external data file, convert raw to qcow2, keep ISOs as is.
+        Nothing is left behind on failure or cancellation."""
+
+    @abc.abstractmethod
+    async def convert_layer(self, source: LayerRef, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """Flatten the chain ending at `source` into a new standalone qcow2 `target`."""
+
+    @abc.abstractmethod
+    async def resize_layer(
+        self, layer: LayerRef, size_bytes: int, vm_name: str | None, device_id: int | None
+    ) -> LayerInfo:
+        """Grow a layer (shrinking is BAD_REQUEST); live through the VM when it runs with that disk."""
+
+    @abc.abstractmethod
+    async def build_config_drive(
+        self,
+        target: LayerRef,
+        hostname: str,
+        instance_id: str,
+        user_data: str | None,
+        public_keys: list[str],
+    ) -> LayerInfo:
+        """Write a config drive ISO (label config-2) to `target`, replacing an older one."""
+
+    @abc.abstractmethod
+    async def attach_disk(self, vm_name: str, disk: DiskSpec) -> VmReport:
+        """Hot-plug a disk into a running VM and record it in the VM's spec."""
+
+    @abc.abstractmethod
+    async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
+        """Hot-unplug a disk; INVALID_STATE (disk left attached) when the guest does not release it."""
+
+    @abc.abstractmethod
+    async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:
+        """Insert an ISO into (path) or eject (None) the user CD drive of a running VM."""
+
+
+class BlockJobs(abc.ABC):
+    """Block jobs on the disks of a running VM, the base of live storage motion and snapshots.
+
+    Each long method runs the job to its end, reporting progress; cancelling the agent task cancels
+    the job and leaves the VM on its old layers (a mirror's target is removed). Served by no driver yet."""
+
+    @abc.abstractmethod
+    async def mirror_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        target: LayerRef,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> DiskSpec:
+        """Mirror the disk's top layer onto `target` (created on the same backing), wait until both are
+        in sync, then switch the VM to `target`; answers the disk as the VM now has it."""
+
+    @abc.abstractmethod
+    async def stream_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        base: LayerRef | None,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """Pull the data of the layers above `base` (all backing layers when None) into the top layer."""
+
+    @abc.abstractmethod
+    async def commit_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        top: LayerRef,
+        base: LayerRef,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """Merge the layers from `top` down to just above `base` into `base`; the chain drops them."""
+
+    @abc.abstractmethod
+    async def set_block_job_speed(self, vm_name: str, device_id: int, bandwidth_bytes_per_s: int) -> BlockJobReport:
+        """Change the speed limit of the disk's running job (0: unlimited)."""
+
+    @abc.abstractmethod
+    async def block_jobs(self, vm_name: str) -> list[BlockJobReport]:
+        """The VM's jobs as QEMU reports them: ground truth after an agent or server restart."""
+
+
+class MigrationSource(abc.ABC):
+    """Sends a running VM to another host whose agent prepared it (`MigrationTarget`). Served by no
+    driver yet."""
+
+    @abc.abstractmethod
+    async def migrate_vm(
+        self,
+        name: str,
+        incoming: IncomingVm,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> VmReport:
+        """Mirror the VM's disks into the target's NBD exports, then migrate its state; answers the VM
+        stopped here once the target runs it. Cancelled or failed: the VM keeps running here."""
+
+    @abc.abstractmethod
+    async def migration_status(self, name: str) -> MigrationReport:
+        """The migration's progress (query-migrate): ground truth after a restart."""
+
+
+class MigrationTarget(abc.ABC):
+    """Receives a VM: prepares it paused with NBD exports of its new top layers, finishes or rolls back.
+    Served by no driver yet."""
+
+    @abc.abstractmethod
+    async def prepare_incoming(self, spec: VmSpec, exported_device_ids: list[int]) -> IncomingVm:
+        """Start the VM waiting for an incoming migration, its disks (new, empty top layers on the
+        target's pools, as the spec names them) exported over NBD for `exported_device_ids`."""
+
+    @abc.abstractmethod
+    async def finish_incoming(self, name: str) -> VmReport:
+        """The migration completed: stop the NBD exports and let the VM run here."""
+
+    @abc.abstractmethod
+    async def abort_incoming(self, name: str) -> None:
+        """Roll back at the target: kill the waiting VM and remove its new top layers (idempotent)."""
+
+
+class SimulatorControl(abc.ABC):
+    """A driver whose commands can be delayed or made to fail on request (only the simulator)."""
+
+    @abc.abstractmethod
+    async def configure(
+        self, command: str, delay_s: float | None, fail_count: int | None, fail_message: str | None
+    ) -> None:
+        """Set the delay and/or arm failures for one command type (None leaves a setting as it is)."""
+
+    @abc.abstractmethod
+    async def before_command(self, command: str, long_running: bool) -> None:
+        """Called by the dispatch before every command: the configured delay (quick commands) and an
+        armed failure. Long-running commands spread their delay over their progress themselves."""
+
+
+ROLES: dict[Role, type[abc.ABC]] = {
+    Role.LIFECYCLE: Lifecycle,
+    Role.LAYERS: Layers,
+    Role.BLOCK_JOBS: BlockJobs,
+    Role.MIGRATION_SOURCE: MigrationSource,
+    Role.MIGRATION_TARGET: MigrationTarget,
+    Role.SIMULATOR: SimulatorControl,
+}
+"""The class of each role named by command declarations."""
