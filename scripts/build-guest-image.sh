@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the tiny test guest once into ${STRATO_IMAGE_DIR:-$HOME/.cache/strato/images}/tiny.qcow2.
 # Skips when it is already there (pass --force to rebuild). Needs the Debian packages listed in
-# docs/tiny-image.md (linux-image-amd64, busybox-static, syslinux, mtools, dosfstools, cpio, kmod, qemu-utils).
+# docs/tiny-image.md (busybox-static, syslinux, mtools, dosfstools, cpio, kmod, qemu-utils); the kernel
+# comes from the linux-image package file, downloaded and unpacked under ~/.cache/strato/kernel.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -8,7 +8,9 @@ Tests sharing a module's server use unique names (see `unique`).
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,40 @@ from helpers.agentproc import free_port  # noqa: E402
 from helpers.serverproc import Keys, ServerProcess, create_user_keys, start_server  # noqa: E402
 
 BACKENDS = ("sqlite", "postgres")
+
+
+_SHORT_BASETEMP: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, workers' temp dirs get a `popen-gwN/` level more, and a QEMU agent's QMP socket
+    under them (`.../agent/vms/i-<uuid>/qmp.sock`) outgrows the 107 bytes of a unix socket path. So a
+    parallel run (controller only, no --basetemp given) uses a short /tmp/st-XXXXXXXX instead of
+    /tmp/pytest-of-<user>/pytest-<n>; it is removed after a run that passed, kept after a failure."""
+    parallel = getattr(config.option, "numprocesses", None)
+    is_worker = hasattr(config, "workerinput")
+    if parallel and not is_worker and not config.option.basetemp:
+        short = Path(tempfile.mkdtemp(prefix="st-", dir="/tmp"))
+        config.option.basetemp = str(short)
+        _SHORT_BASETEMP.append(short)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for short in _SHORT_BASETEMP:
+        if exitstatus == 0:
+            shutil.rmtree(short, ignore_errors=True)
+        else:
+            session.config.get_terminal_writer().line(f"temp dirs of the failed run kept in {short}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For pytest-xdist's `--dist loadgroup` (scripts/test.sh): a module's tests stay on one worker, as
+    they share its module-scoped server and agents; a test may name a wider group with
+    `@pytest.mark.xdist_group("name")`. Session fixtures (PostgreSQL, the compute cloud, the tiny image)
+    are made once per worker, each in its own temp dir and on its own ports."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 @pytest.fixture(scope="session")

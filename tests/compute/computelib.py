@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from cs import CloudStack, CloudStackApiException
 
 from helpers.agentproc import AgentProcess
+from helpers.console import whole_lines
 from helpers.serverproc import ServerProcess, wait_job
 from strato.protocol.client import AgentClient
 from strato.protocol.messages import GetConsoleLog, GetVmStats
@@ -145,7 +146,7 @@ class Env:
         host_id = vm.get("hostid") or self.vm(vm["id"]).get("hostid")
         assert host_id, f"VM {vm['name']} has no host"
         answer = self.agent_client(host_id).call(GetConsoleLog(name=vm["instancename"], tail_bytes=None))
-        return str(answer.text)
+        return whole_lines(str(answer.text))  # the guest may be mid-line: hand over complete lines only
 
     def wait_console(self, vm: dict[str, Any], marker: str, timeout: float = BOOT_TIMEOUT) -> str:
         return wait_until(lambda: self.console(vm), lambda text: marker in text, timeout, f"{marker} on {vm['name']}")

@@ -6,6 +6,7 @@ Used by agent, protocol and (later) server tests that need an agent speaking rea
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,12 +18,75 @@ from pathlib import Path
 from strato.protocol.client import AgentClient, AgentUnreachable
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
+    """A loopback port nobody listens on right now, picked at random below the kernel's ephemeral range.
+
+    Tests run in parallel (pytest-xdist, and other sessions on the machine): a port from bind(0) lies in
+    the range the kernel also gives to outgoing connections, so between this call and the server's own
+    bind (or a server's restart on the same port) a client socket could take it. Random picks below
+    that range only meet another test's pick, rarely; start_server/start_agent retry on that."""
+    low = max(1025, min(_ephemeral_low(), 32768) - 12000)
+    high = min(_ephemeral_low(), 32768) - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` (or a child of it) holds the listening socket on 127.0.0.1:`port`, so a
+    health check is known to have reached our process and not another test's that took the port."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = [pid, *_children(pid)]
+    for candidate in pids:
+        try:
+            fds = list(Path(f"/proc/{candidate}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def port_taken(stderr: str) -> bool:
+    """The process died because its port was taken meanwhile (retry on another one)."""
+    return "address already in use" in stderr.lower() or "errno 98" in stderr.lower()
 
 
 def _cli_has_agent() -> bool:
@@ -111,6 +175,30 @@ def start_agent(
     `argv` replaces the command line (e.g. a simulator fleet; `{listen}` in it is replaced), with
     `health_path`/`health_token` saying which agent of it to wait for; the token goes in
     STRATO_AGENT_TOKEN."""
+    for attempt in range(3):
+        try:
+            return _start_agent(data_dir, token, driver, accel, port, timeout, argv, health_path, health_token)
+        except PortTaken:
+            if port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The child could not bind its port: another process took it between free_port() and its bind."""
+
+
+def _start_agent(
+    data_dir: Path,
+    token: str,
+    driver: str,
+    accel: str,
+    port: int | None,
+    timeout: float,
+    argv: list[str] | None,
+    health_path: str,
+    health_token: str | None,
+) -> AgentProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port if port is not None else free_port()
     listen = f"127.0.0.1:{port}"
@@ -140,10 +228,12 @@ def _wait_healthy(agent: AgentProcess, timeout: float, health_path: str, token: 
     with AgentClient(agent.base_url + health_path, token, timeout=2.0) as client:
         while True:
             if not agent.alive():
-                raise RuntimeError(f"agent exited with {agent.proc.returncode}:\n{agent.stderr()[-3000:]}")
+                error = PortTaken if port_taken(agent.stderr()) else RuntimeError
+                raise error(f"agent exited with {agent.proc.returncode}:\n{agent.stderr()[-3000:]}")
             try:
                 client.health()
-                return
+                if listens_on(agent.proc.pid, agent.port):
+                    return
             except AgentUnreachable:
                 pass
             if time.monotonic() > deadline:

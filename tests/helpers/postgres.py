@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from helpers.agentproc import free_port
+from helpers.agentproc import PortTaken, free_port, listens_on, port_taken
 
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 PG_USER = "postgres"
@@ -135,6 +135,20 @@ def start_postgres(timeout: float = 60.0) -> PostgresServer:
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')[-2000:]}") from None
+    for attempt in range(3):
+        try:
+            return _run_postmaster(bindir, root, data, log_path, env, timeout)
+        except PortTaken:
+            if attempt == 2:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_postmaster(
+    bindir: Path, root: Path, data: Path, log_path: Path, env: dict[str, str], timeout: float
+) -> PostgresServer:
+    """postgres on a free port until it answers; PortTaken when another process bound that port first."""
     port = free_port()
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -146,16 +160,23 @@ def start_postgres(timeout: float = 60.0) -> PostgresServer:
             **_as_postgres(),  # type: ignore[arg-type]
         )  # fmt: skip
     server = PostgresServer(root=root, port=port, proc=proc, log_path=log_path)
-    atexit.register(server.stop)  # a second safety net if the fixture's teardown never runs
     deadline = time.monotonic() + timeout
     while True:
         if not server.alive():
             text = server.log()[-3000:]
+            if port_taken(text):
+                return_code = proc.returncode
+                log_path.unlink(missing_ok=True)
+                raise PortTaken(f"postgres exited with {return_code}: port {port} taken")
             server.stop()
             raise RuntimeError(f"postgres exited with {proc.returncode}:\n{text}")
         try:
             with psycopg.connect(server.dsn(), connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
+            if not listens_on(proc.pid, port):  # answered by another test's postgres on that port
+                time.sleep(0.1)
+                continue
+            atexit.register(server.stop)  # a second safety net if the fixture's teardown never runs
             return server
         except psycopg.OperationalError:
             pass

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from cs import CloudStack
 
-from helpers.agentproc import free_port
+from helpers.agentproc import PortTaken, free_port, listens_on, port_taken
 
 ADMIN_PASSWORD = "password"
 # `strato server` itself (its typer command and options), without importing every other subcommand of
@@ -187,7 +187,26 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> ServerProcess:
-    """Start `strato server` and wait until /healthz answers; raises with its stderr if it dies or hangs."""
+    """Start `strato server` and wait until /healthz answers; raises with its stderr if it dies or hangs.
+    A free port taken by another process before the server bound it is retried on a new one."""
+    for attempt in range(3):
+        try:
+            return _start_server(data_dir, port, database_url, server_id, extra_args, env, timeout)
+        except PortTaken:
+            if port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(
+    data_dir: Path,
+    port: int | None,
+    database_url: str | None,
+    server_id: str | None,
+    extra_args: list[str] | None,
+    env: dict[str, str] | None,
+    timeout: float,
+) -> ServerProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port if port is not None else free_port()
     server_id = server_id or f"test-server-{port}"
@@ -217,9 +236,11 @@ def _wait_healthy(server: ServerProcess, timeout: float) -> None:
     with httpx.Client(timeout=2.0) as client:
         while True:
             if not server.alive():
-                raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.stderr()[-3000:]}")
+                error = PortTaken if port_taken(server.stderr()) else RuntimeError
+                raise error(f"server exited with {server.proc.returncode}:\n{server.stderr()[-3000:]}")
             try:
-                if client.get(server.base_url + "/healthz").status_code == 200:
+                ok = client.get(server.base_url + "/healthz").status_code == 200
+                if ok and listens_on(server.proc.pid, server.port):
                     return
             except httpx.TransportError:
                 pass

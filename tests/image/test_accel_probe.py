@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -68,6 +69,8 @@ def independent_kvm_boot(image: Path, workdir: Path, timeout: float) -> bool:
 
 
 def test_probe_matches_a_real_boot_under_kvm(tiny_image: Path, tmp_path: Path) -> None:
+    # Our own copy: tests running in parallel may boot the shared image, and would count as survivors.
+    tiny_image = Path(shutil.copyfile(tiny_image, tmp_path / "tiny.qcow2"))
     before = sha256(tiny_image)
     cache = tmp_path / "accel"
     started = time.monotonic()

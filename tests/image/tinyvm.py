@@ -6,10 +6,12 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from helpers.console import cpu_seconds, guest_timer, whole_lines
 
 QEMU = "qemu-system-x86_64"
 
@@ -28,28 +30,44 @@ class TinyVM:
     started: float = field(default_factory=time.monotonic)
 
     def console(self) -> str:
-        return self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        """The console's complete lines (a line still being written is held back while QEMU runs)."""
+        exited = self.proc.poll() is not None
+        text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        return whole_lines(text, final=exited)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def _timer(self, timeout: float) -> Callable[[], bool]:
+        return guest_timer(lambda: self.proc.pid, timeout)
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """First match of `pattern` (a regex, multiline) on the console; fails with the console tail."""
         regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
+        over = self._timer(timeout)
         while True:
+            exited = self.proc.poll() is not None  # before the read: after exit the read is final
             match = regex.search(self.console())
             if match:
                 return match
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited {self.proc.returncode}" if self.proc.poll() is not None else "timeout"
+            if exited or over():
+                why = f"exited {self.proc.returncode}" if exited else "timeout"
                 raise AssertionError(
-                    f"{pattern!r} not on console ({why}, {time.monotonic() - self.started:.1f}s)\n"
+                    f"{pattern!r} not on console ({why}, {time.monotonic() - self.started:.1f}s, "
+                    f"QEMU CPU {self.cpu_seconds():.1f}s)\n"
                     f"--- console tail ---\n{self.console()[-3000:]}\n"
                     f"--- qemu stderr ---\n{self.stderr.read_text(errors='replace')[-2000:]}"
                 )
             time.sleep(0.1)
 
     def wait_exit(self, timeout: float = 60.0) -> int:
-        """Wait for the guest to power off (QEMU exits by itself)."""
-        return self.proc.wait(timeout=timeout)
+        """Wait for the guest to power off (QEMU exits by itself); as patient as wait_for."""
+        over = self._timer(timeout)
+        while self.proc.poll() is None:
+            if over():
+                return self.proc.wait(timeout=0.1)  # raises TimeoutExpired
+            time.sleep(0.1)
+        return self.proc.returncode
 
 
 def data_disk(path: Path, size_mib: int, fmt: str = "qcow2") -> Path:

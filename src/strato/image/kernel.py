@@ -1,18 +1,25 @@
 """Find a Debian kernel and its modules, and the modules a tiny virtio guest needs (with dependencies).
 
-The kernel comes from the host's installed package when it is there (/boot + /lib/modules), else from the
-package file in apt's cache or fetched with `apt-get download`, unpacked with `dpkg-deb -x` into a cache dir.
+The guest kernel is taken from the Debian package file, never installed: the package that
+`linux-image-amd64` depends on is found in apt's cache or fetched with `apt-get download` into
+~/.cache/strato/kernel/debs, and unpacked with `dpkg-deb -x` next to it. The host's /boot and
+/lib/modules are used only when asked for (`source="host"`, or `"auto"` when that exact version is
+installed), so building the image never depends on, or changes, the host's own boot set-up.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import lzma
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +27,8 @@ from typing import Literal
 from strato.image.tools import ImageToolError, run, which
 
 KernelSource = Literal["auto", "host", "deb"]
+KERNEL_SOURCES: tuple[KernelSource, ...] = ("auto", "host", "deb")
+SOURCE_ENV = "STRATO_KERNEL_SOURCE"
 
 META_PACKAGE = "linux-image-amd64"
 APT_ARCHIVES = Path("/var/cache/apt/archives")
@@ -63,24 +72,49 @@ class KernelTree:
 
 
 def default_cache_dir() -> Path:
-    """Where unpacked kernel packages are kept between builds."""
+    """Where downloaded and unpacked kernel packages are kept between builds."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "strato" / "kernel"
 
 
-def kernel_package() -> tuple[str, str | None]:
-    """(package name, version or None) of the kernel that Debian's `linux-image-amd64` points to."""
+def default_source() -> KernelSource:
+    """`$STRATO_KERNEL_SOURCE` (auto, host or deb), else "deb": the host's boot files are not needed."""
+    value = os.environ.get(SOURCE_ENV, "deb").strip().lower() or "deb"
+    if value not in KERNEL_SOURCES:
+        raise ImageToolError(f"{SOURCE_ENV}={value!r}: expected one of {', '.join(KERNEL_SOURCES)}")
+    return value
+
+
+_DEPENDS = re.compile(r"(linux-image-[^\s,(|]+)\s*(?:\(=\s*([^)\s]+)\))?")
+
+
+def _meta_depends() -> str:
+    """Depends of `linux-image-amd64`: apt's candidate (downloadable now), else the installed one."""
     try:
-        depends = run(["dpkg-query", "-W", "-f", "${Depends}", META_PACKAGE]).strip()
+        shown = run(["apt-cache", "show", "--no-all-versions", META_PACKAGE])
+        for line in shown.splitlines():
+            if line.startswith("Depends:"):
+                return line.removeprefix("Depends:").strip()
     except ImageToolError:
-        depends = ""
-    match = re.match(r"(linux-image-[^\s,(|]+)\s*(?:\(=\s*([^)\s]+)\))?", depends)
+        pass
+    try:
+        status = run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Depends}", META_PACKAGE])
+    except ImageToolError:
+        return ""
+    abbrev, _, depends = status.partition("|")
+    return depends.strip() if abbrev.startswith("ii") else ""
+
+
+def kernel_package(cache_dir: Path | None = None) -> tuple[str, str | None]:
+    """(package name, version or None) of the kernel that Debian's `linux-image-amd64` points to."""
+    match = _DEPENDS.match(_meta_depends())
     if match:
         return match.group(1), match.group(2)
-    debs = sorted(APT_ARCHIVES.glob("linux-image-[0-9]*-amd64_*.deb"))
+    folders = [(cache_dir or default_cache_dir()) / "debs", APT_ARCHIVES]
+    debs = sorted(d for folder in folders for d in folder.glob("linux-image-[0-9]*-amd64_*.deb"))
     if debs:
         return debs[-1].name.split("_", 1)[0], None
-    raise ImageToolError(f"no kernel package found: apt-get install {META_PACKAGE}")
+    raise ImageToolError(f"no kernel package known to apt: run apt-get update (the {META_PACKAGE} candidate)")
 
 
 def _host_tree(version: str) -> KernelTree | None:
@@ -91,49 +125,74 @@ def _host_tree(version: str) -> KernelTree | None:
     return None
 
 
+@contextmanager
+def _locked(cache_dir: Path) -> Iterator[None]:
+    """One download/unpack at a time per cache dir (parallel test workers build images at once)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _find_deb(package: str, version: str | None, download_dir: Path) -> Path:
-    """The package file: apt's cache first, then `apt-get download` (works without root)."""
+    """The package file: our download dir, apt's cache, else `apt-get download` (installs nothing)."""
     pattern = f"{package}_{version.replace(':', '%3a')}_*.deb" if version else f"{package}_*.deb"
-    for folder in (APT_ARCHIVES, download_dir):
+    for folder in (download_dir, APT_ARCHIVES):
         found = sorted(folder.glob(pattern))
         if found:
             return found[-1]
     download_dir.mkdir(parents=True, exist_ok=True)
-    run(["apt-get", "download", f"{package}={version}" if version else package], cwd=download_dir)
+    # As root apt would hand the download to the _apt user, who may not write here: stay root for it.
+    sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+    run(["apt-get", "download", "-q", *sandbox, f"{package}={version}" if version else package], cwd=download_dir)
     found = sorted(download_dir.glob(pattern))
     if not found:
         raise ImageToolError(f"apt-get download {package} produced no {pattern}")
     return found[-1]
 
 
+def fetch_kernel_deb(cache_dir: Path | None = None) -> Path:
+    """The guest kernel's .deb, downloaded into the cache when apt's cache does not have it."""
+    cache_dir = cache_dir or default_cache_dir()
+    package, version = kernel_package(cache_dir)
+    with _locked(cache_dir):
+        return _find_deb(package, version, cache_dir / "debs")
+
+
 def _deb_tree(package: str, version: str | None, cache_dir: Path) -> KernelTree:
     """Unpack the kernel package once into the cache and index its modules with `depmod -b`."""
-    deb = _find_deb(package, version, cache_dir / "debs")
-    target = cache_dir / deb.name.removesuffix(".deb")
     kversion = package.removeprefix("linux-image-").removesuffix("-unsigned")
-    if not (target / ".complete").is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache_dir))
-        try:
-            run(["dpkg-deb", "-x", deb, staging])
-            if not (staging / "lib" / "modules").is_dir() and (staging / "usr/lib/modules").is_dir():
-                (staging / "lib").mkdir(exist_ok=True)
-                (staging / "lib" / "modules").symlink_to("../usr/lib/modules")
-            run(["depmod", "-b", staging, kversion])
-            (staging / ".complete").write_text(deb.name + "\n")
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with _locked(cache_dir):
+        deb = _find_deb(package, version, cache_dir / "debs")
+        target = cache_dir / deb.name.removesuffix(".deb")
+        if not (target / ".complete").is_file():
+            staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache_dir))
+            try:
+                run(["dpkg-deb", "-x", deb, staging])
+                if not (staging / "lib" / "modules").is_dir() and (staging / "usr/lib/modules").is_dir():
+                    (staging / "lib").mkdir(exist_ok=True)
+                    (staging / "lib" / "modules").symlink_to("../usr/lib/modules")
+                run(["depmod", "-b", staging, kversion])
+                (staging / ".complete").write_text(deb.name + "\n")
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     tree = KernelTree(kversion, target / "boot" / f"vmlinuz-{kversion}", target)
     if not tree.vmlinuz.is_file():
         raise ImageToolError(f"{deb} holds no boot/vmlinuz-{kversion}")
     return tree
 
 
-def find_kernel(cache_dir: Path | None = None, source: KernelSource = "auto") -> KernelTree:
-    """The kernel to put into the image: the installed one if readable, else the unpacked package."""
-    package, version = kernel_package()
+def find_kernel(cache_dir: Path | None = None, source: KernelSource | None = None) -> KernelTree:
+    """The kernel to put into the image: unpacked from its package ("deb", the default), the installed
+    one ("host"), or the installed one if that exact version is readable, else the package ("auto")."""
+    source = source or default_source()
+    cache_dir = cache_dir or default_cache_dir()
+    package, version = kernel_package(cache_dir)
     kversion = package.removeprefix("linux-image-").removesuffix("-unsigned")
     if source in ("auto", "host"):
         tree = _host_tree(kversion)
@@ -141,7 +200,19 @@ def find_kernel(cache_dir: Path | None = None, source: KernelSource = "auto") ->
             return tree
         if source == "host":
             raise ImageToolError(f"kernel {kversion} is not installed readable in /boot and /lib/modules")
-    return _deb_tree(package, version, cache_dir or default_cache_dir())
+    return _deb_tree(package, version, cache_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m strato.image.kernel [CACHE_DIR]`: fetch and unpack the guest kernel (scripts/setup.sh)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        tree = find_kernel(Path(args[0]) if args else None, "deb")
+    except ImageToolError as exc:
+        print(f"guest kernel: {exc}", file=sys.stderr)
+        return 1
+    print(f"guest kernel {tree.version}: {tree.vmlinuz}")
+    return 0
 
 
 def _norm(name: str) -> str:
@@ -240,3 +311,7 @@ def copy_module(tree: KernelTree, relpath: str, dest_root: Path) -> str:
     else:
         raise ImageToolError(f"unknown module format: {relpath}")
     return rel
+
+
+if __name__ == "__main__":
+    sys.exit(main())

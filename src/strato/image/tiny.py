@@ -37,10 +37,11 @@ def build_tiny_image(
     size_mib: int = 64,
     progress: Callable[[str], None] | None = None,
     cache_dir: Path | None = None,
-    kernel_source: KernelSource = "auto",
+    kernel_source: KernelSource | None = None,
     cmdline: str = KERNEL_CMDLINE,
 ) -> Path:
-    """Build the bootable qcow2 at `dest` (replaced atomically) and return its path."""
+    """Build the bootable qcow2 at `dest` (replaced atomically) and return its path; the kernel comes
+    from `kernel_source`, else `$STRATO_KERNEL_SOURCE`, else the Debian package (see kernel.py)."""
     if size_mib < MIN_SIZE_MIB:
         raise ImageToolError(f"size_mib must be at least {MIN_SIZE_MIB}")
     say = progress or (lambda _msg: None)

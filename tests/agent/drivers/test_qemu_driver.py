@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.console import guest_timer
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.process import RunDir, live_pid, resolve_accel
@@ -432,11 +433,11 @@ async def test_boot_tiny_guest(driver: QemuDriver, data_dir: Path) -> None:
     await driver.copy_layer(LayerRef(pool=images, name=image.name), base, None, lambda d, t: None)
     top = layer(driver, "tiny-top.qcow2")
     await driver.create_layer(top, None, base)
-    started = time.monotonic()
     await driver.start_vm(vm_spec("tiny", [DiskSpec(device_id=0, layer=top)], memory_mib=128))
     serial = data_dir / "vms" / "tiny" / "serial.log"
+    over = guest_timer(lambda: live_pid(RunDir(data_dir / "vms" / "tiny")), 60)
     while b"STRATO-TINY-BOOTED" not in serial.read_bytes():
-        assert time.monotonic() - started < 60, serial.read_text(errors="replace")[-2000:]
+        assert not over(), serial.read_text(errors="replace")[-2000:]
         await asyncio.sleep(0.2)
     stats = await driver.vm_stats("tiny")
     assert stats.disks[0].read_bytes > MiB  # the kernel and initramfs came from the disk

@@ -26,6 +26,7 @@ import pytest
 from imageserver import ImageServer
 
 from helpers.agentproc import start_agent
+from helpers.console import guest_timer
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.process import RunDir, live_pid
@@ -481,10 +482,10 @@ async def test_tiny_guest_reads_config_drive_and_runs_guest_commands(data_dir: P
         )
         client.call(StartVm(spec=spec))
 
-        deadline = time.monotonic() + 90
+        over = guest_timer(lambda: live_pid(RunDir(data_dir / "agent" / "vms" / "vm1")), 90)
         text = ""
         while "STRATO-READY" not in text:
-            assert time.monotonic() < deadline, text[-3000:]
+            assert not over(), text[-3000:]
             await asyncio.sleep(0.5)
             text = client.call(GetConsoleLog(name="vm1")).text
         lines = text.splitlines()
