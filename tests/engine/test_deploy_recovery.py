@@ -55,7 +55,12 @@ def test_deploy_interrupted_by_a_server_crash_is_rolled_back(
     job_id, vm_id = started["jobid"], started["id"]
 
     deadline = time.monotonic() + 30
-    while not any(s["name"] == step and s["state"] == "running" for s in _steps(server, job_id)):
+    # The step is logged running a moment before its layer row is written: wait for both, so that the
+    # kill lands while the agent is slowly making the file (what this test is about).
+    while not (
+        any(s["name"] == step and s["state"] == "running" for s in _steps(server, job_id))
+        and server.sql("SELECT count(*) FROM layers WHERE state = 'Creating'")[0][0] > 0
+    ):
         assert time.monotonic() < deadline, _steps(server, job_id)
         status = server.sql("SELECT status, result FROM jobs WHERE id = ?", job_id)
         assert status[0][0] in ("queued", "running"), status
