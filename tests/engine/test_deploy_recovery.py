@@ -55,19 +55,18 @@ def test_deploy_interrupted_by_a_server_crash_is_rolled_back(
     job_id, vm_id = started["jobid"], started["id"]
 
     deadline = time.monotonic() + 30
-    # The step is logged running a moment before its layer row is written: wait for both, so that the
-    # kill lands while the agent is slowly making the file (what this test is about).
-    while not (
-        any(s["name"] == step and s["state"] == "running" for s in _steps(server, job_id))
-        and server.sql("SELECT count(*) FROM layers WHERE state = 'Creating'")[0][0] > 0
-    ):
+    # The step is logged running a moment before its layer row is written: wait for both, and remember the
+    # rows seen then, so that the kill lands while the agent is slowly making the file.
+    creating = ("SELECT l.path, p.path FROM layers l JOIN storage_pools p ON p.id = l.pool_id "
+                "WHERE l.state = 'Creating'")  # fmt: skip
+    layers: list[tuple[object, ...]] = []
+    while not (any(s["name"] == step and s["state"] == "running" for s in _steps(server, job_id)) and layers):
         assert time.monotonic() < deadline, _steps(server, job_id)
         status = server.sql("SELECT status, result FROM jobs WHERE id = ?", job_id)
         assert status[0][0] in ("queued", "running"), status
+        layers = server.sql(creating)
         time.sleep(0.05)
     server.kill()
-    layers = server.sql("SELECT l.path, p.path FROM layers l JOIN storage_pools p ON p.id = l.pool_id "
-                        "WHERE l.state = 'Creating'")  # fmt: skip
     assert layers, "the deploy had recorded the layer it was creating"
     time.sleep(DELAY_S + 1)  # the agent finishes the create_layer it was asked for
 
