@@ -16,6 +16,7 @@ from strato.protocol.declare import AgentCommand as AgentCommand
 from strato.protocol.declare import Declared, declared_commands
 from strato.protocol.declare import Message as Message
 from strato.protocol.declare import Role as Role
+from strato.protocol.motion import BlockJobList, BlockJobReport, IncomingVm, MigrationReport
 
 PROTOCOL_VERSION = 1
 
@@ -370,6 +371,113 @@ class GetConsoleLog(AgentCommand[ConsoleLog]):
     type: Literal["get_console_log"] = "get_console_log"
     name: str
     tail_bytes: int | None = 65536
+
+
+# --- storage motion: block jobs, migration, host-to-host layer copies ----------------------------------
+
+
+class IncomingDisk(Message):
+    """A disk the target host receives over NBD: the agent creates its new, empty top layer (the layer
+    the spec names) on `backing`, a copy of the source's frozen chain already on the target's pool."""
+
+    device_id: int
+    size_bytes: int
+    backing: LayerRef | None = None
+
+
+class MirrorDisk(AgentCommand[DiskSpec]):
+    """Live move of a running VM's disk: create `target` on `target_backing` (the copied frozen chain on
+    the target pool; None for a disk without backing), mirror the top layer onto it (sync top), pivot.
+    Answers the disk as the VM now has it. Cancelled or failed: the VM stays on its source, the target
+    file is removed. Long-running."""
+
+    declared = Declared(Role.BLOCK_JOBS, "mirror_disk", long_running=True)
+    type: Literal["mirror_disk"] = "mirror_disk"
+    vm_name: str
+    device_id: int
+    target: LayerRef
+    target_backing: LayerRef | None = None
+    bandwidth_bytes_per_s: int | None = None
+
+
+class SetBlockJobSpeed(AgentCommand[BlockJobReport]):
+    """Change the bandwidth limit of the running job on a disk (0: unlimited)."""
+
+    declared = Declared(Role.BLOCK_JOBS, "set_block_job_speed")
+    type: Literal["set_block_job_speed"] = "set_block_job_speed"
+    vm_name: str
+    device_id: int
+    bandwidth_bytes_per_s: int = Field(ge=0)
+
+
+class ListBlockJobs(AgentCommand[BlockJobList]):
+    """The VM's block jobs as QEMU reports them (ground truth for recovery)."""
+
+    declared = Declared(Role.BLOCK_JOBS, "block_jobs")
+    type: Literal["list_block_jobs"] = "list_block_jobs"
+    vm_name: str
+
+
+class PrepareIncoming(AgentCommand[IncomingVm]):
+    """At the target host: start the VM paused, waiting for an incoming migration, with the disks named
+    in `disks` created empty and exported over NBD (the other disks of the spec are on pools both hosts
+    reach and are opened as they are)."""
+
+    declared = Declared(Role.MIGRATION_TARGET, "prepare_incoming", timeout_s=60.0)
+    type: Literal["prepare_incoming"] = "prepare_incoming"
+    spec: VmSpec
+    disks: list[IncomingDisk] = []
+    listen_host: str = "127.0.0.1"
+    """The address the target listens on for the migration stream and NBD (the host's migration
+    network address)."""
+
+
+class MigrateVm(AgentCommand[VmReport]):
+    """At the source host: mirror the exported disks to the target, migrate the RAM with
+    pause-before-switchover, switch over; answers the VM stopped here. Long-running; cancelled or
+    failed, the VM keeps running here."""
+
+    declared = Declared(Role.MIGRATION_SOURCE, "migrate_vm", long_running=True)
+    type: Literal["migrate_vm"] = "migrate_vm"
+    name: str
+    incoming: IncomingVm
+    bandwidth_bytes_per_s: int | None = None
+
+
+class GetMigrationStatus(AgentCommand[MigrationReport]):
+    declared = Declared(Role.MIGRATION_SOURCE, "migration_status")
+    type: Literal["get_migration_status"] = "get_migration_status"
+    name: str
+
+
+class FinishIncoming(AgentCommand[VmReport]):
+    """At the target: the migration completed; stop the NBD exports and run the VM."""
+
+    declared = Declared(Role.MIGRATION_TARGET, "finish_incoming", timeout_s=60.0)
+    type: Literal["finish_incoming"] = "finish_incoming"
+    name: str
+
+
+class AbortIncoming(AgentCommand[Ack]):
+    """At the target: kill the waiting VM and remove the top layers it created (idempotent)."""
+
+    declared = Declared(Role.MIGRATION_TARGET, "abort_incoming", timeout_s=60.0)
+    type: Literal["abort_incoming"] = "abort_incoming"
+    name: str
+
+
+class PullLayer(AgentCommand[LayerInfo]):
+    """Copy a frozen layer from another host's agent (its `GET /v1/layers/{pool}/{name}`, with that
+    host's token) into `target` on this host, sparse; the copy keeps its backing reference as is
+    (rebase it after). Host to host: the data does not pass through the server. Long-running."""
+
+    declared = Declared(Role.MIGRATION_TARGET, "pull_layer", long_running=True)
+    type: Literal["pull_layer"] = "pull_layer"
+    source_agent_url: str
+    source_token: str
+    source: LayerRef
+    target: LayerRef
+    bandwidth_bytes_per_s: int | None = None
 
 
 # --- the envelope: every declared command ------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Types of the block-job and migration roles of the driver contract (declared; served by a later
-version of the drivers, which will also declare their commands)."""
+"""Types of the block-job and migration roles of the driver contract (their commands are declared in
+`strato.protocol.messages`)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ class BlockJobReport(Message):
     length: int
     speed_bytes_per_s: int = 0
     error: str | None = None
+
+
+class BlockJobList(Message):
+    jobs: list[BlockJobReport] = []
 
 
 class NbdExport(Message):

@@ -18,6 +18,7 @@ from strato.protocol.messages import (
     DiskSpec,
     ErrorCode,
     HostInfo,
+    IncomingDisk,
     LayerInfo,
     LayerRef,
     PoolRef,
@@ -28,7 +29,7 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
-from strato.protocol.motion import BlockJobReport, IncomingVm, MigrationReport
+from strato.protocol.motion import BlockJobList, BlockJobReport, IncomingVm, MigrationReport
 
 ProgressFn = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a long operation runs."""
@@ -183,10 +184,10 @@ class Layers(abc.ABC):
 
 
 class BlockJobs(abc.ABC):
-    """Block jobs on the disks of a running VM, the base of live storage motion and snapshots.
+    """Block jobs on the disks of a running VM: the base of live storage motion (and later snapshots).
 
-    Each long method runs the job to its end, reporting progress; cancelling the agent task cancels
-    the job and leaves the VM on its old layers (a mirror's target is removed). Served by no driver yet."""
+    A long method runs its job to the end, reporting progress; cancelling the agent task cancels the
+    job and leaves the VM on its old layers (a mirror's target file is removed)."""
 
     @abc.abstractmethod
     async def mirror_disk(
@@ -194,47 +195,25 @@ class BlockJobs(abc.ABC):
         vm_name: str,
         device_id: int,
         target: LayerRef,
+        target_backing: LayerRef | None,
         bandwidth_bytes_per_s: int | None,
         progress: ProgressFn,
     ) -> DiskSpec:
-        """Mirror the disk's top layer onto `target` (created on the same backing), wait until both are
-        in sync, then switch the VM to `target`; answers the disk as the VM now has it."""
-
-    @abc.abstractmethod
-    async def stream_disk(
-        self,
-        vm_name: str,
-        device_id: int,
-        base: LayerRef | None,
-        bandwidth_bytes_per_s: int | None,
-        progress: ProgressFn,
-    ) -> LayerInfo:
-        """Pull the data of the layers above `base` (all backing layers when None) into the top layer."""
-
-    @abc.abstractmethod
-    async def commit_disk(
-        self,
-        vm_name: str,
-        device_id: int,
-        top: LayerRef,
-        base: LayerRef,
-        bandwidth_bytes_per_s: int | None,
-        progress: ProgressFn,
-    ) -> LayerInfo:
-        """Merge the layers from `top` down to just above `base` into `base`; the chain drops them."""
+        """Create `target` on `target_backing` (the frozen chain already copied to the target pool),
+        mirror the disk's top layer onto it (sync top) until both are in sync, then switch the VM to
+        the target chain; answers the disk as the VM now has it. The source files are left alone."""
 
     @abc.abstractmethod
     async def set_block_job_speed(self, vm_name: str, device_id: int, bandwidth_bytes_per_s: int) -> BlockJobReport:
         """Change the speed limit of the disk's running job (0: unlimited)."""
 
     @abc.abstractmethod
-    async def block_jobs(self, vm_name: str) -> list[BlockJobReport]:
+    async def block_jobs(self, vm_name: str) -> BlockJobList:
         """The VM's jobs as QEMU reports them: ground truth after an agent or server restart."""
 
 
 class MigrationSource(abc.ABC):
-    """Sends a running VM to another host whose agent prepared it (`MigrationTarget`). Served by no
-    driver yet."""
+    """Sends a running VM to another host whose agent prepared it (`MigrationTarget`)."""
 
     @abc.abstractmethod
     async def migrate_vm(
@@ -253,13 +232,26 @@ class MigrationSource(abc.ABC):
 
 
 class MigrationTarget(abc.ABC):
-    """Receives a VM: prepares it paused with NBD exports of its new top layers, finishes or rolls back.
-    Served by no driver yet."""
+    """Receives a VM: pulls frozen layers from the source host, prepares the VM paused with NBD exports
+    of its new top layers, finishes or rolls back."""
 
     @abc.abstractmethod
-    async def prepare_incoming(self, spec: VmSpec, exported_device_ids: list[int]) -> IncomingVm:
-        """Start the VM waiting for an incoming migration, its disks (new, empty top layers on the
-        target's pools, as the spec names them) exported over NBD for `exported_device_ids`."""
+    async def pull_layer(
+        self,
+        source_agent_url: str,
+        source_token: str,
+        source: LayerRef,
+        target: LayerRef,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """Copy a frozen layer from another host's agent into `target`, sparse, keeping its backing
+        reference as is; nothing is left behind on failure or cancellation."""
+
+    @abc.abstractmethod
+    async def prepare_incoming(self, spec: VmSpec, disks: list[IncomingDisk], listen_host: str) -> IncomingVm:
+        """Start the VM waiting for an incoming migration; the `disks` (new, empty top layers on the
+        target's pools, as the spec names them, created here on their backing) exported over NBD."""
 
     @abc.abstractmethod
     async def finish_incoming(self, name: str) -> VmReport:
