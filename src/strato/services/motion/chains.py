@@ -221,7 +221,7 @@ class ChainMove:
                 "total": bytes_to_move(s, vol, self.pool_id),
             }
 
-    def _progress(self, share: int) -> ProgressFn:
+    def progress_for(self, share: int) -> ProgressFn:
         if self.progress is None:
             self.progress = ByteProgress(self.op.job.progress, int(self.plan().get("total", 0)))
         return self.progress.part(share)
@@ -246,7 +246,7 @@ class ChainMove:
                     mapping[layer_id] = found.id
                     continue
                 kind, template_id = row.kind, row.template_id
-            progress = self._progress(size)
+            progress = self.progress_for(size)
             if kind == LAYER_TEMPLATE and template_id:
                 # The per-pool template cache: concurrent copies of one template to one pool make one.
                 mapping[layer_id] = ensure_template_on_pool(self.db, template_id, self.pool_id, progress, self.job_id)
@@ -349,7 +349,7 @@ class ChainMove:
         """Offline: copy the top layer, rebase it onto the copied parent, and check the copy."""
         plan = self.plan()
         top_id = plan["chain"][0]
-        new_id = self._copy_one(top_id, self._make_copier(), self._progress(plan["sizes"][0]), top=True)
+        new_id = self._copy_one(top_id, self._make_copier(), self.progress_for(plan["sizes"][0]), top=True)
         parent_id, _ = self.target_backing()
         self._rebase_row(new_id, parent_id)
         self.check_layer(new_id)
