@@ -772,7 +772,7 @@ class SimulatorDriver(Driver, BlockJobs, SimulatorControl):
         self._pool_layers(target.pool)[target.name] = record
         self._save_storage(target.pool)
         job = BlockJobReport(job_id=f"mirror-{device_id}", kind=BlockJobKind.MIRROR, device_id=device_id,
-                             status="running", offset=0, length=max(data, 1),
+                             status="running", offset=0, length=data + EMPTY_QCOW2_BYTES,
                              speed_bytes_per_s=bandwidth_bytes_per_s or 0)  # fmt: skip
         self._block_jobs.setdefault(vm_name, {})[device_id] = job
         try:
