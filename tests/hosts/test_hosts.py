@@ -77,23 +77,23 @@ def test_add_simulator_host_records_resources_and_local_pool(
 def test_hypervisor_capabilities_follow_what_the_hosts_reported(
     make_cluster: MakeCluster, agent_factory: StartAgent
 ) -> None:
-    """The simulator's driver reports 24 data volumes and no live storage motion or snapshots: the
-    listed capabilities are those, whatever the administrator allows beyond them."""
+    """The simulator's driver reports 24 data volumes, live storage motion (its block jobs) and no
+    snapshots: the listed capabilities are those, within what the administrator allows."""
     cluster = make_cluster("Simulator")
     cluster.add_host(agent_factory())
     api = cluster.api
     [row] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
-    assert (row["storagemotionenabled"], row["vmsnapshotenabled"]) == (False, False)
+    assert (row["storagemotionenabled"], row["vmsnapshotenabled"]) == (True, False)
     assert row["maxdatavolumeslimit"] == 24
     try:
-        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=40, storagemotionenabled=True)
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=40, vmsnapshotenabled=True)
         [more] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
-        assert (more["maxdatavolumeslimit"], more["storagemotionenabled"]) == (24, False)
-        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=3)
+        assert (more["maxdatavolumeslimit"], more["vmsnapshotenabled"]) == (24, False)
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=3, storagemotionenabled=False)
         [fewer] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
-        assert fewer["maxdatavolumeslimit"] == 3
+        assert (fewer["maxdatavolumeslimit"], fewer["storagemotionenabled"]) == (3, False)
     finally:
-        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=24)
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=24, storagemotionenabled=True)
 
 
 def test_list_capabilities_claims_no_motion_or_snapshots_the_hosts_lack(
