@@ -10,6 +10,8 @@ cancel removes every copy this move made; the VM keeps running on its source dis
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -17,10 +19,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from strato.db.models import Host, VirtualMachine, Volume
-from strato.engine.context import JobContext
+from strato.engine.context import JobCancelled, JobContext
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
-from strato.errors import InvalidParameter, InvalidState
+from strato.errors import InvalidParameter, InvalidState, ResourceUnavailable
 from strato.protocol.messages import MirrorDisk
 from strato.services.core import jobs
 from strato.services.core.agents import agent_errors, host_client
@@ -118,10 +120,24 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
             client, host_name = host_client(host), host.name
             command = MirrorDisk(vm_name=vm.instance_name, device_id=vol.device_id, target=target,
                                  target_backing=backing, bandwidth_bytes_per_s=self.params.bandwidth_bytes)  # fmt: skip
-        plan = self.chain.plan()
-        progress = self.chain.progress_for(int(plan["sizes"][0]))
-        with agent_errors(host_name):
-            client.run_long(command, on_progress=progress)
+        progress = self.chain.progress_for(int(self.chain.plan()["sizes"][0]))
+        cancel = threading.Event()
+
+        def on_progress(done: int, total: int) -> None:
+            # A cancel goes through run_long's cancel_event, which reads the task's final state: a
+            # mirror that pivoted before the cancel reached it is a success, not a failure to undo.
+            try:
+                progress(done, total)
+            except JobCancelled:
+                cancel.set()
+
+        try:
+            with agent_errors(host_name):
+                client.run_long(command, on_progress=on_progress, cancel_event=cancel)
+        except ResourceUnavailable:
+            if cancel.is_set():
+                raise JobCancelled("The job was cancelled; the volume stays on its pool") from None
+            raise
         return {"top": top_id}
 
     def _top_id(self) -> str:
@@ -134,7 +150,8 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
         with self.db.session() as s:
             self.chain.switch(s, self._top_id())
         total = int(self.chain.plan().get("total", 0))
-        self.job.progress(total, total)
+        with contextlib.suppress(JobCancelled):  # past the pivot a cancel comes too late
+            self.job.progress(total, total)
         return {}
 
     def _end(self) -> StepData:
