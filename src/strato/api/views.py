@@ -34,6 +34,7 @@ from strato.db.models import (
     Zone,
 )
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
+from strato.services.core import settings
 from strato.services.core.settings import HostsCanDo
 from strato.services.infra.storagepools import allocated_bytes
 from strato.units import GIB
@@ -373,3 +374,14 @@ def _host_address(url: str) -> str:
 
 
 register_result("host", lambda s, i, _admin: host(s, h) if (h := s.get(Host, i)) is not None else None)
+
+
+def _pool_result(session: Session, pool_id: str) -> dict[str, Any] | None:
+    pool = session.get(StoragePool, pool_id)
+    if pool is None:
+        return None
+    factor = float(settings.get(session, "storage.overprovisioning.factor"))
+    return storage_pool(session, pool, factor)
+
+
+register_result("storagepool", lambda s, i, _admin: _pool_result(s, i))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from strato.api import views
-from strato.api.envelope import Listing
+from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core import settings
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
 from strato.services.infra import hosts, storagepools
+from strato.services.motion import pool_maintenance
 
 
 def _pool_view(ctx: CallContext, pool: Any) -> dict[str, Any]:
@@ -167,3 +168,29 @@ def list_image_stores(ctx: CallContext, args: dict[str, Any]) -> Listing:
 )
 def delete_image_store(ctx: CallContext, args: dict[str, Any]) -> None:
     storagepools.delete_image_store(ctx, args["id"])
+
+
+@api(
+    "enableStorageMaintenance",
+    "Puts a storage pool into maintenance: its disks move to other pools first (live for running VMs)",
+    kind=Kind.ASYNC,
+    response="storagepool",
+    access=ADMIN,
+    event="MAINT.PREPARE.PS",
+    params=(Param("id", T.UUID, "Primary storage ID", required=True),),
+)
+def enable_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    return AsyncStarted(pool_maintenance.enable_maintenance(ctx, args), args["id"])
+
+
+@api(
+    "cancelStorageMaintenance",
+    "Cancels maintenance for primary storage",
+    kind=Kind.ASYNC,
+    response="storagepool",
+    access=ADMIN,
+    event="MAINT.CANCEL.PS",
+    params=(Param("id", T.UUID, "The primary storage ID", required=True),),
+)
+def cancel_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    return AsyncStarted(pool_maintenance.cancel_maintenance(ctx, args), args["id"])

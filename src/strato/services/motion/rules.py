@@ -109,13 +109,18 @@ def unsuitable(
     source = session.get(StoragePool, vol.pool_id) if vol.pool_id else None
     if not live and source is not None and not any(reaches(h, pool) and reaches(h, source) for h in up_hosts(session)):
         return Unsuitable(f"no Up host reaches both pool {source.name} and pool {pool.name}")
-    need = vol.size + _template_bytes(session, vol, pool)
+    need = bytes_needed(session, vol, pool)
     if Allocator(session, allocation_limits(session)).why_not(
         pool, DiskRequest(label=f"volume {vol.name}", size=need, pool_id=pool.id), None
     ):
         free = Allocator(session, allocation_limits(session)).free(pool)
         return Unsuitable(f"pool {pool.name} is too small: {max(0, free)} bytes free, the volume needs {need}", True)
     return None
+
+
+def bytes_needed(session: Session, vol: Volume, pool: StoragePool) -> int:
+    """What the volume takes on the pool once moved: its size and the template bases it adds there."""
+    return vol.size + _template_bytes(session, vol, pool)
 
 
 def _template_bytes(session: Session, vol: Volume, pool: StoragePool) -> int:
