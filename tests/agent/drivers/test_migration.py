@@ -377,6 +377,7 @@ def test_target_killed_mid_migration_leaves_the_vm_at_the_source(hosts: Hosts) -
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert report.state == TaskState.FAILED, report
+    print(f"\nfailed {time.monotonic() - deadline + 30:.1f} s after the kill: {report.error}")
     _nothing_left_at(b, "mig3", target_pid)
     _still_at_source(a, b, spec, "mig3", pid)
 

@@ -60,6 +60,7 @@ MIGRATION_TIMEOUT_S = 3600.0
 POLL_S = 1.0
 """How often a wait re-reads query-migrate besides the events (a safety net, not the mechanism)."""
 PROGRESS_S = 0.5
+MiB = 1024 * 1024
 PORT_ATTEMPTS = 5
 FINISH_WAIT_S = 30.0
 INCOMING_FILE = "incoming.json"
@@ -277,6 +278,14 @@ def _nbd_server(uri: str) -> tuple[dict[str, object], str]:
     raise DriverError(ErrorCode.BAD_REQUEST, f"not an NBD export URI: {uri!r}")
 
 
+def _burst(bandwidth: int | None) -> int | None:
+    """A throttled mirror's buf-size: QEMU lets one buffer through at once, then sleeps until the
+    rate is met again, deaf to a dead target meanwhile; so at most half a second's worth."""
+    if bandwidth is None:
+        return None
+    return int(min(16 * MiB, max(MiB, bandwidth // 2 // MiB * MiB)))
+
+
 def _migration_report(name: str, info: dict[str, Any]) -> MigrationReport:
     ram = info.get("ram") or {}
     status = str(info.get("status", "none"))
@@ -398,7 +407,9 @@ async def migrate_vm(
                                      "export": export}
                 )  # fmt: skip
                 nodes.append(nbd_node(device_id))
-                await jobs.start_mirror(mirror_job(device_id), top[0], nbd_node(device_id), "top", bandwidth)
+                await jobs.start_mirror(
+                    mirror_job(device_id), top[0], nbd_node(device_id), "top", bandwidth, buf_size=_burst(bandwidth)
+                )
                 meter.jobs.add(mirror_job(device_id))
             await asyncio.gather(*(jobs.wait_ready(job) for job in meter.jobs))
             await meter.sample()
