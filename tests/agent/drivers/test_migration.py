@@ -269,7 +269,6 @@ def test_live_migration_with_local_and_shared_disks(hosts: Hosts, tiny_image: Pa
     assert b.files() == ["data-base.qcow2", "data.qcow2"]  # only the local disk came over
 
     # Back to A while the guest is idle: the downtime of an idle 128 MiB guest.
-    a.client.call(CreateLayer(layer=a.layer("data2.qcow2"), backing=a.layer("data-base.qcow2")))
     back = a.client.call(
         PrepareIncoming(
             spec=moved(spec, 1, a.layer("data2.qcow2")),
