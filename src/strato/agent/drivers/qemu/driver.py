@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
-from strato.agent.drivers.qemu import images, layers, pools, process
+from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
+from strato.agent.drivers.qemu import images, layers, migration, pools, process, transfer
 from strato.agent.drivers.qemu.blockjobs import BlockJobs
 from strato.agent.drivers.qemu.monitor import VmMonitor
 from strato.agent.drivers.qemu.process import Accel, RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
+from strato.agent.drivers.roles import MigrationSource, MigrationTarget
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     CdromSpec,
@@ -36,6 +38,7 @@ from strato.protocol.messages import (
     DiskStats,
     ErrorCode,
     HostInfo,
+    IncomingDisk,
     LayerInfo,
     LayerRef,
     PoolRef,
@@ -46,6 +49,7 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
+from strato.protocol.motion import IncomingVm, MigrationReport
 
 log = logging.getLogger("strato.agent.qemu")
 
@@ -63,15 +67,16 @@ MAX_DATA_VOLUMES = 24
 and a virtio-scsi controller take 5, and the rest is kept for NICs (CloudStack's KVM default is 24 too)."""
 
 
-class QemuDriver(Driver):
+class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
     """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local.
 
-    Roles: lifecycle, layers and volumes. Block jobs and migration come with their roles later; until
-    then live motion, migration and snapshots are not claimed."""
+    Roles: lifecycle, layers and volumes, live migration with local disks (migration.py) and layer
+    copies between hosts (transfer.py). Live motion on one host and snapshots are not claimed yet."""
 
     capabilities = DriverCapabilities(
         hot_plug_disks=True,
         offline_storage_motion=True,
+        live_migration=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
 
@@ -107,6 +112,7 @@ class QemuDriver(Driver):
         """Re-attach: open the monitor of every running VM, tidy the run files of VMs that died."""
         self.vms_dir.mkdir(parents=True, exist_ok=True)
         pools.attach(self.local_pool, create=True)
+        pools.remember(self.data_dir, self.local_pool)
         for run in self._run_dirs():
             if process.live_pid(run) is None:
                 run.remove_stale()
@@ -196,6 +202,7 @@ class QemuDriver(Driver):
 
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
         report = pools.attach(pool, create)
+        pools.remember(self.data_dir, pool)
         self._sweep(pool)
         return report
 
@@ -253,6 +260,10 @@ class QemuDriver(Driver):
     # --- VMs ---------------------------------------------------------------------------------------
 
     async def start_vm(self, spec: VmSpec) -> VmReport:
+        return await self._start(spec)
+
+    async def _start(self, spec: VmSpec, extra_argv: tuple[str, ...] = ()) -> VmReport:
+        """start_vm, with QEMU arguments appended (an incoming migration's `-incoming defer -S`)."""
         run = self._run(spec.name)
         try:
             uuid.UUID(spec.uuid)
@@ -281,6 +292,7 @@ class QemuDriver(Driver):
             # The lock only orders our own starts; QEMU's `to=` covers ports taken meanwhile by others.
             async with self._vnc_lock:
                 argv = process.command_line(self.qemu_binary, spec, run, accel, disk_paths, process.free_vnc_display())
+                argv += extra_argv
                 pid = await process.launch(argv, run)
             vnc_port: int | None = None
             try:
@@ -471,6 +483,39 @@ class QemuDriver(Driver):
             if qdev == device and isinstance(inserted, dict):
                 return str(inserted.get("node-name")), os.path.realpath(str(inserted.get("file", "")))
         return None
+
+    # --- migration and host-to-host copies (migration.py, transfer.py) -------------------------------
+
+    async def prepare_incoming(self, spec: VmSpec, disks: list[IncomingDisk], listen_host: str) -> IncomingVm:
+        return await migration.prepare_incoming(self, spec, disks, listen_host)
+
+    async def finish_incoming(self, name: str) -> VmReport:
+        return await migration.finish_incoming(self, name)
+
+    async def abort_incoming(self, name: str) -> None:
+        await migration.abort_incoming(self, name)
+
+    async def migrate_vm(
+        self, name: str, incoming: IncomingVm, bandwidth_bytes_per_s: int | None, progress: ProgressFn
+    ) -> VmReport:
+        return await migration.migrate_vm(self, name, incoming, bandwidth_bytes_per_s, progress)
+
+    async def migration_status(self, name: str) -> MigrationReport:
+        return await migration.migration_status(self, name)
+
+    async def pull_layer(
+        self,
+        source_agent_url: str,
+        source_token: str,
+        source: LayerRef,
+        target: LayerRef,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        return await transfer.pull(source_agent_url, source_token, source, target, bandwidth_bytes_per_s, progress)
+
+    async def open_layer(self, pool_id: str, name: str) -> OpenedLayer:
+        return transfer.open_layer(self.data_dir, pool_id, name)
 
     # --- devices of running VMs ----------------------------------------------------------------
 
