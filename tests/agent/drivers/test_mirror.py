@@ -250,6 +250,7 @@ async def test_data_disk_moves_while_the_guest_writes(driver: QemuDriver, tiny_i
 
 def build_template(path: Path) -> None:
     """A template holding integrity blocks (generation 1) and 8 MiB of other data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_suffix(".raw")
     with raw.open("wb") as f:
         f.write(encode_superblock(BS, BLOCKS))
