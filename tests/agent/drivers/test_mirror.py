@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from helpers.console import guest_timer
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
+from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.process import RunDir, live_pid
 from strato.image.integrity import encode_block, encode_superblock, parse_generations, verify_image
 from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef, PoolRef, PowerState, VmSpec
@@ -387,3 +389,35 @@ async def test_bandwidth_limit_and_speed_change(driver: QemuDriver, tiny_image: 
         await driver.set_block_job_speed("vm1", 1, MiB)
     assert gone.value.code == ErrorCode.NOT_FOUND
     await driver.stop_vm("vm1", force=True, timeout_s=1)
+
+
+# --- a mirror that does not converge is restarted write-blocking ----------------------------------
+
+
+async def test_mirror_outpaced_by_guest_writes_restarts_write_blocking(
+    driver: QemuDriver, tiny_image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guest rewrites its blocks faster than a 32 KiB/s mirror copies them: the remaining bytes do
+    not fall, so the move restarts in write-blocking mode, converges and pivots; no write is lost."""
+    driver._motion = DiskMotion(driver, stall_s=3.0)
+    fast = await other_pool(driver)
+    data = local(driver, "data.qcow2")
+    await driver.create_layer(data, 16 * MiB, None)
+    commands = f"integrity-write:vdb:{BLOCKS},integrity-loop:vdb:45,integrity-gens:vdb,integrity-verify:vdb"
+    await start_vm(driver, tiny_image, data, commands)
+    await wait_console(driver, "STRATO-INTEGRITY LOOP-START")
+
+    target = LayerRef(pool=fast, name="data-moved.qcow2")
+    with caplog.at_level(logging.INFO, logger="strato.agent.qemu.mirror"):
+        moved = await asyncio.wait_for(driver.mirror_disk("vm1", 1, target, None, 32 * 1024, Progress()), 120)
+    assert moved.layer == target and await disk_file(driver) == str(path_of(target))
+    assert "restarting it in write-blocking mode" in caplog.text
+    assert "write-blocking, speed" in caplog.text  # the second start
+    assert "LOOP-DONE" not in await driver.console_log("vm1", None), "the guest stopped writing before the pivot"
+
+    text = await wait_console(driver, "STRATO-RUN-END integrity-verify:vdb")
+    assert f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text, text[-2000:]
+    gens = parse_generations(re.search(r"^STRATO-INTEGRITY-GENS .*$", text, re.M).group(0))  # type: ignore[union-attr]
+    await driver.stop_vm("vm1", force=True, timeout_s=1)
+    report = verify_image(path_of(target), gens)
+    assert report.ok and report.generations == gens, report.summary()
