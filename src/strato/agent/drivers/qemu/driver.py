@@ -23,10 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from strato.agent.drivers import roles
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
 from strato.agent.drivers.qemu import images, layers, migration, pools, process, transfer
 from strato.agent.drivers.qemu.blockjobs import BlockJobs
+from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.monitor import VmMonitor
 from strato.agent.drivers.qemu.process import Accel, RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
@@ -49,7 +51,7 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
-from strato.protocol.motion import IncomingVm, MigrationReport
+from strato.protocol.motion import BlockJobList, BlockJobReport, IncomingVm, MigrationReport
 
 log = logging.getLogger("strato.agent.qemu")
 
@@ -59,7 +61,8 @@ DETACH_TIMEOUT_S = 15.0
 DETACH_POLL_S = 0.2
 BLOCKDEV_DEL_RETRY_S = 3.0
 _RUNNING_STATES = {"running"}
-_NODE_RE = re.compile(r"^disk(\d+)-fmt$")
+_NODE_RE = re.compile(r"^disk(\d+)(?:-m[0-9a-f]+)?-fmt$")
+"""A disk's top node: as started, or after a live move (`mirror`)."""
 
 
 MAX_DATA_VOLUMES = 24
@@ -67,15 +70,17 @@ MAX_DATA_VOLUMES = 24
 and a virtio-scsi controller take 5, and the rest is kept for NICs (CloudStack's KVM default is 24 too)."""
 
 
-class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
+class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, LayerExport):
     """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local.
 
-    Roles: lifecycle, layers and volumes, live migration with local disks (migration.py) and layer
-    copies between hosts (transfer.py). Live motion on one host and snapshots are not claimed yet."""
+    Roles: lifecycle, layers and volumes, block jobs (live disk moves on one host, mirror.py), live
+    migration with local disks (migration.py) and layer copies between hosts (transfer.py). Snapshots
+    come with their role later; until then they are not claimed."""
 
     capabilities = DriverCapabilities(
         hot_plug_disks=True,
         offline_storage_motion=True,
+        live_storage_motion=True,
         live_migration=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
@@ -97,6 +102,7 @@ class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
         self._version: str | None = None
         self._started_at = time.time()
         self._swept: set[str] = set()
+        self._motion = DiskMotion(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
             current.abandon()  # a QEMU of an earlier start of this VM
         return monitor
 
-    def block_jobs(self, name: str) -> BlockJobs:
+    def jobs_of(self, name: str) -> BlockJobs:
         """Mirror / stream / commit jobs of a running VM, on its monitor."""
         return BlockJobs(self.monitor(name))
 
@@ -594,6 +600,7 @@ class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
             disk = next((d for d in spec.disks if d.device_id == device_id), None)
             device = process.disk_device_id(device_id)
             present = await self._device_exists(run, device)
+            top = await self._disk_top(run, device_id) if present else None
             if disk is None and not present:
                 raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
             if disk is not None and disk.bus == "ide":
@@ -615,7 +622,10 @@ class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
                             "in the guest); the disk stays attached",
                         )
                     await asyncio.sleep(DETACH_POLL_S)
-            await self._blockdev_del(run, *reversed(process.disk_node_names(device_id)))
+            nodes = list(reversed(process.disk_node_names(device_id)))
+            if top is not None and top[0] not in nodes:  # moved live: its nodes are the move's
+                nodes = [top[0], top[0].removesuffix("-fmt") + "-file", *nodes]
+            await self._blockdev_del(run, *nodes)
             spec.disks = [d for d in spec.disks if d.device_id != device_id]
             run.write_spec(spec)
             return await self._report(run)
@@ -649,6 +659,27 @@ class QemuDriver(Driver, MigrationSource, MigrationTarget, LayerExport):
             spec.cdrom = CdromSpec(path=path)
             run.write_spec(spec)
             return await self._report(run)
+
+    # --- block jobs: live disk moves (mirror.py) ------------------------------------------------------
+
+    async def mirror_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        target: LayerRef,
+        target_backing: LayerRef | None,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> DiskSpec:
+        return await self._motion.mirror_disk(
+            vm_name, device_id, target, target_backing, bandwidth_bytes_per_s, progress
+        )
+
+    async def set_block_job_speed(self, vm_name: str, device_id: int, bandwidth_bytes_per_s: int) -> BlockJobReport:
+        return await self._motion.set_block_job_speed(vm_name, device_id, bandwidth_bytes_per_s)
+
+    async def block_jobs(self, vm_name: str) -> BlockJobList:
+        return await self._motion.block_jobs(vm_name)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
         """One short QMP call on the VM's shared connection: no lock, concurrent calls (and a block
