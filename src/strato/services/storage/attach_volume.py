@@ -140,7 +140,7 @@ class AttachVolume(Operation[AttachParams]):
             taken = _device_taken(session, vm.id, params.device_id, vol.id)
             if taken is not None:
                 raise InvalidParameter(f"Device id {params.device_id} is in use by volume {taken.name} (deviceid)")
-        if vol.state == "Allocated" and not vol.vm_id:  # refused at once when no pool can take it
+        if vol.state == "Allocated":  # refused at once when no pool can take it
             pool_for_new_disk(session, vol, vm)
 
     def steps(self) -> Sequence[Step]:
