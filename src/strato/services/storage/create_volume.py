@@ -116,6 +116,8 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
         pool = get_live(ctx.session, StoragePool, pool_id, "storage pool", "storageid")
         if pool.zone_id != zone.id:
             raise InvalidParameter(f"Storage pool {pool.name} is not in zone {zone.name}")
+        if pool.state != "Up":
+            raise InvalidParameter(f"Parameter storageid: pool {pool.name} is {pool.state}, it takes no new disks")
     limits.check(ctx.session, owner, volumes=1, storage_bytes=size)
     vol = Volume(
         name=args.get("name") or "",
