@@ -83,8 +83,10 @@ def test_one_volume_attached_to_two_vms_at_once(cloud: tuple[ServerProcess, dict
 def test_resize_beyond_the_pool_is_refused(cloud: tuple[ServerProcess, dict[str, str]]) -> None:
     server, ids = cloud
     api = server.cs()
+    [pool] = api.listStoragePools(zoneid=ids["zone"], hostid=ids["host"], scope="host")["storagepool"]
+    # On a pool: without one (nor a VM) createVolume only allocates the volume, as CloudStack does.
     vol = api.createVolume(zoneid=ids["zone"], diskofferingid=ids["disk_offering"], name="growing",
-                           fetch_result=True)["volume"]  # fmt: skip
+                           storageid=pool["id"], fetch_result=True)["volume"]  # fmt: skip
     api.updateStoragePool(id=vol["storageid"], capacitybytes=10 * 1024**3)  # x2 over-provisioning: 20 GiB
     grown = api.resizeVolume(id=vol["id"], size=4, fetch_result=True)["volume"]
     assert grown["size"] == 4 * 1024**3

@@ -1,9 +1,11 @@
 """The volume operations stopped after each of their steps, then recovered: the three promises hold, and
 what the user sees is stable and consistent with the job's outcome.
 
-createVolume: Ready, or gone. createVolume with a VM: Ready and attached, or gone (the commit point is
-"ready": past it the job finishes forward). attachVolume: attached (and, on a running VM, plugged into it:
-the agent's disks equal the database's) or detached and Ready, its file intact. detachVolume and
+createVolume on a pool: Ready, or gone. createVolume with a VM: Ready and attached, or gone (the commit
+point is "ready": past it the job finishes forward). attachVolume: attached (and, on a running VM, plugged
+into it: the agent's disks equal the database's) or detached and Ready, its file intact. attachVolume of an
+Allocated volume (created on a pool at the attach): Ready, attached and plugged, or Allocated again with no
+pool and no file (the harness checks no file is left that the database does not know). detachVolume and
 resizeVolume: finished (both resume). deleteVolume: gone, its files with it."""
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import FaultCloud
-from helpers.faultlib import Promises, run_fault_matrix
+from helpers.faultlib import Promises, run_fault_matrix, steps_of
 from strato.protocol.messages import GetConsoleLog, GetVmStats
 
 GIB = 1024**3
@@ -46,6 +48,8 @@ def _delete(cloud: FaultCloud, vol_id: str) -> None:
 
 
 def _new_volume(cloud: FaultCloud, **params: Any) -> dict[str, Any]:
+    """A Ready volume: created on a pool (the cluster pool unless told); without one it would be Allocated."""
+    params.setdefault("storageid", cloud.ids["shared"])
     started = cloud.api().createVolume(
         name=cloud.name("fv"), zoneid=cloud.ids["zone"], diskofferingid=cloud.ids["disk"], **params
     )
@@ -110,7 +114,10 @@ def test_create_on_the_simulator(simcloud: FaultCloud) -> None:
 
     def start() -> str:
         started = simcloud.api().createVolume(
-            name=simcloud.name("fc"), zoneid=simcloud.ids["zone"], diskofferingid=simcloud.ids["disk"]
+            name=simcloud.name("fc"),
+            zoneid=simcloud.ids["zone"],
+            diskofferingid=simcloud.ids["disk"],
+            storageid=simcloud.ids["shared"],
         )
         made.append(started["id"])
         return str(started["jobid"])
@@ -158,6 +165,9 @@ def test_create_with_a_vm_on_the_simulator(simcloud: FaultCloud) -> None:
 
 # --- attachVolume -------------------------------------------------------------------------------------
 
+ATTACH_STEPS = ["record attachment", "place", "create layer", "hot-plug", "ready"]
+"""For a Ready volume "place" and "create layer" do nothing; an Allocated one is created on a pool there."""
+
 
 def _attach_matrix(
     cloud: FaultCloud,
@@ -184,7 +194,7 @@ def _attach_matrix(
         _agent_agrees(cloud, vm)
 
     names = _matrix(cloud, "volume.attach", start, check)
-    assert names == ["record attachment", "hot-plug"], names
+    assert names == ATTACH_STEPS, names
     _delete(cloud, vol["id"])
 
 
@@ -199,6 +209,65 @@ def test_attach_to_a_running_vm_on_the_simulator(simcloud: FaultCloud) -> None:
     assert vm["state"] == "Running", vm
     _attach_matrix(simcloud, vm)
     simcloud.ok(simcloud.api().destroyVirtualMachine(id=vm["id"], expunge=True))
+
+
+def _allocated_attach_matrix(cloud: FaultCloud, vm: dict[str, Any]) -> None:
+    """An Allocated volume per run: after each fault it is either Ready, attached (plugged into a running
+    VM) on a pool the VM's host reaches, or Allocated again: detached, no pool, its file gone."""
+    made: list[str] = []
+
+    def start() -> str:
+        vol = cloud.api().createVolume(
+            name=cloud.name("fa"), zoneid=cloud.ids["zone"], diskofferingid=cloud.ids["disk"]
+        )
+        cloud.ok(vol)
+        made.append(vol["id"])
+        return str(cloud.api().attachVolume(id=vol["id"], virtualmachineid=vm["id"])["jobid"])
+
+    def check(step: str, found: Promises) -> None:
+        now = _vol(cloud, made[-1])
+        assert now is not None, step
+        _agent_agrees(cloud, vm)
+        if found.job["jobstatus"] == 1:
+            assert now["state"] == "Ready" and now.get("virtualmachineid") == vm["id"], now
+            assert now.get("storageid") in (cloud.ids["shared"], cloud.ids["local"]), now
+        else:  # before the commit point ("hot-plug"): undone, nothing of the placement left
+            assert step in ("record attachment", "place", "create layer"), (step, found.job)
+            assert now["state"] == "Allocated" and not now.get("virtualmachineid"), now
+            assert not now.get("storageid") and not now.get("path"), now
+        _detach_if_attached(cloud, made[-1])
+        _agent_agrees(cloud, vm)
+        _delete(cloud, made[-1])
+
+    names = _matrix(cloud, "volume.attach", start, check)
+    assert names == ATTACH_STEPS, names
+
+
+def test_attach_an_allocated_volume_to_a_running_vm_on_the_simulator(simcloud: FaultCloud) -> None:
+    vm = _deploy(simcloud, start=True)
+    _allocated_attach_matrix(simcloud, vm)
+    simcloud.ok(simcloud.api().destroyVirtualMachine(id=vm["id"], expunge=True))
+
+
+def test_attach_an_allocated_volume_to_a_stopped_vm_on_the_simulator(simcloud: FaultCloud) -> None:
+    vm = _deploy(simcloud, start=False)
+    _allocated_attach_matrix(simcloud, vm)
+    simcloud.ok(simcloud.api().destroyVirtualMachine(id=vm["id"], expunge=True))
+
+
+def test_create_without_a_pool_has_no_step_on_the_simulator(simcloud: FaultCloud) -> None:
+    before = simcloud.files()
+    started = simcloud.api().createVolume(
+        name=simcloud.name("fn"), zoneid=simcloud.ids["zone"], diskofferingid=simcloud.ids["disk"]
+    )
+    result = simcloud.ok(started)
+    vol = _vol(simcloud, started["id"])
+    assert vol is not None and vol["state"] == "Allocated" and not vol.get("storageid"), vol
+    assert result.get("volume", {}).get("state") == "Allocated", result
+    assert simcloud.files() == before
+    assert steps_of(simcloud.server, started["jobid"]) == []
+    simcloud.api().deleteVolume(id=vol["id"])
+    assert _vol(simcloud, vol["id"]) is None  # no file: the row goes with the answer
 
 
 # --- detachVolume -------------------------------------------------------------------------------------

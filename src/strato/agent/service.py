@@ -6,7 +6,9 @@ a status derived from its code, so the server never has to parse free text.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,13 +18,14 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from strato.agent.agentlog import get_logger, setup_agent_logging
 from strato.agent.auth import is_authorized
 from strato.agent.dispatch import dispatch
 from strato.agent.drivers.base import Driver, DriverError, check_driver
+from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
 from strato.agent.errors import error_response
 from strato.agent.tasks import TaskRegistry
 from strato.protocol.answers import COMMAND_TYPES, HealthReport
@@ -173,12 +176,47 @@ def agent_routes(state: AgentState) -> list[BaseRoute]:
     async def health(request: Request) -> Response:
         return _json(HealthReport(ok=True, version=PROTOCOL_VERSION))
 
+    async def get_layer(request: Request) -> Response:
+        """The bytes of one layer file of an attached pool, for another agent's pull_layer."""
+        pool_id, name = request.query_params.get("pool"), request.query_params.get("name")
+        if not pool_id or not name:
+            return error_response(ErrorCode.BAD_REQUEST, "pool and name query parameters are required")
+        if not isinstance(state.driver, LayerExport):
+            return error_response(ErrorCode.BAD_REQUEST, "this agent's driver does not serve layer files")
+        opened = await state.driver.open_layer(pool_id, name)
+        log.info("serving layer", extra={"agent": state.name, "pool": pool_id, "layer": name, "bytes": opened.size})
+        return StreamingResponse(
+            _file_chunks(opened),
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(opened.size)},
+        )
+
     return [
         Route("/v1/command", _guarded(state, command), methods=["POST"]),
         Route("/v1/tasks/{task_id}", _guarded(state, get_task), methods=["GET"]),
         Route("/v1/tasks/{task_id}", _guarded(state, cancel_task), methods=["DELETE"]),
         Route("/v1/health", _guarded(state, health), methods=["GET"]),
+        Route("/v1/layers", _guarded(state, get_layer), methods=["GET"]),
     ]
+
+
+LAYER_CHUNK = 1024 * 1024
+
+
+async def _file_chunks(opened: OpenedLayer) -> AsyncIterator[bytes]:
+    """Read the opened file in a thread, chunk by chunk, up to the size it had when opened; closed at
+    the end or when the client goes away."""
+    fd = opened.file.fileno()
+    try:
+        offset = 0
+        while offset < opened.size:
+            chunk = await asyncio.to_thread(os.pread, fd, min(LAYER_CHUNK, opened.size - offset), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            yield chunk
+    finally:
+        opened.file.close()
 
 
 def create_agent_app(driver: Driver, token: str) -> Starlette:

@@ -133,7 +133,10 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
             "zonename": name_of(session, Zone, v.zone_id),
             "storageid": v.pool_id,
             "storage": pool.name if pool else None,
-            "storagetype": ("local" if pool.scope == "HOST" else "shared") if pool else None,
+            # An Allocated volume has no pool yet: its offering says where it will go (as CloudStack).
+            "storagetype": ("local" if pool.scope == "HOST" else "shared")
+            if pool
+            else (offering.storage_type if offering else None),
             "path": f"{pool.path}/{top.path}" if pool and top else None,
             "hypervisor": "KVM",
             "diskofferingid": v.disk_offering_id,

@@ -8,6 +8,7 @@ error says why for each disk and host, so that an admin can act on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -217,10 +218,21 @@ def plan(
 
 
 def place_volume(
-    session: Session, zone_id: str, disk: DiskRequest, limits: Limits, host: Host | None = None
+    session: Session,
+    zone_id: str,
+    disk: DiskRequest,
+    limits: Limits,
+    host: Host | None = None,
+    hosts: Sequence[Host] | None = None,
 ) -> StoragePool:
-    """A pool for a volume on its own (createVolume): reachable from `host` when it will attach."""
-    chosen, reasons = Allocator(session, limits).place_disks(host, [disk], zone_pools(session, zone_id))
-    if chosen is None:
-        raise InsufficientCapacity("Unable to find storage for the volume: " + " | ".join(reasons))
-    return chosen[0]
+    """A pool for a volume on its own: reachable from `host` when it will attach there; with `hosts`, from
+    the first of them that reaches one with room (a stopped VM may start on any of them)."""
+    pools = zone_pools(session, zone_id)
+    tried: list[Host | None] = list(hosts) if hosts is not None else [host]
+    reasons: list[str] = [] if tried else ["no host to reach a pool from"]
+    for candidate in tried:
+        chosen, why = Allocator(session, limits).place_disks(candidate, [disk], pools)
+        if chosen is not None:
+            return chosen[0]
+        reasons.extend(why)
+    raise InsufficientCapacity("Unable to find storage for the volume: " + " | ".join(reasons))

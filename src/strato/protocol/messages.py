@@ -467,7 +467,7 @@ class AbortIncoming(AgentCommand[Ack]):
 
 
 class PullLayer(AgentCommand[LayerInfo]):
-    """Copy a frozen layer from another host's agent (its `GET /v1/layers/{pool}/{name}`, with that
+    """Copy a frozen layer from another host's agent (its `GET /v1/layers?pool=<id>&name=<name>`, with that
     host's token) into `target` on this host, sparse; the copy keeps its backing reference as is
     (rebase it after). Host to host: the data does not pass through the server. Long-running."""
 

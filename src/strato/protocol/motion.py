@@ -60,3 +60,5 @@ class MigrationReport(Message):
     remaining_bytes: int = 0
     total_bytes: int = 0
     error: str | None = None
+    downtime_ms: int | None = None
+    """How long the guest was paused at the switch-over (QEMU's `downtime`), once completed."""

@@ -170,7 +170,7 @@ async def block_node_names(drv: QemuDriver) -> set[str]:
 
 async def test_rate_limited_mirror_blocks_no_other_call(driver: QemuDriver, tiny_image: Path) -> None:
     await start_guest(driver, tiny_image, wait_boot=True)
-    jobs = driver.block_jobs("vm1")
+    jobs = driver.jobs_of("vm1")
     target = Path(driver.local_pool.path) / "data-copy.qcow2"
     started = time.monotonic()
     await jobs.mirror_to_new_file("mirror-1", "disk1-fmt", target, sync="full", speed=SPEED, buf_size=BURST)
@@ -217,7 +217,7 @@ async def test_mirror_found_again_after_agent_restart(data_dir: Path, tiny_image
     try:
         await start_guest(first, tiny_image, wait_boot=False)
         target = Path(first.local_pool.path) / "data-copy.qcow2"
-        await first.block_jobs("vm1").mirror_to_new_file("mirror-1", "disk1-fmt", target, speed=SPEED, buf_size=BURST)
+        await first.jobs_of("vm1").mirror_to_new_file("mirror-1", "disk1-fmt", target, speed=SPEED, buf_size=BURST)
         await asyncio.sleep(1)
         pid = (await first.get_vm("vm1")).pid
         await first.close()  # the agent stops; QEMU and its job go on
@@ -225,7 +225,7 @@ async def test_mirror_found_again_after_agent_restart(data_dir: Path, tiny_image
         second = QemuDriver(data_dir, accel="tcg")
         await second.start()
         assert (await second.get_vm("vm1")).pid == pid
-        jobs = second.block_jobs("vm1")
+        jobs = second.jobs_of("vm1")
         found = await jobs.list()
         assert [(job.id, job.type, job.status) for job in found] == [("mirror-1", "mirror", "running")]
         samples = await watch_progress(second, jobs, "mirror-1", seconds=2.0)
@@ -302,7 +302,7 @@ async def test_stream_and_commit(driver: QemuDriver) -> None:
         {"name": "vm1", "uuid": str(uuid.uuid4()), "cpus": 1, "memory_mib": 64, "disks": disks}
     )
     await driver.start_vm(spec)
-    jobs = driver.block_jobs("vm1")
+    jobs = driver.jobs_of("vm1")
 
     await jobs.start_stream("stream-1", "disk1-fmt", speed=SPEED)
     await asyncio.sleep(0.5)

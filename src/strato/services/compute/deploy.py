@@ -50,9 +50,9 @@ from strato.services.storage.layers import (
     ensure_template_on_pool,
     ref,
     remove_layers_created_by,
-    remove_unfinished_layer,
-    remove_volume_layers,
+    remove_unfinished_volume_layers,
     template_layer_path,
+    unmake_volume_disk,
     volume_layer_path,
 )
 from strato.services.storage.rules import check_data_disk_limit
@@ -187,7 +187,7 @@ class DeployVirtualMachine(Operation[DeployParams]):
             assert vol is not None
             if vol.top_layer_id is not None:
                 return {"layer_id": vol.top_layer_id}
-        self._clear_unfinished(disk.volume_id)
+        remove_unfinished_volume_layers(self.db, disk.volume_id)
         full = bool(base_id and self.params.fullclone)
         with self.db.session() as s:
             layer = Layer(
@@ -233,27 +233,9 @@ class DeployVirtualMachine(Operation[DeployParams]):
                 client.call(RemoveLayer(layer=target, missing_ok=True))
             raise agent_error(host_name, exc) from None
 
-    def _clear_unfinished(self, volume_id: str) -> None:
-        with self.db.session() as s:
-            ids = list(
-                s.scalars(
-                    select(Layer.id).where(
-                        Layer.volume_id == volume_id, Layer.removed.is_(None), Layer.state == "Creating"
-                    )
-                )
-            )
-        for layer_id in ids:
-            remove_unfinished_layer(self.db, layer_id)
-
     def _volume_remover(self, volume_id: str) -> Callable[[], None]:
         def undo() -> None:
-            with self.db.session() as s:
-                vol = s.get(Volume, volume_id)
-                top = vol.top_layer_id if vol is not None else None
-                if vol is not None:
-                    vol.top_layer_id = None
-            remove_volume_layers(self.db, top)
-            self._clear_unfinished(volume_id)
+            unmake_volume_disk(self.db, volume_id)
 
         return undo
 

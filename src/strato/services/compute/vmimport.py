@@ -30,7 +30,12 @@ from strato.services.core.context import CallContext
 from strato.services.core.lookup import get_live
 from strato.services.core.states import vm_to, volume_to
 from strato.services.offerings.offerings import compute_shape
-from strato.services.storage.layers import ref, remove_unfinished_layer, remove_volume_layers, volume_layer_path
+from strato.services.storage.layers import (
+    ref,
+    remove_unfinished_volume_layers,
+    unmake_volume_disk,
+    volume_layer_path,
+)
 
 
 class ImportDisk(BaseModel):
@@ -96,7 +101,7 @@ class ImportVm(Operation[ImportParams]):
             if vol.top_layer_id is not None:
                 return {"layer_id": vol.top_layer_id}
             client, host_name = host_client(host), host.name
-        self._clear_unfinished(disk.volume_id)
+        remove_unfinished_volume_layers(self.db, disk.volume_id)
         source = LayerRef(pool=PoolRef(id="import", path=os.path.dirname(disk.path)), name=os.path.basename(disk.path))
         with agent_errors(host_name):
             info = client.call(GetLayerInfo(layer=source))
@@ -137,27 +142,9 @@ class ImportVm(Operation[ImportParams]):
             vol.top_layer_id, vol.size = layer_id, done.virtual_size
         return {"layer_id": layer_id}
 
-    def _clear_unfinished(self, volume_id: str) -> None:
-        with self.db.session() as s:
-            ids = list(
-                s.scalars(
-                    select(Layer.id).where(
-                        Layer.volume_id == volume_id, Layer.removed.is_(None), Layer.state == "Creating"
-                    )
-                )
-            )
-        for layer_id in ids:
-            remove_unfinished_layer(self.db, layer_id)
-
     def _remover(self, volume_id: str) -> Callable[[], None]:
         def undo() -> None:
-            with self.db.session() as s:
-                vol = s.get(Volume, volume_id)
-                top = vol.top_layer_id if vol is not None else None
-                if vol is not None:
-                    vol.top_layer_id = None
-            remove_volume_layers(self.db, top)
-            self._clear_unfinished(volume_id)
+            unmake_volume_disk(self.db, volume_id)
 
         return undo
 

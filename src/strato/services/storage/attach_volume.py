@@ -1,8 +1,12 @@
-"""attachVolume: a Ready data disk joins a VM, hot-plugged when the VM runs.
+"""attachVolume: a data disk joins a VM, hot-plugged when the VM runs.
 
 The attachment is recorded first, then plugged: a crash in between leaves the database knowing the disk
 may be in the guest, and the undo (unplug, then forget) takes both back. The same two steps end
-createVolume with a VM (`attach_steps`)."""
+createVolume with a VM (`AttachSteps`).
+
+An Allocated volume (createVolume gave it no pool) is created in between, as CloudStack does at attach:
+on a pool the VM's host reaches (`rules.pool_for_new_disk`), then plugged; "ready" follows the commit.
+A failed or interrupted attach of such a volume removes its file again and leaves it Allocated."""
 
 from __future__ import annotations
 
@@ -14,19 +18,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import Host, VirtualMachine, Volume
+from strato.db.models import Volume
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
-from strato.errors import InvalidParameter, NotFound
+from strato.errors import InvalidParameter
 from strato.protocol.client import AgentCallError
 from strato.protocol.messages import AttachDisk, DetachDisk, ErrorCode
 from strato.services.core import jobs
 from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
+from strato.services.core.states import volume_to
 from strato.services.storage.disks import disk_spec
-from strato.services.storage.rules import check_attach
-from strato.services.storage.volumes import VOLUME_RESULT, get_volume
+from strato.services.storage.placement import PlaceSteps
+from strato.services.storage.rules import check_attach, pool_for_new_disk
+from strato.services.storage.volumes import VOLUME_RESULT, get_volume, live_vm, live_volume, running_host
 
 
 class AttachParams(BaseModel):
@@ -34,25 +40,6 @@ class AttachParams(BaseModel):
     vm_id: str
     device_id: int | None = None
     """The device id asked for; None: the first free one from 1."""
-
-
-def live_volume(session: Session, volume_id: str) -> Volume:
-    vol = session.get(Volume, volume_id)
-    if vol is None or vol.removed is not None:
-        raise NotFound(f"Unable to find volume with id {volume_id}")
-    return vol
-
-
-def live_vm(session: Session, vm_id: str) -> VirtualMachine:
-    vm = session.get(VirtualMachine, vm_id)
-    if vm is None or vm.removed is not None:
-        raise NotFound(f"Unable to find VM with id {vm_id}")
-    return vm
-
-
-def running_host(session: Session, vm: VirtualMachine) -> Host | None:
-    """The host a VM runs on (None when it is not running: its disks change in the database only)."""
-    return session.get(Host, vm.host_id) if vm.state == "Running" and vm.host_id else None
 
 
 def _device_taken(session: Session, vm_id: str, device_id: int, volume_id: str) -> Volume | None:
@@ -69,11 +56,19 @@ class AttachSteps:
     def __init__(self, op: Operation[Any], volume_id: str, vm_id: str, device_id: int | None) -> None:
         self.op, self.volume_id, self.vm_id, self.device_id = op, volume_id, vm_id, device_id
 
-    def steps(self) -> list[Step]:
-        return [
-            Step("record attachment", self._record, undo=self._forget),
-            Step("hot-plug", self._plug, undo=self._unplug, commit=True),
-        ]
+    def steps(self, place: bool = False) -> list[Step]:
+        """With `place`, an Allocated volume is created on a pool between the record and the plug."""
+        record = Step("record attachment", self._record, undo=self._forget)
+        plug = Step("hot-plug", self._plug, undo=self._unplug, commit=True)
+        if not place:
+            return [record, plug]
+        return [record, *PlaceSteps(self.op, self.volume_id, self.vm_id).steps(), plug, Step("ready", self._ready)]
+
+    def _ready(self) -> None:
+        with self.op.db.session() as s:
+            vol = live_volume(s, self.volume_id)
+            if vol.state == "Creating":
+                volume_to(vol, "Ready")
 
     def _record(self) -> StepData:
         with self.op.db.session() as s:
@@ -125,7 +120,8 @@ class AttachSteps:
 
 
 class AttachVolume(Operation[AttachParams]):
-    """attachVolume: check, record the attachment, hot-plug when the VM runs."""
+    """attachVolume: check, record the attachment, create an Allocated volume on a pool, hot-plug when the
+    VM runs (commit), Ready."""
 
     kind: ClassVar[str] = "volume.attach"
     cmd: ClassVar[str] = "attachVolume"
@@ -143,10 +139,24 @@ class AttachVolume(Operation[AttachParams]):
         if params.device_id is not None:
             taken = _device_taken(session, vm.id, params.device_id, vol.id)
             if taken is not None:
-                raise InvalidParameter(f"Device id {params.device_id} is in use by volume {taken.name}")
+                raise InvalidParameter(f"Device id {params.device_id} is in use by volume {taken.name} (deviceid)")
+        if vol.state == "Allocated":  # refused at once when no pool can take it
+            pool_for_new_disk(session, vol, vm)
 
     def steps(self) -> Sequence[Step]:
-        return AttachSteps(self, self.params.volume_id, self.params.vm_id, self.params.device_id).steps()
+        return AttachSteps(self, self.params.volume_id, self.params.vm_id, self.params.device_id).steps(place=True)
+
+    @classmethod
+    def failed(cls, session: Session, params: AttachParams) -> None:
+        """A volume left Creating by an undo that could not finish: Ready when its file was made (it is
+        usable where it is), else Allocated again."""
+        vol = session.get(Volume, params.volume_id)
+        if vol is not None and vol.removed is None and vol.state == "Creating":
+            if vol.top_layer_id:
+                volume_to(vol, "Ready")
+            else:
+                vol.pool_id = None
+                volume_to(vol, "Allocated")
 
     def result(self) -> JobResult:
         return {"type": VOLUME_RESULT, "id": self.params.volume_id}

@@ -1,5 +1,8 @@
-"""createVolume: a data disk from a disk offering, on a pool chosen or one the allocator picks, attached
-to a VM once made when one is given.
+"""createVolume: a data disk from a disk offering.
+
+As in CloudStack, a volume given neither a pool (storageid) nor a VM is only Allocated: a row, no file,
+no space taken on any pool; it is created on a pool when it is attached (attach_volume). With a pool it
+is created there now; with a VM it is created on a pool the VM's host reaches and attached.
 
 "ready" is the commit point: from there on the volume exists, and a failed attach leaves it Ready and
 detached (as CloudStack does) instead of undoing it."""
@@ -13,33 +16,33 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import DiskOffering, Host, StoragePool, Volume, Zone
-from strato.engine.allocator import DiskRequest, place_volume
+from strato.db.models import DiskOffering, StoragePool, Volume, Zone
 from strato.engine.jobkinds import JobResult
-from strato.engine.operation import Operation, Step, StepData
+from strato.engine.operation import Operation, Step
 from strato.errors import InvalidParameter, InvalidState, PermissionDenied
-from strato.services.core import jobs, limits, settings
+from strato.services.core import jobs, limits
 from strato.services.core.access import get_vm
 from strato.services.core.context import CallContext
 from strato.services.core.lookup import get_live
 from strato.services.core.states import volume_to
 from strato.services.identity.identity import find_account
-from strato.services.storage.attach_volume import AttachSteps, live_vm, live_volume
-from strato.services.storage.layers import create_layer_on, finish_volume_layer, new_volume_layer, remove_volume_files
+from strato.services.storage.attach_volume import AttachSteps
+from strato.services.storage.placement import PlaceSteps
 from strato.services.storage.rules import check_attach
-from strato.services.storage.volumes import VOLUME_RESULT
+from strato.services.storage.volumes import VOLUME_RESULT, live_vm, live_volume
 from strato.units import GIB
 
 
 class CreateVolumeParams(BaseModel):
     volume_id: str
     vm_id: str | None = None
-    tags: list[str] = []
-    storage_type: str | None = None
+    pool_id: str | None = None
+    """The pool asked for (storageid); with neither it nor a VM the volume stays Allocated."""
 
 
 class CreateVolume(Operation[CreateVolumeParams]):
-    """createVolume: place, make the layer, Ready (commit); then attach when a VM is given."""
+    """createVolume: place, make the layer, Ready (commit); then attach when a VM is given. Without a pool
+    or a VM there is no step: the volume stays Allocated until an attach creates it."""
 
     kind: ClassVar[str] = "volume.create"
     cmd: ClassVar[str] = "createVolume"
@@ -56,50 +59,17 @@ class CreateVolume(Operation[CreateVolumeParams]):
         if vol.state != "Allocated":
             raise InvalidState(f"Volume {vol.name} is {vol.state}; it has been created already")
         if params.vm_id:
-            pool = session.get(StoragePool, vol.requested_pool_id) if vol.requested_pool_id else None
+            pool = session.get(StoragePool, params.pool_id) if params.pool_id else None
             check_attach(session, live_vm(session, params.vm_id), None, pool)
 
     def steps(self) -> Sequence[Step]:
-        out = [
-            Step("place", self._place),
-            Step("create layer", self._create_layer, undo=lambda: remove_volume_files(self.db, self.params.volume_id)),
-            Step("ready", self._ready, commit=True),
-        ]
+        if not self.params.vm_id and not self.params.pool_id:
+            return []
+        out = PlaceSteps(self, self.params.volume_id, self.params.vm_id).steps()
+        out.append(Step("ready", self._ready, commit=True))
         if self.params.vm_id:
             out.extend(AttachSteps(self, self.params.volume_id, self.params.vm_id, None).steps())
         return out
-
-    def _place(self) -> StepData:
-        with self.db.session() as s:
-            vol = live_volume(s, self.params.volume_id)
-            if vol.state == "Creating" and vol.pool_id:  # placed before a restart
-                return {"pool_id": vol.pool_id}
-            host = None
-            if self.params.vm_id:  # a pool the VM's host (or last host) reaches
-                vm = live_vm(s, self.params.vm_id)
-                host_id = vm.host_id or vm.last_host_id
-                host = s.get(Host, host_id) if host_id else None
-            disk = DiskRequest(
-                label=f"volume {vol.name}",
-                size=vol.size,
-                tags=frozenset(self.params.tags),
-                storage_type=self.params.storage_type or "shared",
-                pool_id=vol.requested_pool_id,
-            )
-            pool = place_volume(s, vol.zone_id, disk, settings.allocation_limits(s), host)
-            vol.pool_id = pool.id
-            volume_to(vol, "Creating")
-            return {"pool_id": pool.id}
-
-    def _create_layer(self) -> StepData:
-        with self.db.session() as s:
-            vol = live_volume(s, self.params.volume_id)
-            assert vol.pool_id
-            pool_id, size = vol.pool_id, vol.size
-        layer_id, path = new_volume_layer(self.job, self.params.volume_id, pool_id, size)
-        info = create_layer_on(self.db, pool_id, path, size, None)
-        finish_volume_layer(self.job, layer_id, self.params.volume_id, info.virtual_size, info.physical_size)
-        return {"layer_id": layer_id}
 
     def _ready(self) -> None:
         with self.db.session() as s:
@@ -138,12 +108,16 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
     elif args.get("size"):
         raise InvalidParameter(f"Disk offering {offering.name} has a fixed size; size may not be given")
     pool_id = args.get("storageid")
+    if vm is not None and vm.zone_id != zone.id:
+        raise InvalidParameter(f"Zone {zone.name} (zoneid) is not the zone of VM {vm.name} (virtualmachineid)")
     if pool_id:
         if not ctx.is_root_admin:
             raise PermissionDenied("Only admins may choose a storage pool (storageid)")
         pool = get_live(ctx.session, StoragePool, pool_id, "storage pool", "storageid")
         if pool.zone_id != zone.id:
             raise InvalidParameter(f"Storage pool {pool.name} is not in zone {zone.name}")
+        if pool.state != "Up":
+            raise InvalidParameter(f"Parameter storageid: pool {pool.name} is {pool.state}, it takes no new disks")
     limits.check(ctx.session, owner, volumes=1, storage_bytes=size)
     vol = Volume(
         name=args.get("name") or "",
@@ -163,7 +137,6 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
     params = CreateVolumeParams(
         volume_id=vol.id,
         vm_id=vm.id if vm else None,
-        tags=[t for t in (offering.tags or "").split(",") if t],
-        storage_type=offering.storage_type,
+        pool_id=pool_id,
     )
     return vol, jobs.submit_operation(ctx, CreateVolume, params, "Volume", vol.id)

@@ -20,9 +20,8 @@ from strato.errors import InvalidParameter
 from strato.services.core import jobs
 from strato.services.core.context import CallContext
 from strato.services.core.states import volume_to
-from strato.services.storage.attach_volume import live_volume
 from strato.services.storage.layers import remove_volume_files, remove_volume_layers
-from strato.services.storage.volumes import get_volume
+from strato.services.storage.volumes import get_volume, live_volume
 
 
 class DeleteParams(BaseModel):
@@ -74,7 +73,14 @@ class DeleteVolume(Operation[DeleteParams]):
 
 
 def delete(ctx: CallContext, args: dict[str, Any]) -> None:
-    """deleteVolume at the request: the rules, Destroy, and the job that removes the files."""
+    """deleteVolume at the request: the rules, Destroy, and the job that removes the files. An Allocated
+    volume has no file: its row is removed at once (as CloudStack), unless a job is about to create it."""
     vol = get_volume(ctx, args["id"])
-    jobs.submit_operation(ctx, DeleteVolume, DeleteParams(volume_id=vol.id), "Volume", vol.id)
+    params = DeleteParams(volume_id=vol.id)
+    if vol.state == "Allocated" and vol.pool_id is None and not jobs.active_on(ctx.session, f"volume:{vol.id}"):
+        DeleteVolume.check(ctx.session, params)
+        volume_to(vol, "Expunged")
+        vol.removed = utcnow()
+        return
+    jobs.submit_operation(ctx, DeleteVolume, params, "Volume", vol.id)
     volume_to(vol, "Destroy")

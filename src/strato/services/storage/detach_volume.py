@@ -24,8 +24,7 @@ from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state
-from strato.services.storage.attach_volume import live_vm, live_volume, running_host
-from strato.services.storage.volumes import VOLUME_RESULT, get_volume
+from strato.services.storage.volumes import VOLUME_RESULT, get_volume, live_vm, live_volume, running_host
 
 
 class DetachParams(BaseModel):

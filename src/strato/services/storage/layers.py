@@ -294,6 +294,25 @@ def remove_volume_files(db: Database, volume_id: str) -> None:
             remove_unfinished_layer(db, layer_id)
 
 
+def remove_unfinished_volume_layers(db: Database, volume_id: str) -> None:
+    """Removes the volume's layers still Creating (a step that made one died or failed half-way)."""
+    with db.session() as s:
+        ids = list(s.scalars(select(Layer.id).where(Layer.volume_id == volume_id, Layer.removed.is_(None),
+                                                    Layer.state == "Creating")))  # fmt: skip
+    for layer_id in ids:
+        remove_unfinished_layer(db, layer_id)
+
+
+def unmake_volume_disk(db: Database, volume_id: str) -> None:
+    """Undoes the making of a volume's disk: the volume points at no layer, and every layer of its own
+    (finished or not) is removed."""
+    with db.session() as s:
+        vol = s.get(Volume, volume_id)
+        if vol is not None:
+            vol.top_layer_id = None
+    remove_volume_files(db, volume_id)
+
+
 # --- a volume's own layer, for the operations that make one (createVolume, importVm) ----------------
 
 

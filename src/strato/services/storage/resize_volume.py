@@ -24,9 +24,8 @@ from strato.services.core.context import CallContext
 from strato.services.core.lookup import get_live
 from strato.services.core.reach import host_for
 from strato.services.core.states import require_vm_state, volume_to
-from strato.services.storage.attach_volume import live_vm, live_volume, running_host
 from strato.services.storage.layers import ref
-from strato.services.storage.volumes import VOLUME_RESULT, get_volume
+from strato.services.storage.volumes import VOLUME_RESULT, get_volume, live_vm, live_volume, running_host
 from strato.units import GIB
 
 

@@ -6,15 +6,35 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from strato.db.models import VirtualMachine, Volume
-from strato.errors import PermissionDenied
+from strato.db.models import Host, VirtualMachine, Volume
+from strato.errors import NotFound, PermissionDenied
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 
 VOLUME_RESULT = "volume"
 """The job result type of the volume operations (queryAsyncJobResult answers the volume)."""
+
+
+def live_volume(session: Session, volume_id: str) -> Volume:
+    vol = session.get(Volume, volume_id)
+    if vol is None or vol.removed is not None:
+        raise NotFound(f"Unable to find volume with id {volume_id}")
+    return vol
+
+
+def live_vm(session: Session, vm_id: str) -> VirtualMachine:
+    vm = session.get(VirtualMachine, vm_id)
+    if vm is None or vm.removed is not None:
+        raise NotFound(f"Unable to find VM with id {vm_id}")
+    return vm
+
+
+def running_host(session: Session, vm: VirtualMachine) -> Host | None:
+    """The host a VM runs on (None when it is not running: its disks change in the database only)."""
+    return session.get(Host, vm.host_id) if vm.state == "Running" and vm.host_id else None
 
 
 def get_volume(ctx: CallContext, volume_id: str, param: str = "id") -> Volume:

@@ -81,18 +81,22 @@ class BlockJobs:
 
     # --- starts ----------------------------------------------------------------------------------
 
-    async def add_target(self, job_id: str, path: Path, backing_node: str | None = None) -> str:
-        """Open an existing qcow2 file as a mirror target; for `sync: top` its backing must be the
-        source's open backing node (`backing_node`), or the guest would read zeros there."""
-        file, fmt = target_node(job_id)
+    async def add_target(
+        self, job_id: str, path: Path, backing_node: str | None = None, nodes: tuple[str, str] | None = None
+    ) -> str:
+        """Open an existing qcow2 file as a mirror target (as nodes `nodes`, file then qcow2, default
+        named after the job). With `backing_node` the target's backing is that open node; without it
+        QEMU opens the backing chain the file's header names. Never `backing: null`: that means no
+        backing at all, and after a `sync: top` mirror the guest would read zeros there."""
+        file, fmt = nodes or target_node(job_id)
         await self.monitor.execute(
             "blockdev-add", {"driver": "file", "node-name": file, "filename": str(path), "discard": "unmap"}
         )
+        qcow2: dict[str, object] = {"driver": "qcow2", "node-name": fmt, "file": file, "discard": "unmap"}
+        if backing_node is not None:
+            qcow2["backing"] = backing_node
         try:
-            await self.monitor.execute(
-                "blockdev-add",
-                {"driver": "qcow2", "node-name": fmt, "file": file, "backing": backing_node, "discard": "unmap"},
-            )
+            await self.monitor.execute("blockdev-add", qcow2)
         except BaseException:
             with contextlib.suppress(DriverError):
                 await self.monitor.execute("blockdev-del", {"node-name": file})
@@ -263,9 +267,9 @@ class BlockJobs:
             if await self.get(job_id) is not None:
                 raise
 
-    async def drop_target(self, job_id: str) -> Path | None:
+    async def drop_target(self, job_id: str, target_nodes: tuple[str, str] | None = None) -> Path | None:
         """Close a mirror target opened by `add_target` (after its job ended); returns its file."""
-        file_node, fmt_node = target_node(job_id)
+        file_node, fmt_node = target_nodes or target_node(job_id)
         nodes = await self.monitor.execute("query-named-block-nodes", {"flat": True})
         path: Path | None = None
         names = set()

@@ -23,12 +23,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from strato.agent.drivers import roles
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
-from strato.agent.drivers.qemu import images, layers, pools, process
+from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
+from strato.agent.drivers.qemu import images, layers, migration, pools, process, transfer
 from strato.agent.drivers.qemu.blockjobs import BlockJobs
+from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.monitor import VmMonitor
 from strato.agent.drivers.qemu.process import Accel, RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
+from strato.agent.drivers.roles import MigrationSource, MigrationTarget
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     CdromSpec,
@@ -36,6 +40,7 @@ from strato.protocol.messages import (
     DiskStats,
     ErrorCode,
     HostInfo,
+    IncomingDisk,
     LayerInfo,
     LayerRef,
     PoolRef,
@@ -46,6 +51,7 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
+from strato.protocol.motion import BlockJobList, BlockJobReport, IncomingVm, MigrationReport
 
 log = logging.getLogger("strato.agent.qemu")
 
@@ -55,7 +61,8 @@ DETACH_TIMEOUT_S = 15.0
 DETACH_POLL_S = 0.2
 BLOCKDEV_DEL_RETRY_S = 3.0
 _RUNNING_STATES = {"running"}
-_NODE_RE = re.compile(r"^disk(\d+)-fmt$")
+_NODE_RE = re.compile(r"^disk(\d+)(?:-m[0-9a-f]+)?-fmt$")
+"""A disk's top node: as started, or after a live move (`mirror`)."""
 
 
 MAX_DATA_VOLUMES = 24
@@ -63,15 +70,18 @@ MAX_DATA_VOLUMES = 24
 and a virtio-scsi controller take 5, and the rest is kept for NICs (CloudStack's KVM default is 24 too)."""
 
 
-class QemuDriver(Driver):
+class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, LayerExport):
     """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local.
 
-    Roles: lifecycle, layers and volumes. Block jobs and migration come with their roles later; until
-    then live motion, migration and snapshots are not claimed."""
+    Roles: lifecycle, layers and volumes, block jobs (live disk moves on one host, mirror.py), live
+    migration with local disks (migration.py) and layer copies between hosts (transfer.py). Snapshots
+    come with their role later; until then they are not claimed."""
 
     capabilities = DriverCapabilities(
         hot_plug_disks=True,
         offline_storage_motion=True,
+        live_storage_motion=True,
+        live_migration=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
 
@@ -92,6 +102,7 @@ class QemuDriver(Driver):
         self._version: str | None = None
         self._started_at = time.time()
         self._swept: set[str] = set()
+        self._motion = DiskMotion(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -107,6 +118,7 @@ class QemuDriver(Driver):
         """Re-attach: open the monitor of every running VM, tidy the run files of VMs that died."""
         self.vms_dir.mkdir(parents=True, exist_ok=True)
         pools.attach(self.local_pool, create=True)
+        pools.remember(self.data_dir, self.local_pool)
         for run in self._run_dirs():
             if process.live_pid(run) is None:
                 run.remove_stale()
@@ -139,7 +151,7 @@ class QemuDriver(Driver):
             current.abandon()  # a QEMU of an earlier start of this VM
         return monitor
 
-    def block_jobs(self, name: str) -> BlockJobs:
+    def jobs_of(self, name: str) -> BlockJobs:
         """Mirror / stream / commit jobs of a running VM, on its monitor."""
         return BlockJobs(self.monitor(name))
 
@@ -196,6 +208,7 @@ class QemuDriver(Driver):
 
     async def attach_pool(self, pool: PoolRef, create: bool) -> PoolReport:
         report = pools.attach(pool, create)
+        pools.remember(self.data_dir, pool)
         self._sweep(pool)
         return report
 
@@ -253,6 +266,10 @@ class QemuDriver(Driver):
     # --- VMs ---------------------------------------------------------------------------------------
 
     async def start_vm(self, spec: VmSpec) -> VmReport:
+        return await self._start(spec)
+
+    async def _start(self, spec: VmSpec, extra_argv: tuple[str, ...] = ()) -> VmReport:
+        """start_vm, with QEMU arguments appended (an incoming migration's `-incoming defer -S`)."""
         run = self._run(spec.name)
         try:
             uuid.UUID(spec.uuid)
@@ -281,6 +298,7 @@ class QemuDriver(Driver):
             # The lock only orders our own starts; QEMU's `to=` covers ports taken meanwhile by others.
             async with self._vnc_lock:
                 argv = process.command_line(self.qemu_binary, spec, run, accel, disk_paths, process.free_vnc_display())
+                argv += extra_argv
                 pid = await process.launch(argv, run)
             vnc_port: int | None = None
             try:
@@ -472,6 +490,39 @@ class QemuDriver(Driver):
                 return str(inserted.get("node-name")), os.path.realpath(str(inserted.get("file", "")))
         return None
 
+    # --- migration and host-to-host copies (migration.py, transfer.py) -------------------------------
+
+    async def prepare_incoming(self, spec: VmSpec, disks: list[IncomingDisk], listen_host: str) -> IncomingVm:
+        return await migration.prepare_incoming(self, spec, disks, listen_host)
+
+    async def finish_incoming(self, name: str) -> VmReport:
+        return await migration.finish_incoming(self, name)
+
+    async def abort_incoming(self, name: str) -> None:
+        await migration.abort_incoming(self, name)
+
+    async def migrate_vm(
+        self, name: str, incoming: IncomingVm, bandwidth_bytes_per_s: int | None, progress: ProgressFn
+    ) -> VmReport:
+        return await migration.migrate_vm(self, name, incoming, bandwidth_bytes_per_s, progress)
+
+    async def migration_status(self, name: str) -> MigrationReport:
+        return await migration.migration_status(self, name)
+
+    async def pull_layer(
+        self,
+        source_agent_url: str,
+        source_token: str,
+        source: LayerRef,
+        target: LayerRef,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        return await transfer.pull(source_agent_url, source_token, source, target, bandwidth_bytes_per_s, progress)
+
+    async def open_layer(self, pool_id: str, name: str) -> OpenedLayer:
+        return transfer.open_layer(self.data_dir, pool_id, name)
+
     # --- devices of running VMs ----------------------------------------------------------------
 
     def _running_spec(self, run: RunDir) -> VmSpec:
@@ -549,6 +600,7 @@ class QemuDriver(Driver):
             disk = next((d for d in spec.disks if d.device_id == device_id), None)
             device = process.disk_device_id(device_id)
             present = await self._device_exists(run, device)
+            top = await self._disk_top(run, device_id) if present else None
             if disk is None and not present:
                 raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
             if disk is not None and disk.bus == "ide":
@@ -570,7 +622,10 @@ class QemuDriver(Driver):
                             "in the guest); the disk stays attached",
                         )
                     await asyncio.sleep(DETACH_POLL_S)
-            await self._blockdev_del(run, *reversed(process.disk_node_names(device_id)))
+            nodes = list(reversed(process.disk_node_names(device_id)))
+            if top is not None and top[0] not in nodes:  # moved live: its nodes are the move's
+                nodes = [top[0], top[0].removesuffix("-fmt") + "-file", *nodes]
+            await self._blockdev_del(run, *nodes)
             spec.disks = [d for d in spec.disks if d.device_id != device_id]
             run.write_spec(spec)
             return await self._report(run)
@@ -604,6 +659,27 @@ class QemuDriver(Driver):
             spec.cdrom = CdromSpec(path=path)
             run.write_spec(spec)
             return await self._report(run)
+
+    # --- block jobs: live disk moves (mirror.py) ------------------------------------------------------
+
+    async def mirror_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        target: LayerRef,
+        target_backing: LayerRef | None,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> DiskSpec:
+        return await self._motion.mirror_disk(
+            vm_name, device_id, target, target_backing, bandwidth_bytes_per_s, progress
+        )
+
+    async def set_block_job_speed(self, vm_name: str, device_id: int, bandwidth_bytes_per_s: int) -> BlockJobReport:
+        return await self._motion.set_block_job_speed(vm_name, device_id, bandwidth_bytes_per_s)
+
+    async def block_jobs(self, vm_name: str) -> BlockJobList:
+        return await self._motion.block_jobs(vm_name)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
         """One short QMP call on the VM's shared connection: no lock, concurrent calls (and a block

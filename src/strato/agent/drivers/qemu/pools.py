@@ -7,6 +7,7 @@ overwrite or delete any file on the host, so every path is checked here before i
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from pathlib import Path
@@ -104,3 +105,34 @@ def sweep_stale_temp_files(root: Path, older_than: float) -> list[Path]:
         except OSError:
             continue
     return removed
+
+
+REGISTRY_FILE = "attached-pools.json"
+
+
+def remember(data_dir: Path, pool: PoolRef) -> None:
+    """Record an attached pool (id -> directory) so that the layer endpoint can serve it by id, also
+    after an agent restart; written only when it changes."""
+    path = data_dir / REGISTRY_FILE
+    known = _registry(data_dir)
+    directory = str(pool_dir(pool))
+    if known.get(pool.id) == directory:
+        return
+    known[pool.id] = directory
+    tmp = path.with_name(f".{REGISTRY_FILE}.tmp")
+    tmp.write_text(json.dumps(known, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def attached(data_dir: Path, pool_id: str) -> PoolRef | None:
+    """The pool of that id this agent attached, or None."""
+    directory = _registry(data_dir).get(pool_id)
+    return PoolRef(id=pool_id, path=directory) if directory else None
+
+
+def _registry(data_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((data_dir / REGISTRY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
