@@ -10,6 +10,7 @@ from strato.api.commands import (  # noqa: F401
     storage,
     system,
     templates,
+    vm_motion,
     vms,
     volumes,
 )
