@@ -134,9 +134,12 @@ async def test_host_info_reports_truthful_capabilities(driver: Driver) -> None:
     assert capability_problems(driver) == []
     assert isinstance(driver, Lifecycle) and isinstance(driver, Layers)
     caps = info.capabilities
-    assert caps == DriverCapabilities(hot_plug_disks=True, offline_storage_motion=True, max_data_volumes=24)
-    # Nothing is claimed without its role; today no driver has block jobs or migration.
-    assert caps.live_storage_motion == isinstance(driver, BlockJobs) is False
+    live = isinstance(driver, BlockJobs)
+    assert caps == DriverCapabilities(
+        hot_plug_disks=True, offline_storage_motion=True, live_storage_motion=live, max_data_volumes=24
+    )
+    # Nothing is claimed without its role (the simulator has block jobs; QEMU once its mirror lands).
+    assert caps.live_storage_motion == live
     assert caps.live_migration == isinstance(driver, MigrationSource) == isinstance(driver, MigrationTarget)
     assert info.local_pool.id == "local" and info.cpus >= 1 and info.memory_bytes > 0
 

@@ -27,7 +27,7 @@ from strato.agent.drivers.imagefetch import (
     parse_checksum,
     url_kind,
 )
-from strato.agent.drivers.roles import MigrationSource, MigrationTarget, SimulatorControl
+from strato.agent.drivers.roles import BlockJobs, MigrationSource, MigrationTarget, SimulatorControl
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     COMMANDS,
@@ -48,7 +48,7 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
-from strato.protocol.motion import IncomingVm, MigrationReport, NbdExport
+from strato.protocol.motion import BlockJobKind, BlockJobList, BlockJobReport, IncomingVm, MigrationReport, NbdExport
 
 log = get_logger("simulator")
 
@@ -181,7 +181,7 @@ def _inspect_file(path: Path, checksum: Checksum | None) -> tuple[int, int, str 
     return st.st_size, st.st_blocks * 512, hasher.hexdigest() if hasher is not None else None
 
 
-class SimulatorDriver(Driver, MigrationSource, MigrationTarget, SimulatorControl):
+class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, SimulatorControl):
     """A fake host: records instead of files and processes, with configurable delays and failures.
 
     Its roles and capabilities are the QEMU driver's, so the control plane sees the same host."""
@@ -189,6 +189,7 @@ class SimulatorDriver(Driver, MigrationSource, MigrationTarget, SimulatorControl
     capabilities = DriverCapabilities(
         hot_plug_disks=True,
         offline_storage_motion=True,
+        live_storage_motion=True,
         live_migration=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
@@ -204,6 +205,8 @@ class SimulatorDriver(Driver, MigrationSource, MigrationTarget, SimulatorControl
         self._state = self._load_state()
         self.local_pool = PoolRef(id="local", path=str(self.data_dir / "pools" / "local"))
         self._state.storage.pools.setdefault(self.local_pool.id, self.local_pool)
+        self._block_jobs: dict[str, dict[int, BlockJobReport]] = {}
+        """VM name -> device id -> its running block job (in memory: a job ends with its agent task)."""
 
     # --- persistence ---------------------------------------------------------------------------------
 
@@ -746,6 +749,84 @@ class SimulatorDriver(Driver, MigrationSource, MigrationTarget, SimulatorControl
             memory_mib=vm.spec.memory_mib,
             disks=disks,
         )
+
+    # --- block jobs: live disk moves (BlockJobs role) ------------------------------------------------
+
+    async def mirror_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        target: LayerRef,
+        target_backing: LayerRef | None,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> DiskSpec:
+        """Creates the target record on its backing, "copies" the top layer over the configured delay
+        (or size / speed if longer; the speed can change while it runs), then switches the VM's recorded
+        disk to it. Cancelled or failed before the switch: the target record is removed, the VM keeps
+        its disk."""
+        vm = self._running_vm(vm_name)
+        disk = next((d for d in vm.spec.disks if d.device_id == device_id), None)
+        if disk is None:
+            raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
+        if device_id in self._block_jobs.get(vm_name, {}):
+            raise DriverError(ErrorCode.INVALID_STATE, f"disk {device_id} of VM {vm_name} already has a block job")
+        source = self._layer(disk.layer)
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} already exists")
+        if target_backing is not None:
+            self._layer(target_backing)
+        data = max(0, source.physical_size - EMPTY_QCOW2_BYTES)
+        self._require_space(target.pool, EMPTY_QCOW2_BYTES + data)
+        record = _Layer(virtual_size=source.virtual_size, physical_size=EMPTY_QCOW2_BYTES, backing=target_backing)
+        self._pool_layers(target.pool)[target.name] = record
+        self._save_storage(target.pool)
+        job = BlockJobReport(job_id=f"mirror-{device_id}", kind=BlockJobKind.MIRROR, device_id=device_id,
+                             status="running", offset=0, length=max(data, 1),
+                             speed_bytes_per_s=bandwidth_bytes_per_s or 0)  # fmt: skip
+        self._block_jobs.setdefault(vm_name, {})[device_id] = job
+        try:
+            await self._run_mirror(job, self._delay("mirror_disk"), progress)
+            vm = self._running_vm(vm_name)
+            moved = disk.model_copy(update={"layer": target})
+            vm.spec.disks = [moved if d.device_id == device_id else d for d in vm.spec.disks]
+            record.physical_size = EMPTY_QCOW2_BYTES + data
+            self._save_storage(target.pool)
+            self._save()
+            return moved
+        except BaseException:
+            if self._find_layer(target) is record:
+                del self._pool_layers(target.pool)[target.name]
+                self._save_storage(target.pool)
+            raise
+        finally:
+            self._block_jobs.get(vm_name, {}).pop(device_id, None)
+
+    async def _run_mirror(self, job: BlockJobReport, delay: float, progress: ProgressFn) -> None:
+        """PROGRESS_STEPS chunks, each taking delay/steps or chunk/speed, whichever is longer (the speed
+        is read again for every chunk, as set_block_job_speed changes it); then the job is ready."""
+        chunk = job.length / PROGRESS_STEPS
+        progress(0, job.length)
+        for step in range(1, PROGRESS_STEPS + 1):
+            wait = delay / PROGRESS_STEPS
+            if job.speed_bytes_per_s:
+                wait = max(wait, chunk / job.speed_bytes_per_s)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            job.offset = job.length * step // PROGRESS_STEPS
+            progress(job.offset, job.length)
+        job.status = "ready"
+
+    async def set_block_job_speed(self, vm_name: str, device_id: int, bandwidth_bytes_per_s: int) -> BlockJobReport:
+        job = self._block_jobs.get(vm_name, {}).get(device_id)
+        if job is None:
+            raise DriverError(ErrorCode.NOT_FOUND, f"disk {device_id} of VM {vm_name} has no block job")
+        job.speed_bytes_per_s = bandwidth_bytes_per_s
+        return job.model_copy()
+
+    async def block_jobs(self, vm_name: str) -> BlockJobList:
+        self._vm(vm_name)
+        return BlockJobList(jobs=[j.model_copy() for j in self._block_jobs.get(vm_name, {}).values()])
 
     # --- live migration (MigrationSource, MigrationTarget) -------------------------------------------
     # Simulated agents do not talk to each other: the target records the VM incoming, the source marks

@@ -6,6 +6,7 @@ from strato.api.commands import (  # noqa: F401
     infrastructure,
     jobs,
     keys,
+    motion,
     offerings,
     storage,
     system,

@@ -1,1 +1,1 @@
-"""Storage motion: volumes between pools, VMs between hosts, live or offline (issue 10)."""
+"""Storage motion: volumes between pools, VMs with their disks between hosts, live or offline (issue 10)."""
