@@ -135,8 +135,13 @@ async def test_host_info_reports_truthful_capabilities(driver: Driver) -> None:
     assert isinstance(driver, Lifecycle) and isinstance(driver, Layers)
     caps = info.capabilities
     live = isinstance(driver, BlockJobs)
+    migrates = isinstance(driver, MigrationSource) and isinstance(driver, MigrationTarget)
     assert caps == DriverCapabilities(
-        hot_plug_disks=True, offline_storage_motion=True, live_storage_motion=live, max_data_volumes=24
+        hot_plug_disks=True,
+        offline_storage_motion=True,
+        live_storage_motion=live,
+        live_migration=migrates,
+        max_data_volumes=24,
     )
     # Nothing is claimed without its role (the simulator has block jobs; QEMU once its mirror lands).
     assert caps.live_storage_motion == live
