@@ -114,7 +114,7 @@ def test_find_hosts_for_migration(vmcloud: VmCloud) -> None:  # noqa: F811
     by_id = {h["id"]: h for h in hosts["host"]}
     assert vmcloud.ids["host-1"] not in by_id  # never its own host
     h2, h3 = by_id[vmcloud.ids["host-2"]], by_id[vmcloud.ids["host-3"]]
-    assert h2["suitableformigration"] is False and "Disabled" in h2["notsuitablereason"], h2
+    assert h2["suitableformigration"] is False and "Disabled" in h2["reasonunsuitable"], h2
     assert h2["requiresStorageMotion"] is False
     assert h3["suitableformigration"] is True and h3["requiresStorageMotion"] is True, h3
     for h in (h2, h3):
@@ -122,7 +122,7 @@ def test_find_hosts_for_migration(vmcloud: VmCloud) -> None:  # noqa: F811
         assert h["cpuallocated"].endswith("%") and isinstance(h["memoryallocated"], int)
     again = {h["id"]: h for h in api.findHostsForMigration(id=vm["id"])["host"]}
     assert again[vmcloud.ids["host-2"]]["suitableformigration"] is True
-    assert "notsuitablereason" not in again[vmcloud.ids["host-2"]]
+    assert "reasonunsuitable" not in again[vmcloud.ids["host-2"]]
     vmcloud.expunge(vm["id"])
 
 

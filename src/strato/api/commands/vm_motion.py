@@ -19,7 +19,7 @@ VM_ID = Param("virtualmachineid", T.UUID, "The ID of the virtual machine", requi
     "findHostsForMigration",
     "Finds hosts suitable for migrating a virtual machine: every other host of its zone, with "
     "suitableformigration, requiresStorageMotion (its disks must move: use migrateVirtualMachineWithVolume) "
-    "and (Strato) notsuitablereason",
+    "and (Strato) reasonunsuitable",
     kind=Kind.LIST,
     response="host",
     access=ADMIN,

@@ -66,5 +66,5 @@ def migration_fields(candidate: Candidate) -> dict[str, Any]:
         "requiresStorageMotion": fit.requires_storage_motion,
     }
     if fit.reason is not None:
-        out["notsuitablereason"] = fit.reason
+        out["reasonunsuitable"] = fit.reason
     return out

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from strato.db.models import Host, StoragePool, VirtualMachine, Volume
+from strato.db.models import Host, HypervisorCapability, StoragePool, VirtualMachine, Volume
 from strato.engine.allocator import reaches
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
@@ -131,6 +131,13 @@ def _check_live(
                 f"{host.name}"
             )
         moves.append((vol, pool))
+    if moves:
+        gate = session.query(HypervisorCapability).filter_by(hypervisor=host.hypervisor, removed=None).first()
+        if gate is not None and not gate.storage_motion_enabled:
+            raise InvalidParameter(
+                f"Cannot move the disks of VM {vm.name} (migrateto): storage motion is disabled for hypervisor "
+                f"{host.hypervisor} (updateHypervisorCapabilities storagemotionenabled)"
+            )
     moving = {m.volume_id for m in params.moves}
     for vol in volumes:
         current = session.get(StoragePool, vol.pool_id) if vol.pool_id else None
