@@ -310,3 +310,36 @@ def test_only_root_admins_may_move_vms(vmcloud: VmCloud) -> None:  # noqa: F811
         _refused(lambda c=other: c.migrateVirtualMachineWithVolume(virtualmachineid=vm["id"], hostid=host), 432,
                  "not available")  # fmt: skip
     vmcloud.expunge(vm["id"])
+
+
+def test_config_drive_moves_with_a_local_root_disk(vmcloud: VmCloud) -> None:  # noqa: F811
+    import base64
+
+    api = vmcloud.api()
+    started = api.deployVirtualMachine(
+        zoneid=vmcloud.ids["zone"], serviceofferingid=vmcloud.ids["local_offering"], templateid=vmcloud.ids["template"],
+        name=vmcloud.name("cd"), hostid=vmcloud.ids["host-1"], rootdiskstorageid=vmcloud.ids["local-1"],
+        userdata=base64.b64encode(b"#cloud-config\n").decode(),
+    )  # fmt: skip
+    vmcloud.ok(started)
+    vm_id = started["id"]
+    (root,) = vmcloud.volumes(vm_id)
+
+    def drives() -> list[tuple[str, str]]:
+        rows = vmcloud.server.sql(
+            "SELECT pool_id, state FROM layers WHERE vm_id = ? AND kind = 'configdrive' AND removed IS NULL", vm_id
+        )
+        return [(str(p), str(st)) for p, st in rows]
+
+    assert drives() == [(vmcloud.ids["local-1"], "Ready")]
+    _refused(lambda: api.migrateVirtualMachine(virtualmachineid=vm_id, hostid=vmcloud.ids["host-2"]), 431,
+             "cannot reach")  # fmt: skip
+    vmcloud.ok(api.migrateVirtualMachineWithVolume(
+        virtualmachineid=vm_id, hostid=vmcloud.ids["host-2"],
+        **{"migrateto[0].volume": root["id"], "migrateto[0].pool": vmcloud.ids["local-2"]},
+    ))  # fmt: skip
+    assert drives() == [(vmcloud.ids["local-2"], "Ready")]
+    files = vmcloud.files()
+    assert (vmcloud.ids["local-2"], f"configdrive/{vm_id}.iso") in files
+    assert (vmcloud.ids["local-1"], f"configdrive/{vm_id}.iso") not in files
+    vmcloud.expunge(vm_id)

@@ -25,9 +25,11 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Host, HypervisorCapability, StoragePool, VirtualMachine, Volume
+from strato.db.models import Host, HypervisorCapability, Layer, StoragePool, VirtualMachine, Volume
+from strato.db.models.storage import LAYER_CONFIG_DRIVE
 from strato.engine.allocator import reaches
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
@@ -35,6 +37,7 @@ from strato.errors import InvalidParameter, NotFound
 from strato.protocol.client import AgentCallError
 from strato.protocol.messages import (
     AbortIncoming,
+    CdromSpec,
     ErrorCode,
     FinishIncoming,
     GetVm,
@@ -46,14 +49,14 @@ from strato.protocol.messages import (
 )
 from strato.protocol.motion import IncomingVm
 from strato.services.compute.vmcommon import load_vm, vm_result
-from strato.services.compute.vmspec import vm_spec
+from strato.services.compute.vmspec import config_drive_layer, vm_spec
 from strato.services.core import jobs
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.lookup import get_live
 from strato.services.core.reach import up_hosts
 from strato.services.core.states import vm_to, volume_to
-from strato.services.motion.chains import ChainMove
+from strato.services.motion.chains import ChainMove, copier_between
 from strato.services.motion.vm_rules import (
     WITH_VOLUME,
     can_move_offline,
@@ -64,6 +67,7 @@ from strato.services.motion.vm_rules import (
     target_pool,
 )
 from strato.services.storage.disks import attached_volumes
+from strato.services.storage.layers import ref, remove_layer_file, remove_unfinished_layer
 
 
 class DiskMove(BaseModel):
@@ -152,6 +156,14 @@ def _check_live(
             f"Cannot migrate VM {vm.name} to host {host.name} (hostid): its volume {vol.name} is on storage pool "
             f"{current.name}, which that host cannot reach; {advice}"
         )
+    drive = config_drive_layer(session, vm.id)
+    drive_pool = session.get(StoragePool, drive.pool_id) if drive is not None else None
+    root_moves = any(v.volume_type == "ROOT" for v, _ in moves)
+    if drive_pool is not None and not reaches(host, drive_pool) and not root_moves:
+        raise InvalidParameter(
+            f"Cannot migrate VM {vm.name} to host {host.name} (hostid): its config drive is on storage pool "
+            f"{drive_pool.name}, which that host cannot reach; move its root volume with {WITH_VOLUME}"
+        )
     check_pool_room(session, moves, host)
 
 
@@ -225,11 +237,14 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         out = [Step("mark migrating", self._mark, undo=self._unmark)]
         for chain in self.chains():
             out += [self._guarded(s) for s in chain.frozen_steps()]
+        if self._drive_moves():
+            out.append(Step("copy config drive", self._copy_drive, undo=self._unless_switched(self._drop_drive)))
         out += [
             Step("prepare incoming", self._prepare, undo=self._unless_switched(self._abort)),
             Step("migrate", self._migrate, undo=self._unmigrate, commit=True),
             Step("finish incoming", self._finish),
             *(chain.cleanup_step() for chain in self.chains()),
+            *([Step("remove old config drive", self._remove_old_drive)] if self._drive_moves() else []),
             Step("forget at source", self._forget_source),
             Step("mark stable", self._stable),
         ]
@@ -265,6 +280,86 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         with self.db.session() as s:
             vm = s.get(VirtualMachine, self.params.vm_id)
             return vm is not None and self.params.host_id is not None and vm.host_id == self.params.host_id
+
+    # --- the config drive: along with the root disk, when the target host cannot reach it ----------
+
+    def _root_target(self) -> str | None:
+        with self.db.session() as s:
+            for m in self.params.moves:
+                vol = s.get(Volume, m.volume_id)
+                if vol is not None and vol.volume_type == "ROOT":
+                    return m.pool_id
+        return None
+
+    def _drive_moves(self) -> bool:
+        """The VM's config drive is on a pool the target host cannot reach (the root disk moves)."""
+        if self.offline or not self.params.host_id:
+            return False
+        root_target = self._root_target()
+        if root_target is None:
+            return False
+        with self.db.session() as s:
+            if self._new_drive(s) is not None:
+                return True
+            drive = self._old_drive(s)
+            host = s.get(Host, self.params.host_id)
+            pool = s.get(StoragePool, drive.pool_id) if drive is not None else None
+            return pool is not None and host is not None and not reaches(host, pool)
+
+    def _old_drive(self, s: Session) -> Layer | None:
+        mine = self.job.job_id
+        rows = s.scalars(select(Layer).where(
+            Layer.vm_id == self.params.vm_id, Layer.kind == LAYER_CONFIG_DRIVE, Layer.removed.is_(None),
+            or_(Layer.creating_job.is_(None), Layer.creating_job != mine),
+        ))  # fmt: skip
+        return next(iter(rows), None)
+
+    def _new_drive(self, s: Session) -> Layer | None:
+        return s.scalar(select(Layer).where(
+            Layer.vm_id == self.params.vm_id, Layer.kind == LAYER_CONFIG_DRIVE, Layer.removed.is_(None),
+            Layer.creating_job == self.job.job_id,
+        ))  # fmt: skip
+
+    def _copy_drive(self) -> StepData:
+        target_pool_id = self._root_target()
+        assert target_pool_id is not None
+        with self.db.session() as s:
+            old = self._old_drive(s)
+            assert old is not None
+            new = self._new_drive(s)
+            if new is not None and new.state == "Ready":
+                return {"layer_id": new.id}
+            if new is None:
+                new = Layer(pool_id=target_pool_id, path=old.path, kind=LAYER_CONFIG_DRIVE, vm_id=old.vm_id,
+                            frozen=True, virtual_size=old.virtual_size, state="Creating",
+                            creating_job=self.job.job_id)  # fmt: skip
+                s.add(new)
+                s.flush()
+            src_pool, dst_pool = s.get(StoragePool, old.pool_id), s.get(StoragePool, target_pool_id)
+            assert src_pool is not None and dst_pool is not None
+            source, target, new_id, src_id = ref(src_pool, old.path), ref(dst_pool, new.path), new.id, src_pool.id
+        copier = copier_between(self.db, src_id, target_pool_id, self.params.host_id, self.params.bandwidth_bytes_per_s)
+        info = copier(source, target, lambda _d, _t: None)
+        with self.db.session() as s:
+            row = s.get(Layer, new_id)
+            assert row is not None
+            row.state, row.physical_size = "Ready", info.physical_size
+        return {"layer_id": new_id}
+
+    def _drop_drive(self) -> None:
+        with self.db.session() as s:
+            new = self._new_drive(s)
+            layer_id, ready = (new.id, new.state == "Ready") if new is not None else (None, False)
+        if layer_id is not None:
+            (remove_layer_file if ready else remove_unfinished_layer)(self.db, layer_id)
+
+    def _remove_old_drive(self) -> StepData:
+        with self.db.session() as s:
+            old = self._old_drive(s)
+            layer_id = old.id if old is not None else None
+        if layer_id is not None:
+            remove_layer_file(self.db, layer_id)
+        return {}
 
     # --- states ------------------------------------------------------------------------------------
 
@@ -333,6 +428,12 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
             by_device[device] = by_device[device].model_copy(update={"layer": top_ref})
             disks.append(IncomingDisk(device_id=device, size_bytes=size, backing=backings[vol_id]))
         spec = spec.model_copy(update={"disks": [by_device[d.device_id] for d in spec.disks]})
+        if self._drive_moves():
+            with self.db.session() as s:
+                drive = self._new_drive(s)
+                pool = s.get(StoragePool, drive.pool_id) if drive is not None else None
+                assert drive is not None and pool is not None
+                spec = spec.model_copy(update={"config_drive": CdromSpec(path=f"{pool.path}/{drive.path}")})
         _source, target, _name = self._hosts()
         listen = urlsplit(target.url).hostname or "127.0.0.1"
         with agent_errors(target.name):
