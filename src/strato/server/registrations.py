@@ -24,6 +24,8 @@ MODULES = (
     "strato.services.storage.detach_volume",
     "strato.services.storage.resize_volume",
     "strato.services.storage.delete_volume",
+    "strato.services.motion.migrate_volume",
+    "strato.services.motion.migrate_vm",
     "strato.services.infra.vmsync",
     "strato.services.infra.housekeeping",
 )

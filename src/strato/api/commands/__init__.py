@@ -6,10 +6,12 @@ from strato.api.commands import (  # noqa: F401
     infrastructure,
     jobs,
     keys,
+    motion,
     offerings,
     storage,
     system,
     templates,
+    vm_motion,
     vms,
     volumes,
 )

@@ -8,7 +8,9 @@ from typing import Protocol
 from strato.errors import InvalidState
 
 VM_TRANSITIONS: dict[str, set[str]] = {
-    "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error", "Running"},  # Running: VM sync
+    # Running: VM sync; Migrating: a stopped VM's disks moving offline (migrateVolume, migrateVirtualMachine
+    # with storageid).
+    "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error", "Running", "Migrating"},
     "Starting": {"Running", "Stopped", "Error"},
     "Running": {"Stopping", "Stopped", "Migrating", "Running", "Error"},
     "Stopping": {"Stopped", "Running", "Destroyed", "Error"},
