@@ -25,6 +25,7 @@ MODULES = (
     "strato.services.storage.resize_volume",
     "strato.services.storage.delete_volume",
     "strato.services.motion.migrate_volume",
+    "strato.services.motion.migrate_vm",
     "strato.services.motion.pool_maintenance",
     "strato.services.infra.vmsync",
     "strato.services.infra.housekeeping",

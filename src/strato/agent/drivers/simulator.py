@@ -27,7 +27,7 @@ from strato.agent.drivers.imagefetch import (
     parse_checksum,
     url_kind,
 )
-from strato.agent.drivers.roles import BlockJobs, SimulatorControl
+from strato.agent.drivers.roles import BlockJobs, MigrationSource, MigrationTarget, SimulatorControl
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     COMMANDS,
@@ -36,6 +36,7 @@ from strato.protocol.messages import (
     DiskStats,
     ErrorCode,
     HostInfo,
+    IncomingDisk,
     LayerInfo,
     LayerRef,
     PoolRef,
@@ -47,7 +48,7 @@ from strato.protocol.messages import (
     VmSpec,
     VmStats,
 )
-from strato.protocol.motion import BlockJobKind, BlockJobList, BlockJobReport
+from strato.protocol.motion import BlockJobKind, BlockJobList, BlockJobReport, IncomingVm, MigrationReport, NbdExport
 
 log = get_logger("simulator")
 
@@ -95,6 +96,10 @@ class _Vm(BaseModel):
     pid: int | None = None
     vnc_port: int | None = None
     started_at: float | None = None
+    incoming: IncomingVm | None = None
+    """Set while the VM waits here for an incoming migration (prepare_incoming until finish/abort)."""
+    incoming_layers: list[LayerRef] = []
+    """The new top layers prepare_incoming created (abort_incoming removes them)."""
 
     @property
     def running(self) -> bool:
@@ -119,6 +124,8 @@ class _State(BaseModel):
     """This host's layers (all of them, or only its local pool's when a SharedStorage is used)."""
     vms: dict[str, _Vm] = {}
     behaviour: dict[str, _Behaviour] = {}
+    migrations: dict[str, MigrationReport] = {}
+    """The last outgoing migration of each VM, as migration_status reports it."""
     next_pid: int = Field(default=100_000)
 
 
@@ -174,7 +181,7 @@ def _inspect_file(path: Path, checksum: Checksum | None) -> tuple[int, int, str 
     return st.st_size, st.st_blocks * 512, hasher.hexdigest() if hasher is not None else None
 
 
-class SimulatorDriver(Driver, BlockJobs, SimulatorControl):
+class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, SimulatorControl):
     """A fake host: records instead of files and processes, with configurable delays and failures.
 
     Its roles and capabilities are the QEMU driver's, so the control plane sees the same host."""
@@ -183,6 +190,7 @@ class SimulatorDriver(Driver, BlockJobs, SimulatorControl):
         hot_plug_disks=True,
         offline_storage_motion=True,
         live_storage_motion=True,
+        live_migration=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
 
@@ -358,7 +366,9 @@ class SimulatorDriver(Driver, BlockJobs, SimulatorControl):
         return VmReport(
             name=vm.spec.name,
             uuid=vm.spec.uuid,
-            power_state=PowerState.RUNNING if vm.running else PowerState.STOPPED,
+            power_state=(PowerState.PAUSED if vm.incoming is not None else PowerState.RUNNING)
+            if vm.running
+            else PowerState.STOPPED,
             pid=vm.pid,
             vnc_port=vm.vnc_port,
         )
@@ -817,3 +827,162 @@ class SimulatorDriver(Driver, BlockJobs, SimulatorControl):
     async def block_jobs(self, vm_name: str) -> BlockJobList:
         self._vm(vm_name)
         return BlockJobList(jobs=[j.model_copy() for j in self._block_jobs.get(vm_name, {}).values()])
+
+    # --- live migration (MigrationSource, MigrationTarget) -------------------------------------------
+    # Simulated agents do not talk to each other: the target records the VM incoming, the source marks
+    # it stopped once migrate_vm has "sent" it, finish_incoming runs it at the target. Layers are found
+    # in the pools this simulator sees (a fleet's hosts see each other's pools through SharedStorage).
+
+    async def pull_layer(
+        self,
+        source_agent_url: str,
+        source_token: str,
+        source: LayerRef,
+        target: LayerRef,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> LayerInfo:
+        """As copy_layer, with the source layer looked up in the pools this simulator sees (it does not
+        call the source agent); cancelled part-way, nothing is left behind."""
+        if not source_agent_url or not source_token:
+            raise DriverError(ErrorCode.BAD_REQUEST, "pull_layer needs the source agent's URL and token")
+        original = self._find_layer(source)
+        if original is None:
+            raise DriverError(
+                ErrorCode.NOT_FOUND, f"no layer {_describe(source)} at {source_agent_url} (simulated pull)"
+            )
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} already exists")
+        self._require_space(target.pool, original.physical_size)
+        total = original.physical_size
+        duration = self._delay("pull_layer")
+        if bandwidth_bytes_per_s:
+            duration = max(duration, total / bandwidth_bytes_per_s)
+        await _progress_over(duration, total, progress)
+        if self._find_layer(target) is not None:
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"layer {_describe(target)} appeared during the pull")
+        self._require_space(target.pool, original.physical_size)
+        record = original.model_copy(deep=True)
+        self._pool_layers(target.pool)[target.name] = record
+        self._save_storage(target.pool)
+        progress(total, total)
+        return self._layer_info(target, record)
+
+    async def prepare_incoming(self, spec: VmSpec, disks: list[IncomingDisk], listen_host: str) -> IncomingVm:
+        """Records the VM waiting (paused) for its migration, with the new top layers of `disks` created
+        on their backing; the spec's other disks must be on pools this host sees. Asked again for a VM
+        already waiting, it answers the same incoming VM."""
+        known = self._state.vms.get(spec.name)
+        if known is not None and known.incoming is not None:
+            return known.incoming
+        if known is not None and known.running:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {spec.name} is already running here")
+        by_device = {d.device_id: d for d in spec.disks}
+        moving = {d.device_id for d in disks}
+        for disk in disks:
+            if disk.device_id not in by_device:
+                raise DriverError(ErrorCode.BAD_REQUEST, f"the spec of VM {spec.name} has no disk {disk.device_id}")
+        for kept in spec.disks:
+            if kept.device_id not in moving and self._find_layer(kept.layer) is None:
+                raise DriverError(ErrorCode.NOT_FOUND, f"this host does not see layer {_describe(kept.layer)}")
+        used_mib = sum(vm.spec.memory_mib for vm in self._running())
+        free_mib = self.config.memory_bytes // MIB - used_mib
+        if spec.memory_mib > free_mib:
+            raise DriverError(
+                ErrorCode.INSUFFICIENT_CAPACITY, f"host has {free_mib} MiB free, {spec.memory_mib} needed"
+            )
+        created: list[LayerRef] = []
+        try:
+            for disk in disks:
+                layer = by_device[disk.device_id].layer
+                await self.create_layer(layer, disk.size_bytes, disk.backing)
+                created.append(layer)
+        except BaseException:
+            for layer in created:
+                await self.remove_layer(layer, missing_ok=True)
+            raise
+        ports = {vm.vnc_port for vm in self._running()}
+        vnc_port = next(port for port in range(5900, 5900 + len(ports) + 1) if port not in ports)
+        migration_port = 49152 + self._state.next_pid % 1000
+        incoming = IncomingVm(
+            name=spec.name,
+            migration_uri=f"tcp:{listen_host}:{migration_port}",
+            exports=[
+                NbdExport(device_id=d.device_id, uri=f"nbd://{listen_host}:10809/drive{d.device_id}") for d in disks
+            ],
+        )
+        vm = _Vm(spec=spec, pid=self._state.next_pid, vnc_port=vnc_port, started_at=time.time(), incoming=incoming,
+                 incoming_layers=created)  # fmt: skip
+        self._state.next_pid += 1
+        self._state.vms[spec.name] = vm
+        self._save()
+        return incoming
+
+    async def migrate_vm(
+        self, name: str, incoming: IncomingVm, bandwidth_bytes_per_s: int | None, progress: ProgressFn
+    ) -> VmReport:
+        """Sends the VM's RAM and its exported disks' data (simulated: progress over the configured
+        delay, or size/bandwidth if longer), then marks it stopped here. Cancelled: it keeps running."""
+        vm = self._running_vm(name)
+        if vm.incoming is not None:
+            raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is itself waiting for an incoming migration")
+        exported = {e.device_id for e in incoming.exports}
+        disks = 0
+        for disk in vm.spec.disks:
+            if disk.device_id in exported:
+                found = self._find_layer(disk.layer)
+                disks += found.physical_size if found is not None else 0
+        total = vm.spec.memory_mib * MIB + disks
+        duration = self._delay("migrate_vm")
+        if bandwidth_bytes_per_s:
+            duration = max(duration, total / bandwidth_bytes_per_s)
+
+        def report(done: int, total: int) -> None:
+            self._state.migrations[name] = MigrationReport(
+                name=name, status="active", transferred_bytes=done, remaining_bytes=total - done, total_bytes=total
+            )
+            progress(done, total)
+
+        try:
+            await _progress_over(duration, total, report)
+        except BaseException:
+            self._state.migrations[name] = MigrationReport(name=name, status="cancelled", total_bytes=total)
+            self._save()
+            raise
+        vm.pid = vm.vnc_port = vm.started_at = None
+        self._state.migrations[name] = MigrationReport(
+            name=name, status="completed", transferred_bytes=total, total_bytes=total
+        )
+        self._save()
+        progress(total, total)
+        return self._vm_report(vm)
+
+    async def migration_status(self, name: str) -> MigrationReport:
+        return self._state.migrations.get(name) or MigrationReport(name=name, status="none")
+
+    async def finish_incoming(self, name: str) -> VmReport:
+        """Runs the waiting VM here; a VM already running here (finished before) is answered as it is."""
+        vm = self._vm(name)
+        if vm.incoming is None:
+            if not vm.running:
+                raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is not waiting for an incoming migration")
+            return self._vm_report(vm)
+        vm.incoming, vm.incoming_layers = None, []
+        self._save()
+        return self._vm_report(vm)
+
+    async def abort_incoming(self, name: str) -> None:
+        """Forgets the waiting VM and removes the layers it created; nothing to do when it is not here.
+        A VM that runs here (its migration finished) is refused rather than killed."""
+        vm = self._state.vms.get(name)
+        if vm is None:
+            return
+        if vm.incoming is None:
+            if vm.running:
+                raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} runs here: its migration has finished")
+            return
+        layers = list(vm.incoming_layers)
+        del self._state.vms[name]
+        self._save()
+        for layer in reversed(layers):
+            await self.remove_layer(layer, missing_ok=True)

@@ -11,6 +11,7 @@ from strato.api.commands import (  # noqa: F401
     storage,
     system,
     templates,
+    vm_motion,
     vms,
     volumes,
 )

@@ -8,7 +8,8 @@ from typing import Protocol
 from strato.errors import InvalidState
 
 VM_TRANSITIONS: dict[str, set[str]] = {
-    # Running: VM sync; Migrating: a stopped VM's disks moving offline (migrateVolume).
+    # Running: VM sync; Migrating: a stopped VM's disks moving offline (migrateVolume, migrateVirtualMachine
+    # with storageid).
     "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error", "Running", "Migrating"},
     "Starting": {"Running", "Stopped", "Error"},
     "Running": {"Stopping", "Stopped", "Migrating", "Running", "Error"},

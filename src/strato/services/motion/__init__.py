@@ -1,1 +1,1 @@
-"""Storage motion: volumes (and, later, VMs with their disks) moving between pools and hosts."""
+"""Storage motion: volumes between pools, VMs with their disks between hosts, live or offline (issue 10)."""
