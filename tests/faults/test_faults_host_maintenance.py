@@ -26,7 +26,7 @@ def test_maintenance_on_the_simulator(simcloud: FaultCloud) -> None:
 
     names = run_fault_matrix(simcloud.server, api, simcloud.fault_file, "host.maintenance", start,
                              simcloud.files, after_each=check)  # fmt: skip
-    assert names == ["refuse new work", "check running vms", "set maintenance"], names
+    assert names == ["refuse new work", "plan moves", "move vms", "check running vms", "set maintenance"], names
 
 
 def test_cancel_maintenance_on_the_simulator(simcloud: FaultCloud) -> None:

@@ -96,16 +96,16 @@ def test_hypervisor_capabilities_follow_what_the_hosts_reported(
         api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=24, storagemotionenabled=True)
 
 
-def test_list_capabilities_claims_no_motion_or_snapshots_the_hosts_lack(
+def test_list_capabilities_claims_what_the_hosts_have(
     make_cluster: MakeCluster, qemu_agent_factory: StartAgent
 ) -> None:
     """listCapabilities (what clients such as the CloudStack UI read to show features) follows the KVM
-    hosts' drivers, which have neither live storage motion nor VM snapshots yet."""
+    hosts' drivers: live storage motion (the QEMU driver's mirror), no VM snapshots yet."""
     cluster = make_cluster("KVM")
     cluster.add_host(qemu_agent_factory())
     caps = cluster.api.listCapabilities()["capability"]
     flags = (caps["storagemotionenabled"], caps["kvmsnapshotenabled"], caps["vmsnapshotmemoryenabled"])
-    assert flags == (False, False, False)
+    assert flags == (True, False, False)
 
 
 def test_add_qemu_host_reports_real_resources_and_statvfs_capacity(

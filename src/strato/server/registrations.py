@@ -8,7 +8,6 @@ import importlib
 MODULES = (
     "strato.api.commands",
     "strato.services.identity.deletion",
-    "strato.services.infra.maintenance",
     "strato.services.images.register",
     "strato.services.images.create",
     "strato.services.images.copies",
@@ -27,6 +26,7 @@ MODULES = (
     "strato.services.motion.migrate_volume",
     "strato.services.motion.migrate_vm",
     "strato.services.motion.pool_maintenance",
+    "strato.services.motion.host_maintenance",
     "strato.services.infra.vmsync",
     "strato.services.infra.housekeeping",
 )

@@ -10,7 +10,8 @@ from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.infra import capacity, hosts, maintenance
+from strato.services.infra import capacity, hosts
+from strato.services.motion import host_maintenance as maintenance
 
 
 @api(

@@ -96,9 +96,7 @@ def unsuitable(
         return Unsuitable(f"pool {pool.name} is in another zone than the volume")
     if pool.state != "Up":
         return Unsuitable(f"pool {pool.name} is {pool.state}")
-    offering = session.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
-    wanted = {t for t in ((offering.tags if offering else None) or "").split(",") if t}
-    missing = wanted - {t for t in (pool.tags or "").split(",") if t}
+    missing = missing_tags(session, vol, pool)
     if missing:
         return Unsuitable(f"pool {pool.name} lacks the disk offering's storage tag {', '.join(sorted(missing))}")
     host = session.get(Host, vm.host_id) if vm is not None and vm.host_id and live else None
@@ -116,6 +114,13 @@ def unsuitable(
         free = Allocator(session, allocation_limits(session)).free(pool)
         return Unsuitable(f"pool {pool.name} is too small: {max(0, free)} bytes free, the volume needs {need}", True)
     return None
+
+
+def missing_tags(session: Session, vol: Volume, pool: StoragePool) -> set[str]:
+    """The storage tags of the volume's disk offering that the pool lacks."""
+    offering = session.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
+    wanted = {t for t in ((offering.tags if offering else None) or "").split(",") if t}
+    return wanted - {t for t in (pool.tags or "").split(",") if t}
 
 
 def bytes_needed(session: Session, vol: Volume, pool: StoragePool) -> int:
