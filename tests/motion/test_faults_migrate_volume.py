@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import deploy, new_volume, other_pool, root_of, vm_of, vol_of
+from motionlib import deploy, new_volume, other_pool, root_of, vm_of, vol_of
+
 from helpers.faultlib import Promises, run_fault_matrix
 
 Cloud = Any

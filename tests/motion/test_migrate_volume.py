@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from conftest import (
+from motionlib import (
     GIB,
     deploy,
     jobs_of,
@@ -26,6 +25,7 @@ from conftest import (
     vol_of,
     wait_progress,
 )
+
 from helpers.serverproc import create_user_keys
 from strato.protocol.messages import ConfigureSimulator
 

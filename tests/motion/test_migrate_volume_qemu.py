@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from motionlib import deploy, new_volume, other_pool, root_of, vm_of, vol_of
 
-from conftest import deploy, new_volume, other_pool, root_of, vm_of, vol_of
 from helpers.faultlib import known_layers, transitional
 from strato.protocol.messages import GetConsoleLog
 

@@ -13,6 +13,7 @@ outputs may be missing. Agent calls run outside database sessions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from strato.db.engine import Database
 from strato.db.models import Host, Layer, StoragePool, Volume
 from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
 from strato.engine.operation import Operation, Step, StepData
-from strato.errors import ResourceInUse, ResourceUnavailable
+from strato.errors import CloudError, ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentClient
 from strato.protocol.messages import CopyLayer, GetLayerInfo, LayerInfo, LayerRef, PullLayer, RebaseLayer
 from strato.services.core.agents import agent_errors, host_client
@@ -36,6 +37,8 @@ from strato.services.storage.layers import (
     remove_unfinished_layer,
     volume_layer_path,
 )
+
+log = logging.getLogger("strato.jobs")
 
 ProgressFn = Callable[[int, int], None]
 Copier = Callable[[LayerRef, LayerRef, ProgressFn], LayerInfo]
@@ -408,6 +411,11 @@ class ChainMove:
             except ResourceInUse:
                 kept.append(layer_id)
                 break
+            except CloudError as exc:
+                # Past the commit point the move has happened: a source file the host will not delete
+                # (still open, host down) is reported and left, not a reason to fail the job.
+                log.warning("move of volume %s: source layer %s left: %s", self.volume_id, layer_id, exc.text)
+                return {"kept": [*kept, layer_id], "error": exc.text}
         return {"kept": kept}
 
     def remove_copies(self) -> None:
