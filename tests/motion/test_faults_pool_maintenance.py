@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import deploy, new_volume, vm_of, vol_of
+from motionlib import deploy, new_volume, vm_of, vol_of
+
 from helpers.faultlib import Promises, run_fault_matrix
 
 Cloud = Any

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import deploy, new_volume, refused, root_of, vm_of, vol_of
+from motionlib import deploy, new_volume, refused, root_of, vm_of, vol_of
+
 from helpers.faultlib import known_layers, transitional
 
 Cloud = Any
