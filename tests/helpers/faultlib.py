@@ -28,7 +28,8 @@ VM_TRANSITIONAL = ("Starting", "Stopping", "Migrating", "Expunging", "Creating")
 VOLUME_TRANSITIONAL = ("Creating", "Migrating", "Snapshotting", "Resizing")
 TEMPLATE_TRANSITIONAL = ("Creating", "Deleting", "Copying")
 # Files an agent keeps beside the layers, not layers themselves.
-NOT_LAYERS = (".strato-pool", ".partial", ".tmp", "lost+found")
+NOT_LAYERS = (".strato-pool", ".partial", ".tmp", ".removing", "lost+found")
+"""Marks of files that are not layers: a pool's marker, partial copies, files the agent is unlinking."""
 
 
 def fault_server_env(fault_file: Path) -> dict[str, str]:

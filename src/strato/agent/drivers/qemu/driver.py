@@ -250,7 +250,7 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Laye
             for run in self._run_dirs():
                 if real in await self._open_files(run):
                     raise DriverError(ErrorCode.INVALID_STATE, f"layer {layer.name} is in use by VM {run.path.name}")
-        layers.remove(path, missing_ok)
+        layers.remove(path, missing_ok, Path(layer.pool.path))
         pools.prune_empty_dirs(path.parent, Path(layer.pool.path))
 
     async def _open_files(self, run: RunDir) -> set[str]:

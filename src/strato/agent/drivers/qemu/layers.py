@@ -117,14 +117,33 @@ async def rebase(path: Path, backing: Path | None) -> None:
         await run_qemu_img("rebase", "-u", "-b", str(backing), "-F", "qcow2", str(path))
 
 
-def remove(path: Path, missing_ok: bool) -> None:
+TRASH_DIR = ".strato-trash"
+"""Where a pool's removed layer files wait for their blocks to be freed (beside the pool's marker)."""
+
+
+def remove(path: Path, missing_ok: bool, pool_root: Path | None = None) -> None:
+    """Removes a layer file: moved at once into the pool's trash directory (so the layer's name and its
+    directory are free when this returns), its blocks freed by a background thread, since unlinking a
+    large file costs ext4 about a second per GiB. A file left in the trash by an agent that died
+    meanwhile is swept at the next start."""
+    root = pool_root or path.parent
+    trash = root / TRASH_DIR
+    doomed = trash / f".{path.name}.{uuid.uuid4().hex[:8]}.removing"
     try:
-        path.unlink()
+        trash.mkdir(exist_ok=True)
+        path.rename(doomed)
     except FileNotFoundError as exc:
         if not missing_ok:
             raise DriverError(ErrorCode.NOT_FOUND, f"layer {path.name} not found") from exc
+        return
     except OSError as exc:
         raise os_error(exc, f"remove {path.name}") from exc
+
+    def unlink() -> None:
+        with contextlib.suppress(OSError):
+            doomed.unlink()
+
+    threading.Thread(target=unlink, name=f"remove-{path.name}", daemon=True).start()
 
 
 class _CopyCancelled(Exception):

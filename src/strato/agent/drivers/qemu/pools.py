@@ -88,12 +88,13 @@ def prune_empty_dirs(directory: Path, pool_root: Path) -> None:
         current = current.parent
 
 
-TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.(copying|fetching|converting)$")
+TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.(copying|fetching|converting|removing)$")
 
 
 def sweep_stale_temp_files(root: Path, older_than: float) -> list[Path]:
-    """Removes the hidden partial files of copies, downloads and conversions that an earlier life of the
-    agent was making when it stopped (older than this agent's start, so none of its own tasks)."""
+    """Removes the hidden partial files of copies, downloads and conversions, and the files being removed,
+    that an earlier life of the agent left when it stopped (older than this agent's start, so none of its
+    own tasks)."""
     removed: list[Path] = []
     if not root.is_dir():
         return removed
