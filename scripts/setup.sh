@@ -15,6 +15,7 @@ packages=(
   busybox-static kmod cpio              # the tiny guest's user space and initramfs
   syslinux syslinux-common mtools dosfstools   # its boot loader on a FAT disk, without mounting
   xorriso genisoimage                   # config drives (ISO 9660)
+  nftables iproute2                     # link-fault tests: network namespaces, a cut between two hosts
   python3-venv
 )
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def listens_on(pid: int, port: int) -> bool:
     """Whether process `pid` (or a child of it) holds the listening socket on 127.0.0.1:`port`, so a
     health check is known to have reached our process and not another test's that took the port."""
     inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    # The process's own view of the tables: the right one also when it runs in another network namespace.
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -110,10 +112,19 @@ class AgentProcess:
     proc: subprocess.Popen[bytes]
     stderr_path: Path
     clients: list[AgentClient] = field(default_factory=list)
+    listen_host: str = "127.0.0.1"
+    test_url: str | None = None
+    """How the test reaches the agent when that is not its own address (a relay into a namespace)."""
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The URL the test talks to."""
+        return self.test_url or self.url
+
+    @property
+    def url(self) -> str:
+        """The agent's own address (what the server is told in addHost)."""
+        return f"http://{self.listen_host}:{self.port}"
 
     def client(self, token: str | None = None, timeout: float = 10.0, path: str = "") -> AgentClient:
         client = AgentClient(self.base_url + path, token if token is not None else self.token, timeout=timeout)
@@ -169,19 +180,33 @@ def start_agent(
     argv: list[str] | None = None,
     health_path: str = "",
     health_token: str | None = None,
+    command_prefix: list[str] | None = None,
+    listen_host: str = "127.0.0.1",
+    test_url_for: Callable[[int], str] | None = None,
 ) -> AgentProcess:
     """Start an agent and wait until /v1/health answers; raises with its stderr if it dies or hangs.
 
     `argv` replaces the command line (e.g. a simulator fleet; `{listen}` in it is replaced), with
     `health_path`/`health_token` saying which agent of it to wait for; the token goes in
-    STRATO_AGENT_TOKEN."""
+    STRATO_AGENT_TOKEN. `command_prefix` runs it under another command (`ip netns exec NS`), listening
+    on `listen_host`; `test_url_for(port)` then gives the URL the test reaches it by."""
+    net = Placement(command_prefix or [], listen_host, test_url_for)
     for attempt in range(3):
         try:
-            return _start_agent(data_dir, token, driver, accel, port, timeout, argv, health_path, health_token)
+            return _start_agent(data_dir, token, driver, accel, port, timeout, argv, health_path, health_token, net)
         except PortTaken:
             if port is not None or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+@dataclass
+class Placement:
+    """Where a child process runs and listens (a namespace's command prefix and address)."""
+
+    prefix: list[str]
+    host: str
+    test_url_for: Callable[[int], str] | None
 
 
 class PortTaken(RuntimeError):
@@ -198,23 +223,28 @@ def _start_agent(
     argv: list[str] | None,
     health_path: str,
     health_token: str | None,
+    net: Placement,
 ) -> AgentProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port if port is not None else free_port()
-    listen = f"127.0.0.1:{port}"
+    listen = f"{net.host}:{port}"
     stderr_path = data_dir / f"agent-stderr-{port}.log"
     env = {**os.environ, "STRATO_AGENT_TOKEN": token}
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            [a.replace("{listen}", listen) for a in argv]
-            if argv is not None
-            else agent_argv(data_dir, listen, driver, token, accel),
+            net.prefix
+            + (
+                [a.replace("{listen}", listen) for a in argv]
+                if argv is not None
+                else agent_argv(data_dir, listen, driver, token, accel)
+            ),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
             start_new_session=True,
         )
-    agent = AgentProcess(data_dir, token, port, driver, proc, stderr_path)
+    test_url = net.test_url_for(port) if net.test_url_for is not None else None
+    agent = AgentProcess(data_dir, token, port, driver, proc, stderr_path, listen_host=net.host, test_url=test_url)
     try:
         _wait_healthy(agent, timeout, health_path, health_token or token)
     except BaseException:

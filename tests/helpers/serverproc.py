@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 from cs import CloudStack
 
-from helpers.agentproc import PortTaken, free_port, listens_on, port_taken
+from helpers.agentproc import Placement, PortTaken, free_port, listens_on, port_taken
 
 ADMIN_PASSWORD = "password"
 # `strato server` itself (its typer command and options), without importing every other subcommand of
@@ -51,10 +52,14 @@ class ServerProcess:
     stderr_path: Path
     extra_args: list[str] = field(default_factory=list)
     _admin: Keys | None = None
+    command_prefix: list[str] = field(default_factory=list)
+    listen_host: str = "127.0.0.1"
+    test_url: str | None = None
+    """How the test reaches the server when that is not its own address (a relay into a namespace)."""
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.test_url or f"http://{self.listen_host}:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -155,12 +160,18 @@ class ServerProcess:
             "server_id": self.server_id,
             "extra_args": self.extra_args,
             "timeout": timeout,
+            "command_prefix": self.command_prefix,
+            "listen_host": self.listen_host,
         }
+        if self.test_url:
+            args["test_url_for"] = lambda _port: self.test_url
         args.update(overrides)
         return start_server(**args)
 
 
-def server_argv(data_dir: Path, port: int, database_url: str | None, server_id: str, extra: list[str]) -> list[str]:
+def server_argv(
+    data_dir: Path, port: int, database_url: str | None, server_id: str, extra: list[str], host: str = "127.0.0.1"
+) -> list[str]:
     argv = [
         sys.executable,
         "-c",
@@ -168,7 +179,7 @@ def server_argv(data_dir: Path, port: int, database_url: str | None, server_id: 
         "--data-dir",
         str(data_dir),
         "--listen",
-        f"127.0.0.1:{port}",
+        f"{host}:{port}",
         "--server-id",
         server_id,
     ]
@@ -186,12 +197,18 @@ def start_server(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    command_prefix: list[str] | None = None,
+    listen_host: str = "127.0.0.1",
+    test_url_for: Callable[[int], str] | None = None,
 ) -> ServerProcess:
     """Start `strato server` and wait until /healthz answers; raises with its stderr if it dies or hangs.
-    A free port taken by another process before the server bound it is retried on a new one."""
+    A free port taken by another process before the server bound it is retried on a new one.
+    `command_prefix` runs it under another command (`ip netns exec NS`), listening on `listen_host`;
+    `test_url_for(port)` then gives the URL the test reaches it by."""
+    net = Placement(command_prefix or [], listen_host, test_url_for)
     for attempt in range(3):
         try:
-            return _start_server(data_dir, port, database_url, server_id, extra_args, env, timeout)
+            return _start_server(data_dir, port, database_url, server_id, extra_args, env, timeout, net)
         except PortTaken:
             if port is not None or attempt == 2:
                 raise
@@ -206,6 +223,7 @@ def _start_server(
     extra_args: list[str] | None,
     env: dict[str, str] | None,
     timeout: float,
+    net: Placement,
 ) -> ServerProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port if port is not None else free_port()
@@ -216,13 +234,15 @@ def _start_server(
     full_env.pop("STRATO_DATABASE_URL", None)
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            server_argv(data_dir, port, database_url, server_id, extra),
+            net.prefix + server_argv(data_dir, port, database_url, server_id, extra, net.host),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=full_env,
             start_new_session=True,
         )
-    server = ServerProcess(data_dir, port, database_url, server_id, proc, stderr_path, extra)
+    test_url = net.test_url_for(port) if net.test_url_for is not None else None
+    server = ServerProcess(data_dir, port, database_url, server_id, proc, stderr_path, extra,
+                           command_prefix=net.prefix, listen_host=net.host, test_url=test_url)  # fmt: skip
     try:
         _wait_healthy(server, timeout)
     except BaseException:

@@ -69,6 +69,13 @@ def migrate_virtual_machine(ctx: CallContext, args: dict[str, Any]) -> AsyncStar
             "pool); unlisted volumes stay where they are, which the target host must reach",
             max_length=64,
         ),
+        Param(
+            "bandwidth",
+            T.INTEGER,
+            "Strato: the most the move may send between the hosts per second, in MiB/s, for each disk's copy "
+            "and the memory (default: unlimited)",
+            min_value=1,
+        ),
     ),
 )
 def migrate_virtual_machine_with_volume(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:

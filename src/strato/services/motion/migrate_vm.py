@@ -578,7 +578,9 @@ def migrate_with_volume(ctx: CallContext, args: dict[str, Any]) -> str:
             raise InvalidParameter(f"Volume {ids['volume']} (migrateto[{i}].volume) is not a disk of VM {vm.name}")
         if vol.pool_id != ids["pool"]:
             moves.append(DiskMove(volume_id=vol.id, pool_id=ids["pool"]))
-    params = MigrateVmParams(vm_id=vm.id, host_id=args["hostid"], source_host_id=vm.host_id, moves=moves)
+    bandwidth = args.get("bandwidth")
+    params = MigrateVmParams(vm_id=vm.id, host_id=args["hostid"], source_host_id=vm.host_id, moves=moves,
+                             bandwidth_bytes_per_s=int(bandwidth) * 1024 * 1024 if bandwidth else None)  # fmt: skip
     return jobs.submit_operation(ctx, MigrateVirtualMachineWithVolume, params, "VirtualMachine", vm.id)
 
 

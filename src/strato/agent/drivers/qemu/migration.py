@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from strato.agent.drivers.base import DriverError, ProgressFn
 from strato.agent.drivers.qemu import layers, pools, process
-from strato.agent.drivers.qemu.blockjobs import BlockJobs
+from strato.agent.drivers.qemu.blockjobs import BlockJobError, BlockJobs
 from strato.agent.drivers.qemu.monitor import (
     JOB_EVENTS,
     MIGRATION_EVENTS,
@@ -364,6 +364,18 @@ async def _wait_migration(monitor: VmMonitor, wanted: set[str], timeout: float) 
                 continue  # confirmed by query-migrate at the top of the loop (with the error, if any)
 
 
+async def _mirror_ready(jobs: BlockJobs, device_id: int, server: dict[str, object]) -> None:
+    """Wait for the mirror of one disk into the target's export; its failure says where it was sending
+    (an I/O error here is the target's NBD connection breaking: the link, or the target QEMU, gone)."""
+    try:
+        await jobs.wait_ready(mirror_job(device_id))
+    except BlockJobError as exc:
+        where = f"{server.get('host')}:{server.get('port')}" if server.get("type") == "inet" else server.get("path")
+        why = "the connection to the target host broke, or its QEMU stopped"
+        message = f"sending disk {device_id} to the target host's NBD export at {where} failed ({why}): {exc.message}"
+        raise BlockJobError(exc.code, message) from exc
+
+
 async def _end_mirror_consistently(jobs: BlockJobs, job_id: str) -> None:
     """`block-job-cancel` of a READY mirror: it copies what is left and ends COMPLETED with a
     consistent target (no pivot). Ending CANCELLED or with an error means the target is not usable."""
@@ -412,7 +424,7 @@ async def migrate_vm(
                     mirror_job(device_id), top[0], nbd_node(device_id), "top", bandwidth, buf_size=_burst(bandwidth)
                 )
                 meter.jobs.add(mirror_job(device_id))
-            await asyncio.gather(*(jobs.wait_ready(job) for job in meter.jobs))
+            await asyncio.gather(*(_mirror_ready(jobs, d, servers[d][0]) for d in servers))
             await meter.sample()
             await monitor.execute(
                 "migrate-set-capabilities",

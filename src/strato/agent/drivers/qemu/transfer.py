@@ -125,7 +125,7 @@ async def pull(
         os.link(tmp, path)
         progress(done, total)
     except httpx.HTTPError as exc:
-        raise DriverError(ErrorCode.INTERNAL, f"pulling {source.name} from {source_agent_url}: {exc}") from exc
+        raise DriverError(ErrorCode.INTERNAL, f"pulling {source.name} from {source_agent_url}: {_why(exc)}") from exc
     except FileExistsError as exc:
         raise DriverError(ErrorCode.ALREADY_EXISTS, f"{target.name} already exists") from exc
     except OSError as exc:
@@ -134,3 +134,15 @@ async def pull(
         with contextlib.suppress(OSError):
             tmp.unlink()
     return await layers.info(target.name, path)
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    """An HTTP failure in words: httpx's timeouts often carry no message at all."""
+    text = str(exc).strip()
+    if isinstance(exc, httpx.ConnectTimeout):
+        why = f"no answer from the source host's agent within {CONNECT_TIMEOUT_S:g} s (connect timeout)"
+    elif isinstance(exc, httpx.ReadTimeout):
+        why = f"the source host's agent sent nothing for {READ_TIMEOUT_S:g} s (read timeout)"
+    else:
+        why = type(exc).__name__
+    return f"{why}: {text}" if text else why
