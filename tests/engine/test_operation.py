@@ -21,7 +21,7 @@ from strato.db.models.jobs import JOB_FAILED, JOB_SUCCEEDED
 from strato.engine import queue
 from strato.engine.faults import FAULT_FILE_ENV
 from strato.engine.jobkinds import JobResult
-from strato.engine.operation import Operation, Step
+from strato.engine.operation import FinishForward, Operation, Step
 from strato.engine.runner import JobRunner
 from strato.errors import InvalidState
 
@@ -183,3 +183,64 @@ def test_fault_injection_is_off_without_the_variable(runner: JobRunner, tmp_path
     t.start()
     t.join(30)
     assert _job(runner, seq).status == JOB_SUCCEEDED
+
+
+class _LostAnswerOp(_FileOp):
+    """Its commit step happens but reports a failure (an agent's answer lost): its undo finds the
+    published file and says so with FinishForward."""
+
+    kind: ClassVar[str] = "test.files_lost_answer"
+
+    def steps(self) -> Sequence[Step]:
+        out = list(super().steps())
+        out[-2] = Step("publish", self._publish, undo=self._unpublish, commit=True)
+        return out
+
+    def _publish(self) -> dict[str, Any]:
+        self._touch(Path(self.params.directory) / "published")
+        raise InvalidState("the answer was lost")
+
+    def _unpublish(self) -> None:
+        if (Path(self.params.directory) / "published").exists():
+            raise FinishForward("it was published", {"published": True})
+
+
+def _submit_lost(runner: JobRunner, d: Path) -> int:
+    params = MakeFiles(directory=str(d), count=2)
+    with runner.db.session() as s:
+        job = queue.submit(s, kind=_LostAnswerOp.kind, cmd=_LostAnswerOp.cmd, params=params.model_dump(),
+                           resources=_LostAnswerOp.resources(params), account_id=None, user_id=None)  # fmt: skip
+        queue.claim(s, "test-server", 1, False)
+        return job.seq
+
+
+def test_an_undo_that_finds_its_step_done_finishes_forward(runner: JobRunner, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    seq = _submit_lost(runner, d)
+    runner.run_job(seq, recovering=False)
+    job = _job(runner, seq)
+    assert job.status == JOB_SUCCEEDED, job.result
+    assert _files(d) == {"f0", "f1", "published", "marker"}  # nothing before the step was undone
+    states = [(e["name"], e["state"]) for e in job.steps]
+    assert ("publish", "done") in states and not any(state == "undone" for _, state in states)
+
+
+def test_recovery_of_a_step_that_had_happened_finishes_forward(runner: JobRunner, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    seq = _submit_lost(runner, d)
+    for n in range(2):
+        (d / f"f{n}").write_text("x")
+    (d / "published").write_text("y")
+    with runner.db.session() as s:  # the server died inside "publish", after it happened
+        job = s.get(Job, seq)
+        assert job is not None
+        job.steps = [{"name": "file 0", "state": "done", "data": {"made": "f0"}},
+                     {"name": "file 1", "state": "done", "data": {"made": "f1"}},
+                     {"name": "publish", "state": "running"}]  # fmt: skip
+    runner.run_job(seq, recovering=True)
+    job = _job(runner, seq)
+    assert job.status == JOB_SUCCEEDED, job.result
+    assert job.result == {"success": True, "first": "f0"}
+    assert _files(d) == {"f0", "f1", "published", "marker"}

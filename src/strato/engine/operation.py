@@ -42,6 +42,16 @@ class OperationInterrupted(CloudError):
     code = ErrorCode.RESOURCE_UNAVAILABLE
 
 
+class FinishForward(Exception):
+    """Raised by an undo that finds its step happened after all (an agent finished it while the server
+    died, or its answer was lost): the step counts as done with `data` as its output, and the
+    operation goes forward from the step after it instead of being undone."""
+
+    def __init__(self, why: str, data: StepData | None = None) -> None:
+        super().__init__(why)
+        self.data: StepData = dict(data or {})
+
+
 @dataclass(frozen=True)
 class Step:
     """One named, idempotent piece of an operation.
@@ -49,7 +59,8 @@ class Step:
     `run` may return a small JSON-able dict, kept in the step log and readable by later steps (also after a
     restart) through `Operation.output`. `undo` takes the step back, also when it only half happened.
     A `commit` step is a point of no return: once it is done, a failure or a crash later on finishes the
-    operation forward instead of undoing what came before it."""
+    operation forward instead of undoing what came before it. An undo may raise `FinishForward` when
+    it finds the step did happen: the operation then finishes forward from there."""
 
     name: str
     run: Callable[[], StepData | None]
@@ -137,10 +148,14 @@ class Operation(abc.ABC, Generic[P]):
             self._forward(steps[commit_at + 1 :], done=done)
             return self.result()
         log.info("job %s (%s): recovering by rollback of %s", self.job.job_id, self.kind, sorted(last))
-        self._undo([s for s in steps if s.name in last and last[s.name] != "undone"])
-        raise OperationInterrupted(self.interrupted_text)
+        resumed = self._undo([s for s in steps if s.name in last and last[s.name] != "undone"])
+        if resumed is None:
+            raise OperationInterrupted(self.interrupted_text)
+        self._resume(steps, resumed)
+        return self.result()
 
-    def _forward(self, steps: list[Step], done: set[str]) -> None:
+    def _forward(self, steps: list[Step], done: set[str], all_steps: list[Step] | None = None) -> None:
+        everything = all_steps if all_steps is not None else steps
         undoable = [s for s in steps if s.name in done]
         for step in steps:
             if step.name in done:
@@ -152,15 +167,29 @@ class Operation(abc.ABC, Generic[P]):
                 raise
             except BaseException:
                 self.job.record(step.name, "failed")
-                self._undo([*undoable, step])
-                raise
+                resumed = self._undo([*undoable, step])
+                if resumed is None:
+                    raise
+                self._resume(everything, resumed)
+                return
             self._outputs[step.name] = data or {}
             self.job.record(step.name, "done", data)
             faults.after_step(self.kind, step.name)
             undoable = [] if step.commit else [*undoable, step]
 
-    def _undo(self, steps: list[Step]) -> None:
-        """Undoes the steps newest first; each undo is best effort and its outcome is logged."""
+    def _resume(self, steps: list[Step], resumed: Step) -> None:
+        """Forward from the step after `resumed` (an undo found it done): every step before it is done;
+        those after the last commit point stay undoable should a later step fail."""
+        at = steps.index(resumed)
+        start = 1 + max((i for i, s in enumerate(steps[:at]) if s.commit), default=-1)
+        if resumed.commit:
+            start = at + 1
+        log.info("job %s (%s): step %s had happened; finishing forward", self.job.job_id, self.kind, resumed.name)
+        self._forward(steps[start:], done={s.name for s in steps[: at + 1]}, all_steps=steps)
+
+    def _undo(self, steps: list[Step]) -> Step | None:
+        """Undoes the steps newest first; each undo is best effort and its outcome is logged. Stops at
+        an undo raising FinishForward (its step recorded done) and answers that step."""
         for step in reversed(steps):
             if step.undo is None:
                 continue
@@ -169,9 +198,15 @@ class Operation(abc.ABC, Generic[P]):
                 self.job.record(step.name, "undone")
             except faults.WorkerStopped:
                 raise
+            except FinishForward as forward:
+                log.info("job %s (%s): undo of %s: %s", self.job.job_id, self.kind, step.name, forward)
+                self._outputs[step.name] = forward.data
+                self.job.record(step.name, "done", forward.data)
+                return step
             except Exception as exc:
                 log.exception("job %s (%s): undo of %s failed", self.job.job_id, self.kind, step.name)
                 self.job.record(step.name, f"undo failed: {exc}")
+        return None
 
 
 def _last_states(log_entries: list[dict[str, Any]]) -> dict[str, str]:

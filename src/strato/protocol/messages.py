@@ -418,6 +418,34 @@ class ListBlockJobs(AgentCommand[BlockJobList]):
     vm_name: str
 
 
+class DiskPlace(StrEnum):
+    SOURCE = "source"
+    TARGET = "target"
+
+
+class BlockJobOutcome(Message):
+    """Where a disk is once its move is cancelled: on its source (the job, if any, cancelled, the
+    target closed and its file removed) or on the target (the pivot had happened; `disk` then names
+    the target as the layer the VM uses)."""
+
+    place: DiskPlace
+    disk: DiskSpec
+    """The disk as the VM has it now."""
+
+
+class CancelBlockJob(AgentCommand[BlockJobOutcome]):
+    """Stop the move of a disk, whoever started it: the agent task if it still runs, else a job or
+    target file an earlier agent life left (the in-flight record). Idempotent; a restarted server
+    asks this to learn where the disk ended. `target`, when the caller knows it, is the move's target
+    layer: the answer compares the disk with it, and an unused target file is removed."""
+
+    declared = Declared(Role.BLOCK_JOBS, "cancel_block_job", timeout_s=60.0)
+    type: Literal["cancel_block_job"] = "cancel_block_job"
+    vm_name: str
+    device_id: int
+    target: LayerRef | None = None
+
+
 class PrepareIncoming(AgentCommand[IncomingVm]):
     """At the target host: start the VM paused, waiting for an incoming migration, with the disks named
     in `disks` created empty and exported over NBD (the other disks of the spec are on pools both hosts
@@ -447,6 +475,29 @@ class MigrateVm(AgentCommand[VmReport]):
 class GetMigrationStatus(AgentCommand[MigrationReport]):
     declared = Declared(Role.MIGRATION_SOURCE, "migration_status")
     type: Literal["get_migration_status"] = "get_migration_status"
+    name: str
+
+
+class MigrationPlace(StrEnum):
+    HERE = "here"
+    LEFT = "left"
+
+
+class MigrationOutcome(Message):
+    """Where a VM is once its outgoing migration is cancelled: here (the migration had not completed;
+    it is cancelled and the VM, if it runs, runs here) or left (it completed: the target has the VM)."""
+
+    name: str
+    place: MigrationPlace
+
+
+class CancelMigration(AgentCommand[MigrationOutcome]):
+    """At the source: stop the VM's outgoing migration, whoever started it (the agent task if it still
+    runs, else a migration QEMU still runs after an agent restart). Idempotent; a VM unknown here has
+    left."""
+
+    declared = Declared(Role.MIGRATION_SOURCE, "cancel_migration", timeout_s=60.0)
+    type: Literal["cancel_migration"] = "cancel_migration"
     name: str
 
 

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
+    BlockJobOutcome,
     ConsoleLog,
     DiskSpec,
     ErrorCode,
@@ -21,6 +22,7 @@ from strato.protocol.messages import (
     IncomingDisk,
     LayerInfo,
     LayerRef,
+    MigrationOutcome,
     PoolRef,
     PoolReport,
     Role,
@@ -211,6 +213,12 @@ class BlockJobs(abc.ABC):
     async def block_jobs(self, vm_name: str) -> BlockJobList:
         """The VM's jobs as QEMU reports them: ground truth after an agent or server restart."""
 
+    @abc.abstractmethod
+    async def cancel_block_job(self, vm_name: str, device_id: int, target: LayerRef | None) -> BlockJobOutcome:
+        """Stop the disk's move (the running task, or what an earlier agent life left) and answer where
+        the disk is: source (target closed and removed) or target (pivoted; recorded as the disk's
+        layer). Idempotent."""
+
 
 class MigrationSource(abc.ABC):
     """Sends a running VM to another host whose agent prepared it (`MigrationTarget`)."""
@@ -229,6 +237,11 @@ class MigrationSource(abc.ABC):
     @abc.abstractmethod
     async def migration_status(self, name: str) -> MigrationReport:
         """The migration's progress (query-migrate): ground truth after a restart."""
+
+    @abc.abstractmethod
+    async def cancel_migration(self, name: str) -> MigrationOutcome:
+        """Stop the VM's outgoing migration (the running task, or a migration QEMU still runs after an
+        agent restart) and answer whether the VM is still here or has left. Idempotent."""
 
 
 class MigrationTarget(abc.ABC):

@@ -9,11 +9,13 @@ change, so a restarted simulator agent still has its VMs and layers, as a restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -31,7 +33,9 @@ from strato.agent.drivers.roles import BlockJobs, MigrationSource, MigrationTarg
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     COMMANDS,
+    BlockJobOutcome,
     CdromSpec,
+    DiskPlace,
     DiskSpec,
     DiskStats,
     ErrorCode,
@@ -39,6 +43,8 @@ from strato.protocol.messages import (
     IncomingDisk,
     LayerInfo,
     LayerRef,
+    MigrationOutcome,
+    MigrationPlace,
     PoolRef,
     PoolReport,
     PowerState,
@@ -157,6 +163,10 @@ class SharedStorage:
         _write_atomically(self.path, self.data.model_dump_json())
 
 
+def _same_layer(a: LayerRef, b: LayerRef) -> bool:
+    return a.pool.id == b.pool.id and a.name == b.name
+
+
 def _describe(ref: LayerRef) -> str:
     return f"{ref.pool.path}/{ref.name}"
 
@@ -207,6 +217,8 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
         self._state.storage.pools.setdefault(self.local_pool.id, self.local_pool)
         self._block_jobs: dict[str, dict[int, BlockJobReport]] = {}
         """VM name -> device id -> its running block job (in memory: a job ends with its agent task)."""
+        self._moving: dict[tuple[str, int] | str, asyncio.Task[Any]] = {}
+        """The task running a disk's mirror_disk ((vm, device)) or a VM's migrate_vm (its name)."""
 
     # --- persistence ---------------------------------------------------------------------------------
 
@@ -765,6 +777,18 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
         (or size / speed if longer; the speed can change while it runs), then switches the VM's recorded
         disk to it. Cancelled or failed before the switch: the target record is removed, the VM keeps
         its disk."""
+        async with self._tracked((vm_name, device_id)):
+            return await self._mirror_disk(vm_name, device_id, target, target_backing, bandwidth_bytes_per_s, progress)
+
+    async def _mirror_disk(
+        self,
+        vm_name: str,
+        device_id: int,
+        target: LayerRef,
+        target_backing: LayerRef | None,
+        bandwidth_bytes_per_s: int | None,
+        progress: ProgressFn,
+    ) -> DiskSpec:
         vm = self._running_vm(vm_name)
         disk = next((d for d in vm.spec.disks if d.device_id == device_id), None)
         if disk is None:
@@ -801,6 +825,45 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
             raise
         finally:
             self._block_jobs.get(vm_name, {}).pop(device_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, key: tuple[str, int] | str) -> AsyncIterator[None]:
+        current = asyncio.current_task()
+        if current is not None:
+            self._moving[key] = current
+        try:
+            yield
+        finally:
+            if self._moving.get(key) is current:
+                del self._moving[key]
+
+    async def _stop_task(self, key: tuple[str, int] | str) -> None:
+        task = self._moving.get(key)
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def cancel_block_job(self, vm_name: str, device_id: int, target: LayerRef | None) -> BlockJobOutcome:
+        """Stops the disk's mirror_disk task; the disk is on the target if the VM's recorded disk names
+        it, else a target record left (an agent restarted mid-move) is removed."""
+        await self._stop_task((vm_name, device_id))
+        vm = self._vm(vm_name)
+        disk = next((d for d in vm.spec.disks if d.device_id == device_id), None)
+        if disk is None:
+            raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
+        if target is not None and _same_layer(disk.layer, target):
+            return BlockJobOutcome(place=DiskPlace.TARGET, disk=disk)
+        if target is not None and self._find_layer(target) is not None:
+            await self.remove_layer(target, missing_ok=True)
+        return BlockJobOutcome(place=DiskPlace.SOURCE, disk=disk)
+
+    async def cancel_migration(self, name: str) -> MigrationOutcome:
+        """Stops the VM's migrate_vm task; it left if its migration completed and it no longer runs here."""
+        await self._stop_task(name)
+        vm = self._state.vms.get(name)
+        report = self._state.migrations.get(name)
+        left = vm is None or (report is not None and report.status == "completed" and not vm.running)
+        return MigrationOutcome(name=name, place=MigrationPlace.LEFT if left else MigrationPlace.HERE)
 
     async def _run_mirror(self, job: BlockJobReport, delay: float, progress: ProgressFn) -> None:
         """PROGRESS_STEPS chunks, each taking delay/steps or chunk/speed, whichever is longer (the speed
@@ -923,6 +986,12 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
     ) -> VmReport:
         """Sends the VM's RAM and its exported disks' data (simulated: progress over the configured
         delay, or size/bandwidth if longer), then marks it stopped here. Cancelled: it keeps running."""
+        async with self._tracked(name):
+            return await self._migrate_vm(name, incoming, bandwidth_bytes_per_s, progress)
+
+    async def _migrate_vm(
+        self, name: str, incoming: IncomingVm, bandwidth_bytes_per_s: int | None, progress: ProgressFn
+    ) -> VmReport:
         vm = self._running_vm(name)
         if vm.incoming is not None:
             raise DriverError(ErrorCode.INVALID_STATE, f"VM {name} is itself waiting for an incoming migration")

@@ -325,6 +325,19 @@ class ChainMove:
             assert row is not None and pool is not None
             return parent_id, ref(pool, row.path)
 
+    def made_top_row(self) -> tuple[str, LayerRef] | None:
+        """The new top layer's row if this move made it (for an undo: it makes nothing)."""
+        with self.db.session() as s:
+            row = s.scalar(
+                select(Layer).where(Layer.volume_id == self.volume_id, Layer.pool_id == self.pool_id,
+                                    Layer.creating_job == self.job_id, Layer.frozen.is_(False),
+                                    Layer.removed.is_(None))
+            )  # fmt: skip
+            pool = s.get(StoragePool, self.pool_id)
+            if row is None or pool is None:
+                return None
+            return row.id, ref(pool, row.path)
+
     def new_top_row(self) -> tuple[str, LayerRef]:
         """The row of the new top layer on the target pool (Creating, marked with the job), made once."""
         parent_id, _ = self.target_backing()

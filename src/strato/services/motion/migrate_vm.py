@@ -11,15 +11,14 @@ and the volumes on their new pools (the commit point, in the same step); the tar
 source layers no other disk uses are removed and the source agent forgets the VM.
 
 Before the commit a failure or a cancel leaves the VM running on its source (AbortIncoming removes the
-target's VM and new layers, the copies are removed). A server that died inside the migrate step, after
-the source had handed the VM over, finds the source no longer running it: the undo then finishes the
-move instead of aborting the only running copy, and every later undo sees the database switched and
-leaves the target alone.
+target's VM and new layers, the copies are removed). A server that died inside the migrate step asks the
+source agent to cancel the migration (CancelMigration stops its task, or what QEMU still runs): if the
+VM had already left, the undo finishes the move forward (FinishForward) instead of aborting the only
+running copy.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -32,18 +31,16 @@ from strato.db.models import Host, HypervisorCapability, Layer, StoragePool, Vir
 from strato.db.models.storage import LAYER_CONFIG_DRIVE
 from strato.engine.allocator import reaches
 from strato.engine.jobkinds import JobResult
-from strato.engine.operation import Operation, Step, StepData
+from strato.engine.operation import FinishForward, Operation, Step, StepData
 from strato.errors import InvalidParameter, NotFound
-from strato.protocol.client import AgentCallError
 from strato.protocol.messages import (
     AbortIncoming,
+    CancelMigration,
     CdromSpec,
-    ErrorCode,
     FinishIncoming,
-    GetVm,
     IncomingDisk,
     MigrateVm,
-    PowerState,
+    MigrationPlace,
     PrepareIncoming,
     RemoveVm,
 )
@@ -56,6 +53,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.lookup import get_live
 from strato.services.core.reach import up_hosts
 from strato.services.core.states import vm_to, volume_to
+from strato.services.motion import settle
 from strato.services.motion.chains import ChainMove, copier_between
 from strato.services.motion.vm_rules import (
     WITH_VOLUME,
@@ -469,30 +467,18 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
                 chain.switch(s, tops[chain.volume_id])
 
     def _unmigrate(self) -> None:
-        """Before the switch: nothing to take back while the source still runs the VM (the target's
-        AbortIncoming, undone next, ends a migration still in flight). If the source no longer runs
-        it, the VM went over: the move is finished instead (target runs it, database switched)."""
+        """Undo of the migration: the source agent stops it (its task outlives a dead server) and says
+        whether the VM is still there. Still there: nothing to take back here (AbortIncoming, undone
+        next, removes the target's VM and layers). Left: the move happened, so the database records
+        the VM on its new host and the operation finishes forward (the target runs it, the source
+        layers go)."""
         if self._switched():
-            return
-        source, target, name = self._hosts()
-        with agent_errors(source.name):
-            try:
-                report = host_client(source).call(GetVm(name=name))
-                running = report.power_state in (PowerState.RUNNING, PowerState.PAUSED)
-            except AgentCallError as exc:
-                if exc.code != ErrorCode.NOT_FOUND:
-                    raise
-                running = False
-        if running:
-            return
-        with agent_errors(target.name):
-            host_client(target).call(FinishIncoming(name=name))
-        self._switch_live()
-        for chain in self.chains():
-            with contextlib.suppress(Exception):
-                chain.cleanup_step().run()
-        with contextlib.suppress(Exception):
-            self._forget_source()
+            raise FinishForward("the database already records the VM on its new host")
+        source, _target, name = self._hosts()
+        outcome = settle.ask(host_client(source), source.name, CancelMigration(name=name))
+        if outcome.place == MigrationPlace.LEFT:
+            self._switch_live()
+            raise FinishForward(f"VM {name} had left host {source.name}")
 
     def _finish(self) -> StepData:
         _source, target, name = self._hosts()

@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session
 from strato.db.models import Host, VirtualMachine, Volume
 from strato.engine.context import JobCancelled, JobContext
 from strato.engine.jobkinds import JobResult
-from strato.engine.operation import Operation, Step, StepData
+from strato.engine.operation import FinishForward, Operation, Step, StepData
 from strato.errors import InvalidParameter, InvalidState, ResourceUnavailable
-from strato.protocol.messages import MirrorDisk
+from strato.protocol.messages import CancelBlockJob, DiskPlace, MirrorDisk
 from strato.services.core import jobs
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import vm_to, volume_to
+from strato.services.motion import settle
 from strato.services.motion.chains import ChainMove
 from strato.services.motion.rules import check_move, live_volume, vm_of, wants_live
 from strato.services.storage.volumes import VOLUME_RESULT, get_volume
@@ -81,7 +82,7 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
 
     def steps(self) -> Sequence[Step]:
         top = (
-            Step("mirror top layer", self._mirror, undo=self.chain.remove_copies, commit=True)
+            Step("mirror top layer", self._mirror, undo=self._unmirror, commit=True)
             if self.params.live
             else self.chain.offline_top_step()
         )
@@ -139,6 +140,28 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
                 raise JobCancelled("The job was cancelled; the volume stays on its pool") from None
             raise
         return {"top": top_id}
+
+    def _unmirror(self) -> None:
+        """Undo of the live copy: the agent stops the mirror (its task outlives a dead server) and says
+        where the disk is. On the target (the pivot happened) the move finishes forward; on its source
+        the copies this move made are removed."""
+        made = self.chain.made_top_row()
+        if made is not None and self.params.vm_id:
+            top_id, target = made
+            with self.db.session() as s:
+                vol = s.get(Volume, self.params.volume_id)
+                vm = s.get(VirtualMachine, self.params.vm_id)
+                host = s.get(Host, vm.host_id) if vm is not None and vm.host_id else None
+                device = vol.device_id if vol is not None else None
+                asked = (host_client(host), host.name, vm.instance_name) if host and vm and device is not None else None
+            if asked is not None and device is not None:
+                client, host_name, vm_name = asked
+                outcome = settle.ask(
+                    client, host_name, CancelBlockJob(vm_name=vm_name, device_id=device, target=target)
+                )
+                if outcome.place == DiskPlace.TARGET:
+                    raise FinishForward(f"disk {device} of VM {vm_name} had moved onto the target", {"top": top_id})
+        self.chain.remove_copies()
 
     def _top_id(self) -> str:
         name = "mirror top layer" if self.params.live else "copy top layer"

@@ -35,6 +35,7 @@ from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
 from strato.agent.drivers.roles import MigrationSource, MigrationTarget
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
+    BlockJobOutcome,
     CdromSpec,
     DiskSpec,
     DiskStats,
@@ -43,6 +44,7 @@ from strato.protocol.messages import (
     IncomingDisk,
     LayerInfo,
     LayerRef,
+    MigrationOutcome,
     PoolRef,
     PoolReport,
     PowerState,
@@ -103,6 +105,8 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Laye
         self._started_at = time.time()
         self._swept: set[str] = set()
         self._motion = DiskMotion(self)
+        self._migrations: dict[str, asyncio.Task[Any]] = {}
+        """The task running each VM's outgoing migrate_vm (what cancel_migration stops)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -509,6 +513,9 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Laye
     async def migration_status(self, name: str) -> MigrationReport:
         return await migration.migration_status(self, name)
 
+    async def cancel_migration(self, name: str) -> MigrationOutcome:
+        return await migration.cancel_migration(self, name)
+
     async def pull_layer(
         self,
         source_agent_url: str,
@@ -680,6 +687,9 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Laye
 
     async def block_jobs(self, vm_name: str) -> BlockJobList:
         return await self._motion.block_jobs(vm_name)
+
+    async def cancel_block_job(self, vm_name: str, device_id: int, target: LayerRef | None) -> BlockJobOutcome:
+        return await self._motion.cancel_block_job(vm_name, device_id, target)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
         """One short QMP call on the VM's shared connection: no lock, concurrent calls (and a block

@@ -42,7 +42,15 @@ from strato.agent.drivers.qemu.monitor import (
 )
 from strato.agent.drivers.qemu.process import RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
-from strato.protocol.messages import ErrorCode, IncomingDisk, PowerState, VmReport, VmSpec
+from strato.protocol.messages import (
+    ErrorCode,
+    IncomingDisk,
+    MigrationOutcome,
+    MigrationPlace,
+    PowerState,
+    VmReport,
+    VmSpec,
+)
 from strato.protocol.motion import IncomingVm, MigrationReport, NbdExport
 
 if TYPE_CHECKING:
@@ -395,6 +403,19 @@ async def migrate_vm(
     """Mirror the exported disks, migrate, switch over at pre-switchover; then quit here."""
     if bandwidth is not None and bandwidth <= 0:
         raise DriverError(ErrorCode.BAD_REQUEST, "bandwidth must be positive")
+    current = asyncio.current_task()
+    if current is not None:
+        drv._migrations[name] = current
+    try:
+        return await _migrate_vm(drv, name, incoming, bandwidth, progress)
+    finally:
+        if drv._migrations.get(name) is current:
+            del drv._migrations[name]
+
+
+async def _migrate_vm(
+    drv: QemuDriver, name: str, incoming: IncomingVm, bandwidth: int | None, progress: ProgressFn
+) -> VmReport:
     run = drv._existing(name)
     async with drv._vm_locks[name]:
         spec = drv._running_spec(run)
@@ -502,6 +523,48 @@ async def _roll_back(
             status = await monitor.execute("query-status")
             if status.get("status") in _PAUSED_BY_MIGRATION:
                 await monitor.execute("cont")
+
+
+async def cancel_migration(drv: QemuDriver, name: str) -> MigrationOutcome:
+    """Stop the running migrate_vm (before the switch-over it rolls back; after it, it finishes), then
+    settle from QEMU: a migration it still runs without an agent task (the agent restarted) is
+    cancelled unless it completed. The VM left when the migration completed (QEMU says so, or the
+    report written at the end); a VM this agent does not know has left too."""
+    task = drv._migrations.get(name)
+    if task is not None and not task.done() and task is not asyncio.current_task():
+        task.cancel()
+        await asyncio.wait([task])
+    run = drv._run(name)
+    if not run.spec_json.is_file():
+        return MigrationOutcome(name=name, place=MigrationPlace.LEFT)
+    async with drv._vm_locks[name]:
+        if process.live_pid(run) is not None:
+            monitor = drv.monitor(name)
+            status = str((await monitor.execute("query-migrate")).get("status", "none"))
+            if status == "device":  # switching over: wait for its end
+                with contextlib.suppress(DriverError):
+                    await _wait_migration(monitor, {"completed"}, 60.0)
+                status = str((await monitor.execute("query-migrate")).get("status", "none"))
+            if status == "completed":
+                return MigrationOutcome(name=name, place=MigrationPlace.LEFT)
+            jobs = BlockJobs(monitor)
+            job_ids = {j.id for j in await jobs.list() if j.id.startswith("migrate-disk")}
+            nodes = [
+                str(n.get("node-name"))
+                for n in await monitor.execute("query-named-block-nodes", {"flat": True})
+                if str(n.get("node-name")).startswith("migrate-disk") and str(n.get("node-name")).endswith("-nbd")
+            ]
+            migrating = status not in ("none", "cancelled", "failed")
+            if migrating or job_ids or nodes:
+                log.info("VM %s: cancelling a leftover migration (%s, jobs %s)", name, status, sorted(job_ids))
+                await _shielded(_roll_back(monitor, jobs, job_ids, nodes, migrating, was_running=True))
+            return MigrationOutcome(name=name, place=MigrationPlace.HERE)
+        try:
+            report = MigrationReport.model_validate_json((run.path / MIGRATION_FILE).read_text())
+        except (OSError, ValueError):
+            report = None
+        left = report is not None and report.status == "completed"
+        return MigrationOutcome(name=name, place=MigrationPlace.LEFT if left else MigrationPlace.HERE)
 
 
 def _write_report(run: RunDir, report: MigrationReport) -> None:

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from strato.agent.drivers.base import DriverError, ProgressFn
-from strato.agent.drivers.qemu import layers, pools
+from strato.agent.drivers.qemu import layers, pools, process
 from strato.agent.drivers.qemu.blockjobs import ENDED, BlockJobs, CopyMode, JobInfo, Sync
 from strato.agent.drivers.qemu.monitor import JOB_EVENTS, EventsMissed, job_match
 from strato.agent.drivers.qemu.process import RunDir
-from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef
+from strato.protocol.messages import BlockJobOutcome, DiskPlace, DiskSpec, ErrorCode, LayerRef
 from strato.protocol.motion import BlockJobKind, BlockJobList, BlockJobReport
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ class DiskMotion:
         self.driver = driver
         self.stall_s = stall_s
         self._disk_locks: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._moving: dict[tuple[str, int], asyncio.Task[Any]] = {}
+        """The task running each disk's mirror_disk (what cancel_block_job stops)."""
 
     # --- the move -----------------------------------------------------------------------------------
 
@@ -111,6 +113,29 @@ class DiskMotion:
         backing_path = pools.layer_path(target_backing) if target_backing is not None else None
         if backing_path is not None and not backing_path.is_file():
             raise DriverError(ErrorCode.NOT_FOUND, f"backing layer {target_backing.name} not found")  # type: ignore[union-attr]
+        key = (vm_name, device_id)
+        current = asyncio.current_task()
+        if current is not None:
+            self._moving[key] = current
+        try:
+            return await self._mirror_disk(run, vm_name, device_id, target, target_path, backing_path, bandwidth,
+                                           progress)  # fmt: skip
+        finally:
+            if self._moving.get(key) is current:
+                del self._moving[key]
+
+    async def _mirror_disk(
+        self,
+        run: RunDir,
+        vm_name: str,
+        device_id: int,
+        target: LayerRef,
+        target_path: Path,
+        backing_path: Path | None,
+        bandwidth: int | None,
+        progress: ProgressFn,
+    ) -> DiskSpec:
+        drv = self.driver
         async with self._disk_locks[(vm_name, device_id)]:
             spec = drv._running_spec(run)
             disk = next((d for d in spec.disks if d.device_id == device_id), None)
@@ -130,9 +155,7 @@ class DiskMotion:
                 )
             await self._discard_leftover(run, jobs, device_id, source)
             sync: Sync = "top" if backing_path is not None else "full"
-            nodes = await self._mirror(
-                run, jobs, device_id, source, target_path, backing_path, sync, bandwidth, progress
-            )
+            nodes = await self._mirror(run, jobs, device_id, source, target, backing_path, sync, bandwidth, progress)
             # Pivoted: from here on nothing is deleted.
             await self._drop_old_top(run, source.node)
             moved = await self._record(run, device_id, target)
@@ -146,7 +169,7 @@ class DiskMotion:
         jobs: BlockJobs,
         device_id: int,
         source: _Source,
-        path: Path,
+        target: LayerRef,
         backing: Path | None,
         sync: Sync,
         bandwidth: int | None,
@@ -155,9 +178,10 @@ class DiskMotion:
         """Mirror until READY (restarting in write-blocking mode if it does not converge), then pivot;
         returns the target's nodes, now the disk's top."""
         job = job_id(device_id)
+        path = pools.layer_path(target)
         copy_mode: CopyMode = "background"
         while True:
-            nodes = await self._start(run, jobs, device_id, source, path, backing, sync, bandwidth, copy_mode)
+            nodes = await self._start(run, jobs, device_id, source, target, backing, sync, bandwidth, copy_mode)
             try:
                 ready = await self._wait_ready(jobs, job, progress, converge=copy_mode == "background")
                 if ready is None:
@@ -190,7 +214,7 @@ class DiskMotion:
         jobs: BlockJobs,
         device_id: int,
         source: _Source,
-        path: Path,
+        target: LayerRef,
         backing: Path | None,
         sync: Sync,
         bandwidth: int | None,
@@ -198,9 +222,11 @@ class DiskMotion:
     ) -> tuple[str, str]:
         """Create the target file, record it, open it (backing chain from its header) and start the job."""
         nodes = _target_nodes(device_id)
+        path = pools.layer_path(target)
         await layers.create(path, source.virtual_size, backing)
         try:
-            _record_path(run, device_id).write_text(json.dumps({"target": str(path), "nodes": list(nodes)}))
+            record = {"target": str(path), "nodes": list(nodes), "layer": target.model_dump(mode="json")}
+            _record_path(run, device_id).write_text(json.dumps(record))
             await jobs.add_target(job_id(device_id), path, nodes=nodes)
             await jobs.start_mirror(
                 job_id(device_id), source.node, nodes[1], sync, bandwidth or None, copy_mode, buf_size(bandwidth)
@@ -322,6 +348,64 @@ class DiskMotion:
                 return _Source(node, path, int(image["virtual-size"]), has_backing)
         raise DriverError(ErrorCode.NOT_FOUND, f"no block node {node} for disk {device_id}")
 
+    # --- cancel, also after an agent or server restart ----------------------------------------------
+
+    async def cancel_block_job(self, vm_name: str, device_id: int, target: LayerRef | None) -> BlockJobOutcome:
+        """Stop the running mirror_disk (it unwinds itself: back to the source unless it pivoted), then
+        settle from what QEMU says: a device reading the target is recorded there (an agent that died
+        between the pivot and its record), otherwise a leftover job, target nodes and file go."""
+        drv = self.driver
+        run = drv._existing(vm_name)
+        task = self._moving.get((vm_name, device_id))
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
+        async with self._disk_locks[(vm_name, device_id)]:
+            recorded, recorded_layer = _read_record(run, device_id)
+            targets = {os.path.realpath(p) for p in (recorded, pools.layer_path(target) if target else None) if p}
+            layer = target or recorded_layer
+            spec = run.read_spec()
+            disk = next((d for d in spec.disks if d.device_id == device_id), None) if spec else None
+            if disk is None:
+                raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no disk {device_id}")
+            if process.live_pid(run) is None:
+                # Not running: the recorded spec is where the disk is (a pivot is recorded before the
+                # in-flight record goes).
+                in_use = os.path.realpath(pools.layer_path(disk.layer))
+                if in_use in targets:
+                    _record_path(run, device_id).unlink(missing_ok=True)
+                    return BlockJobOutcome(place=DiskPlace.TARGET, disk=disk)
+                _remove_unused(targets, in_use)
+                _record_path(run, device_id).unlink(missing_ok=True)
+                return BlockJobOutcome(place=DiskPlace.SOURCE, disk=disk)
+            jobs = drv.jobs_of(vm_name)
+            source = await self._source(run, device_id)
+            if source.path in targets:
+                with contextlib.suppress(DriverError):
+                    await jobs.dismiss(job_id(device_id))
+                await self._close_old_tops(run, device_id, source)
+                moved = await self._record(run, device_id, layer) if layer is not None else disk
+                _record_path(run, device_id).unlink(missing_ok=True)
+                log.info("disk %d of VM %s: the move had pivoted; it stands", device_id, vm_name)
+                return BlockJobOutcome(place=DiskPlace.TARGET, disk=moved)
+            await self._discard_leftover(run, jobs, device_id, source)
+            _remove_unused(targets, source.path)
+            return BlockJobOutcome(place=DiskPlace.SOURCE, disk=disk)
+
+    async def _close_old_tops(self, run: RunDir, device_id: int, source: _Source) -> None:
+        """After a pivot the agent did not see through: close this disk's nodes the device no longer
+        reads (the old top, which holds the source file open)."""
+        in_use = {source.node, _file_node(source.node)}
+        found = await self.driver._qmp(run, "query-named-block-nodes", {"flat": True})
+        names = [str(n.get("node-name")) for n in found]
+        first = process.disk_node_names(device_id)
+        mine = [n for n in names if (n in first or n.startswith(f"disk{device_id}-m")) and n not in in_use]
+        for node in sorted(mine, key=lambda n: not n.endswith("-fmt")):
+            try:
+                await self.driver._blockdev_del(run, node)
+            except DriverError as exc:
+                log.warning("node %s of VM %s not closed: %s", node, run.path.name, exc)
+
     # --- speed and listing --------------------------------------------------------------------------
 
     async def set_block_job_speed(self, vm_name: str, device_id: int, bandwidth: int) -> BlockJobReport:
@@ -374,6 +458,27 @@ class DiskMotion:
                 )
             )
         return BlockJobList(jobs=reports)
+
+
+def _read_record(run: RunDir, device_id: int) -> tuple[str | None, LayerRef | None]:
+    """(target path, target layer) of the move in flight recorded for the disk, if any."""
+    try:
+        data = json.loads(_record_path(run, device_id).read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    layer = None
+    with contextlib.suppress(ValueError, TypeError):
+        layer = LayerRef.model_validate(data.get("layer")) if data.get("layer") else None
+    target = data.get("target")
+    return (str(target) if target else None), layer
+
+
+def _remove_unused(paths: set[str], in_use: str) -> None:
+    for path in paths:
+        if path != in_use:
+            Path(path).unlink(missing_ok=True)
 
 
 def _record_path(run: RunDir, device_id: int) -> Path:
