@@ -250,11 +250,6 @@ def test_fault_matrix_of_a_live_move_on_qemu(cloud: Cloud) -> None:
 # --- (c) the agent killed (-9) and restarted during a live move -----------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="the undo's layer removals need the host Up again (host_for), and the server still "
-    "holds it Down for a while after the agent restarts: the target row stays Creating",
-    strict=False,
-)
 def test_agent_killed_during_a_live_move_on_qemu(cloud: Cloud) -> None:
     vm, vol_id = _writing_vm(cloud, loop_s=60)
     try:

@@ -40,6 +40,21 @@ def host_for(
     raise ResourceUnavailable(f"No host that is Up reaches all of: {names}")
 
 
+def host_for_cleanup(session: Session, pools: Iterable[StoragePool]) -> Host:
+    """A host to remove files with: an Up one reaching the pools, else any live host reaching them
+    (a host whose agent has just restarted is Up again only at its next state report, and the undo of
+    a failed step should not leave a file behind for that); the call fails if that agent is gone."""
+    pools = list(pools)
+    try:
+        return host_for(session, pools)
+    except ResourceUnavailable:
+        rest = session.scalars(select(Host).where(Host.removed.is_(None)).order_by(Host.created))
+        found = next((h for h in rest if all(host_reaches(h, p) for p in pools)), None)
+        if found is None:
+            raise
+        return found
+
+
 def pool_ref(pool: StoragePool) -> PoolRef:
     """A pool as the agent addresses it (id and path)."""
     return PoolRef(id=pool.id, path=pool.path)

@@ -21,7 +21,7 @@ from strato.engine.context import JobContext
 from strato.errors import InvalidState, ResourceInUse, ResourceUnavailable
 from strato.protocol.messages import CopyLayer, CreateLayer, LayerInfo, LayerRef, RemoveLayer
 from strato.services.core.agents import agent_errors, host_client
-from strato.services.core.reach import host_for, pool_ref, store_ref
+from strato.services.core.reach import host_for, host_for_cleanup, pool_ref, store_ref
 
 ProgressFn = Callable[[int, int], None]
 
@@ -139,7 +139,7 @@ def remove_unfinished_layer(db: Database, layer_id: str) -> None:
             return
         pool = s.get(StoragePool, row.pool_id)
         assert pool is not None
-        host = host_for(s, [pool])
+        host = host_for_cleanup(s, [pool])
         client, host_name, target = host_client(host), host.name, ref(pool, row.path)
     with agent_errors(host_name):
         client.call(RemoveLayer(layer=target, missing_ok=True))
@@ -247,7 +247,7 @@ def remove_layer_file(db: Database, layer_id: str) -> None:
             raise ResourceInUse(f"Layer {layer.path} still backs layer {child.path}")
         pool = s.get(StoragePool, layer.pool_id)
         assert pool is not None
-        host = host_for(s, [pool])
+        host = host_for_cleanup(s, [pool])
         target = ref(pool, layer.path)
         client, host_name = host_client(host), host.name
     with agent_errors(host_name):
