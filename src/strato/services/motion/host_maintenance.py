@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,11 @@ IN_MAINTENANCE = ("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance")
 
 class HostParams(BaseModel):
     id: str
+
+
+class HostMaintenanceParams(HostParams):
+    bandwidth_mib: int | None = Field(default=None, ge=1)
+    """The `bandwidth` parameter: each VM's move limited to it, in MiB/s."""
 
 
 def running_vms(session: Session, host_id: str) -> list[VirtualMachine]:
@@ -134,11 +139,11 @@ def _disk_moves(
     return moves, None
 
 
-class PrepareHostForMaintenance(Operation[HostParams]):
+class PrepareHostForMaintenance(Operation[HostMaintenanceParams]):
     kind: ClassVar[str] = "host.maintenance"
     cmd: ClassVar[str] = "prepareHostForMaintenance"
     event: ClassVar[str | None] = "MAINT.PREPARE"
-    params_model = HostParams
+    params_model = HostMaintenanceParams
     resumable: ClassVar[bool] = True
 
     @classmethod
@@ -164,7 +169,9 @@ class PrepareHostForMaintenance(Operation[HostParams]):
         with self.db.session() as s:
             host = s.get(Host, self.params.id)
             assert host is not None
-            return {"plan": [p.model_dump(mode="json") for p in plan_moves(s, host)]}
+            plan = plan_moves(s, host)
+        speed = self.params.bandwidth_mib * MIB if self.params.bandwidth_mib else None
+        return {"plan": [p.model_copy(update={"bandwidth_bytes_per_s": speed}).model_dump(mode="json") for p in plan]}
 
     def _move_vms(self) -> StepData:
         plan = [MigrateVmParams.model_validate(p) for p in self.output("plan moves").get("plan") or []]
@@ -246,13 +253,14 @@ class CancelHostMaintenance(Operation[HostParams]):
         return {"type": "host", "id": self.params.id}
 
 
-def prepare_maintenance(ctx: CallContext, host_id: str) -> str:
+def prepare_maintenance(ctx: CallContext, host_id: str, bandwidth_mib: int | None = None) -> str:
     """Queues the maintenance of a host; the job refuses new work on it as its first step. A running VM
     with nowhere to go is refused at once."""
     host = get_live(ctx.session, Host, host_id, "host")
     if host.resource_state not in ("PrepareForMaintenance", "Maintenance"):
         plan_moves(ctx.session, host)
-    return jobs.submit_operation(ctx, PrepareHostForMaintenance, HostParams(id=host.id), "Host", host.id)
+    params = HostMaintenanceParams(id=host.id, bandwidth_mib=bandwidth_mib)
+    return jobs.submit_operation(ctx, PrepareHostForMaintenance, params, "Host", host.id)
 
 
 def cancel_maintenance(ctx: CallContext, host_id: str) -> str:

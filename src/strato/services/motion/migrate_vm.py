@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -68,6 +68,7 @@ from strato.services.motion.vm_rules import (
 )
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import ref, remove_layer_file, remove_unfinished_layer
+from strato.units import MIB
 
 
 class DiskMove(BaseModel):
@@ -85,7 +86,9 @@ class MigrateVmParams(BaseModel):
     """storageid: every disk of the stopped VM moves there, offline."""
     moves: list[DiskMove] = []
     """Live: the disks that change pool (listed in migrateto, on another pool than today's)."""
-    bandwidth_bytes_per_s: int | None = None
+    bandwidth_bytes_per_s: int | None = Field(default=None, ge=1)
+    """The `bandwidth` parameter (MiB/s at the API) in bytes/s: every layer copy or pull, the disks'
+    mirrors and the RAM stream of this move; None: unlimited."""
 
 
 # --- the rules -----------------------------------------------------------------------------------------
@@ -555,7 +558,8 @@ def migrate(ctx: CallContext, args: dict[str, Any]) -> str:
         )
     vm = _vm(ctx, args)
     params = MigrateVmParams(vm_id=vm.id, host_id=host_id, pool_id=pool_id,
-                             source_host_id=vm.host_id if host_id else None)  # fmt: skip
+                             source_host_id=vm.host_id if host_id else None,
+                             bandwidth_bytes_per_s=_bytes_per_s(args))  # fmt: skip
     return jobs.submit_operation(ctx, MigrateVirtualMachine, params, "VirtualMachine", vm.id)
 
 
@@ -578,8 +582,15 @@ def migrate_with_volume(ctx: CallContext, args: dict[str, Any]) -> str:
             raise InvalidParameter(f"Volume {ids['volume']} (migrateto[{i}].volume) is not a disk of VM {vm.name}")
         if vol.pool_id != ids["pool"]:
             moves.append(DiskMove(volume_id=vol.id, pool_id=ids["pool"]))
-    params = MigrateVmParams(vm_id=vm.id, host_id=args["hostid"], source_host_id=vm.host_id, moves=moves)
+    params = MigrateVmParams(vm_id=vm.id, host_id=args["hostid"], source_host_id=vm.host_id, moves=moves,
+                             bandwidth_bytes_per_s=_bytes_per_s(args))  # fmt: skip
     return jobs.submit_operation(ctx, MigrateVirtualMachineWithVolume, params, "VirtualMachine", vm.id)
+
+
+def _bytes_per_s(args: dict[str, Any]) -> int | None:
+    """The `bandwidth` parameter (MiB/s, checked positive by its declaration) in bytes per second."""
+    mib = args.get("bandwidth")
+    return int(mib) * MIB if mib else None
 
 
 def _uuid(raw: str, param: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,12 +36,18 @@ from strato.services.core.settings import allocation_limits
 from strato.services.motion.migrate_volume import MigrateVolume, MigrateVolumeParams
 from strato.services.motion.rules import bytes_needed, unsuitable, vm_of, wants_live
 from strato.services.storage.layers import ref, remove_layer_file
+from strato.units import MIB
 
 IN_MAINTENANCE = ("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance")
 
 
 class PoolParams(BaseModel):
     id: str
+
+
+class PoolMaintenanceParams(PoolParams):
+    bandwidth_mib: int | None = Field(default=None, ge=1)
+    """The `bandwidth` parameter: each disk's move (and config drive copy) limited to it, in MiB/s."""
 
 
 def volumes_on(session: Session, pool_id: str) -> list[Volume]:
@@ -99,11 +105,11 @@ def plan_targets(session: Session, pool: StoragePool) -> dict[str, str]:
     return plan
 
 
-class EnableStorageMaintenance(Operation[PoolParams]):
+class EnableStorageMaintenance(Operation[PoolMaintenanceParams]):
     kind: ClassVar[str] = "pool.maintenance"
     cmd: ClassVar[str] = "enableStorageMaintenance"
     event: ClassVar[str | None] = "MAINT.PREPARE.PS"
-    params_model = PoolParams
+    params_model = PoolMaintenanceParams
     resumable: ClassVar[bool] = True
 
     @classmethod
@@ -169,7 +175,8 @@ class EnableStorageMaintenance(Operation[PoolParams]):
             assert vol is not None
             vm = vm_of(s, vol)
             params = MigrateVolumeParams(volume_id=vol.id, pool_id=target, live=wants_live(vm),
-                                         vm_id=vm.id if vm else None)  # fmt: skip
+                                         vm_id=vm.id if vm else None,
+                                         bandwidth_mib=self.params.bandwidth_mib)  # fmt: skip
         return submit_child(self.job, MigrateVolume, params, "Volume", volume_id)
 
     def _move_config_drives(self) -> StepData:
@@ -204,7 +211,8 @@ class EnableStorageMaintenance(Operation[PoolParams]):
             s.flush()
             new_id, src_ref, dst_ref = new.id, ref(source, old.path), ref(target, new.path)
         with agent_errors(host_name):
-            client.run_long(CopyLayer(source=src_ref, target=dst_ref))
+            bandwidth = self.params.bandwidth_mib * MIB if self.params.bandwidth_mib else None
+            client.run_long(CopyLayer(source=src_ref, target=dst_ref, bandwidth_bytes_per_s=bandwidth))
         with self.db.session() as s:
             row = s.get(Layer, new_id)
             assert row is not None
@@ -258,7 +266,8 @@ def enable_maintenance(ctx: CallContext, args: dict[str, Any]) -> str:
     if jobs.active_on(ctx.session, f"poolmaintenance:{pool.id}"):
         raise InvalidState(f"Parameter id: storage pool {pool.name} is already entering or leaving maintenance")
     plan_targets(ctx.session, pool)  # refuse at once what the job would refuse
-    return jobs.submit_operation(ctx, EnableStorageMaintenance, PoolParams(id=pool.id), "StoragePool", pool.id)
+    params = PoolMaintenanceParams(id=pool.id, bandwidth_mib=args.get("bandwidth"))
+    return jobs.submit_operation(ctx, EnableStorageMaintenance, params, "StoragePool", pool.id)
 
 
 def cancel_maintenance(ctx: CallContext, args: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from strato.agent.drivers.base import DriverError, ProgressFn
+from strato.agent.drivers.base import DriverError, ProgressFn, report_phase
 from strato.agent.drivers.qemu import layers, pools
 from strato.agent.drivers.qemu.blockjobs import ENDED, BlockJobs, CopyMode, JobInfo, Sync
 from strato.agent.drivers.qemu.monitor import JOB_EVENTS, EventsMissed, job_match
@@ -156,6 +156,7 @@ class DiskMotion:
         returns the target's nodes, now the disk's top."""
         job = job_id(device_id)
         copy_mode: CopyMode = "background"
+        report_phase(f"mirroring disk {device_id} (background copy)")
         while True:
             nodes = await self._start(run, jobs, device_id, source, path, backing, sync, bandwidth, copy_mode)
             try:
@@ -169,7 +170,12 @@ class DiskMotion:
                     )
                     await self._abandon(run, jobs, device_id, nodes, path)
                     copy_mode = "write-blocking"
+                    report_phase(
+                        f"mirror of disk {device_id} restarted in write-blocking mode: the guest writes "
+                        "faster than the background copy ran"
+                    )
                     continue
+                report_phase(f"mirror of disk {device_id} in sync ({copy_mode}): pivoting")
                 await jobs.complete(job)
             except BaseException:
                 # Cancelled or failed: unless the device already reads the target, back to the source.
