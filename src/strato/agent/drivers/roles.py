@@ -8,9 +8,8 @@ can pass the command's fields in order; a long-running command's method also tak
 
 from __future__ import annotations
 
-import contextvars
-
 import abc
+import contextvars
 from collections.abc import Callable
 from typing import ClassVar, Literal
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from strato.api import views
+from strato.api.commands.motion import BANDWIDTH
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
-from strato.api.commands.motion import BANDWIDTH
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page

@@ -14,7 +14,7 @@ queued by the VMs they lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -39,6 +39,7 @@ from strato.services.motion.migrate_vm import (
     MigrateVirtualMachineWithVolume,
     MigrateVmParams,
 )
+from strato.services.motion.progress import MoveProgress, child_report, vm_part
 from strato.services.motion.rules import missing_tags
 from strato.services.motion.vm_rules import host_problem
 from strato.services.storage.disks import attached_volumes
@@ -146,6 +147,10 @@ class PrepareHostForMaintenance(Operation[HostMaintenanceParams]):
     params_model = HostMaintenanceParams
     resumable: ClassVar[bool] = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress: MoveProgress | None = None
+
     @classmethod
     def resources(cls, params: HostParams) -> list[str]:
         return [f"host:{params.id}"]
@@ -170,25 +175,41 @@ class PrepareHostForMaintenance(Operation[HostMaintenanceParams]):
             host = s.get(Host, self.params.id)
             assert host is not None
             plan = plan_moves(s, host)
+            parts = []
+            for p in plan:
+                vm = s.get(VirtualMachine, p.vm_id)
+                assert vm is not None
+                parts.append(vm_part(s, vm, [(m.volume_id, m.pool_id) for m in p.moves]))
         speed = self.params.bandwidth_mib * MIB if self.params.bandwidth_mib else None
-        return {"plan": [p.model_copy(update={"bandwidth_bytes_per_s": speed}).model_dump(mode="json") for p in plan]}
+        plan = [p.model_copy(update={"bandwidth_bytes_per_s": speed}) for p in plan]
+        return {"plan": [p.model_dump(mode="json") for p in plan], "parts": parts}
+
+    def tracker(self) -> MoveProgress:
+        """A part per VM planned to move (its RAM and moving disks; the child's progress a fraction of it)."""
+        if self._progress is None:
+            self._progress = MoveProgress(self.job, list(self.output("plan moves").get("parts") or []))
+        return self._progress
 
     def _move_vms(self) -> StepData:
         plan = [MigrateVmParams.model_validate(p) for p in self.output("plan moves").get("plan") or []]
+        tracker = self.tracker()
         for index, params in enumerate(plan):
             with self.db.session() as s:
                 vm = s.get(VirtualMachine, params.vm_id)
                 gone = vm is None or vm.removed is not None or vm.host_id != self.params.id or vm.state == "Stopped"
             if gone:
+                tracker.complete(params.vm_id)  # nothing left to move for it
                 continue  # moved (by an earlier run of this step), stopped or destroyed meanwhile
             operation = MigrateVirtualMachineWithVolume if params.moves else MigrateVirtualMachine
             child = active_job_on(self.job, f"vm:{params.vm_id}", operation.kind)
             if child is None:
                 child = submit_child(self.job, operation, params, "VirtualMachine", params.vm_id)
+            report = child_report(tracker, params.vm_id, f"VM {index + 1} of {len(plan)}")
             try:
-                wait_child(self.job, child, index, len(plan))
+                wait_child(self.job, child, index, len(plan), report=report)
             except ChildFailed as exc:
                 raise ResourceUnavailable(f"Moving a VM off the host failed: {exc.text}") from None
+            tracker.complete(params.vm_id)
         return {}
 
     def _set(self, state: str) -> None:

@@ -34,6 +34,7 @@ from strato.services.core.lookup import get_live
 from strato.services.core.reach import up_hosts
 from strato.services.core.settings import allocation_limits
 from strato.services.motion.migrate_volume import MigrateVolume, MigrateVolumeParams
+from strato.services.motion.progress import MoveProgress, child_report, disk_part
 from strato.services.motion.rules import bytes_needed, unsuitable, vm_of, wants_live
 from strato.services.storage.layers import ref, remove_layer_file
 from strato.units import MIB
@@ -112,6 +113,10 @@ class EnableStorageMaintenance(Operation[PoolMaintenanceParams]):
     params_model = PoolMaintenanceParams
     resumable: ClassVar[bool] = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress: MoveProgress | None = None
+
     @classmethod
     def resources(cls, params: PoolParams) -> list[str]:
         # Not pool:<id>: the moves this job queues must be able to run while it waits for them.
@@ -145,13 +150,25 @@ class EnableStorageMaintenance(Operation[PoolMaintenanceParams]):
         with self.db.session() as s:
             pool = s.get(StoragePool, self.params.id)
             assert pool is not None
-            return {"plan": plan_targets(s, pool)}
+            plan = plan_targets(s, pool)
+            parts = [disk_part(s, vol, plan[vol.id]) for vol in volumes_on(s, pool.id) if vol.id in plan]
+            return {"plan": plan, "parts": parts}
+
+    def tracker(self) -> MoveProgress:
+        """A part per disk planned to move (the child move's progress as a fraction of it)."""
+        if self._progress is None:
+            self._progress = MoveProgress(self.job, list(self.output("plan moves").get("parts") or []))
+        return self._progress
 
     def _move_disks(self) -> StepData:
         plan: dict[str, str] = dict(self.output("plan moves").get("plan") or {})
         with self.db.session() as s:
             left = [v.id for v in volumes_on(s, self.params.id)]
         total = max(len(plan), 1)
+        tracker = self.tracker()
+        for volume_id in plan:
+            if volume_id not in left:
+                tracker.complete(volume_id)  # moved by an earlier run of this step
         for index, volume_id in enumerate(left):
             target = plan.get(volume_id)
             if target is None:
@@ -159,10 +176,12 @@ class EnableStorageMaintenance(Operation[PoolMaintenanceParams]):
             child = active_job_on(self.job, f"volume:{volume_id}", MigrateVolume.kind)
             if child is None:
                 child = self._submit_move(volume_id, target)
+            report = child_report(tracker, volume_id, f"volume {index + 1} of {len(left)}")
             try:
-                wait_child(self.job, child, index, total)
+                wait_child(self.job, child, index, total, report=report)
             except ChildFailed as exc:
                 raise ResourceUnavailable(f"Moving a disk off the pool failed: {exc.text}") from None
+            tracker.complete(volume_id)
         with self.db.session() as s:
             still = [v.name for v in volumes_on(s, self.params.id)]
         if still:
