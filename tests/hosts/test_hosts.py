@@ -85,6 +85,7 @@ def test_hypervisor_capabilities_follow_what_the_hosts_reported(
     [row] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
     assert (row["storagemotionenabled"], row["vmsnapshotenabled"]) == (True, False)
     assert row["maxdatavolumeslimit"] == 24
+    assert api.listCapabilities()["capability"]["storagemotionenabled"] is True  # some hosts can move disks
     try:
         api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=40, vmsnapshotenabled=True)
         [more] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]

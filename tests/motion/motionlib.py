@@ -76,3 +76,33 @@ def wait_progress(api: CloudStack, job_id: str, timeout: float = 30) -> dict[str
             return dict(job)
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} reported no progress")
+
+
+def watch_job(api: CloudStack, job_id: str, timeout: float = 120) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Samples the job (queryAsyncJobResult) while it runs: (the samples taken while running, the end)."""
+    samples: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = dict(api.queryAsyncJobResult(jobid=job_id))
+        if job.get("jobstatus") != 0:
+            return samples, job
+        samples.append(job)
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still running after {timeout} s")
+
+
+def assert_honest_progress(samples: list[dict[str, Any]]) -> None:
+    """What a client sees while a move runs: done and the percentage never go back, the total is the
+    same throughout once known, and the per-part figures (jobprogressparts) add up to the job's."""
+    shown = [s for s in samples if s.get("jobprogresstotal")]
+    assert shown, "the job never showed progress"
+    assert len({s["jobprogresstotal"] for s in shown}) == 1, sorted({s["jobprogresstotal"] for s in shown})
+    dones = [s["jobprogressdone"] for s in shown]
+    percents = [s["jobprogress"] for s in shown]
+    assert dones == sorted(dones) and percents == sorted(percents), (dones, percents)
+    for s in shown:
+        parts = s.get("jobprogressparts") or []
+        assert parts, s
+        assert sum(p["done"] for p in parts) == s["jobprogressdone"], parts
+        assert sum(p["total"] for p in parts) == s["jobprogresstotal"], parts
+        assert all(0 <= p["done"] <= p["total"] for p in parts), parts

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from strato.agent.agentlog import get_logger
 from strato.agent.drivers.base import DriverError, ProgressFn
+from strato.agent.drivers.roles import set_phase_sink
 from strato.protocol.messages import AgentError, ErrorCode, TaskReport, TaskState
 
 log = get_logger("tasks")
@@ -27,6 +28,7 @@ class _Task:
     state: TaskState = TaskState.RUNNING
     done: int = 0
     total: int = 0
+    phase: str | None = None
     answer: dict[str, object] | None = None
     error: AgentError | None = None
     finished_at: float | None = None
@@ -39,6 +41,7 @@ class _Task:
             state=self.state,
             progress_done=self.done,
             progress_total=self.total,
+            phase=self.phase,
             answer=self.answer,
             error=self.error,
         )
@@ -67,6 +70,12 @@ class TaskRegistry:
         return task.task_id
 
     async def _run(self, task: _Task, body: TaskBody, progress: ProgressFn) -> None:
+        def phase(text: str) -> None:
+            if text != task.phase:
+                log.info("task phase", extra={"task_id": task.task_id, "command": task.command, "phase": text})
+            task.phase = text
+
+        set_phase_sink(phase)  # this asyncio task's own context: seen by the body and the tasks it starts
         try:
             answer = await body(progress)
         except asyncio.CancelledError:

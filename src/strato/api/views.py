@@ -313,6 +313,10 @@ def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
         "jobprogressdone": j.progress_done,
         "jobprogresstotal": j.progress_total,
         "jobsteps": j.steps or [],
+        # Strato: the parts the progress adds up from (each disk moved, the RAM of a migration) and
+        # what the job is doing now.
+        "jobprogressparts": _progress_parts(j) or None,
+        "jobprogressphase": (j.progress_detail or {}).get("phase") if j.status == "running" else None,
     }
     if j.status in ("succeeded", "failed", "cancelled"):
         out["jobresult"] = _job_result(session, j, admin)
@@ -321,6 +325,15 @@ def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
         out["account"] = acct.name
         out.update(domain_fields(session, acct.domain_id))
     return clean(out)
+
+
+def _progress_parts(j: Job) -> list[dict[str, Any]]:
+    """The parts as recorded; a succeeded job's all done (the runner completes its totals too)."""
+    parts = [dict(p) for p in (j.progress_detail or {}).get("parts") or [] if isinstance(p, dict)]
+    if j.status == "succeeded":
+        for part in parts:
+            part["done"] = part.get("total", 0)
+    return parts
 
 
 def _job_result(session: Session, j: Job, admin: bool) -> dict[str, Any]:

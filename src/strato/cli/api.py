@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from strato.cli.apiclient import ApiError, Profile, StratoApi, login_for_keys
@@ -78,26 +78,54 @@ def _show_help(api: StratoApi, command: str) -> None:
 
 
 def _follow(api: StratoApi, job_id: str) -> dict[str, Any]:
+    """A bar for the job as it runs: a percentage, or, for a move (a job listing the parts of its
+    progress: each disk, the RAM), bytes done / total for the whole job and one bar per part, with the
+    job's phase in words."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
+        TextColumn("{task.fields[amount]}"),
         TimeElapsedColumn(),
         console=err_console,
         transient=False,
     ) as progress:
-        task = progress.add_task(f"job {job_id[:8]}", total=100)
+        task = progress.add_task(f"job {job_id[:8]}", total=100, amount="")
+        parts: dict[str, TaskID] = {}
 
         def update(job: dict[str, Any]) -> None:
-            progress.update(
-                task,
-                completed=int(job.get("jobprogress", 0)),
-                description=f"{job.get('cmd', 'job')} {job_id[:8]}",
-            )
+            title = f"{job.get('cmd', 'job')} {job_id[:8]}"
+            phase = job.get("jobprogressphase")
+            done, total = int(job.get("jobprogressdone") or 0), int(job.get("jobprogresstotal") or 0)
+            listed = job.get("jobprogressparts") or []
+            if listed and total:  # a move: bytes
+                progress.update(task, total=total, completed=done, amount=_bytes(done, total),
+                                description=f"{title}: {phase}" if phase else title)  # fmt: skip
+                for part in listed:
+                    key = str(part.get("volumeid") or part.get("virtualmachineid") or part.get("name"))
+                    if key not in parts:
+                        parts[key] = progress.add_task(f"  {part.get('name', key)}", total=part["total"], amount="")
+                    progress.update(parts[key], total=part["total"], completed=part["done"],
+                                    amount=_bytes(part["done"], part["total"]))  # fmt: skip
+                return
+            progress.update(task, completed=int(job.get("jobprogress", 0)), description=title)
 
         job = api.wait_job(job_id, update)
-        progress.update(task, completed=100 if job.get("jobstatus") == 1 else job.get("jobprogress", 0))
+        if job.get("jobstatus") == 1:
+            update(job)
+            done_total = progress.tasks[0].total or 100
+            progress.update(task, completed=done_total)
+        else:
+            progress.stop_task(task)
     return job
+
+
+def _bytes(done: int, total: int) -> str:
+    """e.g. 12.0/64.0 MiB"""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if total >= size:
+            return f"{done / size:.1f}/{total / size:.1f} {unit}"
+    return f"{done}/{total} B"
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:

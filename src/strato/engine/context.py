@@ -33,13 +33,17 @@ class JobContext:
 
     # --- progress and cancellation -----------------------------------------------------------------
 
-    def progress(self, done: int, total: int) -> None:
-        """Records progress (any unit; bytes for copies). Also the point where cancellation is seen."""
+    def progress(self, done: int, total: int, detail: dict[str, Any] | None = None) -> None:
+        """Records progress (any unit; bytes for copies), and optionally its detail (parts adding up to
+        it, a phase text: kept as given, shown by the job's view). Also the point where cancellation is
+        seen."""
         with self.db.session() as s:
             job = s.get(Job, self.job_seq)
             if job is None:
                 return
             job.progress_done, job.progress_total = max(0, done), max(0, total)
+            if detail is not None:
+                job.progress_detail = detail
             cancel = job.cancel_requested
         if cancel:
             raise JobCancelled("The job was cancelled")
@@ -52,6 +56,12 @@ class JobContext:
             self.progress(int(1000 * (index + share) / max(count, 1)), 1000)
 
         return report
+
+    def progress_detail(self) -> dict[str, Any]:
+        """The detail last recorded (an operation restarted after a crash goes on from it)."""
+        with self.db.session() as s:
+            job = s.get(Job, self.job_seq)
+            return dict(job.progress_detail or {}) if job is not None else {}
 
     def cancel_requested(self) -> bool:
         with self.db.session() as s:

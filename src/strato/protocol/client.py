@@ -30,6 +30,7 @@ from strato.protocol.messages import (
 A = TypeVar("A", bound=BaseModel)
 
 ProgressCallback = Callable[[int, int], None]
+PhaseCallback = Callable[[str], None]
 
 
 class AgentClientError(Exception):
@@ -145,13 +146,17 @@ class AgentClient:
         on_progress: ProgressCallback | None = None,
         poll_interval: float = 0.2,
         cancel_event: threading.Event | None = None,
+        on_phase: PhaseCallback | None = None,
     ) -> A:
-        """Start a long-running command and poll it to the end, reporting (done, total) as it changes.
+        """Start a long-running command and poll it to the end, reporting (done, total) as it changes,
+        and the task's phase text (`on_phase`) when the agent names a new one; `on_phase` runs before
+        `on_progress` so that a progress report carries the phase it belongs to.
 
         When `cancel_event` is set, the remote task is cancelled and AgentCallError(CANCELLED) raised; when
         `on_progress` raises, the remote task is cancelled and the exception goes on."""
         task_id = self.start_task(command)
         last: tuple[int, int] | None = None
+        last_phase: str | None = None
         while True:
             try:
                 report = self.task(task_id)
@@ -163,6 +168,11 @@ class AgentClient:
                     "its outcome is unknown"
                 ) from exc
             current = (report.progress_done, report.progress_total)
+            new_phase = report.phase if report.phase and report.phase != last_phase else None
+            last_phase = report.phase or last_phase
+            if on_phase is not None and new_phase is not None:
+                on_phase(new_phase)
+                last = None  # report the progress again, now with its phase
             if on_progress is not None and current != last and report.progress_total > 0:
                 try:
                     on_progress(*current)

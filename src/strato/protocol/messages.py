@@ -566,5 +566,7 @@ class TaskReport(Message):
     state: TaskState
     progress_done: int = 0
     progress_total: int = 0
+    phase: str | None = None
+    """What the command is doing now, in words (e.g. a mirror restarted in write-blocking mode)."""
     answer: dict[str, object] | None = None
     error: AgentError | None = None

@@ -27,6 +27,7 @@ from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.process import RunDir, live_pid
+from strato.agent.drivers.roles import set_phase_sink
 from strato.image.integrity import encode_block, encode_superblock, parse_generations, verify_image
 from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef, PoolRef, PowerState, VmSpec
 
@@ -408,10 +409,14 @@ async def test_mirror_outpaced_by_guest_writes_restarts_write_blocking(
     await wait_console(driver, "STRATO-INTEGRITY LOOP-START")
 
     target = LayerRef(pool=fast, name="data-moved.qcow2")
+    phases: list[str] = []  # what the agent's task report shows as its phase
+    set_phase_sink(phases.append)
     with caplog.at_level(logging.INFO, logger="strato.agent.qemu.mirror"):
         moved = await asyncio.wait_for(driver.mirror_disk("vm1", 1, target, None, 32 * 1024, Progress()), 120)
+    set_phase_sink(None)
     assert moved.layer == target and await disk_file(driver) == str(path_of(target))
     assert "restarting it in write-blocking mode" in caplog.text
+    assert any("restarted in write-blocking mode" in p for p in phases), phases
     assert "write-blocking, speed" in caplog.text  # the second start
     assert "LOOP-DONE" not in await driver.console_log("vm1", None), "the guest stopped writing before the pivot"
 

@@ -13,10 +13,11 @@ from strato.agent.drivers.roles import (
     MigrationSource,
     MigrationTarget,
     ProgressFn,
+    report_phase,
 )
 from strato.protocol.capabilities import DriverCapabilities
 
-__all__ = ["Driver", "DriverError", "ProgressFn", "capability_problems", "check_driver"]
+__all__ = ["Driver", "DriverError", "ProgressFn", "capability_problems", "check_driver", "report_phase"]
 
 
 class Driver(Lifecycle, Layers):

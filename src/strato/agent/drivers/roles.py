@@ -9,6 +9,7 @@ can pass the command's fields in order; a long-running command's method also tak
 from __future__ import annotations
 
 import abc
+import contextvars
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
@@ -35,6 +36,23 @@ from strato.protocol.motion import BlockJobList, BlockJobReport, IncomingVm, Mig
 
 ProgressFn = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a long operation runs."""
+
+PhaseFn = Callable[[str], None]
+_phase_sink: contextvars.ContextVar[PhaseFn | None] = contextvars.ContextVar("strato_phase_sink", default=None)
+
+
+def report_phase(text: str) -> None:
+    """Says what a long command is doing now (e.g. a mirror restarted in write-blocking mode), shown in
+    the task's report next to its progress. A context variable rather than a second callback so that the
+    role methods' signatures stay the protocol's; outside a task it goes nowhere."""
+    sink = _phase_sink.get()
+    if sink is not None:
+        sink(text)
+
+
+def set_phase_sink(sink: PhaseFn | None) -> contextvars.Token[PhaseFn | None]:
+    """The agent's task registry routes report_phase of the task running in this context to its report."""
+    return _phase_sink.set(sink)
 
 
 class DriverError(Exception):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from strato.agent.agentlog import get_logger
-from strato.agent.drivers.base import Driver, DriverError, ProgressFn
+from strato.agent.drivers.base import Driver, DriverError, ProgressFn, report_phase
 from strato.agent.drivers.imagefetch import (
     Checksum,
     check_fetched_qcow2,
@@ -810,6 +810,7 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
                              speed_bytes_per_s=bandwidth_bytes_per_s or 0)  # fmt: skip
         self._block_jobs.setdefault(vm_name, {})[device_id] = job
         try:
+            report_phase(f"mirroring disk {device_id} (background copy)")
             await self._run_mirror(job, self._delay("mirror_disk"), progress)
             vm = self._running_vm(vm_name)
             moved = disk.model_copy(update={"layer": target})
@@ -1013,6 +1014,7 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
             progress(done, total)
 
         try:
+            report_phase("migrating memory" + (f" and {len(exported)} disk(s)" if exported else ""))
             await _progress_over(duration, total, report)
         except BaseException:
             self._state.migrations[name] = MigrationReport(name=name, status="cancelled", total_bytes=total)

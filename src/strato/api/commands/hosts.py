@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from strato.api import views
+from strato.api.commands.motion import BANDWIDTH
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
@@ -112,10 +113,10 @@ def delete_host(ctx: CallContext, args: dict[str, Any]) -> None:
     kind=Kind.ASYNC,
     access=ADMIN,
     event="MAINT.PREPARE",
-    params=(Param("id", T.UUID, "The host ID", required=True),),
+    params=(Param("id", T.UUID, "The host ID", required=True), BANDWIDTH),
 )
 def prepare_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    return AsyncStarted(maintenance.prepare_maintenance(ctx, args["id"]), args["id"])
+    return AsyncStarted(maintenance.prepare_maintenance(ctx, args["id"], args.get("bandwidth")), args["id"])
 
 
 @api(

@@ -14,6 +14,15 @@ from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
 from strato.services.motion import find_pools, migrate_volume
 
+BANDWIDTH = Param(
+    "bandwidth",
+    T.INTEGER,
+    "Strato: the most the move may copy per second, in MiB/s (default: unlimited)",
+    min_value=1,
+)
+"""Every storage-motion command's limit (migrateVolume, migrateVirtualMachine(WithVolume), storage and
+host maintenance, which pass it to each move they make)."""
+
 
 @api(
     "migrateVolume",
@@ -31,12 +40,7 @@ from strato.services.motion import find_pools, migrate_volume
             "If the volume's VM is running: true (or absent) moves it live; false is refused. Ignored for "
             "a stopped VM's or a detached volume (moved offline)",
         ),
-        Param(
-            "bandwidth",
-            T.INTEGER,
-            "Strato: the most the move may copy per second, in MiB/s (default: unlimited)",
-            min_value=1,
-        ),
+        BANDWIDTH,
     ),
 )
 def migrate(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:

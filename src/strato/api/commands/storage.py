@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from strato.api import views
+from strato.api.commands.motion import BANDWIDTH
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
@@ -177,7 +178,7 @@ def delete_image_store(ctx: CallContext, args: dict[str, Any]) -> None:
     response="storagepool",
     access=ADMIN,
     event="MAINT.PREPARE.PS",
-    params=(Param("id", T.UUID, "Primary storage ID", required=True),),
+    params=(Param("id", T.UUID, "Primary storage ID", required=True), BANDWIDTH),
 )
 def enable_maintenance(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     return AsyncStarted(pool_maintenance.enable_maintenance(ctx, args), args["id"])

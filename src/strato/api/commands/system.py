@@ -68,7 +68,8 @@ def list_apis(ctx: CallContext, args: dict[str, Any]) -> Listing:
 
 @api("listCapabilities", "Lists capabilities", kind=Kind.RAW)
 def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    # The snapshot and motion flags say what the KVM hosts' drivers really do (false until built).
+    # The snapshot flags say what the KVM hosts' drivers really do (false until built); storage motion
+    # what some hypervisor's hosts do (as listHypervisorCapabilities answers it).
     kvm = settings.cloud_features(ctx.session, "KVM")
     return {
         "capability": {
@@ -87,7 +88,7 @@ def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             "dynamicrolesenabled": False,
             "allowuserviewdestroyedvm": True,
             "allowuserexpungerecovervm": True,
-            "storagemotionenabled": kvm.live_storage_motion,
+            "storagemotionenabled": settings.storage_motion_anywhere(ctx.session),
             "vmsnapshotmemoryenabled": kvm.memory_snapshots,
         }
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from strato.api import views
+from strato.api.commands.motion import BANDWIDTH
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
@@ -46,6 +47,7 @@ def find_hosts_for_migration(ctx: CallContext, args: dict[str, Any]) -> Listing:
         Param("hostid", T.UUID, "Destination host for the running VM"),
         Param("storageid", T.UUID, "Destination storage pool for the stopped VM's disks"),
         Param("autoselect", T.BOOLEAN, "Ignored: give hostid or storageid"),
+        BANDWIDTH,
     ),
 )
 def migrate_virtual_machine(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
@@ -69,13 +71,7 @@ def migrate_virtual_machine(ctx: CallContext, args: dict[str, Any]) -> AsyncStar
             "pool); unlisted volumes stay where they are, which the target host must reach",
             max_length=64,
         ),
-        Param(
-            "bandwidth",
-            T.INTEGER,
-            "Strato: the most the move may send between the hosts per second, in MiB/s, for each disk's copy "
-            "and the memory (default: unlimited)",
-            min_value=1,
-        ),
+        BANDWIDTH,
     ),
 )
 def migrate_virtual_machine_with_volume(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:

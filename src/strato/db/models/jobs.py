@@ -38,6 +38,8 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    # Strato: {"parts": [{"name", "done", "total", ...ids}], "phase": text}; the parts add up to the totals.
+    progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     proc_status: Mapped[int] = mapped_column(Integer, default=0)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     owner: Mapped[str | None] = mapped_column(String(255), default=None, index=True)

@@ -9,7 +9,8 @@ A parent that is recovered after a crash finds its children again by the resourc
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -69,10 +70,21 @@ class ChildFailed(Exception):
         self.text = text
 
 
-def wait_child(job: JobContext, child_id: str, done_before: int, total: int, timeout_s: float = 7200.0) -> None:
+ChildProgress = Callable[[int, int, dict[str, Any]], None]
+"""(the child's progress done, total, its progress detail): the parent reports its own progress from it."""
+
+
+def wait_child(
+    job: JobContext,
+    child_id: str,
+    done_before: int,
+    total: int,
+    timeout_s: float = 7200.0,
+    report: ChildProgress | None = None,
+) -> None:
     """Waits for the child to end, reporting the parent's progress as `done_before` plus the child's
-    share of one unit out of `total` units; raises ChildFailed with the child's error. A cancelled
-    parent cancels the child and raises JobCancelled."""
+    share of one unit out of `total` units (or through `report`, given the child's figures); raises
+    ChildFailed with the child's error. A cancelled parent cancels the child and raises JobCancelled."""
     deadline = time.monotonic() + timeout_s
     while True:
         with job.db.session() as s:
@@ -81,12 +93,16 @@ def wait_child(job: JobContext, child_id: str, done_before: int, total: int, tim
                 raise ChildFailed(child_id, f"job {child_id} is gone")
             status, result = child.status, dict(child.result or {})
             share = child.progress_done / child.progress_total if child.progress_total else 0.0
+            figures = (child.progress_done, child.progress_total, dict(child.progress_detail or {}))
         if status not in JOB_ACTIVE:
             if status == JOB_SUCCEEDED:
                 return
             raise ChildFailed(child_id, str(result.get("errortext") or f"job {child_id} {status}"))
         try:
-            job.progress(int(1000 * (done_before + share)), 1000 * max(total, 1))
+            if report is not None:
+                report(*figures)
+            else:
+                job.progress(int(1000 * (done_before + share)), 1000 * max(total, 1))
         except JobCancelled:
             with job.db.session() as s:
                 child = s.scalar(select(Job).where(Job.id == child_id))

@@ -244,6 +244,14 @@ def cloud_features(session: Session, hypervisor: str) -> CloudFeatures:
     return CloudFeatures(every("live_storage_motion"), every("vm_snapshots"), every("memory_snapshots"))
 
 
+def storage_motion_anywhere(session: Session) -> bool:
+    """For listCapabilities' storagemotionenabled (what clients read to offer the motion commands): some
+    hypervisor in use has it, by listHypervisorCapabilities' rule (every reporting host of it can move
+    disks live and the administrator has not switched it off). The commands still refuse elsewhere."""
+    rows = session.scalars(select(HypervisorCapability).where(HypervisorCapability.removed.is_(None)))
+    return any(hosts_can_do(session, row).storage_motion_enabled for row in rows)
+
+
 def hosts_can_do(session: Session, row: HypervisorCapability) -> HostsCanDo:
     """A feature is on when every host that reported its capabilities has it, and at least one did;
     storage motion means live storage motion (offline volume moves need no flag, as in CloudStack).

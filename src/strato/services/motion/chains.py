@@ -178,6 +178,10 @@ class ChainMove:
     prefix: str = ""
     copier: Callable[[], Copier] | None = None
     progress: ByteProgress | None = None
+    report: ProgressFn | None = None
+    """Where the chain's (bytes done, its total) go; default the job's own progress."""
+    on_phase: Callable[[str], None] | None = None
+    """Told what the chain is copying now (shown as the job's phase)."""
 
     @property
     def db(self) -> Database:
@@ -226,8 +230,12 @@ class ChainMove:
 
     def progress_for(self, share: int) -> ProgressFn:
         if self.progress is None:
-            self.progress = ByteProgress(self.op.job.progress, int(self.plan().get("total", 0)))
+            self.progress = ByteProgress(self.report or self.op.job.progress, int(self.plan().get("total", 0)))
         return self.progress.part(share)
+
+    def say(self, text: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(text)
 
     def _make_copier(self) -> Copier:
         if self.copier is not None:
@@ -250,6 +258,8 @@ class ChainMove:
                     continue
                 kind, template_id = row.kind, row.template_id
             progress = self.progress_for(size)
+            what = "the template base" if kind == LAYER_TEMPLATE else "a frozen layer"
+            self.say(f"{self.prefix}copying {what} to the target pool")
             if kind == LAYER_TEMPLATE and template_id:
                 # The per-pool template cache: concurrent copies of one template to one pool make one.
                 mapping[layer_id] = ensure_template_on_pool(self.db, template_id, self.pool_id, progress, self.job_id)
@@ -365,6 +375,7 @@ class ChainMove:
         """Offline: copy the top layer, rebase it onto the copied parent, and check the copy."""
         plan = self.plan()
         top_id = plan["chain"][0]
+        self.say(f"{self.prefix}copying the top layer to the target pool")
         new_id = self._copy_one(top_id, self._make_copier(), self.progress_for(plan["sizes"][0]), top=True)
         parent_id, _ = self.target_backing()
         self._rebase_row(new_id, parent_id)

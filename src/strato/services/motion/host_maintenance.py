@@ -14,9 +14,9 @@ queued by the VMs they lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,7 @@ from strato.services.motion.migrate_vm import (
     MigrateVirtualMachineWithVolume,
     MigrateVmParams,
 )
+from strato.services.motion.progress import MoveProgress, child_report, vm_part
 from strato.services.motion.rules import missing_tags
 from strato.services.motion.vm_rules import host_problem
 from strato.services.storage.disks import attached_volumes
@@ -49,6 +50,11 @@ IN_MAINTENANCE = ("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance")
 
 class HostParams(BaseModel):
     id: str
+
+
+class HostMaintenanceParams(HostParams):
+    bandwidth_mib: int | None = Field(default=None, ge=1)
+    """The `bandwidth` parameter: each VM's move limited to it, in MiB/s."""
 
 
 def running_vms(session: Session, host_id: str) -> list[VirtualMachine]:
@@ -134,12 +140,16 @@ def _disk_moves(
     return moves, None
 
 
-class PrepareHostForMaintenance(Operation[HostParams]):
+class PrepareHostForMaintenance(Operation[HostMaintenanceParams]):
     kind: ClassVar[str] = "host.maintenance"
     cmd: ClassVar[str] = "prepareHostForMaintenance"
     event: ClassVar[str | None] = "MAINT.PREPARE"
-    params_model = HostParams
+    params_model = HostMaintenanceParams
     resumable: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress: MoveProgress | None = None
 
     @classmethod
     def resources(cls, params: HostParams) -> list[str]:
@@ -164,24 +174,42 @@ class PrepareHostForMaintenance(Operation[HostParams]):
         with self.db.session() as s:
             host = s.get(Host, self.params.id)
             assert host is not None
-            return {"plan": [p.model_dump(mode="json") for p in plan_moves(s, host)]}
+            plan = plan_moves(s, host)
+            parts = []
+            for p in plan:
+                vm = s.get(VirtualMachine, p.vm_id)
+                assert vm is not None
+                parts.append(vm_part(s, vm, [(m.volume_id, m.pool_id) for m in p.moves]))
+        speed = self.params.bandwidth_mib * MIB if self.params.bandwidth_mib else None
+        plan = [p.model_copy(update={"bandwidth_bytes_per_s": speed}) for p in plan]
+        return {"plan": [p.model_dump(mode="json") for p in plan], "parts": parts}
+
+    def tracker(self) -> MoveProgress:
+        """A part per VM planned to move (its RAM and moving disks; the child's progress a fraction of it)."""
+        if self._progress is None:
+            self._progress = MoveProgress(self.job, list(self.output("plan moves").get("parts") or []))
+        return self._progress
 
     def _move_vms(self) -> StepData:
         plan = [MigrateVmParams.model_validate(p) for p in self.output("plan moves").get("plan") or []]
+        tracker = self.tracker()
         for index, params in enumerate(plan):
             with self.db.session() as s:
                 vm = s.get(VirtualMachine, params.vm_id)
                 gone = vm is None or vm.removed is not None or vm.host_id != self.params.id or vm.state == "Stopped"
             if gone:
+                tracker.complete(params.vm_id)  # nothing left to move for it
                 continue  # moved (by an earlier run of this step), stopped or destroyed meanwhile
             operation = MigrateVirtualMachineWithVolume if params.moves else MigrateVirtualMachine
             child = active_job_on(self.job, f"vm:{params.vm_id}", operation.kind)
             if child is None:
                 child = submit_child(self.job, operation, params, "VirtualMachine", params.vm_id)
+            report = child_report(tracker, params.vm_id, f"VM {index + 1} of {len(plan)}")
             try:
-                wait_child(self.job, child, index, len(plan))
+                wait_child(self.job, child, index, len(plan), report=report)
             except ChildFailed as exc:
                 raise ResourceUnavailable(f"Moving a VM off the host failed: {exc.text}") from None
+            tracker.complete(params.vm_id)
         return {}
 
     def _set(self, state: str) -> None:
@@ -246,13 +274,14 @@ class CancelHostMaintenance(Operation[HostParams]):
         return {"type": "host", "id": self.params.id}
 
 
-def prepare_maintenance(ctx: CallContext, host_id: str) -> str:
+def prepare_maintenance(ctx: CallContext, host_id: str, bandwidth_mib: int | None = None) -> str:
     """Queues the maintenance of a host; the job refuses new work on it as its first step. A running VM
     with nowhere to go is refused at once."""
     host = get_live(ctx.session, Host, host_id, "host")
     if host.resource_state not in ("PrepareForMaintenance", "Maintenance"):
         plan_moves(ctx.session, host)
-    return jobs.submit_operation(ctx, PrepareHostForMaintenance, HostParams(id=host.id), "Host", host.id)
+    params = HostMaintenanceParams(id=host.id, bandwidth_mib=bandwidth_mib)
+    return jobs.submit_operation(ctx, PrepareHostForMaintenance, params, "Host", host.id)
 
 
 def cancel_maintenance(ctx: CallContext, host_id: str) -> str:

@@ -19,17 +19,19 @@ running copy.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from strato.db.models import Host, HypervisorCapability, Layer, StoragePool, VirtualMachine, Volume
 from strato.db.models.storage import LAYER_CONFIG_DRIVE
 from strato.engine.allocator import reaches
+from strato.engine.context import JobCancelled
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import FinishForward, Operation, Step, StepData
 from strato.errors import InvalidParameter, NotFound
@@ -54,7 +56,8 @@ from strato.services.core.lookup import get_live
 from strato.services.core.reach import up_hosts
 from strato.services.core.states import vm_to, volume_to
 from strato.services.motion import settle
-from strato.services.motion.chains import ChainMove, copier_between
+from strato.services.motion.chains import ChainMove, chain_rows, copier_between
+from strato.services.motion.progress import MoveProgress, Part, disk_part
 from strato.services.motion.vm_rules import (
     WITH_VOLUME,
     can_move_offline,
@@ -66,6 +69,7 @@ from strato.services.motion.vm_rules import (
 )
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import ref, remove_layer_file, remove_unfinished_layer
+from strato.units import MIB
 
 
 class DiskMove(BaseModel):
@@ -83,7 +87,9 @@ class MigrateVmParams(BaseModel):
     """storageid: every disk of the stopped VM moves there, offline."""
     moves: list[DiskMove] = []
     """Live: the disks that change pool (listed in migrateto, on another pool than today's)."""
-    bandwidth_bytes_per_s: int | None = None
+    bandwidth_bytes_per_s: int | None = Field(default=None, ge=1)
+    """The `bandwidth` parameter (MiB/s at the API) in bytes/s: every layer copy or pull, the disks'
+    mirrors and the RAM stream of this move; None: unlimited."""
 
 
 # --- the rules -----------------------------------------------------------------------------------------
@@ -189,6 +195,14 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._chains: list[ChainMove] | None = None
+        self._progress: MoveProgress | None = None
+
+    def tracker(self) -> MoveProgress:
+        """Parts planned in the first step: each moving disk's chain (live: its frozen layers) and, live,
+        the migration stream (the RAM and the moving disks' top layers)."""
+        if self._progress is None:
+            self._progress = MoveProgress(self.job, list(self.output("mark migrating").get("parts") or []))
+        return self._progress
 
     @classmethod
     def resources(cls, params: MigrateVmParams) -> list[str]:
@@ -222,10 +236,38 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         if self._chains is None:
             self._chains = [
                 ChainMove(self, m.volume_id, m.pool_id, bandwidth=self.params.bandwidth_bytes_per_s,
-                          prefer_host=self.params.host_id, prefix=f"disk {i}: ")
+                          prefer_host=self.params.host_id, prefix=f"disk {i}: ",
+                          report=self._chain_progress(m.volume_id), on_phase=self._say)
                 for i, m in enumerate(self.moving())
             ]  # fmt: skip
         return self._chains
+
+    def _chain_progress(self, volume_id: str) -> Callable[[int, int], None]:
+        def report(done: int, _total: int) -> None:
+            self.tracker().set_bytes(volume_id, done)
+
+        return report
+
+    def _say(self, text: str) -> None:
+        self.tracker().say(text)
+
+    def _plan_parts(self, s: Session, moves: list[DiskMove]) -> list[Part]:
+        parts: list[Part] = []
+        tops = 0
+        for move in moves:
+            vol = s.get(Volume, move.volume_id)
+            if vol is None:
+                continue
+            part = disk_part(s, vol, move.pool_id, frozen_only=not self.offline)
+            if part["total"] > 0:
+                parts.append(part)
+            rows = chain_rows(s, vol.top_layer_id)
+            tops += rows[0].physical_size if rows else 0
+        if not self.offline:
+            vm = load_vm(s, self.params.vm_id)
+            name = "memory" + (f" and {len(moves)} disk(s) top layer" if moves else "")
+            parts.append({"name": name, "virtualmachineid": vm.id, "total": vm.memory_mib * MIB + tops})
+        return parts
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -362,7 +404,8 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
     # --- states ------------------------------------------------------------------------------------
 
     def _mark(self) -> StepData:
-        moving = [m.volume_id for m in self.moving()]
+        moves = self.moving()
+        moving = [m.volume_id for m in moves]
         with self.db.session() as s:
             vm = load_vm(s, self.params.vm_id)
             if vm.state != "Migrating":
@@ -371,7 +414,7 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
                 vol = s.get(Volume, vol_id)
                 if vol is not None and vol.state != "Migrating":
                     volume_to(vol, "Migrating")
-        return {"moving": moving}
+            return {"moving": moving, "parts": self._plan_parts(s, moves)}
 
     def _unmark(self) -> None:
         with self.db.session() as s:
@@ -451,9 +494,17 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         source, _target, name = self._hosts()
         incoming = IncomingVm.model_validate(self.output("prepare incoming")["incoming"])
         command = MigrateVm(name=name, incoming=incoming, bandwidth_bytes_per_s=self.params.bandwidth_bytes_per_s)
+        tracker = self.tracker()
+
+        def on_progress(done: int, total: int) -> None:
+            tracker.set_fraction(self.params.vm_id, done, total)
+
+        tracker.say("migrating the VM to the target host")
         with agent_errors(source.name):
-            host_client(source).run_long(command, on_progress=self.job.progress)
+            host_client(source).run_long(command, on_progress=on_progress, on_phase=tracker.say)
         self._switch_live()
+        with contextlib.suppress(JobCancelled):  # switched: a cancel comes too late
+            tracker.complete(self.params.vm_id)
         return {}
 
     def _switch_live(self) -> None:
@@ -541,7 +592,8 @@ def migrate(ctx: CallContext, args: dict[str, Any]) -> str:
         )
     vm = _vm(ctx, args)
     params = MigrateVmParams(vm_id=vm.id, host_id=host_id, pool_id=pool_id,
-                             source_host_id=vm.host_id if host_id else None)  # fmt: skip
+                             source_host_id=vm.host_id if host_id else None,
+                             bandwidth_bytes_per_s=_bytes_per_s(args))  # fmt: skip
     return jobs.submit_operation(ctx, MigrateVirtualMachine, params, "VirtualMachine", vm.id)
 
 
@@ -564,10 +616,15 @@ def migrate_with_volume(ctx: CallContext, args: dict[str, Any]) -> str:
             raise InvalidParameter(f"Volume {ids['volume']} (migrateto[{i}].volume) is not a disk of VM {vm.name}")
         if vol.pool_id != ids["pool"]:
             moves.append(DiskMove(volume_id=vol.id, pool_id=ids["pool"]))
-    bandwidth = args.get("bandwidth")
     params = MigrateVmParams(vm_id=vm.id, host_id=args["hostid"], source_host_id=vm.host_id, moves=moves,
-                             bandwidth_bytes_per_s=int(bandwidth) * 1024 * 1024 if bandwidth else None)  # fmt: skip
+                             bandwidth_bytes_per_s=_bytes_per_s(args))  # fmt: skip
     return jobs.submit_operation(ctx, MigrateVirtualMachineWithVolume, params, "VirtualMachine", vm.id)
+
+
+def _bytes_per_s(args: dict[str, Any]) -> int | None:
+    """The `bandwidth` parameter (MiB/s, checked positive by its declaration) in bytes per second."""
+    mib = args.get("bandwidth")
+    return int(mib) * MIB if mib else None
 
 
 def _uuid(raw: str, param: str) -> str:

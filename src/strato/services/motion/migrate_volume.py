@@ -30,6 +30,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.states import vm_to, volume_to
 from strato.services.motion import settle
 from strato.services.motion.chains import ChainMove
+from strato.services.motion.progress import MoveProgress, disk_part
 from strato.services.motion.rules import check_move, live_volume, vm_of, wants_live
 from strato.services.storage.volumes import VOLUME_RESULT, get_volume
 from strato.units import MIB
@@ -70,8 +71,19 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
 
     def __init__(self, job: JobContext, params: MigrateVolumeParams) -> None:
         super().__init__(job, params)
+        self._progress: MoveProgress | None = None
         self.chain = ChainMove(self, params.volume_id, params.pool_id, bandwidth=params.bandwidth_bytes,
-                               prefer_host=self._vm_host())  # fmt: skip
+                               prefer_host=self._vm_host(), report=self._chain_progress,
+                               on_phase=lambda text: self.tracker().say(text))  # fmt: skip
+
+    def tracker(self) -> MoveProgress:
+        """One part, the volume's chain, planned in the first step."""
+        if self._progress is None:
+            self._progress = MoveProgress(self.job, list(self.output("mark migrating").get("parts") or []))
+        return self._progress
+
+    def _chain_progress(self, done: int, _total: int) -> None:
+        self.tracker().set_bytes(self.params.volume_id, done)
 
     def _vm_host(self) -> str | None:
         if not self.params.vm_id:
@@ -106,7 +118,7 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
             vm = s.get(VirtualMachine, self.params.vm_id) if self.params.vm_id else None
             if vm is not None and vm.state != "Migrating":
                 vm_to(vm, "Migrating")
-        return {}
+            return {"parts": [disk_part(s, vol, self.params.pool_id)]}
 
     def _mirror(self) -> StepData:
         """The live copy of the top layer onto the copied chain, and the pivot (QEMU's job-complete)."""
@@ -123,6 +135,7 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
                                  target_backing=backing, bandwidth_bytes_per_s=self.params.bandwidth_bytes)  # fmt: skip
         progress = self.chain.progress_for(int(self.chain.plan()["sizes"][0]))
         cancel = threading.Event()
+        self.tracker().say("mirroring the top layer")
 
         def on_progress(done: int, total: int) -> None:
             # A cancel goes through run_long's cancel_event, which reads the task's final state: a
@@ -134,7 +147,7 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
 
         try:
             with agent_errors(host_name):
-                client.run_long(command, on_progress=on_progress, cancel_event=cancel)
+                client.run_long(command, on_progress=on_progress, cancel_event=cancel, on_phase=self.tracker().say)
         except ResourceUnavailable:
             if cancel.is_set():
                 raise JobCancelled("The job was cancelled; the volume stays on its pool") from None
@@ -172,9 +185,8 @@ class MigrateVolume(Operation[MigrateVolumeParams]):
     def _switch(self) -> StepData:
         with self.db.session() as s:
             self.chain.switch(s, self._top_id())
-        total = int(self.chain.plan().get("total", 0))
         with contextlib.suppress(JobCancelled):  # past the pivot a cancel comes too late
-            self.job.progress(total, total)
+            self.tracker().complete(self.params.volume_id)
         return {}
 
     def _end(self) -> StepData:

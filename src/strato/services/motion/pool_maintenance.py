@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -34,14 +34,21 @@ from strato.services.core.lookup import get_live
 from strato.services.core.reach import up_hosts
 from strato.services.core.settings import allocation_limits
 from strato.services.motion.migrate_volume import MigrateVolume, MigrateVolumeParams
+from strato.services.motion.progress import MoveProgress, child_report, disk_part
 from strato.services.motion.rules import bytes_needed, unsuitable, vm_of, wants_live
 from strato.services.storage.layers import ref, remove_layer_file
+from strato.units import MIB
 
 IN_MAINTENANCE = ("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance")
 
 
 class PoolParams(BaseModel):
     id: str
+
+
+class PoolMaintenanceParams(PoolParams):
+    bandwidth_mib: int | None = Field(default=None, ge=1)
+    """The `bandwidth` parameter: each disk's move (and config drive copy) limited to it, in MiB/s."""
 
 
 def volumes_on(session: Session, pool_id: str) -> list[Volume]:
@@ -99,12 +106,16 @@ def plan_targets(session: Session, pool: StoragePool) -> dict[str, str]:
     return plan
 
 
-class EnableStorageMaintenance(Operation[PoolParams]):
+class EnableStorageMaintenance(Operation[PoolMaintenanceParams]):
     kind: ClassVar[str] = "pool.maintenance"
     cmd: ClassVar[str] = "enableStorageMaintenance"
     event: ClassVar[str | None] = "MAINT.PREPARE.PS"
-    params_model = PoolParams
+    params_model = PoolMaintenanceParams
     resumable: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress: MoveProgress | None = None
 
     @classmethod
     def resources(cls, params: PoolParams) -> list[str]:
@@ -139,13 +150,25 @@ class EnableStorageMaintenance(Operation[PoolParams]):
         with self.db.session() as s:
             pool = s.get(StoragePool, self.params.id)
             assert pool is not None
-            return {"plan": plan_targets(s, pool)}
+            plan = plan_targets(s, pool)
+            parts = [disk_part(s, vol, plan[vol.id]) for vol in volumes_on(s, pool.id) if vol.id in plan]
+            return {"plan": plan, "parts": parts}
+
+    def tracker(self) -> MoveProgress:
+        """A part per disk planned to move (the child move's progress as a fraction of it)."""
+        if self._progress is None:
+            self._progress = MoveProgress(self.job, list(self.output("plan moves").get("parts") or []))
+        return self._progress
 
     def _move_disks(self) -> StepData:
         plan: dict[str, str] = dict(self.output("plan moves").get("plan") or {})
         with self.db.session() as s:
             left = [v.id for v in volumes_on(s, self.params.id)]
         total = max(len(plan), 1)
+        tracker = self.tracker()
+        for volume_id in plan:
+            if volume_id not in left:
+                tracker.complete(volume_id)  # moved by an earlier run of this step
         for index, volume_id in enumerate(left):
             target = plan.get(volume_id)
             if target is None:
@@ -153,10 +176,12 @@ class EnableStorageMaintenance(Operation[PoolParams]):
             child = active_job_on(self.job, f"volume:{volume_id}", MigrateVolume.kind)
             if child is None:
                 child = self._submit_move(volume_id, target)
+            report = child_report(tracker, volume_id, f"volume {index + 1} of {len(left)}")
             try:
-                wait_child(self.job, child, index, total)
+                wait_child(self.job, child, index, total, report=report)
             except ChildFailed as exc:
                 raise ResourceUnavailable(f"Moving a disk off the pool failed: {exc.text}") from None
+            tracker.complete(volume_id)
         with self.db.session() as s:
             still = [v.name for v in volumes_on(s, self.params.id)]
         if still:
@@ -169,7 +194,8 @@ class EnableStorageMaintenance(Operation[PoolParams]):
             assert vol is not None
             vm = vm_of(s, vol)
             params = MigrateVolumeParams(volume_id=vol.id, pool_id=target, live=wants_live(vm),
-                                         vm_id=vm.id if vm else None)  # fmt: skip
+                                         vm_id=vm.id if vm else None,
+                                         bandwidth_mib=self.params.bandwidth_mib)  # fmt: skip
         return submit_child(self.job, MigrateVolume, params, "Volume", volume_id)
 
     def _move_config_drives(self) -> StepData:
@@ -204,7 +230,8 @@ class EnableStorageMaintenance(Operation[PoolParams]):
             s.flush()
             new_id, src_ref, dst_ref = new.id, ref(source, old.path), ref(target, new.path)
         with agent_errors(host_name):
-            client.run_long(CopyLayer(source=src_ref, target=dst_ref))
+            bandwidth = self.params.bandwidth_mib * MIB if self.params.bandwidth_mib else None
+            client.run_long(CopyLayer(source=src_ref, target=dst_ref, bandwidth_bytes_per_s=bandwidth))
         with self.db.session() as s:
             row = s.get(Layer, new_id)
             assert row is not None
@@ -258,7 +285,8 @@ def enable_maintenance(ctx: CallContext, args: dict[str, Any]) -> str:
     if jobs.active_on(ctx.session, f"poolmaintenance:{pool.id}"):
         raise InvalidState(f"Parameter id: storage pool {pool.name} is already entering or leaving maintenance")
     plan_targets(ctx.session, pool)  # refuse at once what the job would refuse
-    return jobs.submit_operation(ctx, EnableStorageMaintenance, PoolParams(id=pool.id), "StoragePool", pool.id)
+    params = PoolMaintenanceParams(id=pool.id, bandwidth_mib=args.get("bandwidth"))
+    return jobs.submit_operation(ctx, EnableStorageMaintenance, params, "StoragePool", pool.id)
 
 
 def cancel_maintenance(ctx: CallContext, args: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 from urllib.parse import parse_qs, urlsplit
 
-from strato.agent.drivers.base import DriverError, ProgressFn
+from strato.agent.drivers.base import DriverError, ProgressFn, report_phase
 from strato.agent.drivers.qemu import layers, pools, process
 from strato.agent.drivers.qemu.blockjobs import BlockJobError, BlockJobs
 from strato.agent.drivers.qemu.monitor import (
@@ -432,6 +432,8 @@ async def _migrate_vm(
         started_migration = False
         was_running = (await monitor.execute("query-status")).get("status") == "running"
         try:
+            if servers:
+                report_phase(f"mirroring {len(servers)} disk(s) to the target host")
             for device_id, (server, export) in servers.items():
                 top = await drv._disk_top(run, device_id)
                 if top is None:
@@ -457,9 +459,11 @@ async def _migrate_vm(
                 {"downtime-limit": DOWNTIME_LIMIT_MS, "max-bandwidth": bandwidth or UNLIMITED_BANDWIDTH},
             )
             started_migration = True
+            report_phase("migrating memory" + (" (disks in sync, mirrored as the guest writes)" if servers else ""))
             await monitor.execute("migrate", {"uri": incoming.migration_uri})
             await _wait_migration(monitor, {"pre-switchover"}, MIGRATION_TIMEOUT_S)
             paused_at = time.monotonic()
+            report_phase("switching over (guest paused)")
             # The guest is paused now: end the mirrors with consistent targets, then switch over.
             await meter.sample()
             await asyncio.gather(*(_end_mirror_consistently(jobs, job) for job in meter.jobs))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from strato.agent.drivers.base import DriverError, ProgressFn
+from strato.agent.drivers.base import DriverError, ProgressFn, report_phase
 from strato.agent.drivers.qemu import layers, pools, process
 from strato.agent.drivers.qemu.blockjobs import ENDED, BlockJobs, CopyMode, JobInfo, Sync
 from strato.agent.drivers.qemu.monitor import JOB_EVENTS, EventsMissed, job_match
@@ -180,6 +180,7 @@ class DiskMotion:
         job = job_id(device_id)
         path = pools.layer_path(target)
         copy_mode: CopyMode = "background"
+        report_phase(f"mirroring disk {device_id} (background copy)")
         while True:
             nodes = await self._start(run, jobs, device_id, source, target, backing, sync, bandwidth, copy_mode)
             try:
@@ -193,7 +194,12 @@ class DiskMotion:
                     )
                     await self._abandon(run, jobs, device_id, nodes, path)
                     copy_mode = "write-blocking"
+                    report_phase(
+                        f"mirror of disk {device_id} restarted in write-blocking mode: the guest writes "
+                        "faster than the background copy ran"
+                    )
                     continue
+                report_phase(f"mirror of disk {device_id} in sync ({copy_mode}): pivoting")
                 await jobs.complete(job)
             except BaseException:
                 # Cancelled or failed: unless the device already reads the target, back to the source.
