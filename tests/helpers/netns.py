@@ -133,6 +133,14 @@ class Lab:
         if done.returncode != 0:
             raise NetnsError(f"sysctl {key}={value} in {host}: {done.stderr.strip()}")
 
+    def sysctl_value(self, host: str, key: str) -> str:
+        """A per-namespace kernel setting (net.*) of one host, as it is now."""
+        done = subprocess.run(self.run(host, ["sysctl", "-n", key]), capture_output=True, text=True, timeout=30,
+                              check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise NetnsError(f"sysctl {key} in {host}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
     def _nft(self, script: str) -> None:
         done = subprocess.run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"], input=script,
                               capture_output=True, text=True, timeout=30, check=False)  # fmt: skip

@@ -10,14 +10,20 @@ host-1 and host-2 in the switch while the server still reaches both.
 - the link is down when host-2 pulls a frozen layer from host-1's agent (PullLayer: the VM's config
   drive, which moves with its root disk between local pools): the same promises.
 
-The hosts' namespaces give up on an unanswered TCP peer after a few seconds (net.ipv4.tcp_retries2=3,
-a per-namespace setting) instead of the kernel's default ~15 minutes, so that the broken link surfaces
-as an error within the test's time. Skipped with the reason where namespaces cannot be made.
+- the link breaks during the disk mirror while the hosts keep the kernel's default TCP settings (a
+  dead peer surfaces only after ~15 minutes of retransmissions): the agent's stall watch fails the
+  move when no byte has reached the target for its STALL_S (20 s), with the same promises.
+
+For the other tests the hosts' namespaces give up on an unanswered TCP peer after a few seconds
+(net.ipv4.tcp_retries2=3, a per-namespace setting) instead of the kernel's default ~15 minutes, so
+that the broken link surfaces as a TCP error within the test's time. Skipped with the reason where
+namespaces cannot be made.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import subprocess
 import time
@@ -34,11 +40,15 @@ from helpers.agentproc import AgentProcess, start_agent
 from helpers.faultlib import files_in_pools, kill_qemus_under, known_layers, transitional
 from helpers.netns import Lab, netns_lab, pids_in, unavailable
 from helpers.serverproc import ServerProcess, start_server, wait_job
+from strato.agent.drivers.qemu.stall import stall_seconds
 from strato.protocol.messages import GetConsoleLog
 
 pytestmark = pytest.mark.qemu
 MiB = 1024 * 1024
 FILL = 12 * MiB
+QUICK_RETRIES = "3"
+STALL_MARGIN_S = 25.0
+"""Beyond the agent's STALL_S: its sampling, the rollback, the server noticing the failed job."""
 """Data in the moving disk beyond the guest's blocks: ~12 s of mirror at 1 MiB/s, time to cut."""
 
 
@@ -101,7 +111,7 @@ def linkcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LinkCloud]:
     base = tmp_path_factory.mktemp("netns")
     with netns_lab(["mgmt", "host-1", "host-2"]) as lab:
         for host in ("host-1", "host-2"):
-            lab.sysctl(host, "net.ipv4.tcp_retries2", "3")
+            lab.sysctl(host, "net.ipv4.tcp_retries2", QUICK_RETRIES)
         server: ServerProcess | None = None
         agents: dict[str, AgentProcess] = {}
         try:
@@ -314,6 +324,51 @@ def test_link_down_while_a_frozen_layer_is_pulled(linkcloud: LinkCloud) -> None:
         assert "copy config drive" in str(steps), steps
         assert f"from http://{cloud.lab.addr['host-1']}:" in error and "connect timeout" in error, error
         assert _root_disk(cloud, vm["id"])["storageid"] == cloud.ids["local-1"]
+        _nothing_left(cloud, vm)
+        log = cloud.wait_console("host-1", vm, VERIFY)
+        assert f"{VERIFY} rc=0" in log, log[-3000:]
+    finally:
+        cloud.lab.restore("host-1", "host-2")
+        _expunge(cloud, vm["id"])
+
+
+@contextlib.contextmanager
+def _default_tcp(lab: Lab) -> Iterator[str]:
+    """host-1 and host-2 with the kernel's own tcp_retries2 (that of the untouched mgmt namespace)
+    for the test's duration, then the fixture's quick one again; yields the default."""
+    default = lab.sysctl_value("mgmt", "net.ipv4.tcp_retries2")
+    try:
+        for host in ("host-1", "host-2"):
+            lab.sysctl(host, "net.ipv4.tcp_retries2", default)
+        yield default
+    finally:
+        for host in ("host-1", "host-2"):
+            lab.sysctl(host, "net.ipv4.tcp_retries2", QUICK_RETRIES)
+
+
+def test_link_cut_with_default_tcp_fails_as_a_stall(linkcloud: LinkCloud) -> None:
+    cloud = linkcloud
+    stall_s = stall_seconds()  # the agents' too: they run with this test's environment
+    commands = "integrity-write:vdb:64,integrity-loop:vdb:60,integrity-gens:vdb,integrity-verify:vdb"
+    vm = _deploy(cloud, commands, root_pool="shared")
+    data = _data_disk(cloud, vm["id"])
+    move = {"migrateto[0].volume": data["id"], "migrateto[0].pool": cloud.ids["local-2"]}
+    try:
+        with _default_tcp(cloud.lab) as retries:
+            assert int(retries) >= 8, f"the kernel's tcp_retries2 is {retries}: not the default ~15 minutes"
+            started = cloud.api().migrateVirtualMachineWithVolume(virtualmachineid=vm["id"],
+                                                                  hostid=cloud.ids["host-2"], bandwidth=1,
+                                                                  **move)  # fmt: skip
+            _wait_mirroring(cloud, started["jobid"])
+            cloud.lab.cut("host-1", "host-2")
+            cut_at = time.monotonic()
+            error = _failed(cloud, started)
+            took = time.monotonic() - cut_at
+        print(f"job failed {took:.1f} s after the cut (tcp_retries2={retries}): {error}")
+        assert f"no data reached the target host for {stall_s:g} s" in error, error
+        assert "link between the hosts is probably broken" in error, error
+        assert stall_s <= took <= stall_s + STALL_MARGIN_S, took
+        assert _data_disk(cloud, vm["id"])["storageid"] == cloud.ids["local-1"]
         _nothing_left(cloud, vm)
         log = cloud.wait_console("host-1", vm, VERIFY)
         assert f"{VERIFY} rc=0" in log, log[-3000:]

@@ -452,3 +452,40 @@ def test_pull_layer_between_agents_and_the_layer_endpoint(hosts: Hosts) -> None:
         )
         whole = http.get("/v1/layers", params={"pool": "local", "name": "big.qcow2"})
         assert whole.status_code == 200 and whole.content == source.read_bytes()
+
+
+QUICK_STALL_S = 4.0
+
+
+@pytest.fixture
+def quick_stall(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The agents started after this fixture give up on a move whose bytes stall for 4 s."""
+    monkeypatch.setenv("STRATO_LINK_STALL_S", str(QUICK_STALL_S))
+    return QUICK_STALL_S
+
+
+def test_frozen_target_fails_the_migration_as_a_stall(quick_stall: float, hosts: Hosts) -> None:
+    """A target that stops reading (SIGSTOP: its kernel keeps the connection open with a zero window,
+    so TCP never times out) is a dead link to the source: the move fails after the stall time, the
+    rollback does not hang on the blocked NBD connection, and the VM runs on at the source."""
+    a, b = hosts.a, hosts.b
+    spec, incoming, pid = _os_less_vm(a, b, "mig4")
+    target_pid = pid_of(b, "mig4")
+    task_id = a.client.start_task(MigrateVm(name="mig4", incoming=incoming, bandwidth_bytes_per_s=SLOW))
+    _wait_progress(a, task_id)
+    os.kill(target_pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        while (report := a.client.task(task_id)).state == TaskState.RUNNING:
+            assert time.monotonic() < frozen_at + quick_stall + 30, "the frozen target went unnoticed"
+            time.sleep(0.1)
+        took = time.monotonic() - frozen_at
+    finally:
+        os.kill(target_pid, signal.SIGCONT)
+    print(f"\nfailed {took:.1f} s after the freeze: {report.error}")
+    assert report.state == TaskState.FAILED, report
+    assert report.error is not None
+    assert f"no data reached the target host for {quick_stall:g} s" in report.error.message, report.error
+    assert a.client.call(GetMigrationStatus(name="mig4")).status in ("none", "cancelled")
+    _nothing_left_at(b, "mig4", target_pid)
+    _still_at_source(a, b, spec, "mig4", pid)

@@ -11,6 +11,11 @@ Until `migrate-continue` the source is the only valid copy: any failure or cance
 cancels the migration and the mirrors, and the VM goes on running here. What the target created is
 listed in its run directory (`incoming.json`) so that `abort_incoming` can remove it after an agent
 restart too.
+
+A silently broken link would leave the mirrors and the migration waiting for TCP's retransmission
+timeout (~15 min): the bytes moved are watched instead (`stall.py`), and a move whose bytes stop for
+STALL_S while some should move fails and rolls back, QEMU's connections to the target destroyed
+first so that the rollback cannot block on them either.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from strato.agent.drivers.qemu.monitor import (
 )
 from strato.agent.drivers.qemu.process import RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
+from strato.agent.drivers.qemu.stall import break_connections, stall_seconds, until_stalled, watch
 from strato.protocol.messages import (
     ErrorCode,
     IncomingDisk,
@@ -72,6 +78,8 @@ PROGRESS_S = 0.5
 MiB = 1024 * 1024
 PORT_ATTEMPTS = 5
 FINISH_WAIT_S = 30.0
+ROLLBACK_WAIT_S = 15.0
+"""Bound of each wait of a rollback (migration cancelled, a mirror gone): it runs on a dead link too."""
 INCOMING_FILE = "incoming.json"
 MIGRATION_FILE = "migration.json"
 _REPORTED = set(get_args(MigrationReport.model_fields["status"].annotation))
@@ -287,6 +295,18 @@ def _nbd_server(uri: str) -> tuple[dict[str, object], str]:
     raise DriverError(ErrorCode.BAD_REQUEST, f"not an NBD export URI: {uri!r}")
 
 
+def _uri_peer(uri: str) -> list[tuple[str, int]]:
+    """The (host, port) a tcp:host:port migration URI or nbd://host:port/... names; none otherwise."""
+    if uri.startswith("tcp:"):
+        uri = "tcp://" + uri[len("tcp:") :].split(",")[0]
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return []
+    return [(host, port)] if parts.scheme in ("tcp", "nbd") and host and port else []
+
+
 def _burst(bandwidth: int | None) -> int | None:
     """A throttled mirror's buf-size: QEMU lets one buffer through at once, then sleeps until the
     rate is met again, deaf to a dead target meanwhile; so at most half a second's worth."""
@@ -345,6 +365,33 @@ class _Progress:
             with contextlib.suppress(DriverError):
                 await self.sample()
             await asyncio.sleep(PROGRESS_S)
+
+
+class _Stage:
+    """Which bytes of the move should be advancing now (for the stall watch)."""
+
+    def __init__(self, monitor: VmMonitor, jobs: set[str]) -> None:
+        self.monitor = monitor
+        self.jobs = jobs
+        self.name: str | None = None
+
+    async def sample(self) -> tuple[str | None, int]:
+        """mirroring: the mirrors' offsets until all are READY (a READY mirror of an idle guest
+        moves nothing); migrating: the RAM sent while the migration is in setup or active; ending:
+        the mirrors' offsets until they end."""
+        stage = self.name
+        if stage in ("mirroring", "ending"):
+            mine = [j for j in await self.monitor.execute("query-jobs") if j.get("id") in self.jobs]
+            moving = [j for j in mine if j.get("status") not in ("concluded", "null", "aborting")]
+            if stage == "mirroring":
+                moving = [j for j in moving if j.get("status") != "ready"]
+            return (stage if moving else None), sum(int(j.get("current-progress", 0)) for j in mine)
+        if stage == "migrating":
+            info = await self.monitor.execute("query-migrate")
+            if info.get("status") not in ("setup", "active"):
+                return None, 0
+            return stage, int((info.get("ram") or {}).get("transferred", 0))
+        return None, 0
 
 
 async def _wait_migration(monitor: VmMonitor, wanted: set[str], timeout: float) -> dict[str, Any]:
@@ -430,8 +477,14 @@ async def _migrate_vm(
         reporter = asyncio.get_running_loop().create_task(meter.run(), name=f"migrate-progress-{name}")
         nodes: list[str] = []
         started_migration = False
+        peers = [(str(server["host"]), int(str(server["port"]))) for server, _ in servers.values()
+                 if server.get("type") == "inet"]  # fmt: skip
+        peers += _uri_peer(incoming.migration_uri)
+        stage = _Stage(monitor, meter.jobs)
         was_running = (await monitor.execute("query-status")).get("status") == "running"
+        watcher = asyncio.get_running_loop().create_task(watch(stage.sample, stall_seconds()), name=f"stall-{name}")
         try:
+            stage.name = "mirroring"
             if servers:
                 report_phase(f"mirroring {len(servers)} disk(s) to the target host")
             for device_id, (server, export) in servers.items():
@@ -447,7 +500,8 @@ async def _migrate_vm(
                     mirror_job(device_id), top[0], nbd_node(device_id), "top", bandwidth, buf_size=_burst(bandwidth)
                 )
                 meter.jobs.add(mirror_job(device_id))
-            await asyncio.gather(*(_mirror_ready(jobs, d, servers[d][0]) for d in servers))
+            await until_stalled(asyncio.gather(*(_mirror_ready(jobs, d, servers[d][0]) for d in servers)), watcher)
+            stage.name = None
             await meter.sample()
             await monitor.execute(
                 "migrate-set-capabilities",
@@ -460,19 +514,25 @@ async def _migrate_vm(
             )
             started_migration = True
             report_phase("migrating memory" + (" (disks in sync, mirrored as the guest writes)" if servers else ""))
+            stage.name = "migrating"
             await monitor.execute("migrate", {"uri": incoming.migration_uri})
-            await _wait_migration(monitor, {"pre-switchover"}, MIGRATION_TIMEOUT_S)
+            await until_stalled(_wait_migration(monitor, {"pre-switchover"}, MIGRATION_TIMEOUT_S), watcher)
+            stage.name = None
             paused_at = time.monotonic()
             report_phase("switching over (guest paused)")
             # The guest is paused now: end the mirrors with consistent targets, then switch over.
             await meter.sample()
-            await asyncio.gather(*(_end_mirror_consistently(jobs, job) for job in meter.jobs))
+            stage.name = "ending"
+            ending = asyncio.gather(*(_end_mirror_consistently(jobs, job) for job in meter.jobs))
+            await until_stalled(ending, watcher)
             meter.jobs.clear()
         except BaseException as exc:
             reporter.cancel()
+            watcher.cancel()
             log.info("VM %s: migration rolled back: %s", name, exc)
-            await _shielded(_roll_back(monitor, jobs, meter.jobs, nodes, started_migration, was_running))
+            await _shielded(_roll_back(monitor, jobs, meter.jobs, nodes, started_migration, was_running, peers))
             raise
+        watcher.cancel()
         # Past this point the target may run the VM: never resume here, whatever happens to this task.
         try:
             final = await _shielded(_switch_over(monitor, run, name, was_running, paused_at), reraise=False)
@@ -507,18 +567,28 @@ async def _switch_over(
 
 
 async def _roll_back(
-    monitor: VmMonitor, jobs: BlockJobs, job_ids: set[str], nodes: list[str], migrating: bool, was_running: bool
+    monitor: VmMonitor,
+    jobs: BlockJobs,
+    job_ids: set[str],
+    nodes: list[str],
+    migrating: bool,
+    was_running: bool,
+    peers: list[tuple[str, int]],
 ) -> None:
     """Before the switch-over: cancel the migration and the mirrors, close the NBD connections, and let
-    the guest run on here (it may be paused at pre-switchover)."""
+    the guest run on here (it may be paused at pre-switchover). The connections to the target (`peers`)
+    are destroyed after migrate_cancel: the target is thrown away, and on a dead link the mirrors'
+    cancellation and blockdev-del would wait for TCP's timeout (blocking QEMU's main loop)."""
     if migrating:
         with contextlib.suppress(DriverError):
             await monitor.execute("migrate_cancel")
             with contextlib.suppress(DriverError):
-                await _wait_migration(monitor, {"cancelled", "failed", "none"}, 30.0)
+                await _wait_migration(monitor, {"cancelled", "failed", "none"}, ROLLBACK_WAIT_S)
+    if peers and (job_ids or nodes):
+        await break_connections(peers)
     for job in job_ids:
         with contextlib.suppress(DriverError):
-            await jobs.cancel(job, force=True)
+            await jobs.cancel(job, force=True, timeout=ROLLBACK_WAIT_S)
     for node in nodes:
         with contextlib.suppress(DriverError):
             await monitor.execute("blockdev-del", {"node-name": node})
@@ -553,15 +623,18 @@ async def cancel_migration(drv: QemuDriver, name: str) -> MigrationOutcome:
                 return MigrationOutcome(name=name, place=MigrationPlace.LEFT)
             jobs = BlockJobs(monitor)
             job_ids = {j.id for j in await jobs.list() if j.id.startswith("migrate-disk")}
-            nodes = [
-                str(n.get("node-name"))
-                for n in await monitor.execute("query-named-block-nodes", {"flat": True})
+            named = await monitor.execute("query-named-block-nodes", {"flat": True})
+            leftover = [
+                n
+                for n in named
                 if str(n.get("node-name")).startswith("migrate-disk") and str(n.get("node-name")).endswith("-nbd")
             ]
+            nodes = [str(n.get("node-name")) for n in leftover]
+            peers = [peer for n in leftover for peer in _uri_peer(str(n.get("file", "")))]
             migrating = status not in ("none", "cancelled", "failed")
             if migrating or job_ids or nodes:
                 log.info("VM %s: cancelling a leftover migration (%s, jobs %s)", name, status, sorted(job_ids))
-                await _shielded(_roll_back(monitor, jobs, job_ids, nodes, migrating, was_running=True))
+                await _shielded(_roll_back(monitor, jobs, job_ids, nodes, migrating, True, peers))
             return MigrationOutcome(name=name, place=MigrationPlace.HERE)
         try:
             report = MigrationReport.model_validate_json((run.path / MIGRATION_FILE).read_text())

@@ -21,13 +21,13 @@ from strato.agent.drivers.base import DriverError, ProgressFn
 from strato.agent.drivers.layerexport import OpenedLayer
 from strato.agent.drivers.qemu import layers, pools
 from strato.agent.drivers.qemu.pools import os_error
+from strato.agent.drivers.qemu.stall import stall_message, stall_seconds
 from strato.protocol.messages import AgentError, ErrorCode, LayerInfo, LayerRef
 
 BLOCK = 64 * 1024
 """Zero detection unit: a qcow2 cluster; an all-zero block becomes a hole."""
 WRITE_BATCH = 4 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 60.0
 _ZEROS = bytes(BLOCK)
 
 
@@ -86,7 +86,10 @@ async def pull(
     url = source_agent_url.rstrip("/") + "/v1/layers"
     params = {"pool": source.pool.id, "name": source.name}
     headers = {"Authorization": f"Bearer {source_token}"}
-    timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    # The read timeout is the stall watch: no byte received for stall_s (a dead peer leaves the
+    # connection open for TCP's ~15 min otherwise); the bandwidth sleeps happen between reads.
+    stall_s = stall_seconds()
+    timeout = httpx.Timeout(stall_s, connect=CONNECT_TIMEOUT_S)
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
@@ -125,7 +128,8 @@ async def pull(
         os.link(tmp, path)
         progress(done, total)
     except httpx.HTTPError as exc:
-        raise DriverError(ErrorCode.INTERNAL, f"pulling {source.name} from {source_agent_url}: {_why(exc)}") from exc
+        why = _why(exc, stall_s)
+        raise DriverError(ErrorCode.INTERNAL, f"pulling {source.name} from {source_agent_url}: {why}") from exc
     except FileExistsError as exc:
         raise DriverError(ErrorCode.ALREADY_EXISTS, f"{target.name} already exists") from exc
     except OSError as exc:
@@ -136,13 +140,13 @@ async def pull(
     return await layers.info(target.name, path)
 
 
-def _why(exc: httpx.HTTPError) -> str:
+def _why(exc: httpx.HTTPError, stall_s: float) -> str:
     """An HTTP failure in words: httpx's timeouts often carry no message at all."""
     text = str(exc).strip()
     if isinstance(exc, httpx.ConnectTimeout):
         why = f"no answer from the source host's agent within {CONNECT_TIMEOUT_S:g} s (connect timeout)"
     elif isinstance(exc, httpx.ReadTimeout):
-        why = f"the source host's agent sent nothing for {READ_TIMEOUT_S:g} s (read timeout)"
+        why = stall_message(stall_s).replace("reached the target host", "came from the source host") + " (read timeout)"
     else:
         why = type(exc).__name__
     return f"{why}: {text}" if text else why
