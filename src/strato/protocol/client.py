@@ -144,7 +144,7 @@ class AgentClient:
         self,
         command: AgentCommand[A],
         on_progress: ProgressCallback | None = None,
-        poll_interval: float = 0.2,
+        poll_interval: float = 0.1,
         cancel_event: threading.Event | None = None,
         on_phase: PhaseCallback | None = None,
     ) -> A:
