@@ -17,19 +17,28 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
+from motionlib import refused
 from test_guest_integrity_qemu import TwoHosts
 from test_guest_integrity_qemu import _make as make_two_hosts
 
 from helpers.agentproc import AgentProcess, start_agent
-from helpers.faultlib import Promises, fault_server_env, files_in_pools, kill_qemus_under, run_fault_matrix
+from helpers.faultlib import (
+    Promises,
+    check_promises,
+    fault_server_env,
+    files_in_pools,
+    kill_qemus_under,
+    known_layers,
+    run_fault_matrix,
+)
 from helpers.serverproc import start_server
 from strato.db.models.storage import LAYER_CONFIG_DRIVE
 from strato.image.integrity import parse_generations, verify_image
@@ -39,8 +48,15 @@ from strato.protocol.messages import GetVm, PowerState
 pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("qemu-motion-faults")]
 
 BLOCKS = 64
-LOOP_S = 150
-"""The guest rewrites its blocks this long: it covers the whole live matrix (about 15 cross-host moves)."""
+LOOP_S = 80
+"""The guest rewrites its blocks this long: it covers the whole live matrix (about 15 cross-host moves,
+some 40 s here)."""
+FILL_MIB = 32
+"""Data put in the data disk (beyond the blocks) before the pool-fill test."""
+FSIZE_MIB = 20
+"""The largest file the full target may hold: more than the template base (about 10 MiB), less than
+the data disk."""
+FILL_LOOP_S = 40
 INTERRUPTED = "interrupted by a management server restart"
 
 
@@ -54,6 +70,8 @@ class FaultHosts:
     pools: dict[str, Path]
     """pool or image store id -> its directory."""
     vm_id: str = ""
+    restarted: list[AgentProcess] = field(default_factory=list)
+    """Agents a test restarted (stopped at the end)."""
     gens: dict[int, int] = field(default_factory=dict)
     """The generation of every block when the guest's loop ended (its STRATO-INTEGRITY-GENS line)."""
 
@@ -71,6 +89,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultHosts]:
     fault_file = base / "fault"
     server = start_server(base / "server", env=fault_server_env(fault_file))
     agents: list[AgentProcess] = []
+    restarted: list[AgentProcess] = []
     try:
         for n in (1, 2):
             agents.append(
@@ -81,9 +100,11 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultHosts]:
         pools = {p["id"]: Path(p["path"]) for p in api.listStoragePools(zoneid=hosts.ids["zone"])["storagepool"]}
         for store in api.listImageStores(zoneid=hosts.ids["zone"])["imagestore"]:
             pools[store["id"]] = base / "store"
-        yield FaultHosts(hosts, fault_file, pools)
+        yield FaultHosts(hosts, fault_file, pools, restarted=restarted)
     finally:
         server.stop()
+        for agent in restarted:
+            agent.stop()
         for agent in agents:
             agent.stop()
         kill_qemus_under(base)
@@ -170,7 +191,9 @@ def _settled(cloud: FaultHosts, host: str, pools: dict[str, str], state: str = "
         assert top in open_files, (top, sorted(open_files))
         wanted |= chain
     drive = cloud.hosts.server.sql(
-        "SELECT pool_id, path FROM layers WHERE vm_id = ? AND kind = ? AND removed IS NULL", cloud.vm_id, LAYER_CONFIG_DRIVE
+        "SELECT pool_id, path FROM layers WHERE vm_id = ? AND kind = ? AND removed IS NULL",
+        cloud.vm_id,
+        LAYER_CONFIG_DRIVE,
     )
     wanted |= {os.path.realpath(cloud.pools[str(p)] / str(path)) for p, path in drive}
     assert open_files <= wanted, f"open but not the database's: {sorted(open_files - wanted)}"
@@ -190,9 +213,7 @@ def _console(cloud: FaultHosts) -> str:
 
 
 def _deploy(cloud: FaultHosts) -> None:
-    commands = (
-        f"integrity-write:vdb:{BLOCKS};integrity-loop:vdb:{LOOP_S};integrity-gens:vdb;integrity-verify:vdb"
-    )
+    commands = f"integrity-write:vdb:{BLOCKS};integrity-loop:vdb:{LOOP_S};integrity-gens:vdb;integrity-verify:vdb"
     cloud.vm_id = cloud.hosts.deploy("host1", "local1", ["local1"], commands)
     cloud.hosts.wait_console(cloud.vm_id, "STRATO-INTEGRITY LOOP-START", timeout=300)
 
@@ -271,10 +292,85 @@ def test_fault_matrix_of_an_offline_volume_move_on_qemu(cloud: FaultHosts) -> No
     names = run_fault_matrix(hosts.server, api, cloud.fault_file, "volume.migrate", start, cloud.files,
                              after_each=check)  # fmt: skip
     assert "copy top layer" in names and "switch database" in names, names
-    api.updateVirtualMachine(id=cloud.vm_id, **{"details[0].guestcommands": "integrity-verify:vdb"})
-    hosts.ok(api.startVirtualMachine(id=cloud.vm_id, hostid=ids["host2"] if local == ids["local2"] else ids["host1"]))
-    text = hosts.wait_console(cloud.vm_id, "STRATO-RUN-END integrity-verify:vdb", timeout=240)
-    assert "STRATO-RUN-END integrity-verify:vdb rc=0" in text and f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text, (
-        text[-3000:]
-    )
+    # Data beyond the blocks, for the next test's move to be larger than its target may grow a file.
+    top, _chain = _chain_files(cloud, data["id"])
+    filled = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 64M {FILL_MIB}M", top],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert filled.returncode == 0, filled.stderr
+    commands = f"integrity-verify:vdb;integrity-loop:vdb:{FILL_LOOP_S};integrity-verify:vdb"
+    api.updateVirtualMachine(id=cloud.vm_id, **{"details[0].guestcommands": commands})
+    host = ids["host2"] if root["storageid"] == ids["local2"] else ids["host1"]
+    hosts.ok(api.startVirtualMachine(id=cloud.vm_id, hostid=host))
+    text = hosts.wait_console(cloud.vm_id, "STRATO-INTEGRITY LOOP-START", timeout=240)
+    assert "STRATO-RUN-END integrity-verify:vdb rc=0" in text and f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text, text[
+        -3000:
+    ]
+
+
+def _restart_agent(cloud: FaultHosts, host_id: str, prefix: list[str] | None) -> None:
+    old = cloud.hosts.agents[host_id]
+    old.stop()
+    cloud.hosts.agents[host_id] = start_agent(old.data_dir, token=old.token, driver="qemu", accel="tcg",
+                                              port=old.port, command_prefix=prefix)  # fmt: skip
+    cloud.restarted.append(cloud.hosts.agents[host_id])
+    deadline = time.monotonic() + 120
+    while (host := cloud.hosts.api().listHosts(id=host_id)["host"][0])["state"] != "Up":
+        assert time.monotonic() < deadline, f"host {host['name']} is {host['state']} after its agent restarted"
+        time.sleep(0.5)
+
+
+def test_the_target_pool_fills_during_a_move_to_another_host(cloud: FaultHosts) -> None:
+    """The target host's agent (and the incoming QEMU it starts) may not grow a file beyond FSIZE_MIB
+    (RLIMIT_FSIZE: the file system refuses the write as a full one would; QEMU's NBD server answers the
+    source's mirror ENOSPC). The root disk's template base fits, the data disk's FILL_MIB does not: the
+    job fails naming the cause, the VM keeps running on its source disks, nothing of the target stays.
+    A pool too small by its recorded capacity is refused at the request instead."""
+    hosts, ids = cloud.hosts, cloud.hosts.ids
+    if not cloud.vm_id or "LOOP-START" not in _console(cloud):
+        pytest.skip("needs the VM the offline matrix restarted")
+    api = hosts.api()
+    vm = hosts.vm(cloud.vm_id)
+    here = "1" if vm["hostid"] == ids["host1"] else "2"
+    there = "2" if here == "1" else "1"
+    vols = hosts.volumes(cloud.vm_id)
+    before = {v["id"]: v["storageid"] for v in vols}
+    params: dict[str, str] = {}
+    for i, vol in enumerate(vols):
+        params[f"migrateto[{i}].volume"] = vol["id"]
+        params[f"migrateto[{i}].pool"] = ids[f"local{there}"]
+
+    # By the pool's capacity: refused at once, nothing started.
+    api.updateStoragePool(id=ids[f"local{there}"], capacitybytes=256 * 1024 * 1024)
+    try:
+        code, text = refused(api.migrateVirtualMachineWithVolume, virtualmachineid=cloud.vm_id,
+                             hostid=ids[f"host{there}"], **params)  # fmt: skip
+    finally:
+        api.updateStoragePool(id=ids[f"local{there}"], capacitybytes=64 * 1024**3)
+    assert code == 533 and ("free" in text or "full" in text), (code, text)
+    assert vols[1]["name"] in text, text
+    _settled(cloud, ids[f"host{here}"], before)
+
+    # For real: the target's file system refuses to grow the files.
+    _restart_agent(cloud, ids[f"host{there}"], ["prlimit", f"--fsize={FSIZE_MIB * 1024 * 1024}", "--"])
+    try:
+        job = api.migrateVirtualMachineWithVolume(virtualmachineid=cloud.vm_id, hostid=ids[f"host{there}"], **params)
+        found = check_promises(hosts.server, api, str(job["jobid"]), "target full", cloud.files, timeout=240)
+        assert not found.broken(), found.broken()
+        assert found.job["jobstatus"] == 2, found.job
+        error = found.job["jobresult"]["errortext"]
+        assert re.search(r"No space left|ENOSPC|File too large|EFBIG", error), error
+        _settled(cloud, ids[f"host{here}"], before)
+        leftovers = {f for pool, f in cloud.files() if pool == ids[f"local{there}"]}
+        assert leftovers <= {f for pool, f in known_layers(hosts.server) if pool == ids[f"local{there}"]}
+    finally:
+        _restart_agent(cloud, ids[f"host{there}"], None)
+    assert "LOOP-DONE" not in _console(cloud), "the guest stopped writing before the move ended"
+    text = hosts.wait_console(cloud.vm_id, "LOOP-DONE", timeout=FILL_LOOP_S + 120)
+    text = hosts.wait_console(cloud.vm_id, "STRATO-RUN-END integrity-verify:vdb rc=", timeout=120)
+    ends = re.findall(r"STRATO-RUN-END integrity-verify:vdb rc=\d+", text)
+    while len(ends) < 2:
+        time.sleep(1)
+        text = _console(cloud)
+        ends = re.findall(r"STRATO-RUN-END integrity-verify:vdb rc=\d+", text)
+    assert ends == ["STRATO-RUN-END integrity-verify:vdb rc=0"] * 2, text[-3000:]
     hosts.ok(api.destroyVirtualMachine(id=cloud.vm_id, expunge=True))
