@@ -359,6 +359,7 @@ def test_the_target_pool_fills_during_a_move_to_another_host(cloud: FaultHosts) 
         assert found.job["jobstatus"] == 2, found.job
         error = found.job["jobresult"]["errortext"]
         assert re.search(r"No space left|ENOSPC|File too large|EFBIG", error), error
+        print(f"the full target's job error: {error}")
         _settled(cloud, ids[f"host{here}"], before)
         leftovers = {f for pool, f in cloud.files() if pool == ids[f"local{there}"]}
         assert leftovers <= {f for pool, f in known_layers(hosts.server) if pool == ids[f"local{there}"]}
