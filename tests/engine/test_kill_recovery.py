@@ -130,6 +130,13 @@ def _kill_and_restart(env: KillEnv, after: float) -> None:
 
 def _ended(env: KillEnv, job_id: str) -> Promises:
     found = check_promises(env.server, env.api(), job_id, "kill", env.files, timeout=60)
+    # An earlier test's clean-up (an expunge) may have been interrupted by this kill as well: its
+    # recovery must end too before the whole cloud is checked for transitional states.
+    deadline = time.monotonic() + 120
+    while env.server.sql("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0]:
+        assert time.monotonic() < deadline, "jobs still active two minutes after the recovery"
+        time.sleep(0.5)
+    found = check_promises(env.server, env.api(), job_id, "kill", env.files, timeout=60)
     assert not found.broken(), found.broken()
     return found
 
