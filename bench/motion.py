@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from qemu.qmp import QMPClient  # noqa: E402
 
 from helpers.agentproc import AgentProcess, start_agent  # noqa: E402
+from helpers.faultlib import kill_qemus_under  # noqa: E402
 from helpers.serverproc import ServerProcess, start_server, wait_job  # noqa: E402
 from strato.protocol.messages import GetConsoleLog  # noqa: E402
 
@@ -453,6 +454,7 @@ def main() -> None:
             agent.stop()
         if server is not None:
             server.stop()
+        kill_qemus_under(base)  # agents leave running VMs running by design: the bench stops its own
         shutil.rmtree(base, ignore_errors=True)
 
     api_med, bare_med, cp_med = statistics.median(api_times), statistics.median(bare_times), statistics.median(cp_times)
