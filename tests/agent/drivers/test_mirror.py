@@ -12,12 +12,9 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,55 +42,6 @@ BLOCKS = 64
 BS = 4096
 TEMPLATE_FILL_MIB = 8
 """Data in the template beyond its integrity blocks: what a clone's move must not copy."""
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short temp dir (unix socket paths are limited); every QEMU in it is killed, pass or fail."""
-    path = Path(tempfile.mkdtemp(prefix="strato-mv-"))
-    try:
-        yield path
-    finally:
-        for pidfile in path.glob("vms/*/qemu.pid"):
-            pid = live_pid(RunDir(pidfile.parent))
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def driver(data_dir: Path) -> AsyncIterator[QemuDriver]:
-    drv = QemuDriver(data_dir, accel="tcg")
-    await drv.start()
-    try:
-        yield drv
-    finally:
-        await drv.close()
-
-
-@pytest.fixture
-def tiny_image(data_dir: Path) -> Path:
-    """The tiny guest image: the prebuilt one when current, else built here."""
-    try:
-        import strato.image
-        from strato.image.tiny import build_tiny_image, default_image_path
-        from strato.image.tools import ImageToolError
-    except ImportError:
-        pytest.skip("strato.image.tiny is not available")
-    pkg = Path(strato.image.__file__).parent
-    newest = max(p.stat().st_mtime for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    prebuilt = default_image_path()
-    if prebuilt.is_file() and prebuilt.stat().st_mtime >= newest:
-        return prebuilt
-    try:
-        return build_tiny_image(data_dir / "tiny-build" / "tiny.qcow2")
-    except ImageToolError as exc:
-        pytest.skip(f"cannot build the tiny guest image here: {exc}")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
