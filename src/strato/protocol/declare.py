@@ -27,6 +27,7 @@ class Role(StrEnum):
     BLOCK_JOBS = "block_jobs"
     MIGRATION_SOURCE = "migration_source"
     MIGRATION_TARGET = "migration_target"
+    SNAPSHOTS = "snapshots"
     SIMULATOR = "simulator"
 
 

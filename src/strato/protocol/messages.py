@@ -531,6 +531,116 @@ class PullLayer(AgentCommand[LayerInfo]):
     bandwidth_bytes_per_s: int | None = None
 
 
+# --- VM snapshots: freeze the disks (and the memory), restore, merge layers -----------------------------
+#
+# All served by the Snapshots role. A stopped VM's disk snapshot needs no new command: the server creates
+# each new top with CreateLayer on the frozen one. Offline merges (a stopped VM, or layers of a branch the
+# running VM does not use) are CommitLayer/StreamLayer; live merges in the running chain are
+# CommitDisk/StreamDisk.
+
+
+class SnapshotDisk(Message):
+    """One disk of a VM snapshot: its present top layer is frozen and `new_top`, created on the same pool
+    with the frozen layer as its backing, becomes the layer the VM writes to."""
+
+    device_id: int
+    new_top: LayerRef
+
+
+class SnapshotTaken(Message):
+    disks: list[DiskSpec]
+    """The disks as the VM has them now (on their new tops)."""
+    memory: LayerInfo | None = None
+    """The memory-state file, for a snapshot with memory."""
+    paused_ms: float = 0.0
+    """How long the guest was paused: the freeze of the disks (and the last memory pass with memory)."""
+
+
+class SnapshotVm(AgentCommand[SnapshotTaken]):
+    """Snapshot of a running VM: the tops of all listed disks are frozen in one QMP transaction, so they
+    hold the same instant. With `memory`, the RAM is first written live to that file (a migration to a
+    file) and the guest is paused only for the last pass and the freeze; the guest then resumes. Failed
+    or cancelled: the VM runs on its old tops, the new tops and the memory file are removed.
+    Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "snapshot_vm", long_running=True)
+    type: Literal["snapshot_vm"] = "snapshot_vm"
+    vm_name: str
+    disks: list[SnapshotDisk]
+    memory: LayerRef | None = None
+
+
+class SaveVm(AgentCommand[LayerInfo]):
+    """Hibernate: write the running VM's memory to `memory` (live, paused only for the last pass), then
+    stop the VM; answers the memory file. Failed or cancelled: the VM keeps running, the file is removed.
+    Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "save_vm", long_running=True)
+    type: Literal["save_vm"] = "save_vm"
+    vm_name: str
+    memory: LayerRef
+
+
+class RestoreVm(AgentCommand[VmReport]):
+    """Start the VM of `spec` from a memory file (of a snapshot with memory, or of a hibernated VM): it
+    runs on from where the memory was written, without booting. The spec's disks must hold the disk
+    state of that instant (the snapshot's frozen layers under new empty tops). Failed: no VM is left
+    running. Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "restore_vm", long_running=True)
+    type: Literal["restore_vm"] = "restore_vm"
+    spec: VmSpec
+    memory: LayerRef
+
+
+class StreamDisk(AgentCommand[DiskSpec]):
+    """Live merge, copying upwards: into `into`, a layer of the running VM's disk chain (the active top
+    included), copy the data of the layers between it and `base` (None: every layer below it), then make
+    `base` its backing. The layers streamed are left for the caller to remove. Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "stream_disk", long_running=True)
+    type: Literal["stream_disk"] = "stream_disk"
+    vm_name: str
+    device_id: int
+    into: LayerRef
+    base: LayerRef | None = None
+
+
+class CommitDisk(AgentCommand[DiskSpec]):
+    """Live merge, copying downwards: copy `top`, a layer of the running VM's disk chain (the active top
+    included), into `base`, its backing, and drop `top` from the chain: what rested on `top` now rests on
+    `base`, and when `top` was the active layer the VM now writes to `base`. Answers the disk as the VM
+    has it now; `top`'s file is left for the caller to remove. Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "commit_disk", long_running=True)
+    type: Literal["commit_disk"] = "commit_disk"
+    vm_name: str
+    device_id: int
+    top: LayerRef
+    base: LayerRef
+
+
+class CommitLayer(AgentCommand[LayerInfo]):
+    """Offline merge, copying downwards: write the data of `top` into `base`, its backing (no VM has
+    either open); `top` is left for the caller to remove or rebase onto. Answers `base`. Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "commit_layer", long_running=True)
+    type: Literal["commit_layer"] = "commit_layer"
+    top: LayerRef
+    base: LayerRef
+
+
+class StreamLayer(AgentCommand[LayerInfo]):
+    """Offline merge, copying upwards: copy into `layer` what its present backing chain holds that `base`
+    does not (a safe rebase), then make `base` (None: no backing) its backing. Answers `layer`.
+    Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "stream_layer", long_running=True)
+    type: Literal["stream_layer"] = "stream_layer"
+    layer: LayerRef
+    base: LayerRef | None = None
+
+
 # --- the envelope: every declared command ------------------------------------------------------------
 
 COMMANDS = declared_commands()

@@ -13,6 +13,7 @@ from strato.agent.drivers.roles import (
     MigrationSource,
     MigrationTarget,
     ProgressFn,
+    Snapshots,
     report_phase,
 )
 from strato.protocol.capabilities import DriverCapabilities
@@ -34,8 +35,8 @@ def capability_problems(driver: Driver) -> list[str]:
         problems.append("live_storage_motion needs the BlockJobs role")
     if caps.live_migration and not (isinstance(driver, MigrationSource) and isinstance(driver, MigrationTarget)):
         problems.append("live_migration needs the MigrationSource and MigrationTarget roles")
-    if caps.vm_snapshots or caps.memory_snapshots:
-        problems.append("no driver role serves VM snapshots yet")
+    if (caps.vm_snapshots or caps.memory_snapshots) and not isinstance(driver, Snapshots):
+        problems.append("vm_snapshots and memory_snapshots need the Snapshots role")
     if caps.memory_snapshots and not caps.vm_snapshots:
         problems.append("memory_snapshots needs vm_snapshots")
     return problems

@@ -27,6 +27,8 @@ from strato.protocol.messages import (
     PoolRef,
     PoolReport,
     Role,
+    SnapshotDisk,
+    SnapshotTaken,
     StateReport,
     VmReport,
     VmSpec,
@@ -293,6 +295,45 @@ class MigrationTarget(abc.ABC):
         """Roll back at the target: kill the waiting VM and remove its new top layers (idempotent)."""
 
 
+class Snapshots(abc.ABC):
+    """VM snapshots as layers: freeze a running VM's disks (and its memory) at one instant, start a VM from
+    a memory file, and merge two adjacent layers of a chain, live or offline."""
+
+    @abc.abstractmethod
+    async def snapshot_vm(
+        self, vm_name: str, disks: list[SnapshotDisk], memory: LayerRef | None, progress: ProgressFn
+    ) -> SnapshotTaken:
+        """Freeze the disks' tops in one transaction onto new tops (with memory: after a live RAM save)."""
+
+    @abc.abstractmethod
+    async def save_vm(self, vm_name: str, memory: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """Hibernate: the RAM to a file, then the VM stopped."""
+
+    @abc.abstractmethod
+    async def restore_vm(self, spec: VmSpec, memory: LayerRef, progress: ProgressFn) -> VmReport:
+        """Start a VM from a memory file, running on from where it was written."""
+
+    @abc.abstractmethod
+    async def stream_disk(
+        self, vm_name: str, device_id: int, into: LayerRef, base: LayerRef | None, progress: ProgressFn
+    ) -> DiskSpec:
+        """Live: copy the layers between `into` and `base` into `into`; `base` becomes its backing."""
+
+    @abc.abstractmethod
+    async def commit_disk(
+        self, vm_name: str, device_id: int, top: LayerRef, base: LayerRef, progress: ProgressFn
+    ) -> DiskSpec:
+        """Live: copy `top` into its backing `base` and drop `top` from the chain."""
+
+    @abc.abstractmethod
+    async def commit_layer(self, top: LayerRef, base: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """Offline: copy `top` into its backing `base`."""
+
+    @abc.abstractmethod
+    async def stream_layer(self, layer: LayerRef, base: LayerRef | None, progress: ProgressFn) -> LayerInfo:
+        """Offline: copy into `layer` what its chain holds above `base`; `base` becomes its backing."""
+
+
 class SimulatorControl(abc.ABC):
     """A driver whose commands can be delayed or made to fail on request (only the simulator)."""
 
@@ -314,6 +355,7 @@ ROLES: dict[Role, type[abc.ABC]] = {
     Role.BLOCK_JOBS: BlockJobs,
     Role.MIGRATION_SOURCE: MigrationSource,
     Role.MIGRATION_TARGET: MigrationTarget,
+    Role.SNAPSHOTS: Snapshots,
     Role.SIMULATOR: SimulatorControl,
 }
 """The class of each role named by command declarations."""
