@@ -57,13 +57,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist's `--dist loadgroup` (scripts/test.sh): a module's tests stay on one worker, as
-    they share its module-scoped server and agents; a test may name a wider group with
-    `@pytest.mark.xdist_group("name")`. Session fixtures (PostgreSQL, the compute cloud, the tiny image)
-    are made once per worker, each in its own temp dir and on its own ports."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    """For pytest-xdist's `--dist loadscope` (scripts/test.sh), which keeps a module's tests on one worker
+    as they share its module-scoped server and agents: the modules that boot QEMU guests, the long ones,
+    are handed out first, so that the short ones fill the other worker's time instead of both waiting at
+    the end for one long module (a stable sort: a module's tests keep their order). Session fixtures
+    (PostgreSQL, the compute cloud, the tiny image) are made once per worker, each in its own temp dir and
+    on its own ports.
+
+    Not `--dist loadgroup`: with pytest 9 its grouping does nothing (pytest-xdist 3.8 renames a node by
+    `_nodeid`, which pytest 9 no longer reads), so a module's tests were spread over both workers, each
+    building the module's cloud again (tests/test_xdist_scope.py guards this)."""
+    items.sort(key=lambda item: item.get_closest_marker("qemu") is None)
 
 
 @pytest.fixture(scope="session")

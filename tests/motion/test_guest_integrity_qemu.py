@@ -22,7 +22,7 @@ from helpers.faultlib import kill_qemus_under, transitional
 from helpers.serverproc import ServerProcess, start_server, wait_job
 from strato.protocol.messages import GetConsoleLog
 
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("qemu-motion-integrity")]
+pytestmark = [pytest.mark.qemu]
 
 BLOCKS = 192
 LOOP_S = 30

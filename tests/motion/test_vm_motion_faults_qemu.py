@@ -45,7 +45,7 @@ from strato.image.integrity import parse_generations, verify_image
 from strato.protocol.client import AgentCallError
 from strato.protocol.messages import GetVm, PowerState
 
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("qemu-motion-faults")]
+pytestmark = [pytest.mark.qemu]
 
 BLOCKS = 64
 LOOP_S = 80
