@@ -267,6 +267,22 @@ def test_a_failed_attach_of_a_placed_volume_takes_its_file_back(sim: SimZone, sh
     sim.api.destroyVirtualMachine(id=vm["id"], expunge=True)
 
 
+def test_an_allocated_volume_resizes_without_a_file_and_is_made_at_its_new_size(sim: SimZone, shared_pool: str) -> None:
+    vm = sim.deploy()
+    vol = _allocated(sim, sim.shared_disk)
+    before = sim.layers()
+    resized = sim.api.resizeVolume(id=vol["id"], size=3)["volume"]
+    assert resized["state"] == "Allocated" and resized["size"] == 3 * GIB and "storageid" not in resized, resized
+    assert sim.layers() == before  # still no file
+    code, text = api_error(lambda: sim.api.resizeVolume(id=vol["id"], size=1))
+    assert code == 431 and "shrinking" in text, (code, text)
+    attached = sim.api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    assert attached["state"] == "Ready" and attached["size"] == 3 * GIB, attached
+    sim.api.detachVolume(id=vol["id"])
+    sim.api.deleteVolume(id=vol["id"])
+    sim.api.destroyVirtualMachine(id=vm["id"], expunge=True)
+
+
 def test_create_with_a_vm_or_a_pool_creates_at_once(sim: SimZone, shared_pool: str) -> None:
     vm = sim.deploy()
     with_vm = sim.api.createVolume(name=f"wv-{_tag()}", diskofferingid=sim.local_disk, virtualmachineid=vm["id"])

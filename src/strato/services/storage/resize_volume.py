@@ -1,4 +1,5 @@
 """resizeVolume: a volume grows (never shrinks), offline with qemu-img or live through its running VM.
+An Allocated volume (no disk yet: it is made where it is first attached) only records its new size.
 
 Resumable: growing a disk to the size it already has is no error, so a job left by a dead server is
 finished rather than undone; a failed grow leaves the volume Ready at its old size."""
@@ -54,8 +55,8 @@ class ResizeVolume(Operation[ResizeParams]):
     @classmethod
     def check(cls, session: Session, params: ResizeParams) -> None:
         vol = live_volume(session, params.volume_id)
-        if vol.state != "Ready":
-            raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be resized")
+        if vol.state not in ("Ready", "Allocated"):
+            raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready and Allocated volumes can be resized")
         if params.size < vol.size:
             raise InvalidParameter(
                 f"Volume {vol.name} is {vol.size / GIB:.1f} GiB; shrinking to {params.size / GIB:.1f} GiB "
@@ -80,11 +81,14 @@ class ResizeVolume(Operation[ResizeParams]):
             Step("record size", self._record),
         ]
 
-    def _mark(self) -> None:
+    def _mark(self) -> StepData:
         with self.db.session() as s:
             vol = live_volume(s, self.params.volume_id)
+            if vol.state == "Allocated":  # no disk to grow: nothing transitional
+                return {"allocated": True}
             if vol.state != "Resizing":
                 volume_to(vol, "Resizing")
+            return {"allocated": False}
 
     def _unmark(self) -> None:
         with self.db.session() as s:
@@ -93,6 +97,8 @@ class ResizeVolume(Operation[ResizeParams]):
                 volume_to(vol, "Ready")
 
     def _grow(self) -> StepData:
+        if self.output("mark resizing").get("allocated"):
+            return {"virtual_size": self.params.size, "physical_size": 0, "live": False}
         with self.db.session() as s:
             vol = live_volume(s, self.params.volume_id)
             assert vol.pool_id and vol.top_layer_id
