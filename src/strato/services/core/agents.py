@@ -36,7 +36,8 @@ def describe_failure(host_name: str, exc: Exception) -> ResourceUnavailable:
     if isinstance(exc, AgentUnreachable):
         return ResourceUnavailable(f"Host {host_name} is not reachable: {exc}")
     if isinstance(exc, AgentCallError):
-        return ResourceUnavailable(f"Host {host_name} refused the command: {exc.message}")
+        # The agent ran the command and it failed (a link that stalled, QEMU's error, a refusal alike).
+        return ResourceUnavailable(f"Host {host_name} reported a failure: {exc.message}")
     return ResourceUnavailable(f"Host {host_name} failed: {exc}")
 
 
