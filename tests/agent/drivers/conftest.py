@@ -3,17 +3,15 @@ driver on it, and the tiny guest image."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from drvlib import kill_qemus_in
 
 from strato.agent.drivers.qemu import QemuDriver
-from strato.agent.drivers.qemu.process import RunDir, live_pid
 
 
 @pytest.fixture
@@ -28,10 +26,7 @@ def data_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        for pidfile in path.glob("vms/*/qemu.pid"):
-            pid = live_pid(RunDir(pidfile.parent))
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
+        kill_qemus_in(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

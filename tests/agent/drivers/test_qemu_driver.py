@@ -8,13 +8,11 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from drvlib import layer, vm_spec
 
 from helpers.console import guest_timer
 from strato.agent.drivers.base import DriverError
@@ -40,42 +38,6 @@ pytestmark = [
 ]
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short temp dir (unix socket paths are limited to 107 bytes); kills every QEMU left in it."""
-    path = Path(tempfile.mkdtemp(prefix="strato-qd-"))
-    try:
-        yield path
-    finally:
-        for pidfile in path.glob("vms/*/qemu.pid"):
-            pid = live_pid(RunDir(pidfile.parent))
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def driver(data_dir: Path) -> QemuDriver:
-    drv = QemuDriver(data_dir, accel="tcg")
-    await drv.start()
-    return drv
-
-
-def layer(drv: QemuDriver, name: str) -> LayerRef:
-    return LayerRef(pool=drv.local_pool, name=name)
-
-
-def vm_spec(name: str, disks: list[DiskSpec], **kw: object) -> VmSpec:
-    return VmSpec.model_validate(
-        {"name": name, "uuid": str(uuid.uuid4()), "cpus": 1, "memory_mib": 64, "disks": disks, **kw}
-    )
 
 
 async def blank_vm(drv: QemuDriver, name: str = "vm1") -> VmSpec:

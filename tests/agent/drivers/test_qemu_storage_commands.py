@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from drvlib import kill_qemus_in, layer, vm_spec
 from imageserver import ImageServer
 
 from helpers.agentproc import start_agent
@@ -50,7 +47,6 @@ from strato.protocol.messages import (
     StartVm,
     StopVm,
     TaskState,
-    VmSpec,
 )
 
 pytestmark = [
@@ -67,69 +63,20 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGl0cyBub3QgYSByZWFsIGtleSBidXQgb2sgZ
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def _kill_vms(path: Path) -> None:
-    for pidfile in path.glob("**/vms/*/qemu.pid"):
-        pid = live_pid(RunDir(pidfile.parent))
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short temp dir (unix socket paths are limited to 107 bytes); kills every QEMU left in it."""
-    path = Path(tempfile.mkdtemp(prefix="strato-qs-"))
-    try:
-        yield path
-    finally:
-        _kill_vms(path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def driver(data_dir: Path) -> QemuDriver:
+async def driver(data_dir: Path) -> AsyncIterator[QemuDriver]:
+    """The conftest's driver with a short detach timeout, for the tests of a guest that ignores a detach."""
     drv = QemuDriver(data_dir, accel="tcg", detach_timeout_s=2.0)
     await drv.start()
-    return drv
-
-
-@pytest.fixture
-def tiny_image(data_dir: Path) -> Path:
-    """The tiny guest image: the prebuilt one when current, else built here (~1 s)."""
     try:
-        import strato.image
-        from strato.image.tiny import build_tiny_image, default_image_path
-        from strato.image.tools import ImageToolError
-    except ImportError:
-        pytest.skip("strato.image.tiny is not available")
-    pkg = Path(strato.image.__file__).parent
-    newest = max(p.stat().st_mtime for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    prebuilt = default_image_path()
-    if prebuilt.is_file() and prebuilt.stat().st_mtime >= newest:
-        return prebuilt
-    try:
-        return build_tiny_image(data_dir / "tiny-build" / "tiny.qcow2")
-    except ImageToolError as exc:
-        pytest.skip(f"cannot build the tiny guest image here: {exc}")
-
-
-def layer(drv: QemuDriver, name: str) -> LayerRef:
-    return LayerRef(pool=drv.local_pool, name=name)
+        yield drv
+    finally:
+        await drv.close()
 
 
 def pool_files(drv: QemuDriver) -> list[str]:
     """Every file in the local pool, hidden temporaries included."""
     root = Path(drv.local_pool.path)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def vm_spec(name: str, disks: list[DiskSpec], **kw: object) -> VmSpec:
-    return VmSpec.model_validate(
-        {"name": name, "uuid": str(uuid.uuid4()), "cpus": 1, "memory_mib": 64, "disks": disks, **kw}
-    )
 
 
 def qemu_io(path: Path, command: str, fmt: str = "qcow2") -> str:
@@ -517,7 +464,7 @@ async def test_tiny_guest_reads_config_drive_and_runs_guest_commands(data_dir: P
         client.call(RemoveVm(name="vm1"))
     finally:
         agent.stop()
-        _kill_vms(data_dir)
+        kill_qemus_in(data_dir)
 
 
 # --- long tasks over HTTP: progress and cancel -------------------------------------------------------

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from drvlib import layer
 
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.blockjobs import BlockJobs, target_node
@@ -38,10 +39,6 @@ SPEED = 1 * MiB
 BURST = MiB // 4
 """buf-size of the throttled mirrors: QEMU lets this much through before the rate limit applies."""
 ANSWER_S = 1.0
-
-
-def layer(drv: QemuDriver, name: str) -> LayerRef:
-    return LayerRef(pool=drv.local_pool, name=name)
 
 
 async def start_guest(drv: QemuDriver, image: Path, wait_boot: bool) -> Path:
