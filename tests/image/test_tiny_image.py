@@ -6,12 +6,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tinyvm import boot_tiny, data_disk
 
+from helpers.vnc import end_loop
 from strato.image.configdrive import build_config_drive
 from strato.image.integrity import BlockFailure, parse_generations, verify_image
 
@@ -64,11 +66,18 @@ def _corrupt_byte(disk: Path, offset: int) -> None:
 
 def test_integrity_workload_verifies_and_detects_corruption(tiny_image: Path, workdir: Path) -> None:
     disk = data_disk(workdir / "data.qcow2", 32)
-    run = "integrity-write:vdb:64;integrity-loop:vdb:2;integrity-gens:vdb;integrity-verify:vdb;poweroff"
-    with boot_tiny(tiny_image, workdir, disks=[disk], run=run, name="writer") as vm:
+    # The loop would write for ten minutes: a key pressed through VNC ends it; then the ACPI power button
+    # (QEMU's system_powerdown, a graceful stop) powers the guest off.
+    run = "integrity-write:vdb:64;integrity-loop:vdb:600;integrity-gens:vdb;integrity-verify:vdb"
+    with boot_tiny(tiny_image, workdir, disks=[disk], run=run, name="writer", vnc=True, qmp=True) as vm:
         vm.wait_for(r"^STRATO-INTEGRITY WROTE 64 blocks bs 4096", timeout=90)
+        vm.wait_for(r"^STRATO-INTEGRITY LOOP-START", timeout=60)
+        time.sleep(2)  # some rewrites
+        end_loop(vm.vnc_port(), vm.console)
         gens = parse_generations(vm.wait_for(r"^STRATO-INTEGRITY-GENS .*$", timeout=60).group(0))
         vm.wait_for(r"^STRATO-INTEGRITY OK 64 blocks$", timeout=60)
+        vm.qmp("system_powerdown")
+        vm.wait_for(r"STRATO-POWER-BUTTON$", timeout=60)
         assert vm.wait_exit(timeout=30) == 0
     assert max(gens.values()) >= 2, "the loop rewrote no block"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.console import cpu_seconds, guest_timer, whole_lines
+from strato.agent.drivers.qemu.process import free_vnc_display
 
 QEMU = "qemu-system-x86_64"
 
@@ -28,6 +31,29 @@ class TinyVM:
     serial: Path
     stderr: Path
     started: float = field(default_factory=time.monotonic)
+    qmp_path: Path | None = None
+
+    def qmp(self, command: str) -> object:
+        """One QMP command on the VM's monitor socket (booted with qmp=True), e.g. system_powerdown;
+        answers its return value."""
+        assert self.qmp_path is not None, "booted without qmp=True"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.qmp_path))
+            reader = sock.makefile("rb")
+            reader.readline()  # the greeting
+            answer: dict[str, object] = {}
+            for execute in ("qmp_capabilities", command):
+                sock.sendall(json.dumps({"execute": execute}).encode() + b"\n")
+                while "return" not in (answer := json.loads(reader.readline())):
+                    assert "error" not in answer, answer
+            return answer["return"]
+
+    def vnc_port(self) -> int:
+        """The port QEMU's VNC server took (it moves on to a free display when the one asked is taken)."""
+        info = self.qmp("query-vnc")
+        assert isinstance(info, dict) and info.get("enabled"), info
+        return int(info["service"])
 
     def console(self) -> str:
         """The console's complete lines (a line still being written is held back while QEMU runs)."""
@@ -85,6 +111,8 @@ def boot_tiny(
     cd_bus: str = "ide",
     run: str | None = None,
     name: str = "vm",
+    vnc: bool = False,
+    qmp: bool = False,
 ) -> Iterator[TinyVM]:
     """Boot `image` through a throw-away overlay with virtio data disks, an optional config drive
     (IDE CD on the default pc machine, or a CD on virtio-scsi) and `strato.run` items via fw_cfg."""
@@ -113,10 +141,17 @@ def boot_tiny(
             ]  # fmt: skip
     if run is not None:
         argv += ["-fw_cfg", f"name=opt/strato/run,string={run.replace(',', ',,')}"]
+    qmp_path = None
+    if vnc:
+        # A graphics card as the agent's VMs have: without a console QEMU's VNC passes no keys on.
+        argv += ["-device", "VGA", "-vnc", f"127.0.0.1:{free_vnc_display()},to=999"]
+    if qmp or vnc:  # the VNC port is asked of QEMU
+        qmp_path = workdir / f"{name}-qmp.sock"
+        argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
     with stderr.open("wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        yield TinyVM(proc, serial, stderr)
+        yield TinyVM(proc, serial, stderr, qmp_path=qmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,6 +17,7 @@ GUEST_SCRIPTS = {
     "init": "init",
     "strato-integrity": "bin/strato-integrity",
     "strato-configdrive": "bin/strato-configdrive",
+    "strato-input": "bin/strato-input",
 }
 FIXED_MTIME = 946684800  # 2000-01-01: fixed timestamps keep the archive stable between builds
 

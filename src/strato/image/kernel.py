@@ -36,7 +36,8 @@ APT_ARCHIVES = Path("/var/cache/apt/archives")
 # Module names (as in modules.dep, '-' and '_' equal) loaded by the tiny guest, in this order.
 # virtio for disks/net/SCSI; ata_piix/ahci + sr_mod + isofs for a config drive on an IDE/SATA/SCSI CD;
 # vfat + nls (default iocharset ascii) for a config drive on a FAT disk;
-# qemu_fw_cfg for `-fw_cfg name=opt/strato/run`.
+# qemu_fw_cfg for `-fw_cfg name=opt/strato/run`; button + evdev for the ACPI power button (a graceful stop
+# powers the guest off) and the keyboard's events (a key ends an integrity loop early).
 GUEST_MODULES = (
     "virtio_pci",
     "virtio_blk",
@@ -53,6 +54,8 @@ GUEST_MODULES = (
     "nls_iso8859_1",
     "nls_utf8",
     "qemu_fw_cfg",
+    "button",
+    "evdev",
 )
 # Module parameters written next to the module in the guest's load list.
 MODULE_PARAMS = {"scsi_mod": "scan=sync"}
