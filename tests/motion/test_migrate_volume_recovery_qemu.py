@@ -23,6 +23,7 @@ from motionlib import deploy, other_pool, vm_of, vol_of
 
 from helpers.agentproc import start_agent
 from helpers.faultlib import FAULT_FILE_ENV, Promises, check_promises, run_fault_matrix, steps_of
+from helpers.vnc import end_guest_loop
 from strato.protocol.messages import GetConsoleLog, ListBlockJobs
 
 pytestmark = pytest.mark.qemu
@@ -31,6 +32,8 @@ KIND = "volume.migrate"
 BLOCKS = 64
 FILL_MIB = 12
 """Data put in the disk before the guest boots, so that a move at 1 MiB/s takes about this many seconds."""
+LOOP_CEILING_S = 900
+"""The guest writes until a test ends its loop; this only bounds a test that fails before."""
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,8 @@ def _no_strays(cloud: Cloud, job_id: str) -> Promises:
 
 
 def _verified(cloud: Cloud, vm: dict[str, Any], timeout: float) -> None:
+    """Ends the guest's writing loop (a key through VNC) and waits for its verify of every block."""
+    end_guest_loop(vm["instancename"], cloud.agent.data_dir, lambda: _console(cloud, vm))
     text = _wait_console(cloud, vm, "STRATO-RUN-END integrity-verify:vdb", timeout)
     assert "STRATO-RUN-END integrity-verify:vdb rc=0" in text, text[-3000:]
     assert f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text, text[-3000:]
@@ -123,7 +128,7 @@ def _verified(cloud: Cloud, vm: dict[str, Any], timeout: float) -> None:
 
 def _writing_vm(cloud: Cloud, loop_s: int) -> tuple[dict[str, Any], str]:
     """A running VM whose data disk (vdb, on the local pool) holds FILL_MIB of data and is being written
-    by the guest's integrity loop for `loop_s` seconds (then verified)."""
+    by the guest's integrity loop until _verified ends it (at most `loop_s` seconds), then verified."""
     commands = f"integrity-write:vdb:{BLOCKS},integrity-loop:vdb:{loop_s},integrity-gens:vdb,integrity-verify:vdb"
     vm = deploy(cloud, start=False, diskofferingid=cloud.ids["disk"], datadiskstorageid=cloud.ids["local"],
                 details=[{"guestcommands": commands}])  # fmt: skip
@@ -173,7 +178,7 @@ def _restart_server(cloud: Cloud) -> None:
 
 
 def test_server_killed_during_a_live_move_on_qemu(cloud: Cloud) -> None:
-    vm, vol_id = _writing_vm(cloud, loop_s=150)
+    vm, vol_id = _writing_vm(cloud, loop_s=LOOP_CEILING_S)
     started = time.monotonic()
     try:
         # 1. Killed one second into the mirror, restarted at once: the agent's mirror still runs; the
@@ -237,7 +242,7 @@ def test_server_killed_during_a_live_move_on_qemu(cloud: Cloud) -> None:
 
 
 def test_fault_matrix_of_a_live_move_on_qemu(cloud: Cloud) -> None:
-    vm, vol_id = _writing_vm(cloud, loop_s=150)
+    vm, vol_id = _writing_vm(cloud, loop_s=LOOP_CEILING_S)
     moves: list[tuple[str, str]] = []
 
     def start() -> str:
@@ -263,7 +268,7 @@ def test_fault_matrix_of_a_live_move_on_qemu(cloud: Cloud) -> None:
 
 
 def test_agent_killed_during_a_live_move_on_qemu(cloud: Cloud) -> None:
-    vm, vol_id = _writing_vm(cloud, loop_s=60)
+    vm, vol_id = _writing_vm(cloud, loop_s=LOOP_CEILING_S)
     try:
         job, source, _target = _move(cloud, vol_id, bandwidth=1)
         _wait_step(cloud, job, "mirror top layer", "running")
