@@ -20,12 +20,14 @@ from cs import CloudStack
 from helpers.agentproc import AgentProcess, start_agent
 from helpers.faultlib import kill_qemus_under, transitional
 from helpers.serverproc import ServerProcess, start_server, wait_job
+from helpers.vnc import end_guest_loop
 from strato.protocol.messages import GetConsoleLog
 
 pytestmark = [pytest.mark.qemu]
 
 BLOCKS = 192
-LOOP_S = 30
+LOOP_S = 600
+"""The ceiling of the guest's write loop: verdict() ends it with a key once the test's moves are done."""
 
 
 @dataclass
@@ -78,9 +80,15 @@ class TwoHosts:
         self.ok(started)
         return str(started["id"])
 
+    def end_loop(self, vm_id: str) -> None:
+        """A key pressed on the guest's keyboard (VNC) ends its write loop."""
+        vm = self.vm(vm_id)
+        end_guest_loop(vm["instancename"], self.agents[vm["hostid"]].data_dir, lambda: self.console(vm_id))
+
     def verdict(self, vm_id: str, device: str) -> None:
-        """The guest's verify of `device` (run after its write loop) said every block is good."""
-        text = self.wait_console(vm_id, f"STRATO-RUN-END integrity-verify:{device}", timeout=LOOP_S + 240)
+        """The guest's verify of `device` (run after its write loop, ended here) said every block is good."""
+        self.end_loop(vm_id)
+        text = self.wait_console(vm_id, f"STRATO-RUN-END integrity-verify:{device}", timeout=240)
         assert f"STRATO-RUN-END integrity-verify:{device} rc=0" in text, text[-3000:]
         assert f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text, text[-3000:]
 
