@@ -46,6 +46,3 @@ class HostNetwork(abc.ABC):
     @abc.abstractmethod
     async def remove_taps(self, taps: list[str]) -> None:
         """Remove these NIC taps (absent ones are fine)."""
-
-    async def close(self) -> None:
-        """The agent stops: leave everything as it is (guests keep their network)."""

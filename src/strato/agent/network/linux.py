@@ -172,6 +172,7 @@ class LinuxNetwork(HostNetwork):
             pid = await self._start_dnsmasq(state, holder, inner, router)
         elif changed and pid:
             os.kill(pid, signal.SIGHUP)  # re-reads the hosts file; running leases stay
+        assert pid is not None
         return pid
 
     async def _start_holder(self, state: Path) -> int:
