@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-for path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[1] / "engine"):
+_HERE = Path(__file__).resolve().parent
+for path in (_HERE, _HERE.parent, _HERE.parent / "engine"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
