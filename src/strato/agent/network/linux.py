@@ -178,7 +178,7 @@ class LinuxNetwork(HostNetwork):
     async def _start_holder(self, state: Path) -> int:
         """A process in a new network namespace, in its own session so it outlives the agent."""
         proc = await asyncio.create_subprocess_exec(
-            "unshare", "--net", "--", sys.executable, "-c", "import signal; signal.pause()", HOLDER_MARK,
+            "unshare", "--net", "--", sys.executable, "-c", "import signal; signal.pause()", HOLDER_MARK, str(state),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
