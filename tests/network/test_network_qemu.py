@@ -193,6 +193,8 @@ def test_dhcp_vxlan_isolation_and_cleanup(netcloud: NetCloud) -> None:
     assert "STRATO-RUN-END ping:10.30.0.11:5 rc=1" in log_c, log_c[-2000:]
     assert f"STRATO-RUN-END tcp-probe:10.30.0.11:{PORT}:5 rc=1" in log_c, log_c[-2000:]
 
+    _agents_restart_without_cutting_guests(cloud, nets["A"])
+
     for vm in vms.values():
         done = wait_job(api, api.destroyVirtualMachine(id=vm["id"], expunge=True)["jobid"], 120)
         assert done["jobstatus"] == 1, done
@@ -204,6 +206,43 @@ def test_dhcp_vxlan_isolation_and_cleanup(netcloud: NetCloud) -> None:
     time.sleep(0.5)
     survivors = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _mentions(p, cloud.base, b"dnsmasq")]
     assert survivors == []
+
+
+def _router_processes(base: Path) -> dict[str, int]:
+    """Command line -> pid of the router holders and dnsmasq processes the test's agents started."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _mentions(proc, base, b"dnsmasq"):
+            found[(proc / "cmdline").read_bytes().decode(errors="replace")] = int(proc.name)
+    return found
+
+
+def _agents_restart_without_cutting_guests(cloud: NetCloud, network: dict[str, Any]) -> None:
+    """Both agents crash and come back; restartNetwork re-sends the wanted state: the routers and
+    dnsmasq are the same processes, and guest a still answers from its network's router namespace."""
+    before = _router_processes(cloud.base)
+    assert len(before) == 4, before  # a holder and a dnsmasq per network
+    for host, old in list(cloud.agents.items()):
+        old.kill()
+        cloud.agents[host] = start_agent(
+            old.data_dir, token=old.token, driver="qemu", accel="tcg", port=old.port,
+            command_prefix=cloud.lab.run(host, []), listen_host=cloud.lab.addr[host],
+            test_url_for=_relay(cloud.lab, host),
+        )  # fmt: skip
+    api = cloud.api()
+    assert wait_job(api, api.restartNetwork(id=network["id"])["jobid"])["jobstatus"] == 1
+    assert _router_processes(cloud.base) == before
+    holder = next(pid for line, pid in before.items() if "strato-router-holder" in line and
+                  _holds(pid, "10.30.0.1"))  # fmt: skip
+    ping = subprocess.run(["nsenter", "-t", str(holder), "-n", "busybox", "ping", "-c", "1", "-W", "3", "10.30.0.11"],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+def _holds(pid: int, address: str) -> bool:
+    done = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "addr", "show"], capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    return address in done.stdout
 
 
 def _mentions(proc: Path, base: Path, what: bytes) -> bool:
