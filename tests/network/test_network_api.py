@@ -113,6 +113,21 @@ def test_networks_vnis_overlap_and_nics(cloud: Cloud) -> None:
     assert {n["ipaddress"] for n in shown} == {n["ipaddress"] for n in nics}
 
     with pytest.raises(CloudStackApiException) as err:
+        api.addNicToVirtualMachine(virtualmachineid=b["id"], networkid=two["id"])
+    assert err.value.error["errorcode"] == 431 and "Running" in err.value.error["errortext"]
+    api.stopVirtualMachine(id=b["id"])
+    b = api.addNicToVirtualMachine(virtualmachineid=b["id"], networkid=two["id"])["virtualmachine"]
+    by_net = {n["networkid"]: n for n in b["nic"]}
+    assert by_net[two["id"]]["isdefault"] is False and by_net[one["id"]]["isdefault"] is True
+    b = api.updateDefaultNicForVirtualMachine(virtualmachineid=b["id"], nicid=by_net[two["id"]]["id"])
+    assert {n["networkid"]: n["isdefault"] for n in b["virtualmachine"]["nic"]} == {one["id"]: False, two["id"]: True}
+    _refused(api.removeNicFromVirtualMachine, "default", virtualmachineid=b["virtualmachine"]["id"],
+             nicid=by_net[two["id"]]["id"])  # fmt: skip
+    b = api.removeNicFromVirtualMachine(virtualmachineid=b["virtualmachine"]["id"], nicid=by_net[one["id"]]["id"])
+    b = b["virtualmachine"]
+    assert [n["networkid"] for n in b["nic"]] == [two["id"]]
+
+    with pytest.raises(CloudStackApiException) as err:
         api.deleteNetwork(id=one["id"])
     assert err.value.error["errorcode"] == 536 and "used by" in err.value.error["errortext"]
     for v in (vm, b):

@@ -278,3 +278,54 @@ def list_nics(ctx: CallContext, args: dict[str, Any]) -> Listing:
     ]
     items, total = paginate_rows([v.nic(ctx.session, n) for n in rows], Page.from_args(args))
     return Listing(items, total)
+
+
+def _vm_done(ctx: CallContext, cmd: str, vm_id: str) -> AsyncStarted:
+    return AsyncStarted(jobs.completed(ctx, cmd, {"type": "virtualmachine", "id": vm_id}, "VirtualMachine"), vm_id)
+
+
+VM_ID = Param("virtualmachineid", T.UUID, "The VM ID", required=True)
+NIC_ID = Param("nicid", T.UUID, "The NIC ID", required=True)
+
+
+@api(
+    "addNicToVirtualMachine",
+    "Adds a NIC on a network to a stopped VM (its address chosen, or the one given)",
+    kind=Kind.ASYNC,
+    event="NIC.CREATE",
+    params=(
+        VM_ID,
+        Param("networkid", T.UUID, "The network of the new NIC", required=True),
+        Param("ipaddress", T.STRING, "The NIC's address in the network", max_length=64),
+    ),
+)
+def add_nic(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    networks.add_nic_to_vm(ctx, vm, args["networkid"], args.get("ipaddress"))
+    return _vm_done(ctx, "addNicToVirtualMachine", vm.id)
+
+
+@api(
+    "removeNicFromVirtualMachine",
+    "Removes a NIC from a stopped VM (not its default NIC while it has others)",
+    kind=Kind.ASYNC,
+    event="NIC.DELETE",
+    params=(VM_ID, NIC_ID),
+)
+def remove_nic(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    networks.remove_nic_from_vm(ctx, vm, args["nicid"])
+    return _vm_done(ctx, "removeNicFromVirtualMachine", vm.id)
+
+
+@api(
+    "updateDefaultNicForVirtualMachine",
+    "Makes one NIC of a stopped VM its default",
+    kind=Kind.ASYNC,
+    event="NIC.UPDATE",
+    params=(VM_ID, NIC_ID),
+)
+def update_default_nic(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    networks.set_default_nic(ctx, vm, args["nicid"])
+    return _vm_done(ctx, "updateDefaultNicForVirtualMachine", vm.id)

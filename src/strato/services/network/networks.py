@@ -238,3 +238,47 @@ def requested_nics(ctx: CallContext, args: dict[str, Any], zone_id: str) -> list
             raise InvalidParameter(f"Network {network.name} is given twice ({param})")
         out.append((network, ip))
     return out
+
+
+# --- NICs of an existing VM (stopped VMs only: NIC hot-plug into a running QEMU is not written yet) ---
+
+
+def add_nic_to_vm(ctx: CallContext, vm: VirtualMachine, network_id: str, ip: str | None) -> Nic:
+    from strato.services.core.states import require_vm_state
+    from strato.services.network.nics import add_nic, vm_nics
+
+    require_vm_state(vm, "Stopped", action="add a NIC to")
+    network = get_network(ctx, network_id, "networkid")
+    if network.zone_id != vm.zone_id:
+        raise InvalidParameter(f"Network {network.name} (networkid) is not in the VM's zone")
+    existing = vm_nics(ctx.session, vm.id)
+    if any(n.network_id == network.id for n in existing):
+        raise InvalidParameter(f"VM {vm.name} already has a NIC on network {network.name} (networkid)")
+    return add_nic(ctx.session, vm, network, ip, default=not existing)
+
+
+def _vm_nic(ctx: CallContext, vm: VirtualMachine, nic_id: str) -> Nic:
+    nic = ctx.session.get(Nic, nic_id)
+    if nic is None or nic.vm_id != vm.id:
+        raise InvalidParameter(f"Unable to find NIC with nicid={nic_id} on VM {vm.name}")
+    return nic
+
+
+def remove_nic_from_vm(ctx: CallContext, vm: VirtualMachine, nic_id: str) -> None:
+    from strato.services.core.states import require_vm_state
+
+    require_vm_state(vm, "Stopped", action="remove a NIC from")
+    nic = _vm_nic(ctx, vm, nic_id)
+    others = [n for n in ctx.session.scalars(select(Nic).where(Nic.vm_id == vm.id)) if n.id != nic.id]
+    if nic.is_default and others:
+        raise InvalidParameter(f"NIC {nic_id} (nicid) is the default: make another NIC the default first")
+    ctx.session.delete(nic)
+
+
+def set_default_nic(ctx: CallContext, vm: VirtualMachine, nic_id: str) -> None:
+    from strato.services.core.states import require_vm_state
+
+    require_vm_state(vm, "Stopped", action="change the default NIC of")
+    chosen = _vm_nic(ctx, vm, nic_id)
+    for nic in ctx.session.scalars(select(Nic).where(Nic.vm_id == vm.id)):
+        nic.is_default = nic.id == chosen.id
