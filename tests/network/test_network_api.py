@@ -14,13 +14,14 @@ from cs import CloudStack, CloudStackApiException
 from simcloud import simulated_cloud
 
 from helpers.agentproc import AgentProcess, start_agent
-from helpers.serverproc import ServerProcess, start_server
+from helpers.serverproc import ServerProcess, create_user_keys, start_server
 
 ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
 
 
 @dataclass
 class Cloud:
+    server: ServerProcess
     api: CloudStack
     ids: dict[str, str]
     physical: dict[str, Any]
@@ -40,7 +41,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         api.addTrafficType(physicalnetworkid=pn["id"], traffictype="Guest")
         api.updatePhysicalNetwork(id=pn["id"], state="Enabled")
         offers = {o["name"]: o for o in api.listNetworkOfferings()["networkoffering"]}
-        yield Cloud(api, ids, pn, offers[ISOLATED]["id"])
+        yield Cloud(server, api, ids, pn, offers[ISOLATED]["id"])
     finally:
         agent.stop()
         server.stop()
@@ -135,3 +136,23 @@ def test_networks_vnis_overlap_and_nics(cloud: Cloud) -> None:
     api.deleteNetwork(id=one["id"])
     api.deleteNetwork(id=two["id"])
     assert api.listNetworks(listall=True, zoneid=cloud.ids["zone"]) == {}
+
+
+def test_a_user_makes_its_own_network_and_sees_only_its_own(cloud: Cloud) -> None:
+    keys = create_user_keys(cloud.api, cloud.server.endpoint, username="netuser")
+    user = cloud.server.cs(keys, fetch_result=True)
+    base = {"zoneid": cloud.ids["zone"], "networkofferingid": cloud.offering}
+    with pytest.raises(CloudStackApiException) as err:
+        user.createNetwork(name="u", displaytext="u", vlan="102", **base)
+    assert err.value.error["errorcode"] == 531 and "vlan" in err.value.error["errortext"]
+    mine = user.createNetwork(name="mine", displaytext="mine", **base)["network"]
+    admins = cloud.api.createNetwork(name="admins", displaytext="admins", **base)["network"]
+    try:
+        assert [n["id"] for n in user.listNetworks()["network"]] == [mine["id"]]
+        assert mine["account"] == "netuser"
+        with pytest.raises(CloudStackApiException) as err:
+            user.deleteNetwork(id=admins["id"])
+        assert err.value.error["errorcode"] == 431
+    finally:
+        user.deleteNetwork(id=mine["id"])
+        cloud.api.deleteNetwork(id=admins["id"])

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from strato.db.base import utcnow
 from strato.db.models import Account, Network, Nic, PhysicalNetwork, VirtualMachine, Zone
-from strato.errors import InvalidParameter, NotFound, ResourceInUse
+from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -129,6 +129,8 @@ def create_network(ctx: CallContext, args: dict[str, Any]) -> Network:
             raise InvalidParameter(f"Parameter {param} {value} is outside the network {net}")
     if start > end:
         raise InvalidParameter(f"Parameter startip {start} is after endip {end}")
+    if args.get("vlan") and not ctx.is_root_admin:
+        raise PermissionDenied("Only the root admin may choose vlan: the VNI is taken from the physical network")
     vni = _vni(ctx, pn, args.get("vlan"))
     row = Network(
         name=args["name"],

@@ -194,6 +194,9 @@ def refresh_network(session: Session, network: Network) -> list[HostCall]:
 
 
 def removal_calls(session: Session, network: Network) -> list[HostCall]:
-    """RemoveNetwork to every host of the zone (idempotent: a host without it has nothing to do)."""
-    hosts = session.scalars(select(Host).where(Host.zone_id == network.zone_id, Host.removed.is_(None)))
+    """RemoveNetwork to every Up host of the zone (idempotent: a host without it has nothing to do).
+    A host that is down then keeps what it had; its bridge and router go when it is cleaned by hand."""
+    hosts = session.scalars(
+        select(Host).where(Host.zone_id == network.zone_id, Host.removed.is_(None), Host.status == "Up")
+    )
     return [HostCall(host_client(h), h.name, RemoveNetwork(network_id=network.id)) for h in hosts]
