@@ -9,7 +9,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 image_dir=${STRATO_IMAGE_DIR:-$HOME/.cache/strato/images}
 image=$image_dir/tiny.qcow2
 
-if [[ -f $image && ${1:-} != --force ]]; then
+# Rebuilt when the guest's sources changed since (new guest commands must reach CI's cached image).
+if [[ -f $image && ${1:-} != --force ]] && ! find "$here/src/strato/image" -type f -newer "$image" | grep -q .; then
     echo "tiny guest image present: $image"
     exit 0
 fi

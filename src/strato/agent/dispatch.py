@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.roles import ROLES, SimulatorControl
-from strato.protocol.messages import COMMANDS, Ack, AgentCommand, Command, ErrorCode
+from strato.agent.network.base import HostNetwork
+from strato.protocol.messages import COMMANDS, Ack, AgentCommand, Command, ErrorCode, Role
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,14 @@ class Served:
     answer: type[BaseModel]
 
 
+SERVING_ROLES: dict[Role, type[Any]] = {**ROLES, Role.NETWORK: HostNetwork}
+"""The drivers' roles, and host networking, which the agent serves beside its driver."""
+
+
 def _served(model: type[AgentCommand[Any]]) -> Served:
     """Check a declaration against its role's method and say how to call it (TypeError if it does not fit)."""
     declared = model.declared
-    role = ROLES[declared.role]
+    role = SERVING_ROLES[declared.role]
     function = getattr(role, declared.method, None)
     if function is None or not inspect.iscoroutinefunction(function):
         raise TypeError(f"{model.__name__}: role {role.__name__} has no async method {declared.method!r}")
@@ -60,11 +65,20 @@ def driver_name(driver: Driver) -> str:
     return type(driver).__name__.removesuffix("Driver").lower() or type(driver).__name__
 
 
-async def dispatch(driver: Driver, command: Command, progress: ProgressFn = _no_progress) -> BaseModel:
-    """Run `command` on `driver`; DriverError propagates for the caller to map to a status."""
+async def dispatch(
+    driver: Driver, command: Command, progress: ProgressFn = _no_progress, network: HostNetwork | None = None
+) -> BaseModel:
+    """Run `command` on `driver` (a network command on `network`); DriverError propagates for the
+    caller to map to a status."""
     served = SERVED.get(command.type)
     if served is None:
         raise DriverError(ErrorCode.UNKNOWN_COMMAND, f"no handler for command {command.type!r}")
+    if served.role is HostNetwork:
+        if network is None:
+            raise DriverError(ErrorCode.BAD_REQUEST, f"this agent serves no host networking ({command.type})")
+        if isinstance(driver, SimulatorControl):
+            await driver.before_command(command.type, served.long_running)
+        return await _call(network, served, command, progress)
     if not isinstance(driver, served.role):
         raise DriverError(
             ErrorCode.BAD_REQUEST,
@@ -72,7 +86,11 @@ async def dispatch(driver: Driver, command: Command, progress: ProgressFn = _no_
         )
     if isinstance(driver, SimulatorControl) and served.role is not SimulatorControl:
         await driver.before_command(command.type, served.long_running)
-    method = cast(Callable[..., Awaitable[object]], getattr(driver, served.method))
+    return await _call(driver, served, command, progress)
+
+
+async def _call(target: object, served: Served, command: Command, progress: ProgressFn) -> BaseModel:
+    method = cast(Callable[..., Awaitable[object]], getattr(target, served.method))
     args: list[object] = [getattr(command, name) for name in served.fields]
     if served.long_running:
         args.append(progress)
@@ -82,6 +100,6 @@ async def dispatch(driver: Driver, command: Command, progress: ProgressFn = _no_
     if not isinstance(result, served.answer):
         raise DriverError(
             ErrorCode.INTERNAL,
-            f"{type(driver).__name__}.{served.method} answered {type(result).__name__}, not {served.answer.__name__}",
+            f"{type(target).__name__}.{served.method} answered {type(result).__name__}, not {served.answer.__name__}",
         )
     return result

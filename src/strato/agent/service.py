@@ -27,6 +27,7 @@ from strato.agent.dispatch import dispatch
 from strato.agent.drivers.base import Driver, DriverError, check_driver
 from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
 from strato.agent.errors import error_response
+from strato.agent.network.base import HostNetwork
 from strato.agent.tasks import TaskRegistry
 from strato.protocol.answers import COMMAND_TYPES, HealthReport
 from strato.protocol.messages import (
@@ -44,11 +45,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 class AgentState:
     """What one agent serves: its driver, its token and its long-running tasks."""
 
-    def __init__(self, driver: Driver, token: str, name: str = "agent") -> None:
+    def __init__(self, driver: Driver, token: str, name: str = "agent", network: HostNetwork | None = None) -> None:
         if not token:
             raise ValueError("the agent needs a non-empty token")
         check_driver(driver)  # a driver claiming what it cannot do never serves
         self.driver = driver
+        self.network = network if network is not None else host_network_for(driver)
         self.token = token
         self.name = name
         self.tasks = TaskRegistry()
@@ -133,11 +135,13 @@ def agent_routes(state: AgentState) -> list[BaseRoute]:
             return parsed
         cmd = parsed.command
         if cmd.declared.long_running:
-            task_id = state.tasks.start(cmd.type, lambda progress: dispatch(state.driver, cmd, progress))
+            task_id = state.tasks.start(
+                cmd.type, lambda progress: dispatch(state.driver, cmd, progress, network=state.network)
+            )
             return _json(TaskStarted(task_id=task_id), status=202)
         started = time.monotonic()
         try:
-            answer = await dispatch(state.driver, cmd)
+            answer = await dispatch(state.driver, cmd, network=state.network)
         except DriverError as exc:
             log.info(
                 "command failed",
@@ -234,6 +238,20 @@ def create_agent_app(driver: Driver, token: str) -> Starlette:
     app = Starlette(routes=agent_routes(state), lifespan=lifespan)
     app.state.agent = state
     return app
+
+
+def host_network_for(driver: Driver) -> HostNetwork:
+    """A simulated host's networking stays in memory; a real driver's is the kernel's, its state kept
+    beside the driver's data."""
+    from strato.agent.drivers.roles import SimulatorControl
+
+    if isinstance(driver, SimulatorControl):
+        from strato.agent.network.simulated import SimulatedNetwork
+
+        return SimulatedNetwork()
+    from strato.agent.network.linux import LinuxNetwork
+
+    return LinuxNetwork(Path(getattr(driver, "data_dir", ".")))
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

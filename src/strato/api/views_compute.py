@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result, tags
+from strato.api.views_network import vm_nic_list
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -87,7 +88,7 @@ def virtual_machine(
         "ostypename": template.os_type if template else None,
         "details": vm.details or {},
         "diskofferingid": None,
-        "nic": [],
+        "nic": vm_nic_list(session, vm.id),
         "securitygroup": [],
         "affinitygroup": [],
         "tags": tags(session, vm.id),

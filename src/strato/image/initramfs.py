@@ -18,6 +18,8 @@ GUEST_SCRIPTS = {
     "strato-integrity": "bin/strato-integrity",
     "strato-configdrive": "bin/strato-configdrive",
     "strato-input": "bin/strato-input",
+    "strato-net": "bin/strato-net",
+    "strato-net-dhcp": "bin/strato-net-dhcp",
 }
 FIXED_MTIME = 946684800  # 2000-01-01: fixed timestamps keep the archive stable between builds
 

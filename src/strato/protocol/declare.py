@@ -28,6 +28,8 @@ class Role(StrEnum):
     MIGRATION_SOURCE = "migration_source"
     MIGRATION_TARGET = "migration_target"
     SNAPSHOTS = "snapshots"
+    NETWORK = "network"
+    """Served by the agent's host networking (strato.agent.network), not by the hypervisor driver."""
     SIMULATOR = "simulator"
 
 

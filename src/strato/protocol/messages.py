@@ -95,6 +95,15 @@ class CdromSpec(Message):
     path: str | None = None
 
 
+class NicSpec(Message):
+    """A guest NIC: a tap the host's network layer made on the network's bridge (EnsureNetwork), opened
+    by QEMU by name; the MAC is the one the server chose (and gave dnsmasq)."""
+
+    mac: str
+    network_id: str
+    tap: str = Field(min_length=1, max_length=15)
+
+
 class VmSpec(Message):
     name: str
     uuid: str
@@ -107,6 +116,8 @@ class VmSpec(Message):
     config_drive: CdromSpec | None = None
     # Passed to the guest through fw_cfg as opt/strato/run (the tiny guest's per-VM commands).
     guest_commands: str | None = None
+    # Guest NICs in order (eth0 first); optional so a spec without networks is as before.
+    nics: list[NicSpec] = []
 
 
 class VmReport(Message):
@@ -639,6 +650,71 @@ class StreamLayer(AgentCommand[LayerInfo]):
     type: Literal["stream_layer"] = "stream_layer"
     layer: LayerRef
     base: LayerRef | None = None
+
+
+# --- host networking (Role.NETWORK: strato.agent.network, outside the hypervisor driver) --------------
+
+
+class DhcpHost(Message):
+    """One static lease: dnsmasq gives `ip` to `mac` and nothing to anyone else."""
+
+    mac: str
+    ip: str
+
+
+class RouterSpec(Message):
+    """The network's virtual router on this host: a namespace on the bridge holding the gateway address
+    and dnsmasq."""
+
+    gateway: str
+    prefix: int = Field(ge=1, le=30)
+    hosts: list[DhcpHost] = []
+    mtu: int = Field(default=1450, ge=576, le=9000)
+
+
+class NetworkSpec(Message):
+    """What one guest network needs on one host; EnsureNetwork makes exactly this, idempotently."""
+
+    id: str
+    isolation: Literal["vxlan", "vlan"] = "vxlan"
+    vni: int = Field(ge=1, le=16777215)
+    local: str
+    """This host's address: the VXLAN tunnel's source."""
+    peers: list[str] = []
+    """The other hosts' addresses carrying this network: VXLAN flood entries."""
+    taps: list[str] = []
+    router: RouterSpec | None = None
+
+
+class NetworkReport(Message):
+    id: str
+    bridge: str
+    taps: list[str] = []
+    peers: list[str] = []
+    router: bool = False
+    dhcp_pid: int | None = None
+
+
+class EnsureNetwork(AgentCommand[NetworkReport]):
+    type: Literal["ensure_network"] = "ensure_network"
+    declared = Declared(Role.NETWORK, "ensure_network", timeout_s=60.0)
+    network: NetworkSpec
+
+
+class RemoveNetwork(AgentCommand[Ack]):
+    """Removes the network's bridge, VXLAN device, taps, router namespace and dnsmasq from this host."""
+
+    type: Literal["remove_network"] = "remove_network"
+    declared = Declared(Role.NETWORK, "remove_network", timeout_s=60.0)
+    network_id: str
+
+
+class RemoveTaps(AgentCommand[Ack]):
+    """Removes NIC taps (a VM's, when it is expunged or leaves the host)."""
+
+    type: Literal["remove_taps"] = "remove_taps"
+    declared = Declared(Role.NETWORK, "remove_taps")
+    taps: list[str]
 
 
 # --- the envelope: every declared command ------------------------------------------------------------

@@ -7,6 +7,7 @@ from strato.api.commands import (  # noqa: F401
     jobs,
     keys,
     motion,
+    network,
     offerings,
     storage,
     system,

@@ -68,6 +68,9 @@ def _view(ctx: CallContext, vm: Any, with_stats: bool = False) -> dict[str, Any]
         Param("fullclone", T.BOOLEAN, "Strato: copy the template into the root disk instead of a linked clone"),
         Param("account", T.STRING, "The account of the VM (admins); must be used with domainid", max_length=255),
         Param("domainid", T.UUID, "The domain of the account"),
+        Param("networkids", T.LIST, "The networks of the VM's NICs, the first one the default"),
+        Param("ipaddress", T.STRING, "The address of the VM's NIC on its default network", max_length=64),
+        Param("iptonetworklist", T.MAP, "NICs as networkid and ip pairs (instead of networkids)", max_length=255),
         DETAILS,
     ),
 )

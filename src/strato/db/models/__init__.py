@@ -4,6 +4,7 @@ from strato.db.models.audit import Event, ResourceTag
 from strato.db.models.identity import Account, Domain, LoginSession, User
 from strato.db.models.infra import Cluster, Host, ImageStore, Pod, StoragePool, Zone
 from strato.db.models.jobs import Job, JobResource, ServerNode
+from strato.db.models.network import Network, Nic, PhysicalNetwork
 from strato.db.models.offerings import DiskOffering, ServiceOffering
 from strato.db.models.settings import HypervisorCapability, Setting
 from strato.db.models.storage import Layer, Volume
@@ -23,6 +24,9 @@ __all__ = [
     "JobResource",
     "Layer",
     "LoginSession",
+    "Network",
+    "Nic",
+    "PhysicalNetwork",
     "Pod",
     "ResourceLimit",
     "ResourceTag",

@@ -43,6 +43,8 @@ from strato.services.core.lookup import get_live
 from strato.services.core.states import vm_to, volume_to
 from strato.services.identity import sshkeys
 from strato.services.images.templates import get_template
+from strato.services.network.networks import requested_nics
+from strato.services.network.nics import add_nic, prepare_for_vm
 from strato.services.offerings.offerings import compute_shape
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import (
@@ -286,6 +288,9 @@ class DeployVirtualMachine(Operation[DeployParams]):
             host = s.get(Host, self._host())
             assert host is not None
             spec, client, host_name = vm_spec(s, vm), host_client(host), host.name
+            network_calls = prepare_for_vm(s, vm, host)
+        for call in network_calls:
+            call.run()
         with agent_errors(host_name):
             client.call(StartVm(spec=spec))
         return {}
@@ -369,6 +374,7 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]
         if host.zone_id != zone.id:
             raise InvalidParameter(f"Host {host.name} is not in zone {zone.name}")
     details = details_of(args)
+    wanted_nics = requested_nics(ctx, args, zone.id)
     cpus, speed, memory = compute_shape(ctx, offering, details)
     disks = _disks(ctx, args, zone, offering, template)
     limits.check(ctx.session, owner, vms=1, volumes=len(disks), storage_bytes=sum(d.size for d in disks))
@@ -405,6 +411,8 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]
     vm.name = vm.name or f"VM-{vm.id}"
     vm.display_name = vm.display_name or vm.name
     vm.instance_name = f"i-{vm.id}"
+    for index, (network, ip) in enumerate(wanted_nics):
+        add_nic(ctx.session, vm, network, ip, default=index == 0)
     for device_id, disk in enumerate(disks):
         volume = Volume(
             name=f"{disk.type}-{vm.name}" if device_id == 0 else f"DATA-{vm.name}-{device_id}",

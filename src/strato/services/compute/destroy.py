@@ -25,13 +25,14 @@ from strato.engine.operation import Operation, Step, StepData
 from strato.engine.periodic import periodic
 from strato.errors import InvalidParameter
 from strato.protocol.client import AgentClientError
-from strato.protocol.messages import RemoveVm, StopVm
+from strato.protocol.messages import RemoveTaps, RemoveVm, StopVm
 from strato.services.compute.vmcommon import drop_config_drive, host_of, load_vm, vm_result
 from strato.services.core import jobs, settings
 from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to, volume_to
+from strato.services.network.nics import tap_name, vm_nics
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import remove_volume_layers
 
@@ -114,8 +115,12 @@ class _Expunging(Operation[Any]):
             if host is None or vm is None:
                 return {}
             client, name = host_client(host), vm.instance_name
+            taps = [tap_name(n) for n in vm_nics(s, vm.id)]
         with contextlib.suppress(AgentClientError):
             client.call(RemoveVm(name=name))
+        if taps:
+            with contextlib.suppress(AgentClientError):
+                client.call(RemoveTaps(taps=taps))
         return {}
 
     def _expunged(self) -> StepData:
@@ -127,6 +132,8 @@ class _Expunging(Operation[Any]):
                 return {}
             for vol in attached_volumes(s, vm.id):
                 vol.vm_id, vol.device_id, vol.attached = None, None, None
+            for nic in vm_nics(s, vm.id):
+                s.delete(nic)  # its address and MAC are free again
             vm_to(vm, "Expunged")
             vm.removed, vm.host_id, vm.iso_id = utcnow(), None, None
         return {}

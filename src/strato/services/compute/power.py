@@ -26,6 +26,7 @@ from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to
+from strato.services.network.nics import prepare_for_vm
 from strato.services.storage.disks import attached_volumes
 
 
@@ -103,6 +104,9 @@ class StartVirtualMachine(_VmOperation):
             host = s.get(Host, self.output("plan")["host_id"])
             assert host is not None
             spec, client, host_name = vm_spec(s, vm), host_client(host), host.name
+            network_calls = prepare_for_vm(s, vm, host)
+        for call in network_calls:
+            call.run()
         with agent_errors(host_name):
             client.call(StartVm(spec=spec))
         return {}

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from strato.db.models import ImageStore, Layer, StoragePool, TemplateStoreCopy, VirtualMachine
 from strato.db.models.storage import LAYER_CONFIG_DRIVE
 from strato.protocol.messages import CdromSpec, VmSpec
+from strato.services.network.nics import nic_specs
 from strato.services.storage.disks import attached_volumes, disk_spec
 
 
@@ -53,4 +54,5 @@ def vm_spec(session: Session, vm: VirtualMachine) -> VmSpec:
         cdrom=cdrom,
         config_drive=config_cd,
         guest_commands=str(guest) if guest else None,
+        nics=nic_specs(session, vm.id),
     )

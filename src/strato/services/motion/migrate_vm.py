@@ -67,6 +67,7 @@ from strato.services.motion.vm_rules import (
     host_problem,
     target_pool,
 )
+from strato.services.network.nics import prepare_for_vm
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import ref, remove_layer_file, remove_unfinished_layer
 from strato.units import MIB
@@ -476,6 +477,12 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
                 assert drive is not None and pool is not None
                 spec = spec.model_copy(update={"config_drive": CdromSpec(path=f"{pool.path}/{drive.path}")})
         _source, target, _name = self._hosts()
+        with self.db.session() as s:  # the target's bridges and taps are ready before QEMU opens them
+            target_row = s.get(Host, target.id)
+            assert target_row is not None
+            network_calls = prepare_for_vm(s, load_vm(s, self.params.vm_id), target_row)
+        for call in network_calls:
+            call.run()
         listen = urlsplit(target.url).hostname or "127.0.0.1"
         with agent_errors(target.name):
             incoming = host_client(target).call(PrepareIncoming(spec=spec, disks=disks, listen_host=listen))

@@ -270,6 +270,18 @@ def command_line(
         argv += _cd_options(CONFIG_CD, 1, spec.config_drive.path, bootindex=None)
     if spec.guest_commands:
         argv += ["-fw_cfg", f"name={GUEST_COMMANDS_FW_CFG},string={_opt(spec.guest_commands)}"]
+    argv += nic_options(spec)
+    return argv
+
+
+def nic_options(spec: VmSpec) -> list[str]:
+    """Each NIC: the tap the host's network layer made (opened by name, no scripts) and a virtio NIC."""
+    argv: list[str] = []
+    for index, nic in enumerate(spec.nics):
+        argv += [
+            "-netdev", f"tap,id=net{index},ifname={_opt(nic.tap)},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=net{index},mac={nic.mac}",
+        ]  # fmt: skip
     return argv
 
 

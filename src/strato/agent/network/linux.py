@@ -1,0 +1,247 @@
+"""Host networking with the kernel: a Linux bridge per network, a VXLAN device on it (flood entries to
+the other hosts in the bridge FDB), the NICs' persistent taps, and the virtual router: a network
+namespace held by a small process, joined to the bridge by a veth, holding the gateway address and
+dnsmasq with one static lease per NIC (a hosts file re-read on SIGHUP).
+
+The router's namespace is not a named one (`ip netns add` mounts under /run/netns, which an agent run
+by `ip netns exec` may not share with its next run): it is the network namespace of a holder process
+started in its own session, found again after an agent restart by its pid file, entered with
+`nsenter -t PID -n`. Killing the holder and dnsmasq removes the namespace and its veth.
+
+`ip -j` and `bridge -j` give JSON; nothing here parses free text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from strato.agent.agentlog import get_logger
+from strato.agent.drivers.roles import DriverError
+from strato.agent.network.base import HostNetwork, bridge_name, router_if_name, short_id, veth_name, vxlan_name
+from strato.protocol.messages import ErrorCode, NetworkReport, NetworkSpec, RouterSpec
+
+log = get_logger("network")
+
+VXLAN_PORT = 4789
+VXLAN_MTU = 1450
+"""1500 of the hosts' links less VXLAN's 50 bytes; the guests learn it by DHCP (option 26)."""
+ZERO_MAC = "00:00:00:00:00:00"
+HOLDER_MARK = "strato-router-holder"
+CMD_TIMEOUT_S = 30.0
+
+
+async def run(*argv: str, check: bool = True, netns_pid: int | None = None) -> tuple[int, str, str]:
+    """Run a command (inside the namespace of `netns_pid` when given); DriverError when it fails."""
+    full = ("nsenter", "-t", str(netns_pid), "-n", *argv) if netns_pid else argv
+    proc = await asyncio.create_subprocess_exec(
+        *full, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), CMD_TIMEOUT_S)
+    rc = proc.returncode or 0
+    if check and rc != 0:
+        raise DriverError(ErrorCode.INTERNAL, f"{' '.join(full)}: {err.decode().strip() or rc}")
+    return rc, out.decode(), err.decode()
+
+
+async def _json(*argv: str, netns_pid: int | None = None) -> list[dict[str, Any]]:
+    _, out, _ = await run(*argv, netns_pid=netns_pid)
+    data = json.loads(out or "[]")
+    return data if isinstance(data, list) else []
+
+
+async def link_exists(name: str, netns_pid: int | None = None) -> bool:
+    rc, _, _ = await run("ip", "link", "show", "dev", name, check=False, netns_pid=netns_pid)
+    return rc == 0
+
+
+def _alive(pid: int | None, mark: str) -> bool:
+    """The process exists and is ours (its command line carries `mark`), not a recycled pid."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return mark.encode() in cmdline
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def vlan_unavailable() -> str | None:
+    """Why this host cannot make 802.1Q devices (None: it can)."""
+    if Path("/proc/net/vlan").exists() or Path("/sys/module/8021q").exists():
+        return None
+    return "802.1Q VLAN devices need the 8021q kernel module, which this host lacks"
+
+
+class LinuxNetwork(HostNetwork):
+    def __init__(self, data_dir: Path) -> None:
+        self.state_dir = Path(data_dir).absolute() / "network"
+        self._lock = asyncio.Lock()
+
+    def _dir(self, network_id: str) -> Path:
+        return self.state_dir / short_id(network_id)
+
+    async def ensure_network(self, network: NetworkSpec) -> NetworkReport:
+        async with self._lock:
+            return await self._ensure(network)
+
+    async def _ensure(self, network: NetworkSpec) -> NetworkReport:
+        if network.isolation == "vlan":
+            why = vlan_unavailable()
+            if why is not None:
+                raise DriverError(ErrorCode.BAD_REQUEST, f"network {network.id}: VLAN isolation refused: {why}")
+            raise DriverError(ErrorCode.BAD_REQUEST, "VLAN isolation is not implemented on this agent yet")
+        bridge = bridge_name(network.id)
+        if not await link_exists(bridge):
+            await run("ip", "link", "add", bridge, "type", "bridge")
+            await run("ip", "link", "set", bridge, "mtu", str(VXLAN_MTU))
+        await run("ip", "link", "set", bridge, "up")
+        await self._ensure_vxlan(network, bridge)
+        for tap in network.taps:
+            if not await link_exists(tap):
+                await run("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+            await run("ip", "link", "set", tap, "mtu", str(VXLAN_MTU))
+            await run("ip", "link", "set", tap, "master", bridge, "up")
+        dhcp_pid = None
+        if network.router is not None:
+            dhcp_pid = await self._ensure_router(network.id, bridge, network.router)
+        log.info("network ensured", extra={"network": network.id, "bridge": bridge, "taps": len(network.taps)})
+        return NetworkReport(
+            id=network.id,
+            bridge=bridge,
+            taps=sorted(network.taps),
+            peers=sorted(network.peers),
+            router=network.router is not None,
+            dhcp_pid=dhcp_pid,
+        )
+
+    async def _ensure_vxlan(self, network: NetworkSpec, bridge: str) -> None:
+        vx = vxlan_name(network.id)
+        if not await link_exists(vx):
+            await run("ip", "link", "add", vx, "type", "vxlan", "id", str(network.vni), "local", network.local,
+                      "dstport", str(VXLAN_PORT))  # fmt: skip
+        await run("ip", "link", "set", vx, "mtu", str(VXLAN_MTU))
+        await run("ip", "link", "set", vx, "master", bridge, "up")
+        entries = await _json("bridge", "-j", "fdb", "show", "dev", vx)
+        have = {e.get("dst") for e in entries if e.get("mac") == ZERO_MAC and e.get("dst")}
+        want = set(network.peers) - {network.local}
+        for peer in sorted(want - have):
+            await run("bridge", "fdb", "append", ZERO_MAC, "dev", vx, "dst", peer)
+        for peer in sorted(p for p in have - want if p):
+            await run("bridge", "fdb", "del", ZERO_MAC, "dev", vx, "dst", str(peer), check=False)
+
+    async def _ensure_router(self, network_id: str, bridge: str, router: RouterSpec) -> int:
+        state = self._dir(network_id)
+        state.mkdir(parents=True, exist_ok=True)
+        holder = _read_pid(state / "holder.pid")
+        if not _alive(holder, HOLDER_MARK):
+            holder = await self._start_holder(state)
+        assert holder is not None
+        veth, inner = veth_name(network_id), router_if_name(network_id)
+        if not await link_exists(inner, netns_pid=holder):
+            if await link_exists(veth):
+                await run("ip", "link", "del", veth)  # its peer went with a dead holder's namespace
+            await run("ip", "link", "add", veth, "type", "veth", "peer", "name", inner)
+            await run("ip", "link", "set", inner, "netns", str(holder))
+        await run("ip", "link", "set", veth, "mtu", str(VXLAN_MTU))
+        await run("ip", "link", "set", veth, "master", bridge, "up")
+        await run("ip", "link", "set", "lo", "up", netns_pid=holder)
+        await run("ip", "link", "set", inner, "mtu", str(VXLAN_MTU), "up", netns_pid=holder)
+        await run("ip", "addr", "replace", f"{router.gateway}/{router.prefix}", "dev", inner, netns_pid=holder)
+        hosts = "".join(f"{h.mac},{h.ip}\n" for h in router.hosts)
+        hosts_file = state / "dhcp-hosts"
+        changed = not hosts_file.exists() or hosts_file.read_text() != hosts
+        hosts_file.write_text(hosts)
+        pid = _read_pid(state / "dnsmasq.pid")
+        if not _alive(pid, str(state)):
+            pid = await self._start_dnsmasq(state, holder, inner, router)
+        elif changed and pid:
+            os.kill(pid, signal.SIGHUP)  # re-reads the hosts file; running leases stay
+        assert pid is not None
+        return pid
+
+    async def _start_holder(self, state: Path) -> int:
+        """A process in a new network namespace, in its own session so it outlives the agent."""
+        proc = await asyncio.create_subprocess_exec(
+            "unshare", "--net", "--", sys.executable, "-c", "import signal; signal.pause()", HOLDER_MARK, str(state),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        pid = proc.pid
+        for _ in range(250):  # unshare execs python: same pid, the mark on its command line
+            if _alive(pid, HOLDER_MARK):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise DriverError(ErrorCode.INTERNAL, "the router namespace's holder process did not start")
+        (state / "holder.pid").write_text(str(pid))
+        return pid
+
+    async def _start_dnsmasq(self, state: Path, holder: int, inner: str, router: RouterSpec) -> int:
+        if shutil.which("dnsmasq") is None:
+            raise DriverError(ErrorCode.INTERNAL, "dnsmasq is not installed (Debian package dnsmasq-base)")
+        net = ipaddress.ip_network(f"{router.gateway}/{router.prefix}", strict=False)
+        pid_file = state / "dnsmasq.pid"
+        pid_file.unlink(missing_ok=True)
+        await run(
+            "dnsmasq",
+            "--conf-file=/dev/null",
+            f"--pid-file={pid_file}",
+            f"--interface={inner}",
+            "--bind-interfaces",
+            "--except-interface=lo",
+            "--port=0",
+            "--user=root",
+            "--dhcp-authoritative",
+            f"--dhcp-range={net.network_address},static,{net.netmask},1h",
+            f"--dhcp-hostsfile={state / 'dhcp-hosts'}",
+            f"--dhcp-leasefile={state / 'leases'}",
+            f"--dhcp-option=option:router,{router.gateway}",
+            f"--dhcp-option=option:mtu,{router.mtu}",
+            f"--log-facility={state / 'dnsmasq.log'}",
+            "--log-dhcp",
+            netns_pid=holder,
+        )
+        pid = _read_pid(pid_file)
+        if pid is None:
+            raise DriverError(ErrorCode.INTERNAL, f"dnsmasq wrote no pid file in {state}")
+        return pid
+
+    async def remove_network(self, network_id: str) -> None:
+        async with self._lock:
+            state = self._dir(network_id)
+            for name, mark in (("dnsmasq.pid", str(state)), ("holder.pid", HOLDER_MARK)):
+                pid = _read_pid(state / name)
+                if pid and _alive(pid, mark):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            bridge = bridge_name(network_id)
+            if await link_exists(bridge):
+                for port in await _json("ip", "-j", "link", "show", "master", bridge):
+                    await run("ip", "link", "del", str(port["ifname"]), check=False)
+                await run("ip", "link", "del", bridge, check=False)
+            for name in (vxlan_name(network_id), veth_name(network_id)):
+                await run("ip", "link", "del", name, check=False)
+            shutil.rmtree(state, ignore_errors=True)
+            log.info("network removed", extra={"network": network_id})
+
+    async def remove_taps(self, taps: list[str]) -> None:
+        async with self._lock:
+            for tap in taps:
+                if await link_exists(tap):
+                    await run("ip", "link", "del", tap, check=False)

@@ -1,0 +1,32 @@
+"""Host networking of a simulated host: the wanted state is kept in memory, the kernel is untouched,
+so the control plane runs on simulator hosts."""
+
+from __future__ import annotations
+
+from strato.agent.network.base import HostNetwork, bridge_name
+from strato.protocol.messages import NetworkReport, NetworkSpec
+
+
+class SimulatedNetwork(HostNetwork):
+    def __init__(self) -> None:
+        self.networks: dict[str, NetworkSpec] = {}
+        self.taps: set[str] = set()
+
+    async def ensure_network(self, network: NetworkSpec) -> NetworkReport:
+        self.networks[network.id] = network
+        self.taps.update(network.taps)
+        return NetworkReport(
+            id=network.id,
+            bridge=bridge_name(network.id),
+            taps=sorted(network.taps),
+            peers=sorted(network.peers),
+            router=network.router is not None,
+        )
+
+    async def remove_network(self, network_id: str) -> None:
+        spec = self.networks.pop(network_id, None)
+        if spec is not None:
+            self.taps.difference_update(spec.taps)
+
+    async def remove_taps(self, taps: list[str]) -> None:
+        self.taps.difference_update(taps)

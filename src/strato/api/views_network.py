@@ -1,0 +1,120 @@
+"""CloudStack response objects of physical networks, network offerings, networks and NICs."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from strato.api.viewkit import clean, cs_date, name_of, owner_fields
+from strato.db.models import Network, Nic, PhysicalNetwork, Zone
+from strato.services.network.nics import vm_nics
+from strato.services.network.offerings import BY_ID, NetworkOffering
+
+
+def physical_network(session: Session, pn: PhysicalNetwork) -> dict[str, Any]:
+    return clean(
+        {
+            "id": pn.id,
+            "name": pn.name,
+            "zoneid": pn.zone_id,
+            "zonename": name_of(session, Zone, pn.zone_id),
+            "isolationmethods": pn.isolation_method,
+            "vlan": pn.vlan,
+            "state": pn.state,
+            "tags": pn.tags,
+            "broadcastdomainrange": "ZONE",
+        }
+    )
+
+
+def traffic_type(entry: dict[str, Any]) -> dict[str, Any]:
+    return clean(dict(entry))
+
+
+def provider(pn: PhysicalNetwork) -> dict[str, Any]:
+    return {
+        "id": f"{pn.id}-vr",
+        "name": "VirtualRouter",
+        "physicalnetworkid": pn.id,
+        "state": "Enabled",
+        "servicelist": ["Dhcp"],
+        "canenableindividualservice": True,
+    }
+
+
+def network_offering(o: NetworkOffering) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "name": o.name,
+        "displaytext": o.display_text,
+        "guestiptype": o.guest_ip_type,
+        "traffictype": "Guest",
+        "state": "Enabled",
+        "isdefault": True,
+        "specifyvlan": o.specify_vlan,
+        "specifyipranges": o.specify_ip_ranges,
+        "availability": "Optional",
+        "conservemode": True,
+        "service": [{"name": s, "provider": [{"name": "VirtualRouter"}]} for s in o.services],
+    }
+
+
+def network(session: Session, n: Network) -> dict[str, Any]:
+    net = ipaddress.IPv4Network(n.cidr)
+    offering = BY_ID.get(n.network_offering_id)
+    return clean(
+        {
+            "id": n.id,
+            "name": n.name,
+            "displaytext": n.display_text,
+            "zoneid": n.zone_id,
+            "zonename": name_of(session, Zone, n.zone_id),
+            "physicalnetworkid": n.physical_network_id,
+            "networkofferingid": n.network_offering_id,
+            "networkofferingname": offering.name if offering else None,
+            "type": n.guest_type,
+            "traffictype": "Guest",
+            "state": n.state,
+            "gateway": n.gateway,
+            "netmask": str(net.netmask),
+            "cidr": n.cidr,
+            "startip": n.start_ip,
+            "endip": n.end_ip,
+            "vlan": str(n.vlan),
+            "broadcasturi": f"vxlan://{n.vlan}",
+            "broadcastdomaintype": "Vxlan",
+            "acltype": "Account",
+            "created": cs_date(n.created),
+            "service": [{"name": s} for s in (offering.services if offering else ())],
+            **owner_fields(session, n.account_id),
+        }
+    )
+
+
+def nic(session: Session, row: Nic) -> dict[str, Any]:
+    n = session.get(Network, row.network_id)
+    net = ipaddress.IPv4Network(n.cidr) if n is not None else None
+    return clean(
+        {
+            "id": row.id,
+            "networkid": row.network_id,
+            "networkname": n.name if n else None,
+            "ipaddress": row.ip_address,
+            "netmask": str(net.netmask) if net else None,
+            "gateway": n.gateway if n else None,
+            "macaddress": row.mac_address,
+            "isdefault": row.is_default,
+            "type": n.guest_type if n else None,
+            "traffictype": "Guest",
+            "broadcasturi": f"vxlan://{n.vlan}" if n else None,
+            "deviceid": str(row.device_id),
+            "virtualmachineid": row.vm_id,
+        }
+    )
+
+
+def vm_nic_list(session: Session, vm_id: str) -> list[dict[str, Any]]:
+    """The `nic` list of a VM response."""
+    return [nic(session, row) for row in vm_nics(session, vm_id)]
