@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ from typing import Any
 from strato.agent.drivers.base import DriverError, ProgressFn
 from strato.agent.drivers.qemu.migration import DOWNTIME_LIMIT_MS, UNLIMITED_BANDWIDTH, _wait_migration
 from strato.agent.drivers.qemu.monitor import RUN_STATE_EVENTS, EventsMissed, Subscription, VmMonitor
-from strato.agent.drivers.qemu.pools import os_error
-from strato.protocol.messages import ErrorCode, LayerInfo
+from strato.protocol.messages import LayerInfo
 
 SAVE_TIMEOUT_S = 3600.0
 ROLLBACK_WAIT_S = 15.0
@@ -37,17 +35,6 @@ _PAUSED = {"paused", "finish-migrate", "postmigrate", "pre-switchover"}
 def _event_time(event: dict[str, Any]) -> float:
     stamp = event.get("timestamp") or {}
     return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
-
-
-def reserve(path: Path) -> None:
-    """Create the memory file empty (refusing an existing one) so a bad path fails before QEMU runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError as exc:
-        raise DriverError(ErrorCode.ALREADY_EXISTS, f"{path.name} already exists") from exc
-    except OSError as exc:
-        raise os_error(exc, f"create {path.name}") from exc
 
 
 def file_info(name: str, path: Path) -> LayerInfo:

@@ -166,11 +166,11 @@ async def snapshot_vm(
             report_phase("creating the new top layers")
             await _open_new_tops(drv, run, plan)
             if memory_path is not None:
-                memstate.reserve(memory_path)
+                layers.reserve(memory_path)
                 save = memstate.MemorySave(drv.monitor(vm_name), memory_path, progress)
                 report_phase("writing the memory (guest running)")
                 await save.until_switchover()
-                report_phase("freezing the disks (guest paused)")
+            report_phase("freezing the disks" + (" (guest paused)" if save is not None else ""))
             freeze_ms = await _freeze(drv, run, plan)
             paused_ms = freeze_ms
             memory_info: LayerInfo | None = None
@@ -215,7 +215,7 @@ async def save_vm(drv: QemuDriver, vm_name: str, memory: LayerRef, progress: Pro
     path = pools.layer_path(memory)
     async with drv._vm_locks[vm_name]:
         drv._running_spec(run)
-        memstate.reserve(path)
+        layers.reserve(path)
         save = memstate.MemorySave(drv.monitor(vm_name), path, progress)
         try:
             report_phase("writing the memory (guest running)")
