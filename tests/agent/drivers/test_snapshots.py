@@ -219,3 +219,89 @@ async def test_disk_snapshot_failures_and_live_merges(driver: QemuDriver, tiny_i
     await driver.stop_vm("vm1", force=True, timeout_s=1)
     report = verify_image(path_of(data), gens)
     assert report.ok and report.generations == gens, report.summary()
+
+
+# --- memory: a live snapshot restored without a second boot; hibernate -----------------------------
+
+
+async def test_memory_snapshot_restore_and_hibernate(driver: QemuDriver, tiny_image: Path) -> None:
+    spec = await boot(driver, tiny_image, "sleep:6,sleep:1")
+    root = local(driver, "root.qcow2")
+    await wait_console(driver, "STRATO-RUN-BEGIN sleep:6")
+    memory = local(driver, "snap1.vmstate")
+    samples: list[tuple[int, int]] = []
+    taken = await driver.snapshot_vm(
+        "vm1",
+        [SnapshotDisk(device_id=0, new_top=local(driver, "root-s1.qcow2"))],
+        memory,
+        lambda done, total: samples.append((done, total)),
+    )
+    assert taken.memory is not None and taken.memory.physical_size > 0
+    assert 0 < taken.paused_ms < 5000
+    assert samples and samples[-1][0] == samples[-1][1] > 0
+    assert (await driver.get_vm("vm1")).power_state == PowerState.RUNNING
+    assert await top_file(driver, 0) == real(local(driver, "root-s1.qcow2"))
+    await driver.stop_vm("vm1", force=True, timeout_s=1)
+
+    # Revert: a new empty top on the frozen layer, and the memory of that instant.
+    revert = local(driver, "root-r1.qcow2")
+    await driver.create_layer(revert, None, root)
+    reverted = spec.model_copy(update={"disks": [DiskSpec(device_id=0, layer=revert)]})
+    report = await driver.restore_vm(reverted, memory, noop)
+    assert report.power_state == PowerState.RUNNING
+    text = await wait_console(driver, "STRATO-READY")
+    assert "STRATO-RUN-END sleep:6 rc=0" in text and "STRATO-TINY-BOOTED" not in text, text
+
+    # Hibernate the restored VM, then resume it from that file: again no boot.
+    saved = local(driver, "hibernate.vmstate")
+    info = await driver.save_vm("vm1", saved, noop)
+    assert info.physical_size > 0 and path_of(saved).is_file()
+    assert (await driver.get_vm("vm1")).power_state == PowerState.STOPPED
+    with pytest.raises(DriverError) as exists:
+        await driver.save_vm("vm1", saved, noop)
+    assert exists.value.code in (ErrorCode.INVALID_STATE, ErrorCode.ALREADY_EXISTS)
+    report = await driver.restore_vm(reverted, saved, noop)
+    assert report.power_state == PowerState.RUNNING
+    await asyncio.sleep(1)
+    assert "STRATO-TINY-BOOTED" not in await driver.console_log("vm1", None)
+    await driver.stop_vm("vm1", force=True, timeout_s=1)
+
+
+# --- offline merges ----------------------------------------------------------------------------------
+
+
+def qemu_io_write(path: Path, pattern: int, offset_mib: int, mib: int) -> None:
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset_mib}M {mib}M", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+async def test_offline_commit_and_stream(driver: QemuDriver) -> None:
+    base, mid, top = (local(driver, f"{n}.qcow2") for n in ("base", "mid", "top"))
+    await driver.create_layer(base, 32 * MiB, None)
+    qemu_io_write(path_of(base), 0x11, 0, 4)
+    await driver.create_layer(mid, None, base)
+    qemu_io_write(path_of(mid), 0x22, 2, 4)
+    await driver.create_layer(top, None, mid)
+    qemu_io_write(path_of(top), 0x33, 5, 2)
+    reference = Path(driver.data_dir) / "reference.qcow2"
+    flat_copy(path_of(top), reference)
+
+    samples: list[tuple[int, int]] = []
+    info = await driver.stream_layer(top, base, lambda d, t: samples.append((d, t)))
+    assert info.backing_file is not None and os.path.realpath(info.backing_file) == real(base)
+    assert header_chain(path_of(top)) == [real(top), real(base)]
+    assert same_data(reference, path_of(top))
+    assert samples and samples[-1][0] == samples[-1][1]
+
+    info = await driver.commit_layer(top, base, noop)
+    assert info.name == base.name
+    assert same_data(reference, path_of(base)) and same_data(reference, path_of(top))
+
+    info = await driver.stream_layer(top, None, noop)
+    assert info.backing_file is None and same_data(reference, path_of(top))
+    with pytest.raises(DriverError) as refused:
+        await driver.commit_layer(top, base, noop)  # no backing any more
+    assert refused.value.code == ErrorCode.BAD_REQUEST
