@@ -1,27 +1,28 @@
 """A running VM's memory written live to a file, and a VM started again from such a file.
 
-The save is a migration into `exec:cat > <file>` (QEMU 7.2 has no `file:` URI) with
-`pause-before-switchover`: RAM is copied while the guest runs, QEMU then stops the guest and waits at
-`pre-switchover`, which is where a snapshot freezes the disks; `migrate-continue` writes the last dirty
-pages and the device state, and the migration ends `completed` with the guest paused (QEMU inactivates
-the images at the end of a migration; `cont` activates them again). The guest's pause is measured from
-QEMU's own STOP and RESUME event timestamps.
+The save is a migration into the file, opened here and passed to QEMU (`getfd`, an `fd:` URI: QEMU
+7.2 has no `file:` URI), with `pause-before-switchover`: RAM is copied while the guest runs, QEMU then
+stops the guest and waits at `pre-switchover`, which is where a snapshot freezes the disks;
+`migrate-continue` writes the last dirty pages and the device state, and the migration ends
+`completed` with the guest paused (QEMU inactivates the images at the end of a migration; `cont`
+activates them again). The guest's pause is measured from QEMU's own STOP and RESUME timestamps.
 
-The restore is an incoming migration from `exec:cat <file>` into a QEMU started with `-incoming defer
--S`, then `cont`: the guest runs on from the saved instant without booting.
+The restore is an incoming migration from the file (an `fd:` URI as well) into a QEMU started with
+`-incoming defer -S`, then `cont`: the guest runs on from the saved instant without booting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shlex
+import os
 from pathlib import Path
 from typing import Any
 
 from strato.agent.drivers.base import DriverError, ProgressFn
 from strato.agent.drivers.qemu.migration import DOWNTIME_LIMIT_MS, UNLIMITED_BANDWIDTH, _wait_migration
 from strato.agent.drivers.qemu.monitor import RUN_STATE_EVENTS, EventsMissed, Subscription, VmMonitor
+from strato.agent.drivers.qemu.pools import os_error
 from strato.protocol.messages import LayerInfo
 
 SAVE_TIMEOUT_S = 3600.0
@@ -35,6 +36,24 @@ _PAUSED = {"paused", "finish-migrate", "postmigrate", "pre-switchover"}
 def _event_time(event: dict[str, Any]) -> float:
     stamp = event.get("timestamp") or {}
     return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
+
+
+SAVE_FD = "strato-memsave"
+LOAD_FD = "strato-memload"
+
+
+async def _pass_file(monitor: VmMonitor, path: Path, flags: int, name: str) -> None:
+    """Open the memory file here and give QEMU the descriptor: QEMU writes (reads) it itself, with no
+    helper process (an `exec:cat` migration waits for its `cat` to exit at the end, on QEMU's main
+    loop, which delayed `cont` by up to 200 ms on a busy host)."""
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        raise os_error(exc, f"open {path.name}") from exc
+    try:
+        await monitor.pass_fd(fd, name)
+    finally:
+        os.close(fd)
 
 
 def file_info(name: str, path: Path) -> LayerInfo:
@@ -68,8 +87,9 @@ class MemorySave:
         await self.monitor.execute(
             "migrate-set-parameters", {"downtime-limit": DOWNTIME_LIMIT_MS, "max-bandwidth": UNLIMITED_BANDWIDTH}
         )
+        await _pass_file(self.monitor, self.path, os.O_WRONLY | os.O_CREAT, SAVE_FD)
         self.started = True
-        await self.monitor.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(self.path))}"})
+        await self.monitor.execute("migrate", {"uri": f"fd:{SAVE_FD}"})
         self._reporter = asyncio.get_running_loop().create_task(self._report(), name="memsave-progress")
         await _wait_migration(self.monitor, {"pre-switchover"}, SAVE_TIMEOUT_S)
         self.stopped_at = await self._last_stop()
@@ -146,6 +166,7 @@ async def load(monitor: VmMonitor, path: Path, progress: ProgressFn) -> None:
     size = path.stat().st_size
     progress(0, size)
     await monitor.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
-    await monitor.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(path))}"})
+    await _pass_file(monitor, path, os.O_RDONLY, LOAD_FD)
+    await monitor.execute("migrate-incoming", {"uri": f"fd:{LOAD_FD}"})
     await _wait_migration(monitor, {"completed"}, SAVE_TIMEOUT_S)
     progress(size, size)
