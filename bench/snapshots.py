@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from helpers.faultlib import kill_qemus_under  # noqa: E402
 from strato.agent.drivers.qemu import QemuDriver  # noqa: E402
+from strato.agent.drivers.qemu.memstate import cont  # noqa: E402
 from strato.agent.drivers.qemu.migration import UNLIMITED_BANDWIDTH, _wait_migration  # noqa: E402
 from strato.agent.drivers.qemu.monitor import RUN_STATE_EVENTS  # noqa: E402
 from strato.image.tiny import default_image_path  # noqa: E402
@@ -103,7 +104,7 @@ class Bench:
             await monitor.execute("stop")
             await monitor.execute("migrate", {"uri": f"exec:cat > {target}"})
             await _wait_migration(monitor, {"completed"}, 600)
-            await monitor.execute("cont")
+            await cont(monitor)
             stop = await events.wait(lambda e: e.get("event") == "STOP", 10)
             resume = await events.wait(lambda e: e.get("event") == "RESUME", 10)
         return (_stamp(resume) - _stamp(stop)) * 1000

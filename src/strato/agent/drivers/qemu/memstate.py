@@ -23,6 +23,7 @@ from strato.agent.drivers.base import DriverError, ProgressFn
 from strato.agent.drivers.qemu.migration import DOWNTIME_LIMIT_MS, UNLIMITED_BANDWIDTH, _wait_migration
 from strato.agent.drivers.qemu.monitor import RUN_STATE_EVENTS, EventsMissed, Subscription, VmMonitor
 from strato.agent.drivers.qemu.pools import os_error
+from strato.agent.drivers.qemu.qmp import QmpError
 from strato.protocol.messages import LayerInfo
 
 SAVE_TIMEOUT_S = 3600.0
@@ -36,6 +37,21 @@ _PAUSED = {"paused", "finish-migrate", "postmigrate", "pre-switchover"}
 def _event_time(event: dict[str, Any]) -> float:
     stamp = event.get("timestamp") or {}
     return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
+
+
+async def cont(monitor: VmMonitor, timeout: float = ROLLBACK_WAIT_S) -> None:
+    """`cont`, retried while QEMU says "Migration is not finalized yet": the status is `completed` a
+    moment before the runstate leaves finish-migrate (the cleanup runs later on the main loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await monitor.execute("cont")
+            return
+        except QmpError as exc:
+            if "not finalized" not in exc.message or loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.005)
 
 
 SAVE_FD = "strato-memsave"
@@ -105,7 +121,7 @@ class MemorySave:
 
     async def resume(self) -> float:
         """`cont` after the save; the guest's pause in ms, from QEMU's STOP to RESUME timestamps."""
-        await self.monitor.execute("cont")
+        await cont(self.monitor)
         resumed = await self._next("RESUME")
         return max(0.0, (_event_time(resumed) - (self.stopped_at or _event_time(resumed))) * 1000)
 
@@ -124,7 +140,7 @@ class MemorySave:
     async def resume_if_paused(self) -> None:
         with contextlib.suppress(DriverError):
             if (await self.monitor.execute("query-status")).get("status") in _PAUSED:
-                await self.monitor.execute("cont")
+                await cont(self.monitor)
 
     def close(self) -> None:
         self._stop_reporter()

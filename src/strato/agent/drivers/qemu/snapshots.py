@@ -202,9 +202,9 @@ async def _roll_back(
     else:
         if save is not None:
             await save.abort()
-        await _undo(drv, run, plan)
-        if save is not None:
+            # A completed save leaves the images inactive: `cont` activates them before the undo.
             await save.resume_if_paused()
+        await _undo(drv, run, plan)
     if memory is not None:
         memory.unlink(missing_ok=True)
 
@@ -247,7 +247,7 @@ async def restore_vm(drv: QemuDriver, spec: VmSpec, memory: LayerRef, progress: 
         report_phase("loading the memory")
         monitor = drv.monitor(spec.name)
         await memstate.load(monitor, path, progress)
-        await monitor.execute("cont")
+        await memstate.cont(monitor)
     except BaseException:
         await _shielded(drv._kill(run), reraise=False)
         raise
