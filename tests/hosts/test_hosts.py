@@ -101,12 +101,13 @@ def test_list_capabilities_claims_what_the_hosts_have(
     make_cluster: MakeCluster, qemu_agent_factory: StartAgent
 ) -> None:
     """listCapabilities (what clients such as the CloudStack UI read to show features) follows the KVM
-    hosts' drivers: live storage motion (the QEMU driver's mirror), no VM snapshots yet."""
+    hosts' drivers: live storage motion (the QEMU driver's mirror) and VM snapshots with memory (its
+    Snapshots role)."""
     cluster = make_cluster("KVM")
     cluster.add_host(qemu_agent_factory())
     caps = cluster.api.listCapabilities()["capability"]
     flags = (caps["storagemotionenabled"], caps["kvmsnapshotenabled"], caps["vmsnapshotmemoryenabled"])
-    assert flags == (True, False, False)
+    assert flags == (True, True, True)
 
 
 def test_add_qemu_host_reports_real_resources_and_statvfs_capacity(

@@ -181,6 +181,11 @@ class VmMonitor:
         session = await self._wait_session(min(budget, CONNECT_TIMEOUT_S), command)
         return await session.execute(command, arguments, timeout=max(0.0, deadline - loop.time()))
 
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Give QEMU a file descriptor named `name` on this connection (see QmpSession.pass_fd)."""
+        session = await self._wait_session(CONNECT_TIMEOUT_S, "getfd")
+        await session.pass_fd(fd, name)
+
     async def _wait_session(self, timeout: float, command: str) -> QmpSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -120,6 +120,15 @@ class QmpSession:
         except Exception as exc:
             raise QmpUnavailable(f"{command}: {exc!r}") from exc
 
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a file descriptor (SCM_RIGHTS) and name it (`getfd`), e.g. for an `fd:` migration
+        URI; the caller keeps and closes its own copy."""
+        try:
+            self.client.send_fd_scm(fd)
+        except Exception as exc:
+            raise QmpUnavailable(f"getfd: cannot pass a file descriptor: {exc!r}") from exc
+        await self.execute("getfd", {"fdname": name})
+
     async def disconnect(self) -> None:
         """Always safe to call; errors of a connection that already broke are expected. Runs to its
         end even if the caller is cancelled: qemu.qmp interrupted mid-disconnect leaves its reader
