@@ -36,7 +36,9 @@ def test_session_key_as_parameter_and_as_cookie(server: ServerProcess) -> None:
         resp = httpx.post(server.endpoint, data={"command": "listZones", "response": "json", "sessionkey": key})
         assert resp.status_code == 401 and "JSESSIONID" in resp.text
         # The key as a header, with the cookie: accepted.
-        resp = client.post(server.endpoint, data={"command": "listZones", "response": "json"}, headers={"sessionkey": key})
+        resp = client.post(
+            server.endpoint, data={"command": "listZones", "response": "json"}, headers={"sessionkey": key}
+        )
         assert resp.status_code == 200 and "listzonesresponse" in resp.json()
         # The session cookie is a second secret, not the key again.
         assert client.cookies.get("JSESSIONID") != key
