@@ -41,9 +41,9 @@ class Request:
     session_header: str | None = None  # the sessionkey header, as CloudStack's UI may send it
 
 
-# Refused requests of one user written as ERROR events: at most one per user per this many seconds. The
-# rest go to the server log at INFO; a client retrying in a loop must not fill the event log (events are
-# the record of actions), yet an admin still sees in the events that a user's calls are being refused.
+# Refused requests of one user written as ERROR events: at most one per user and command per this many
+# seconds. The rest go to the server log at INFO: a client retrying in a loop must not fill the event log
+# (events are the record of actions), yet an admin still sees each kind of refused action of a user.
 FAILURE_EVENT_EVERY_S = 60.0
 
 
@@ -51,7 +51,7 @@ class Dispatcher:
     def __init__(self, db: Database, on_job_submitted: Callable[[], None]) -> None:
         self.db = db
         self.on_job_submitted = on_job_submitted
-        self._failure_events: dict[str, tuple[float, int]] = {}  # user id -> (last event, refused since)
+        self._failure_events: dict[tuple[str, str], tuple[float, int]] = {}  # (user, command) -> (last, refused)
         self._failure_lock = threading.Lock()
 
     def handle(self, req: Request) -> Reply:
@@ -118,18 +118,20 @@ class Dispatcher:
         return Reply(200, wrap(cmd, result))
 
     def _record_failure(self, cmd: Command | None, who: tuple[str, str] | None, exc: CloudError) -> None:
-        """A refused action of an authenticated user: an ERROR event, at most one per user per minute."""
+        """A refused action of an authenticated user: an ERROR event, at most one per user and command per
+        minute."""
         if cmd is None or not cmd.event or who is None or isinstance(exc, Unauthorized):
             return
         account_id, user_id = who
         now = time.monotonic()
         with self._failure_lock:
-            last, refused = self._failure_events.get(user_id, (-FAILURE_EVENT_EVERY_S, 0))
+            slot = (user_id, cmd.name)
+            last, refused = self._failure_events.get(slot, (-FAILURE_EVENT_EVERY_S, 0))
             if now - last < FAILURE_EVENT_EVERY_S:
-                self._failure_events[user_id] = (last, refused + 1)
+                self._failure_events[slot] = (last, refused + 1)
                 write = False
             else:
-                self._failure_events[user_id] = (now, 0)
+                self._failure_events[slot] = (now, 0)
                 write = True
             if len(self._failure_events) > 10_000:
                 self._failure_events = {
@@ -138,7 +140,7 @@ class Dispatcher:
         if not write:
             log.info("refused %s of user %s: %s", cmd.name, user_id, exc.text[:200])
             return
-        more = f" ({refused} more refused requests of this user in the minute before)" if refused else ""
+        more = f" ({refused} more refused in the minute before)" if refused else ""
         try:
             with self.db.session() as s:
                 record_event(
