@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 JOB_KINDS = {
     "account.delete",
+    "account.disable",
     "domain.delete",
     "host.cancelmaintenance",
     "host.maintenance",

@@ -85,13 +85,14 @@ def test_user_cannot_read_another_accounts_resources(
     alice_keys, bob_keys = make_user("alice"), make_user("bob")
     alice, bob = server.cs(alice_keys), server.cs(bob_keys)
 
+    # Answered as for an unknown id: Alice does not learn that Bob's user exists.
     status, error = _error(alice, "getUserKeys", id=bob_keys.userid)
-    assert (status, error["errorcode"]) == (531, 531)
-    assert "does not have permission" in error["errortext"]
+    assert (status, error["errorcode"]) == (431, 431)
+    assert error["errortext"] == f"Unable to find user by id {bob_keys.userid}"
     assert bob_keys.secretkey not in str(error)
 
     status, error = _error(alice, "registerUserKeys", id=bob_keys.userid)
-    assert status == 531
+    assert status == 431
     # Bob's keys still work: Alice's attempt changed nothing.
     assert bob.getUserKeys(id=bob_keys.userid)["userkeys"]["secretkey"] == bob_keys.secretkey
 

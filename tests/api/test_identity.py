@@ -61,7 +61,9 @@ def test_domain_admin_sees_its_subtree_only(server: ServerProcess, tree: Tree) -
     assert err.value.error["errorcode"] == 431 and "Unable to find domain" in err.value.error["errortext"]
     with pytest.raises(CloudStackApiException) as err:
         da.getUserKeys(id=tree.other_user.userid)
-    assert err.value.error["errorcode"] == 531
+    # As for an unknown id: nothing tells it that the user exists.
+    assert err.value.error["errorcode"] == 431
+    assert err.value.error["errortext"] == f"Unable to find user by id {tree.other_user.userid}"
     # But it may act inside its subtree.
     assert da.getUserKeys(id=tree.sub_user.userid)["userkeys"]["apikey"] == tree.sub_user.apikey
 

@@ -32,9 +32,16 @@ def test_session_key_as_parameter_and_as_cookie(server: ServerProcess) -> None:
     client, info = login(server.endpoint, "admin", ADMIN_PASSWORD)
     key = info["sessionkey"]
     with closing(client):
-        # Parameter only (a fresh client carries no cookie).
+        # Parameter only (a fresh client carries no cookie): refused, the key alone is not the session.
         resp = httpx.post(server.endpoint, data={"command": "listZones", "response": "json", "sessionkey": key})
+        assert resp.status_code == 401 and "JSESSIONID" in resp.text
+        # The key as a header, with the cookie: accepted.
+        resp = client.post(
+            server.endpoint, data={"command": "listZones", "response": "json"}, headers={"sessionkey": key}
+        )
         assert resp.status_code == 200 and "listzonesresponse" in resp.json()
+        # The session cookie is a second secret, not the key again.
+        assert client.cookies.get("JSESSIONID") != key
         # Cookie and matching parameter, as CloudStack's UI sends them.
         resp = _call(client, server, "listAccounts", sessionkey=key)
         assert resp.status_code == 200
@@ -55,12 +62,14 @@ def test_logout_ends_the_session(server: ServerProcess) -> None:
     key = info["sessionkey"]
     with closing(client):
         assert _call(client, server, "listZones", sessionkey=key).status_code == 200
+        jsession = client.cookies.get("JSESSIONID")
         resp = _call(client, server, "logout", sessionkey=key)
         assert resp.status_code == 200 and resp.json()["logoutresponse"]["description"] == "success"
         assert "sessionkey" not in client.cookies
-    resp = httpx.post(server.endpoint, data={"command": "listZones", "response": "json", "sessionkey": key})
-    assert resp.status_code == 401
-    assert resp.json()["listzonesresponse"]["errorcode"] == 401
+        client.cookies.set("JSESSIONID", jsession or "", path="/client")
+        resp = _call(client, server, "listZones", sessionkey=key)
+        assert resp.status_code == 401
+        assert resp.json()["listzonesresponse"]["errorcode"] == 401
 
 
 @pytest.mark.parametrize(

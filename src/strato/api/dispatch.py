@@ -4,6 +4,8 @@ check the caller's role, run the handler in a unit of work, record the audit eve
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,26 +36,38 @@ class Reply:
 class Request:
     params: dict[str, str]  # original names and decoded values
     method: str
-    session_cookie: str | None
+    session_cookie: str | None  # the JSESSIONID cookie
     remote: str
+    session_header: str | None = None  # the sessionkey header, as CloudStack's UI may send it
+
+
+# Refused requests of one user written as ERROR events: at most one per user and command per this many
+# seconds. The rest go to the server log at INFO: a client retrying in a loop must not fill the event log
+# (events are the record of actions), yet an admin still sees each kind of refused action of a user.
+FAILURE_EVENT_EVERY_S = 60.0
 
 
 class Dispatcher:
     def __init__(self, db: Database, on_job_submitted: Callable[[], None]) -> None:
         self.db = db
         self.on_job_submitted = on_job_submitted
+        self._failure_events: dict[tuple[str, str], tuple[float, int]] = {}  # (user, command) -> (last, refused)
+        self._failure_lock = threading.Lock()
 
     def handle(self, req: Request) -> Reply:
         lowered = {k.lower(): v for k, v in req.params.items()}
         name = lowered.get("command", "")
         cmd = find(name) if name else None
         key = cmd.response_key if cmd else ((name.lower() + "response") if name else "errorresponse")
+        who: tuple[str, str] | None = None
         try:
             if cmd is not None and cmd.allow_anonymous:
                 return self._run_anonymous(cmd, req, lowered)
             with self.db.session() as s:
-                session_key = session_key_of(lowered, req.session_cookie)
-                ctx = authn.authenticate(s, authn.Credentials(req.params, session_key))
+                session_key = session_key_of(lowered, req.session_cookie, req.session_header)
+                creds = authn.Credentials(req.params, session_key, req.session_cookie)
+                ctx = authn.authenticate(s, creds)
+                who = (ctx.account.id, ctx.user.id)
                 if cmd is None or _role(ctx) not in cmd.access:
                     raise UnsupportedAction(UNKNOWN_COMMAND)
                 args = parse_args(cmd, lowered)
@@ -69,7 +83,7 @@ class Dispatcher:
         except CloudError as exc:
             if cmd is None and exc.code == ErrorCode.UNSUPPORTED_ACTION:
                 key = "errorresponse"
-            self._record_failure(cmd, req, exc)
+            self._record_failure(cmd, who, exc)
             return Reply(int(exc.code), error_body(key, exc.code, exc.text))
         except Exception:
             log.exception("internal error in %s", name)
@@ -103,37 +117,57 @@ class Dispatcher:
             return result
         return Reply(200, wrap(cmd, result))
 
-    def _record_failure(self, cmd: Command | None, req: Request, exc: CloudError) -> None:
-        if cmd is None or not cmd.event or isinstance(exc, Unauthorized):
+    def _record_failure(self, cmd: Command | None, who: tuple[str, str] | None, exc: CloudError) -> None:
+        """A refused action of an authenticated user: an ERROR event, at most one per user and command per
+        minute."""
+        if cmd is None or not cmd.event or who is None or isinstance(exc, Unauthorized):
             return
+        account_id, user_id = who
+        now = time.monotonic()
+        with self._failure_lock:
+            slot = (user_id, cmd.name)
+            last, refused = self._failure_events.get(slot, (-FAILURE_EVENT_EVERY_S, 0))
+            if now - last < FAILURE_EVENT_EVERY_S:
+                self._failure_events[slot] = (last, refused + 1)
+                write = False
+            else:
+                self._failure_events[slot] = (now, 0)
+                write = True
+            if len(self._failure_events) > 10_000:
+                self._failure_events = {
+                    k: v for k, v in self._failure_events.items() if now - v[0] < FAILURE_EVENT_EVERY_S
+                }
+        if not write:
+            log.info("refused %s of user %s: %s", cmd.name, user_id, exc.text[:200])
+            return
+        more = f" ({refused} more refused in the minute before)" if refused else ""
         try:
             with self.db.session() as s:
-                lowered = {k.lower(): v for k, v in req.params.items()}
-                ctx = authn.authenticate(s, authn.Credentials(req.params, session_key_of(lowered, req.session_cookie)))
                 record_event(
                     s,
                     cmd.event,
-                    f"Error while executing {cmd.name}: {exc.text}",
+                    f"Error while executing {cmd.name}: {exc.text}{more}",
                     level="ERROR",
                     state="Completed",
-                    account_id=ctx.account.id,
-                    user_id=ctx.user.id,
+                    account_id=account_id,
+                    user_id=user_id,
                 )
-        except CloudError:
-            pass
+        except Exception:
+            log.exception("could not record the refusal of %s", cmd.name)
 
 
-def session_key_of(lowered: dict[str, str], cookie: str | None) -> str | None:
-    """As CloudStack: a session call carries its key as the sessionkey parameter, which must match the
-    cookie when there is one. A cookie alone is refused, so that another site cannot make a browser
-    call the API with it (CSRF)."""
-    key = lowered.get("sessionkey")
+def session_key_of(lowered: dict[str, str], cookie: str | None, header: str | None = None) -> str | None:
+    """As CloudStack: a session call carries its session key (parameter or header) and its JSESSIONID
+    cookie, and both must belong to the same session (checked in authn). A cookie alone is refused, so
+    that another site cannot make a browser call the API with it (CSRF); a key alone too, so that a key
+    seen in a URL or a log is not enough to act as the user."""
+    key = lowered.get("sessionkey") or header
     if key is None:
         if cookie is not None and "signature" not in lowered:
             raise Unauthorized("A session request must carry the sessionkey parameter (the cookie alone is not enough)")
         return None
-    if cookie is not None and cookie != key:
-        raise Unauthorized("The sessionkey parameter does not match the session cookie")
+    if cookie is None:
+        raise Unauthorized("A session request must carry its session cookie (JSESSIONID) with the sessionkey")
     return key
 
 

@@ -14,6 +14,7 @@ MODULES = (
     "strato.services.images.delete",
     "strato.services.compute.deploy",
     "strato.services.compute.power",
+    "strato.services.compute.account_disable",
     "strato.services.compute.destroy",
     "strato.services.compute.scale",
     "strato.services.compute.iso",

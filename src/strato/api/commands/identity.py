@@ -11,11 +11,14 @@ from strato.api.dispatch import Reply, Request
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, DOMAIN_ADMINS, Kind, api
+from strato.api.viewkit import register_result
+from strato.db.models import Account, User
 from strato.errors import CloudError, ErrorCode
-from strato.services.core import settings
+from strato.services.compute import account_disable
+from strato.services.core import jobs, settings
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.identity import deletion, identity
+from strato.services.identity import deletion, identity, lifecycle
 
 USER_FIELDS = (
     Param("username", T.STRING, "Unique username", required=True, max_length=255),
@@ -47,7 +50,9 @@ USER_FIELDS = (
 def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
     if req.method != "POST":
         raise CloudError("login must be sent as a POST request", ErrorCode.METHOD_NOT_ALLOWED)
-    ctx, key = authn.login(session, args["username"], args["password"], args.get("domain"), args.get("domainid"))
+    ctx, key, cookie = authn.login(
+        session, args["username"], args["password"], args.get("domain"), args.get("domainid"), req.remote
+    )
     body = {
         "loginresponse": {
             "username": ctx.user.username,
@@ -66,7 +71,7 @@ def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
     return Reply(
         200,
         {"loginresponse": {k: v for k, v in body["loginresponse"].items() if v is not None}},
-        cookies={"sessionkey": key, "JSESSIONID": key},
+        cookies={"sessionkey": key, "JSESSIONID": cookie},
     )
 
 
@@ -78,7 +83,7 @@ def login(session: Session, args: dict[str, Any], req: Request) -> Reply:
     params=(Param("sessionkey", T.STRING, "The session to end", max_length=255),),
 )
 def logout(session: Session, args: dict[str, Any], req: Request) -> Reply:
-    authn.logout(session, args.get("sessionkey") or req.session_cookie)
+    authn.logout(session, args.get("sessionkey") or req.session_header, req.session_cookie)
     return Reply(200, {"logoutresponse": {"description": "success"}}, cookies={"sessionkey": None, "JSESSIONID": None})
 
 
@@ -266,6 +271,109 @@ def register_user_keys(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]
 def get_user_keys(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     user = identity.get_user(ctx, args["id"])
     return {"userkeys": {"apikey": user.api_key, "secretkey": user.secret_key}}
+
+
+# --- the user and account lifecycle ----------------------------------------------------------------
+
+register_result("user", lambda s, i, _admin: views.user(s, u) if (u := s.get(User, i)) is not None else None)
+register_result("account", lambda s, i, _admin: views.account(s, a) if (a := s.get(Account, i)) is not None else None)
+
+USER_ID = Param("id", T.UUID, "User id", required=True)
+ACCOUNT_BY = (
+    Param("id", T.UUID, "Account id"),
+    Param("account", T.STRING, "Account name (with domainid)", max_length=255),
+    Param("domainid", T.UUID, "The domain of the account"),
+)
+
+
+@api(
+    "updateUser",
+    "Updates a user account",
+    response="user",
+    event="USER.UPDATE",
+    params=(
+        USER_ID,
+        Param("username", T.STRING, "Unique username", max_length=255),
+        Param("password", T.STRING, "Clear text password", max_length=255),
+        Param("currentpassword", T.STRING, "The current password, when users change their own", max_length=255),
+        Param("firstname", T.STRING, "First name", max_length=255),
+        Param("lastname", T.STRING, "Last name", max_length=255),
+        Param("email", T.STRING, "Email address", max_length=255),
+        Param("timezone", T.STRING, "Time zone of the user", max_length=64),
+    ),
+)
+def update_user(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return views.user(ctx.session, lifecycle.update_user(ctx, args))
+
+
+@api(
+    "disableUser",
+    "Disables a user account",
+    kind=Kind.ASYNC,
+    access=DOMAIN_ADMINS,
+    event="USER.DISABLE",
+    params=(USER_ID,),
+)
+def disable_user(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    return AsyncStarted(account_disable.disable_user(ctx, args["id"]))
+
+
+@api("enableUser", "Enables a user account", response="user", access=DOMAIN_ADMINS, event="USER.ENABLE",
+     params=(USER_ID,))  # fmt: skip
+def enable_user(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return views.user(ctx.session, lifecycle.enable_user(ctx, args["id"]))
+
+
+@api("lockUser", "Locks a user account", response="user", access=DOMAIN_ADMINS, event="USER.LOCK",
+     params=(USER_ID,))  # fmt: skip
+def lock_user(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return views.user(ctx.session, lifecycle.lock_user(ctx, args["id"]))
+
+
+@api("deleteUser", "Deletes a user for an account", kind=Kind.SUCCESS, access=DOMAIN_ADMINS,
+     event="USER.DELETE", params=(USER_ID,))  # fmt: skip
+def delete_user(ctx: CallContext, args: dict[str, Any]) -> None:
+    lifecycle.delete_user(ctx, args["id"])
+
+
+@api(
+    "disableAccount",
+    "Disables an account",
+    kind=Kind.ASYNC,
+    access=DOMAIN_ADMINS,
+    event="ACCOUNT.DISABLE",
+    params=(
+        *ACCOUNT_BY,
+        Param("lock", T.BOOLEAN, "If true, only lock the account; else disable it and stop its VMs", required=True),
+    ),
+)
+def disable_account(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    if args["lock"]:
+        acct = lifecycle.lock_account(ctx, args)
+        return AsyncStarted(jobs.completed(ctx, "disableAccount", {"type": "account", "id": acct.id}, "Account"))
+    job_id, _ = account_disable.disable_account(ctx, args)
+    return AsyncStarted(job_id)
+
+
+@api("enableAccount", "Enables an account", response="account", access=DOMAIN_ADMINS, event="ACCOUNT.ENABLE",
+     params=ACCOUNT_BY)  # fmt: skip
+def enable_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return views.account(ctx.session, lifecycle.enable_account(ctx, args))
+
+
+@api(
+    "lockAccount",
+    "Locks an account",
+    response="account",
+    access=DOMAIN_ADMINS,
+    event="ACCOUNT.LOCK",
+    params=(
+        Param("account", T.STRING, "Locks the specified account", required=True, max_length=255),
+        Param("domainid", T.UUID, "Locks the account in this domain", required=True),
+    ),
+)
+def lock_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return views.account(ctx.session, lifecycle.lock_account(ctx, args))
 
 
 ROOT_ONLY = ADMIN  # re-exported for readability in other modules

@@ -48,13 +48,18 @@ class User(Entity):
     timezone: Mapped[str | None] = mapped_column(String(64), default=None)
     api_key: Mapped[str | None] = mapped_column(String(255), default=None)
     secret_key: Mapped[str | None] = mapped_column(String(255), default=None)
-    state: Mapped[str] = mapped_column(String(32), default="enabled")
+    state: Mapped[str] = mapped_column(String(32), default="enabled")  # enabled, disabled, locked, removed
+    # Failed logins since the last good one: at incorrect.login.attempts.allowed the user is locked.
+    login_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class LoginSession(Base):
     __tablename__ = "login_sessions"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The JSESSIONID cookie: a request needs it and the key together, so a key seen in a URL or a log
+    # is not enough to act as the user.
+    cookie: Mapped[str | None] = mapped_column(String(64), default=None)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_used: Mapped[datetime] = mapped_column(default=utcnow)

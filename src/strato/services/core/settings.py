@@ -60,6 +60,14 @@ SPECS: dict[str, SettingSpec] = {
             1.0,
         ),
         SettingSpec(
+            "incorrect.login.attempts.allowed",
+            int,
+            5,
+            "Advanced",
+            "Failed logins in a row after which the user is locked (an admin unlocks it with enableUser)",
+            1,
+        ),
+        SettingSpec(
             "session.timeout",
             int,
             1800,

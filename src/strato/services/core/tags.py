@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from strato.db.base import utcnow
 from strato.db.models import Account, ResourceTag, StoragePool, Template, VirtualMachine, Volume, Zone
-from strato.errors import InvalidParameter
+from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services.core.access import check_account_access, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -46,7 +46,12 @@ def _owner(ctx: CallContext, model: Any, owner_col: str | None, resource_id: str
     account_id: str = getattr(row, owner_col)
     acct = ctx.session.get(Account, account_id)
     assert acct is not None
-    check_account_access(ctx, acct)
+    try:
+        check_account_access(ctx, acct)
+    except PermissionDenied:
+        if getattr(row, "is_public", False):
+            raise  # a public template or ISO is no secret: its owner alone may tag it
+        raise NotFound(f"Unable to find resource with resourceids={resource_id}") from None
     return account_id
 
 

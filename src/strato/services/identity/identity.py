@@ -98,8 +98,16 @@ def get_account(ctx: CallContext, account_id: str) -> Account:
     acct = ctx.session.get(Account, account_id)
     if acct is None or acct.removed is not None:
         raise NotFound(f"Unable to find account by id {account_id}")
-    check_account_access(ctx, acct)
+    _visible(ctx, acct, f"Unable to find account by id {account_id}")
     return acct
+
+
+def _visible(ctx: CallContext, acct: Account, not_found: str) -> None:
+    """The caller's access to an account, refused as for an unknown one: a stranger learns nothing."""
+    try:
+        check_account_access(ctx, acct)
+    except PermissionDenied:
+        raise NotFound(not_found) from None
 
 
 def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
@@ -110,7 +118,7 @@ def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
     )
     if acct is None:
         raise NotFound(f"Unable to find account {name} in domain {domain.name}")
-    check_account_access(ctx, acct)
+    _visible(ctx, acct, f"Unable to find account {name} in domain {domain.name}")
     return acct
 
 
@@ -244,7 +252,7 @@ def get_user(ctx: CallContext, user_id: str) -> User:
     acct = ctx.session.get(Account, user.account_id)
     assert acct is not None
     if user.id != ctx.user.id:
-        check_account_access(ctx, acct)
+        _visible(ctx, acct, f"Unable to find user by id {user_id}")
     return user
 
 

@@ -224,7 +224,8 @@ def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool
         q = q.where((mine | Template.is_public.is_(True)), ready)
     elif flt == "community":
         q = q.where(Template.is_public.is_(True), Template.is_featured.is_(False))
-    elif not ctx.is_admin:
+    elif not ctx.is_root_admin:
+        # "all" for a domain admin: its domain tree's templates (and the public ones everyone sees).
         q = q.where(mine | Template.is_public.is_(True))
     for param, col in (
         ("id", Template.id),
