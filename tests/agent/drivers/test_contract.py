@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from strato.agent.dispatch import SERVED, dispatch
 from strato.agent.drivers.base import Driver, DriverError, capability_problems
-from strato.agent.drivers.roles import BlockJobs, Layers, Lifecycle, MigrationSource, MigrationTarget
+from strato.agent.drivers.roles import BlockJobs, Layers, Lifecycle, MigrationSource, MigrationTarget, Snapshots
 from strato.agent.drivers.simulator import SimulatorDriver
 from strato.protocol.answers import COMMAND_TYPES
 from strato.protocol.messages import (
@@ -134,8 +134,10 @@ async def test_host_info_reports_truthful_capabilities(driver: Driver) -> None:
     assert capability_problems(driver) == []
     assert isinstance(driver, Lifecycle) and isinstance(driver, Layers)
     caps = info.capabilities
-    base = caps.model_copy(update={"live_migration": False, "live_storage_motion": False})
+    roles = {"live_migration": False, "live_storage_motion": False, "vm_snapshots": False, "memory_snapshots": False}
+    base = caps.model_copy(update=roles)
     assert base == DriverCapabilities(hot_plug_disks=True, offline_storage_motion=True, max_data_volumes=24)
+    assert caps.vm_snapshots == caps.memory_snapshots == isinstance(driver, Snapshots)
     # Nothing is claimed without its role; the QEMU driver has block jobs and both migration roles.
     assert caps.live_storage_motion == isinstance(driver, BlockJobs)
     assert type(driver).__name__ != "QemuDriver" or (caps.live_storage_motion and caps.live_migration)

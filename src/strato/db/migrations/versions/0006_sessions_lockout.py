@@ -1,7 +1,7 @@
 """sessions and lock-out: a login session's cookie (JSESSIONID, a second secret beside the session key)
 and a user's count of failed logins since the last good one
 
-Revision ID: 0005_cpsec
+Revision ID: 0006
 Revises: 0004
 """
 
