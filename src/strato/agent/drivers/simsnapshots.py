@@ -134,14 +134,14 @@ class SimSnapshots(Snapshots):
             vm = sim._running_vm(vm_name)
             new_disks: list[DiskSpec] = []
             for d in vm.spec.disks:
-                wanted = next((w for w in disks if w.device_id == d.device_id), None)
-                if wanted is None:
+                frozen = next((w for w in disks if w.device_id == d.device_id), None)
+                if frozen is None:
                     new_disks.append(d)
                     continue
                 top = sim._layer(d.layer)
-                self._put(wanted.new_top, self._new_record(top.virtual_size, EMPTY_QCOW2_BYTES, d.layer))
-                made.append(wanted.new_top)
-                new_disks.append(d.model_copy(update={"layer": wanted.new_top}))
+                self._put(frozen.new_top, self._new_record(top.virtual_size, EMPTY_QCOW2_BYTES, d.layer))
+                made.append(frozen.new_top)
+                new_disks.append(d.model_copy(update={"layer": frozen.new_top}))
         except BaseException:
             for ref in made:
                 self._drop(ref)

@@ -40,8 +40,12 @@ def upgrade() -> None:
         *_entity(),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_vm_snapshots_account_id_accounts")),
         sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_vm_snapshots_domain_id_domains")),
-        sa.ForeignKeyConstraint(["parent_id"], ["vm_snapshots.id"], name=op.f("fk_vm_snapshots_parent_id_vm_snapshots")),
-        sa.ForeignKeyConstraint(["vm_id"], ["virtual_machines.id"], name=op.f("fk_vm_snapshots_vm_id_virtual_machines")),
+        sa.ForeignKeyConstraint(
+            ["parent_id"], ["vm_snapshots.id"], name=op.f("fk_vm_snapshots_parent_id_vm_snapshots")
+        ),
+        sa.ForeignKeyConstraint(
+            ["vm_id"], ["virtual_machines.id"], name=op.f("fk_vm_snapshots_vm_id_virtual_machines")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_vm_snapshots")),
     )
     for col in ("account_id", "parent_id", "vm_id"):
