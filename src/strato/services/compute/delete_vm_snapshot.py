@@ -86,7 +86,6 @@ class DeleteVMSnapshot(Operation[DeleteSnapshotParams]):
     def _plan(self) -> StepData:
         with self.db.session() as s:
             snap = load_snapshot(s, self.params.snapshot_id)
-            vm = load_vm(s, self.params.vm_id)
             previous = snap.state
             snap.state = "Expunging"
             remove: list[str] = []
@@ -102,7 +101,8 @@ class DeleteVMSnapshot(Operation[DeleteSnapshotParams]):
                     hide = True
                     break
                 if n == 1:
-                    merge = _merge_plan(s, vm, node)
+                    going = {d.layer_id for r in remove for d in snapshot_disks(s, r)}
+                    merge = _merge_plan(s, node, going)
                     break
                 remove.append(node.id)
                 node = s.get(VMSnapshot, node.parent_id) if node.parent_id else None
@@ -230,12 +230,14 @@ class DeleteVMSnapshot(Operation[DeleteSnapshotParams]):
             snap.state = "Ready"
 
 
-def _merge_plan(s: Session, vm: VirtualMachine, node: VMSnapshot) -> dict[str, Any]:
-    """For each frozen layer of the node, the one layer resting on it (the child's)."""
+def _merge_plan(s: Session, node: VMSnapshot, going: set[str]) -> dict[str, Any]:
+    """For each frozen layer of the node, the one layer resting on it (the child's; `going` are the
+    layers of the nodes removed in the same job)."""
     kids = live_children(s, node.id)
     disks = []
     for d in snapshot_disks(s, node.id):
-        upper = s.scalar(select(Layer).where(Layer.parent_id == d.layer_id, Layer.removed.is_(None)))
+        above = select(Layer).where(Layer.parent_id == d.layer_id, Layer.removed.is_(None), Layer.id.not_in(going))
+        upper = s.scalar(above)
         if upper is None:
             continue
         disks.append({"volume_id": d.volume_id, "device_id": d.device_id, "upper": upper.id, "lower": d.layer_id})
