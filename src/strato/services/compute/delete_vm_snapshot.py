@@ -6,7 +6,9 @@
   that copies less (commit the child's layer down, or stream this one up), live through the running VM
   when the VM has the layers open.
 - Several children: hidden (gone from the API), its layers kept until one child is left.
-The memory file goes in every case. The database switch after the merges is the point of no return."""
+The memory file goes in every case. The merge is the point of no return: once the files say the layers
+are one, the database is made to say it too (a failed merge is undone: a stream changes nothing until it
+completes; a commit may have written into the snapshot's layer, which is then marked Error)."""
 
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ class DeleteVMSnapshot(Operation[DeleteSnapshotParams]):
     def steps(self) -> Sequence[Step]:
         return [
             Step("plan", self._plan, undo=self._unplan),
-            Step("merge", self._merge, undo=self._unmerge),
+            Step("merge", self._merge, undo=self._unmerge, commit=True),
             Step("switch", self._switch, commit=True),
             Step("remove layers", self._remove),
         ]

@@ -19,7 +19,7 @@ from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
 from strato.errors import InvalidParameter, InvalidState
 from strato.protocol.client import AgentClientError
-from strato.protocol.messages import CreateLayer, RestoreVm, StopVm
+from strato.protocol.messages import CreateLayer, RestoreVm, StartVm, StopVm
 from strato.services.compute.vmcommon import GRACEFUL_STOP_S, load_vm
 from strato.services.compute.vmsnap_tree import (
     VM_SNAPSHOT_RESULT,
@@ -75,8 +75,8 @@ class RevertToVMSnapshot(Operation[RevertParams]):
     def steps(self) -> Sequence[Step]:
         return [
             Step("reverting", self._reverting, undo=self._unrevert),
-            Step("stop vm", self._stop),
             Step("new tops", self._new_tops, undo=self._drop_tops),
+            Step("stop vm", self._stop, undo=self._restart),
             Step("switch", self._switch, commit=True),
             Step("remove old tops", self._remove_old),
             Step("restore", self._restore),
@@ -113,6 +113,23 @@ class RevertToVMSnapshot(Operation[RevertParams]):
                 vm_to(vm, "Stopped")
             vm.host_id = None
         return {}
+
+    def _restart(self) -> None:
+        """Undone before the switch: the VM stopped for the revert starts again on its old disks (a cold
+        boot: its memory was not saved)."""
+        host_id = self.output("reverting").get("host_id")
+        with self.db.session() as s:
+            vm = load_vm(s, self.params.vm_id)
+            host = s.get(Host, host_id) if host_id else None
+            if host is None or vm.state != "Stopped":
+                return
+            spec, client, host_name = vm_spec(s, vm), host_client(host), host.name
+        with agent_errors(host_name):
+            client.call(StartVm(spec=spec))
+        with self.db.session() as s:
+            vm = load_vm(s, self.params.vm_id)
+            vm_to(vm, "Running")
+            vm.host_id = vm.last_host_id = host_id
 
     def _new_tops(self) -> StepData:
         tops: list[dict[str, Any]] = []
