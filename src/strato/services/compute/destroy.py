@@ -27,13 +27,14 @@ from strato.errors import InvalidParameter
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import RemoveVm, StopVm
 from strato.services.compute.vmcommon import drop_config_drive, host_of, load_vm, vm_result
+from strato.services.compute.vmsnap_tree import forget_vm_snapshots
 from strato.services.core import jobs, settings
 from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to, volume_to
 from strato.services.storage.disks import attached_volumes
-from strato.services.storage.layers import remove_volume_layers
+from strato.services.storage.layers import remove_volume_files, remove_volume_layers
 
 
 class ExpungeParams(BaseModel):
@@ -86,13 +87,17 @@ class _Expunging(Operation[Any]):
             return {"volumes": doomed, "host_id": vm.last_host_id}
 
     def _remove_disks(self) -> StepData:
+        had_snapshots = forget_vm_snapshots(self.db, self.params.vm_id)
         for volume_id in self.output("expunging").get("volumes", []):
             with self.db.session() as s:
                 vol = s.get(Volume, volume_id)
                 if vol is None or vol.removed is not None:
                     continue
                 top = vol.top_layer_id
-            remove_volume_layers(self.db, top)
+            if had_snapshots:  # the layers of every branch of the snapshot tree
+                remove_volume_files(self.db, volume_id)
+            else:
+                remove_volume_layers(self.db, top)
             with self.db.session() as s:
                 vol = s.get(Volume, volume_id)
                 assert vol is not None

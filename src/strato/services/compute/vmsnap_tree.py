@@ -8,8 +8,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from strato.db.base import utcnow
+from strato.db.engine import Database
 from strato.db.models import Host, Layer, StoragePool, VirtualMachine, VMSnapshot, VMSnapshotDisk, Volume
 from strato.db.models.storage import LAYER_VOLUME
+from strato.db.models.vmsnapshots import LAYER_MEMORY
 from strato.errors import CloudError, ErrorCode, InvalidParameter, NotFound, UnsupportedAction
 from strato.protocol.client import AgentClient
 from strato.protocol.messages import LayerRef
@@ -19,7 +22,7 @@ from strato.services.core.agents import host_client
 from strato.services.core.listing import Page, run_page
 from strato.services.core.reach import host_for
 from strato.services.storage.disks import attached_volumes
-from strato.services.storage.layers import ref
+from strato.services.storage.layers import ref, remove_layer_file
 
 VM_SNAPSHOT_RESULT = "vmsnapshot"
 LIVE_STATES = ("Allocated", "Creating", "Ready", "Reverting", "Expunging", "Error")
@@ -177,3 +180,23 @@ def visible_parent(session: Session, snap: VMSnapshot) -> VMSnapshot | None:
     while parent is not None and parent.hidden:
         parent = session.get(VMSnapshot, parent.parent_id) if parent.parent_id else None
     return parent
+
+
+def forget_vm_snapshots(db: Database, vm_id: str) -> bool:
+    """Expunge: the VM's snapshots leave the tree and their memory files go; answers whether it had any
+    (then its volumes' layers of every branch are removed, not only the present chain). Idempotent."""
+    with db.session() as s:
+        snaps = list(s.scalars(select(VMSnapshot).where(VMSnapshot.vm_id == vm_id)))
+        memory = list(s.scalars(select(Layer.id).where(Layer.vm_id == vm_id, Layer.kind == LAYER_MEMORY,
+                                                       Layer.removed.is_(None))))  # fmt: skip
+        vm = s.get(VirtualMachine, vm_id)
+        if vm is not None:
+            vm.current_snapshot_id = None
+        for snap in snaps:
+            for d in snapshot_disks(s, snap.id):
+                d.removed = utcnow()
+            if snap.removed is None:
+                snap.removed, snap.state = utcnow(), "Expunging"
+    for lid in memory:
+        remove_layer_file(db, lid)
+    return bool(snaps)
