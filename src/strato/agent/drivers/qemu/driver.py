@@ -26,13 +26,13 @@ from typing import Any, Literal
 from strato.agent.drivers import roles
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
-from strato.agent.drivers.qemu import images, layers, migration, pools, process, transfer
+from strato.agent.drivers.qemu import images, layers, merge, migration, pools, process, snapshots, transfer
 from strato.agent.drivers.qemu.blockjobs import BlockJobs
 from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.monitor import VmMonitor
 from strato.agent.drivers.qemu.process import Accel, RunDir
 from strato.agent.drivers.qemu.qmp import QmpError, QmpUnavailable
-from strato.agent.drivers.roles import MigrationSource, MigrationTarget
+from strato.agent.drivers.roles import MigrationSource, MigrationTarget, Snapshots
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     BlockJobOutcome,
@@ -48,6 +48,8 @@ from strato.protocol.messages import (
     PoolRef,
     PoolReport,
     PowerState,
+    SnapshotDisk,
+    SnapshotTaken,
     StateReport,
     VmReport,
     VmSpec,
@@ -63,8 +65,8 @@ DETACH_TIMEOUT_S = 15.0
 DETACH_POLL_S = 0.2
 BLOCKDEV_DEL_RETRY_S = 3.0
 _RUNNING_STATES = {"running"}
-_NODE_RE = re.compile(r"^disk(\d+)(?:-m[0-9a-f]+)?-fmt$")
-"""A disk's top node: as started, or after a live move (`mirror`)."""
+_NODE_RE = re.compile(r"^disk(\d+)(?:-[ms][0-9a-f]+)?-fmt$")
+"""A disk's top node: as started, after a live move (`mirror`) or a snapshot (`snapshots`)."""
 
 
 MAX_DATA_VOLUMES = 24
@@ -72,18 +74,20 @@ MAX_DATA_VOLUMES = 24
 and a virtio-scsi controller take 5, and the rest is kept for NICs (CloudStack's KVM default is 24 too)."""
 
 
-class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, LayerExport):
+class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Snapshots, LayerExport):
     """One QEMU process per VM under DATA_DIR/vms/<name>/; local pool at DATA_DIR/pools/local.
 
     Roles: lifecycle, layers and volumes, block jobs (live disk moves on one host, mirror.py), live
-    migration with local disks (migration.py) and layer copies between hosts (transfer.py). Snapshots
-    come with their role later; until then they are not claimed."""
+    migration with local disks (migration.py), layer copies between hosts (transfer.py), and VM
+    snapshots with or without memory (snapshots.py, memstate.py, merge.py)."""
 
     capabilities = DriverCapabilities(
         hot_plug_disks=True,
         offline_storage_motion=True,
         live_storage_motion=True,
         live_migration=True,
+        vm_snapshots=True,
+        memory_snapshots=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
 
@@ -690,6 +694,35 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Laye
 
     async def cancel_block_job(self, vm_name: str, device_id: int, target: LayerRef | None) -> BlockJobOutcome:
         return await self._motion.cancel_block_job(vm_name, device_id, target)
+
+    # --- VM snapshots (snapshots.py, memstate.py, merge.py) ------------------------------------------
+
+    async def snapshot_vm(
+        self, vm_name: str, disks: list[SnapshotDisk], memory: LayerRef | None, progress: ProgressFn
+    ) -> SnapshotTaken:
+        return await snapshots.snapshot_vm(self, vm_name, disks, memory, progress)
+
+    async def save_vm(self, vm_name: str, memory: LayerRef, progress: ProgressFn) -> LayerInfo:
+        return await snapshots.save_vm(self, vm_name, memory, progress)
+
+    async def restore_vm(self, spec: VmSpec, memory: LayerRef, progress: ProgressFn) -> VmReport:
+        return await snapshots.restore_vm(self, spec, memory, progress)
+
+    async def stream_disk(
+        self, vm_name: str, device_id: int, into: LayerRef, base: LayerRef | None, progress: ProgressFn
+    ) -> DiskSpec:
+        return await merge.stream_disk(self, vm_name, device_id, into, base, progress)
+
+    async def commit_disk(
+        self, vm_name: str, device_id: int, top: LayerRef, base: LayerRef, progress: ProgressFn
+    ) -> DiskSpec:
+        return await merge.commit_disk(self, vm_name, device_id, top, base, progress)
+
+    async def commit_layer(self, top: LayerRef, base: LayerRef, progress: ProgressFn) -> LayerInfo:
+        return await merge.commit_layer(top, base, progress)
+
+    async def stream_layer(self, layer: LayerRef, base: LayerRef | None, progress: ProgressFn) -> LayerInfo:
+        return await merge.stream_layer(layer, base, progress)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
         """One short QMP call on the VM's shared connection: no lock, concurrent calls (and a block

@@ -215,16 +215,23 @@ async def convert_to_qcow2(
 ) -> None:
     """`qemu-img convert -p -O qcow2` into `dest` (a new file), reporting progress in bytes of `total`
     (the virtual size) parsed from qemu-img's percentage output. Cancelling kills qemu-img."""
+    try:
+        await run_with_progress(
+            ("convert", "-p", "-f", source_format, "-O", "qcow2", str(source), str(dest)), total, progress
+        )
+    except BaseException as exc:
+        dest.unlink(missing_ok=True)
+        if isinstance(exc, DriverError) and exc.code == ErrorCode.INTERNAL and "is not in qcow2 format" in exc.message:
+            raise DriverError(ErrorCode.BAD_REQUEST, exc.message) from exc
+        raise
+
+
+async def run_with_progress(args: tuple[str, ...], total: int | None, progress: ProgressFn) -> None:
+    """Run a qemu-img command given `-p` (convert, commit, rebase), reporting progress in bytes of
+    `total` parsed from its percentage output. Cancelling kills qemu-img; its stderr is the error."""
     proc = await asyncio.create_subprocess_exec(
         QEMU_IMG,
-        "convert",
-        "-p",
-        "-f",
-        source_format,
-        "-O",
-        "qcow2",
-        str(source),
-        str(dest),
+        *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -245,15 +252,10 @@ async def convert_to_qcow2(
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-        dest.unlink(missing_ok=True)
         raise
     if proc.returncode != 0:
-        dest.unlink(missing_ok=True)
-        message = err.decode(errors="replace").strip() or f"qemu-img convert exited {proc.returncode}"
-        code = qemu_img_error_code(message)
-        if code == ErrorCode.INTERNAL and "is not in qcow2 format" in message:
-            code = ErrorCode.BAD_REQUEST
-        raise DriverError(code, message)
+        message = err.decode(errors="replace").strip() or f"qemu-img {args[0]} exited {proc.returncode}"
+        raise DriverError(qemu_img_error_code(message), message)
     if total:
         progress(total, total)
 

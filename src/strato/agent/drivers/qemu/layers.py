@@ -72,9 +72,14 @@ async def info(name: str, path: Path) -> LayerInfo:
     )
 
 
-def _reserve(path: Path) -> None:
+def reserve(path: Path) -> None:
     """Claim the target name atomically so two creations of one layer cannot both succeed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a directory should be
+            raise DriverError(ErrorCode.BAD_REQUEST, f"cannot create {path.name}: {exc}") from exc
+        raise os_error(exc, f"create {path.name}") from exc
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError as exc:
@@ -91,7 +96,7 @@ async def create(path: Path, size_bytes: int | None, backing: Path | None) -> No
         raise DriverError(ErrorCode.BAD_REQUEST, "size must be positive")
     if backing is not None and not backing.is_file():
         raise DriverError(ErrorCode.NOT_FOUND, f"backing layer {backing.name} not found")
-    _reserve(path)
+    reserve(path)
     args = ["create", "-q", "-f", "qcow2"]
     if backing is not None:
         args += ["-b", str(backing), "-F", "qcow2"]
