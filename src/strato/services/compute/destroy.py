@@ -27,7 +27,7 @@ from strato.errors import InvalidParameter
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import RemoveVm, StopVm
 from strato.services.compute.vmcommon import drop_config_drive, host_of, load_vm, vm_result
-from strato.services.compute.vmsnap_tree import forget_vm_snapshots
+from strato.services.compute.vmsnap_tree import forget_vm_snapshots, remove_branch_layers
 from strato.services.core import jobs, settings
 from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
@@ -88,6 +88,12 @@ class _Expunging(Operation[Any]):
 
     def _remove_disks(self) -> StepData:
         had_snapshots = forget_vm_snapshots(self.db, self.params.vm_id)
+        if had_snapshots:  # disks the VM keeps attached until its end lose the other branches' layers
+            doomed = set(self.output("expunging").get("volumes", []))
+            with self.db.session() as s:
+                kept = [v.id for v in attached_volumes(s, self.params.vm_id) if v.id not in doomed]
+            for volume_id in kept:
+                remove_branch_layers(self.db, volume_id)
         for volume_id in self.output("expunging").get("volumes", []):
             with self.db.session() as s:
                 vol = s.get(Volume, volume_id)

@@ -200,3 +200,21 @@ def forget_vm_snapshots(db: Database, vm_id: str) -> bool:
     for lid in memory:
         remove_layer_file(db, lid)
     return bool(snaps)
+
+
+def remove_branch_layers(db: Database, volume_id: str) -> None:
+    """A volume kept after its VM's snapshots went (a data disk): the layers of other branches than its
+    present chain are removed, newest first."""
+    with db.session() as s:
+        vol = s.get(Volume, volume_id)
+        if vol is None:
+            return
+        keep: set[str] = set()
+        current = s.get(Layer, vol.top_layer_id) if vol.top_layer_id else None
+        while current is not None:
+            keep.add(current.id)
+            current = s.get(Layer, current.parent_id) if current.parent_id else None
+        q = select(Layer.id).where(Layer.volume_id == volume_id, Layer.removed.is_(None), Layer.kind == LAYER_VOLUME)
+        ids = [lid for lid in s.scalars(q.order_by(Layer.created.desc())) if lid not in keep]
+    for lid in ids:
+        remove_layer_file(db, lid)
