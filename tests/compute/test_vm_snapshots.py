@@ -174,14 +174,21 @@ def test_tree_create_revert_siblings_and_deletes(cloud: Cloud) -> None:
     assert chain == [(1,)], chain  # the root disk is one layer again (on its template)
 
 
+def _allocated(cloud: Cloud) -> int:
+    return sum(int(p["disksizeallocated"]) for p in cloud.api.listStoragePools(zoneid=cloud.ids["zone"])["storagepool"])
+
+
 def test_live_delete_merges_through_the_running_vm(cloud: Cloud) -> None:
     vm = cloud.deploy()
     a = cloud.snap(vm["id"], "a")
-    b = cloud.snap(vm["id"], "b")
+    before = _allocated(cloud)
+    b = cloud.snap(vm["id"], "b", memory=True)
+    assert _allocated(cloud) - before >= 128 << 20  # the pool counts the memory file (and frozen layers)
     cloud.delete(a["id"])  # one child (b): merged while the VM runs
     assert cloud.tree(vm["id"]) == {"b": (None, True)}
     cloud.delete(b["id"])  # its child is the running top
     assert cloud.tree(vm["id"]) == {}
+    assert _allocated(cloud) <= before  # space comes back
     assert cloud.vm(vm["id"])["state"] == "Running"
     cloud.check_chains(vm["id"])
 
