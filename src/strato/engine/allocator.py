@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from strato.db.models import Cluster, Host, Layer, StoragePool, VirtualMachine, Volume
-from strato.db.models.storage import LAYER_TEMPLATE
+from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
 from strato.errors import InsufficientCapacity
 from strato.units import GIB
 
@@ -48,7 +48,8 @@ class Limits:
 
 
 def pool_allocated(session: Session, pool_id: str) -> int:
-    """Bytes promised on a pool: the virtual sizes of its volumes and of its template copies."""
+    """Bytes promised on a pool: the virtual sizes of its volumes and of its template copies, and what VM
+    snapshots hold there (frozen layers of volumes, memory files)."""
     volumes = (
         session.scalar(
             select(func.coalesce(func.sum(Volume.size), 0)).where(
@@ -65,7 +66,18 @@ def pool_allocated(session: Session, pool_id: str) -> int:
         )
         or 0
     )
-    return int(volumes) + int(templates)
+    # VM snapshots: their frozen layers and memory files take real space beyond the volumes' sizes.
+    snapshots = (
+        session.scalar(
+            select(func.coalesce(func.sum(Layer.physical_size), 0)).where(
+                Layer.pool_id == pool_id,
+                Layer.removed.is_(None),
+                ((Layer.kind == LAYER_VOLUME) & Layer.frozen.is_(True)) | (Layer.kind == "memory"),
+            )
+        )
+        or 0
+    )
+    return int(volumes) + int(templates) + int(snapshots)
 
 
 def host_memory_used(session: Session, host_id: str) -> int:

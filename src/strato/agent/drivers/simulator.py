@@ -30,6 +30,7 @@ from strato.agent.drivers.imagefetch import (
     url_kind,
 )
 from strato.agent.drivers.roles import BlockJobs, MigrationSource, MigrationTarget, SimulatorControl
+from strato.agent.drivers.simsnapshots import SimSnapshots
 from strato.protocol.capabilities import DriverCapabilities
 from strato.protocol.messages import (
     COMMANDS,
@@ -191,7 +192,7 @@ def _inspect_file(path: Path, checksum: Checksum | None) -> tuple[int, int, str 
     return st.st_size, st.st_blocks * 512, hasher.hexdigest() if hasher is not None else None
 
 
-class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, SimulatorControl):
+class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, SimSnapshots, SimulatorControl):
     """A fake host: records instead of files and processes, with configurable delays and failures.
 
     Its roles and capabilities are the QEMU driver's, so the control plane sees the same host."""
@@ -201,6 +202,8 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, Simul
         offline_storage_motion=True,
         live_storage_motion=True,
         live_migration=True,
+        vm_snapshots=True,
+        memory_snapshots=True,
         max_data_volumes=MAX_DATA_VOLUMES,
     )
 

@@ -14,5 +14,6 @@ from strato.api.commands import (  # noqa: F401
     templates,
     vm_motion,
     vms,
+    vmsnapshots,
     volumes,
 )

@@ -10,6 +10,7 @@ from strato.db.models.settings import HypervisorCapability, Setting
 from strato.db.models.storage import Layer, Volume
 from strato.db.models.templates import Template, TemplateStoreCopy
 from strato.db.models.vms import ResourceLimit, SSHKeyPair, VirtualMachine
+from strato.db.models.vmsnapshots import VMSnapshot, VMSnapshotDisk
 
 __all__ = [
     "Account",
@@ -38,6 +39,8 @@ __all__ = [
     "Template",
     "TemplateStoreCopy",
     "User",
+    "VMSnapshot",
+    "VMSnapshotDisk",
     "VirtualMachine",
     "Volume",
     "Zone",

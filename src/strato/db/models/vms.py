@@ -38,6 +38,8 @@ class VirtualMachine(Entity):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # When it was destroyed: it is expunged expunge.delay seconds later unless recovered first.
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The VM snapshot its present state descends from (None: none, or not since the last revert to none).
+    current_snapshot_id: Mapped[str | None] = mapped_column(String(36), default=None)
 
 
 class SSHKeyPair(Entity):

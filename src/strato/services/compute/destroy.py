@@ -27,6 +27,7 @@ from strato.errors import InvalidParameter
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import RemoveTaps, RemoveVm, StopVm
 from strato.services.compute.vmcommon import drop_config_drive, host_of, load_vm, vm_result
+from strato.services.compute.vmsnap_tree import forget_vm_snapshots, remove_branch_layers
 from strato.services.core import jobs, settings
 from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
@@ -34,7 +35,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to, volume_to
 from strato.services.network.nics import tap_name, vm_nics
 from strato.services.storage.disks import attached_volumes
-from strato.services.storage.layers import remove_volume_layers
+from strato.services.storage.layers import remove_volume_files, remove_volume_layers
 
 
 class ExpungeParams(BaseModel):
@@ -87,13 +88,23 @@ class _Expunging(Operation[Any]):
             return {"volumes": doomed, "host_id": vm.last_host_id}
 
     def _remove_disks(self) -> StepData:
+        had_snapshots = forget_vm_snapshots(self.db, self.params.vm_id)
+        if had_snapshots:  # disks the VM keeps attached until its end lose the other branches' layers
+            doomed = set(self.output("expunging").get("volumes", []))
+            with self.db.session() as s:
+                kept = [v.id for v in attached_volumes(s, self.params.vm_id) if v.id not in doomed]
+            for volume_id in kept:
+                remove_branch_layers(self.db, volume_id)
         for volume_id in self.output("expunging").get("volumes", []):
             with self.db.session() as s:
                 vol = s.get(Volume, volume_id)
                 if vol is None or vol.removed is not None:
                     continue
                 top = vol.top_layer_id
-            remove_volume_layers(self.db, top)
+            if had_snapshots:  # the layers of every branch of the snapshot tree
+                remove_volume_files(self.db, volume_id)
+            else:
+                remove_volume_layers(self.db, top)
             with self.db.session() as s:
                 vol = s.get(Volume, volume_id)
                 assert vol is not None

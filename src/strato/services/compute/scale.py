@@ -20,6 +20,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.lookup import get_live
 from strato.services.core.states import require_vm_state
 from strato.services.offerings.offerings import compute_shape
+from strato.services.storage.rules import refuse_with_vm_snapshots
 
 
 class ScaleParams(BaseModel):
@@ -43,6 +44,7 @@ class ScaleVirtualMachine(Operation[ScaleParams]):
     @classmethod
     def check(cls, session: Session, params: ScaleParams) -> None:
         require_vm_state(load_vm(session, params.vm_id), "Stopped", action="scale (only stopped VMs can be scaled)")
+        refuse_with_vm_snapshots(session, params.vm_id, "scale VM")
         offering = session.get(ServiceOffering, params.offering_id)
         if offering is None or offering.removed is not None:
             raise InvalidParameter(f"Service offering {params.offering_id} (serviceofferingid) has been deleted")

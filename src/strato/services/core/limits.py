@@ -6,18 +6,20 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Account, ResourceLimit, VirtualMachine, Volume
+from strato.db.models import Account, ResourceLimit, VirtualMachine, VMSnapshot, Volume
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN
 from strato.errors import ResourceLimitExceeded
 from strato.services.core import settings
 from strato.units import GIB
 
-USER_VM, VOLUME, PRIMARY_STORAGE = 0, 2, 10
-NAMES = {USER_VM: "user_vm", VOLUME: "volume", PRIMARY_STORAGE: "primary_storage"}
+USER_VM, VOLUME, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 2, 10, 14
+"""VM_SNAPSHOT is Strato's addition (CloudStack has no limit type for VM snapshots)."""
+NAMES = {USER_VM: "user_vm", VOLUME: "volume", PRIMARY_STORAGE: "primary_storage", VM_SNAPSHOT: "vm_snapshot"}
 DEFAULTS = {
     USER_VM: "max.account.user.vms",
     VOLUME: "max.account.volumes",
     PRIMARY_STORAGE: "max.account.primary.storage",
+    VM_SNAPSHOT: "max.account.vm.snapshots",
 }
 
 
@@ -47,6 +49,17 @@ def usage(session: Session, account_id: str, resource_type: int) -> int:
                 VirtualMachine.state.not_in(("Destroyed", "Expunging", "Error")),
             )
         )
+    elif resource_type == VM_SNAPSHOT:
+        q = (
+            select(func.count())
+            .select_from(VMSnapshot)
+            .where(
+                VMSnapshot.account_id == account_id,
+                VMSnapshot.removed.is_(None),
+                VMSnapshot.hidden.is_(False),
+                VMSnapshot.state != "Error",
+            )
+        )
     elif resource_type == VOLUME:
         q = select(func.count()).select_from(Volume).where(Volume.account_id == account_id, Volume.removed.is_(None))
     else:
@@ -56,9 +69,12 @@ def usage(session: Session, account_id: str, resource_type: int) -> int:
     return int(session.scalar(q) or 0)
 
 
-def check(session: Session, account: Account, vms: int = 0, volumes: int = 0, storage_bytes: int = 0) -> None:
+def check(
+    session: Session, account: Account, vms: int = 0, volumes: int = 0, storage_bytes: int = 0, vm_snapshots: int = 0
+) -> None:
     """Raises 532 naming the limit that the request would pass."""
-    for rtype, extra in ((USER_VM, vms), (VOLUME, volumes), (PRIMARY_STORAGE, storage_bytes)):
+    wanted = ((USER_VM, vms), (VOLUME, volumes), (PRIMARY_STORAGE, storage_bytes), (VM_SNAPSHOT, vm_snapshots))
+    for rtype, extra in wanted:
         if not extra:
             continue
         cap = limit(session, account, rtype)

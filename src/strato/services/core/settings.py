@@ -116,6 +116,22 @@ SPECS: dict[str, SettingSpec] = {
             -1,
         ),
         SettingSpec(
+            "vmsnapshot.max",
+            int,
+            10,
+            "Advanced",
+            "Maximum VM snapshots of one VM",
+            1,
+        ),
+        SettingSpec(
+            "max.account.vm.snapshots",
+            int,
+            100,
+            "Account Defaults",
+            "Strato: the default maximum number of VM snapshots an account may have",
+            -1,
+        ),
+        SettingSpec(
             "expunge.delay",
             int,
             86400,
@@ -275,6 +291,16 @@ def hosts_can_do(session: Session, row: HypervisorCapability) -> HostsCanDo:
         vm_snapshot_enabled=row.vm_snapshot_enabled and bool(reported) and all(caps.vm_snapshots for caps in reported),
         max_data_volumes_limit=limit,
     )
+
+
+def vm_snapshots_enabled(session: Session, hypervisor: str) -> bool:
+    """vmsnapshotenabled of listHypervisorCapabilities for the hypervisor (any of its versions)."""
+    rows = session.scalars(
+        select(HypervisorCapability).where(
+            HypervisorCapability.hypervisor == hypervisor, HypervisorCapability.removed.is_(None)
+        )
+    )
+    return any(hosts_can_do(session, row).vm_snapshot_enabled for row in rows)
 
 
 def bootstrap_capabilities(session: Session) -> None:

@@ -31,7 +31,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.states import volume_to
 from strato.services.storage.disks import disk_spec
 from strato.services.storage.placement import PlaceSteps
-from strato.services.storage.rules import check_attach, pool_for_new_disk
+from strato.services.storage.rules import check_attach, pool_for_new_disk, refuse_with_vm_snapshots
 from strato.services.storage.volumes import VOLUME_RESULT, get_volume, live_vm, live_volume, running_host
 
 
@@ -135,6 +135,7 @@ class AttachVolume(Operation[AttachParams]):
     @classmethod
     def check(cls, session: Session, params: AttachParams) -> None:
         vol, vm = live_volume(session, params.volume_id), live_vm(session, params.vm_id)
+        refuse_with_vm_snapshots(session, vm.id, "attach volume")
         check_attach(session, vm, vol)
         if params.device_id is not None:
             taken = _device_taken(session, vm.id, params.device_id, vol.id)

@@ -24,6 +24,7 @@ from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state
+from strato.services.storage.rules import refuse_with_vm_snapshots
 from strato.services.storage.volumes import VOLUME_RESULT, get_volume, live_vm, live_volume, running_host
 
 
@@ -54,6 +55,7 @@ class DetachVolume(Operation[DetachParams]):
             raise InvalidParameter(f"Volume {vol.name} is not attached to any VM" if not vol.vm_id
                                    else f"Volume {vol.name} is attached to another VM")  # fmt: skip
         require_vm_state(live_vm(session, params.vm_id), "Running", "Stopped", action="detach a volume from")
+        refuse_with_vm_snapshots(session, params.vm_id, "detach volume")
 
     def steps(self) -> Sequence[Step]:
         return [Step("hot-unplug", self._unplug), Step("record detachment", self._forget)]

@@ -26,6 +26,7 @@ from strato.services.core.lookup import get_live
 from strato.services.core.reach import host_for
 from strato.services.core.states import require_vm_state, volume_to
 from strato.services.storage.layers import ref
+from strato.services.storage.rules import refuse_with_vm_snapshots
 from strato.services.storage.volumes import VOLUME_RESULT, get_volume, live_vm, live_volume, running_host
 from strato.units import GIB
 
@@ -62,6 +63,7 @@ class ResizeVolume(Operation[ResizeParams]):
                 f"Volume {vol.name} is {vol.size / GIB:.1f} GiB; shrinking to {params.size / GIB:.1f} GiB "
                 "is not supported (data would be lost)"
             )
+        refuse_with_vm_snapshots(session, vol.vm_id, "resize volume")
         owner = session.get(Account, vol.account_id)
         assert owner is not None
         limits.check(session, owner, storage_bytes=params.size - vol.size)

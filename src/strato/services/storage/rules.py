@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import DiskOffering, Host, StoragePool, VirtualMachine, Volume
+from strato.db.models import DiskOffering, Host, StoragePool, VirtualMachine, VMSnapshot, Volume
 from strato.engine.allocator import DiskRequest, place_volume, reaches
 from strato.errors import InsufficientCapacity, InvalidParameter, PermissionDenied
 from strato.services.core.settings import allocation_limits, capability_for
@@ -119,3 +119,13 @@ def pool_for_new_disk(session: Session, volume: Volume, vm: VirtualMachine | Non
             f"Unable to find storage for volume {volume.name}: no host of the zone reaches {where} (VM {vm.name})"
         )
     return place_volume(session, volume.zone_id, disk_request(session, volume), limits, hosts=hosts)
+
+
+def refuse_with_vm_snapshots(session: Session, vm_id: str | None, action: str) -> None:
+    """CloudStack's rule: a VM's disks cannot change (attach, detach, resize, scale) while it has VM
+    snapshots (their layers hold the old disk set), answered 431 saying to delete them first."""
+    if vm_id is None:
+        return
+    q = select(func.count()).select_from(VMSnapshot).where(VMSnapshot.vm_id == vm_id, VMSnapshot.removed.is_(None))
+    if int(session.scalar(q) or 0):
+        raise InvalidParameter(f"Unable to {action}: the VM has VM snapshots; please delete its VM snapshots first")

@@ -184,5 +184,12 @@ async def load(monitor: VmMonitor, path: Path, progress: ProgressFn) -> None:
     await monitor.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
     await _pass_file(monitor, path, os.O_RDONLY, LOAD_FD)
     await monitor.execute("migrate-incoming", {"uri": f"fd:{LOAD_FD}"})
+    # The incoming side may still say "none" just after migrate-incoming (its coroutine not yet started),
+    # which _wait_migration takes for an ended migration: wait for it to leave "none" first.
+    for _ in range(100):
+        info: dict[str, Any] = await monitor.execute("query-migrate")
+        if str(info.get("status", "none")) != "none":
+            break
+        await asyncio.sleep(0.05)
     await _wait_migration(monitor, {"completed"}, SAVE_TIMEOUT_S)
     progress(size, size)
