@@ -77,24 +77,26 @@ def test_add_simulator_host_records_resources_and_local_pool(
 def test_hypervisor_capabilities_follow_what_the_hosts_reported(
     make_cluster: MakeCluster, agent_factory: StartAgent
 ) -> None:
-    """The simulator's driver reports 24 data volumes, live storage motion (its block jobs) and no
+    """The simulator's driver reports 24 data volumes, live storage motion (its block jobs) and VM
     snapshots: the listed capabilities are those, within what the administrator allows."""
     cluster = make_cluster("Simulator")
     cluster.add_host(agent_factory())
     api = cluster.api
     [row] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
-    assert (row["storagemotionenabled"], row["vmsnapshotenabled"]) == (True, False)
+    assert (row["storagemotionenabled"], row["vmsnapshotenabled"]) == (True, True)
     assert row["maxdatavolumeslimit"] == 24
     assert api.listCapabilities()["capability"]["storagemotionenabled"] is True  # some hosts can move disks
     try:
-        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=40, vmsnapshotenabled=True)
+        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=40, vmsnapshotenabled=False)
         [more] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
         assert (more["maxdatavolumeslimit"], more["vmsnapshotenabled"]) == (24, False)
         api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=3, storagemotionenabled=False)
         [fewer] = api.listHypervisorCapabilities(hypervisor="Simulator")["hypervisorCapabilities"]
         assert (fewer["maxdatavolumeslimit"], fewer["storagemotionenabled"]) == (3, False)
     finally:
-        api.updateHypervisorCapabilities(id=row["id"], maxdatavolumeslimit=24, storagemotionenabled=True)
+        api.updateHypervisorCapabilities(
+            id=row["id"], maxdatavolumeslimit=24, storagemotionenabled=True, vmsnapshotenabled=True
+        )
 
 
 def test_list_capabilities_claims_what_the_hosts_have(

@@ -35,8 +35,10 @@ def describe_failure(host_name: str, exc: Exception) -> ResourceUnavailable:
     """An agent failure as the API reports it: 534, naming the host and the cause."""
     if isinstance(exc, AgentUnreachable):
         return ResourceUnavailable(f"Host {host_name} is not reachable: {exc}")
+    if isinstance(exc, AgentCallError) and exc.code in (ErrorCode.UNAUTHORIZED, ErrorCode.UNKNOWN_COMMAND):
+        return ResourceUnavailable(f"Host {host_name} refused the command: {exc.message}")
     if isinstance(exc, AgentCallError):
-        # The agent ran the command and it failed (a link that stalled, QEMU's error, a refusal alike).
+        # The agent ran the command and it failed (a link that stalled, QEMU's error...).
         return ResourceUnavailable(f"Host {host_name} reported a failure: {exc.message}")
     return ResourceUnavailable(f"Host {host_name} failed: {exc}")
 
