@@ -203,7 +203,7 @@ def test_hypervisor_capabilities(admin: CloudStack) -> None:
             "maxguestslimit",
         ):
             assert field in row, field
-        # No host has reported live storage motion or VM snapshots (no driver has them yet).
+        # This cloud has no host: nothing reported live storage motion or VM snapshots, so neither is claimed.
         assert row["storagemotionenabled"] is False and row["vmsnapshotenabled"] is False
     kvm = rows["KVM"]
     try:
