@@ -23,6 +23,7 @@ from strato.engine.periodic import PeriodicRunner
 from strato.engine.runner import JobRunner
 from strato.server.config import ServerConfig
 from strato.server.metrics import render_metrics
+from strato.server import sqlcount
 from strato.server.registrations import load_registrations
 from strato.services.core import agents, settings
 from strato.services.identity import identity
@@ -40,6 +41,9 @@ class ServerState:
         load_registrations()
         self.config = config
         self.db = Database(config.db_url)
+        self.count_sql = sqlcount.enabled()
+        if self.count_sql:
+            sqlcount.install(self.db.engine)
         self.runner = JobRunner(
             self.db,
             config.node_id,
@@ -128,6 +132,11 @@ def create_app(config: ServerConfig) -> Starlette:
             session_cookie=request.cookies.get("sessionkey"),
             remote=request.client.host if request.client else "",
         )
+        if state.count_sql:
+            reply, statements = await run_in_threadpool(sqlcount.counted, lambda: state.dispatcher.handle(req))
+            resp = _reply_response(reply)
+            resp.headers[sqlcount.HEADER] = str(statements)
+            return resp
         reply = await run_in_threadpool(state.dispatcher.handle, req)
         return _reply_response(reply)
 

@@ -1,0 +1,218 @@
+"""Every list command renders its page in a fixed number of SQL statements, whatever the page size.
+
+The server is started with STRATO_TEST_COUNT_SQL=1, which makes each API response carry the number of
+statements its request ran (X-Strato-SQL-Statements; see strato.server.sqlcount). 500 of each kind of
+row are written straight into the database (the API would take minutes to make them: createAccount
+hashes a password, deployVirtualMachine needs hosts), each with what its view shows: a domain of its
+own, users, tags, a host, a root volume on a chain of layers, template copies, a job result. Each list
+command is then asked for a page of 10 and a page of 500 rows: both must cost the same statements.
+SQLite only: the count is the views' and does not depend on the backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers.serverproc import Keys, ServerProcess, signed_query, start_server
+
+N = 500
+
+
+@pytest.fixture(scope="module")
+def counting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server(
+        tmp_path_factory.mktemp("qcount"),
+        env={"STRATO_TEST_COUNT_SQL": "1"},
+    )
+    try:
+        _seed(proc)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _seed(server: ServerProcess) -> None:
+    """N rows of every listed kind, each with a distinct parent where its view names one."""
+    from sqlalchemy import select
+
+    from strato.db import models as m
+    from strato.db.base import new_id
+
+    db = server.database()
+    now = datetime.now(UTC)
+    try:
+        with db.session() as s:
+            root = s.scalar(select(m.Domain).where(m.Domain.parent_id.is_(None)))
+            assert root is not None
+            domains = [m.Domain(name=f"d{i}", parent_id=root.id, path=f"ROOT/d{i}", level=1) for i in range(N)]
+            s.add_all(domains)
+            s.flush()
+            s.add_all(m.Domain(name="c", parent_id=d.id, path=f"{d.path}/c", level=2) for d in domains[::2])
+            accounts = [m.Account(name=f"a{i}", domain_id=domains[i].id) for i in range(N)]
+            s.add_all(accounts)
+            s.flush()
+            users = [m.User(account_id=a.id, username=f"u{i}", password_hash="x") for i, a in enumerate(accounts)]
+            s.add_all(users)
+            zones = [m.Zone(name=f"z{i}", domain_id=domains[i].id) for i in range(N)]
+            s.add_all(zones)
+            s.flush()
+            pods = [m.Pod(name=f"p{i}", zone_id=z.id) for i, z in enumerate(zones)]
+            s.add_all(pods)
+            s.flush()
+            clusters = [m.Cluster(name=f"c{i}", zone_id=p.zone_id, pod_id=p.id) for i, p in enumerate(pods)]
+            s.add_all(clusters)
+            s.flush()
+            hosts = [
+                m.Host(name=f"h{i}", zone_id=c.zone_id, pod_id=c.pod_id, cluster_id=c.id,
+                       url=f"http://127.0.0.1:{9}/h{i}", token="t", status="Disconnected")  # fmt: skip
+                for i, c in enumerate(clusters)
+            ]
+            s.add_all(hosts)
+            s.flush()
+            pools = [
+                m.StoragePool(name=f"sp{i}", zone_id=h.zone_id, pod_id=h.pod_id, cluster_id=h.cluster_id,
+                              host_id=h.id, scope="HOST", pool_type="Filesystem", url=f"file:///p{i}", path=f"/p{i}")  # fmt: skip
+                for i, h in enumerate(hosts)
+            ]
+            stores = [m.ImageStore(name=f"is{i}", zone_id=z.id, url=f"file:///s{i}", path=f"/s{i}") for i, z in enumerate(zones)]
+            s.add_all(pools + stores)
+            s.flush()
+            sos = [m.ServiceOffering(name=f"so{i}", cpu_number=1, cpu_speed=500, memory_mib=64,
+                                     domain_id=domains[i].id) for i in range(N)]  # fmt: skip
+            dos = [m.DiskOffering(name=f"do{i}", disk_size_bytes=2**30, domain_id=domains[i].id) for i in range(N)]
+            templates = [
+                m.Template(name=f"t{i}", account_id=a.id, domain_id=a.domain_id, zone_id=zones[i].id,
+                           format="QCOW2", state="Ready", is_public=True)  # fmt: skip
+                for i, a in enumerate(accounts)
+            ]
+            s.add_all(sos + dos + templates)
+            s.flush()
+            s.add_all(
+                m.Template(name=f"t{i}-d1", account_id=t.account_id, domain_id=t.domain_id, format="QCOW2",
+                           parent_id=t.id, disk_index=1, template_type="DATADISK", state="Ready")  # fmt: skip
+                for i, t in enumerate(templates[::3])
+            )
+            s.add_all(m.TemplateStoreCopy(template_id=t.id, store_id=stores[i].id, path=f"t/{i}", state="Ready")
+                      for i, t in enumerate(templates))  # fmt: skip
+            base_layers = [
+                m.Layer(pool_id=pools[i].id, path=f"tmpl-{i}", kind="template", template_id=t.id, state="Ready")
+                for i, t in enumerate(templates)
+            ]
+            s.add_all(base_layers)
+            vms = [
+                m.VirtualMachine(name=f"vm{i}", instance_name=f"i-qc-{i}", account_id=a.id, domain_id=a.domain_id,
+                                 zone_id=zones[i].id, host_id=hosts[i].id, service_offering_id=sos[i].id,
+                                 template_id=templates[i].id, iso_id=templates[(i + 1) % N].id, state="Running")  # fmt: skip
+                for i, a in enumerate(accounts)
+            ]
+            s.add_all(vms)
+            s.flush()
+            volumes = []
+            for i, vm in enumerate(vms):
+                vol_id = new_id()
+                mid = m.Layer(pool_id=pools[i].id, path=f"mid-{i}", parent_id=base_layers[i].id, volume_id=None, state="Ready")
+                s.add(mid)
+                s.flush()
+                top = m.Layer(pool_id=pools[i].id, path=f"top-{i}", parent_id=mid.id, state="Ready", physical_size=1)
+                s.add(top)
+                s.flush()
+                volumes.append(
+                    m.Volume(id=vol_id, name=f"ROOT-{i}", account_id=vm.account_id, domain_id=vm.domain_id,
+                             zone_id=vm.zone_id, pool_id=pools[i].id, top_layer_id=top.id, vm_id=vm.id,
+                             device_id=0, volume_type="ROOT", size=2**30, disk_offering_id=dos[i].id,
+                             template_id=templates[i].id, state="Ready")  # fmt: skip
+                )
+            s.add_all(volumes)
+            s.flush()
+            tags = []
+            for i in range(N):
+                for kind, rid in (("UserVm", vms[i].id), ("Volume", volumes[i].id), ("Template", templates[i].id),
+                                  ("Zone", zones[i].id)):  # fmt: skip
+                    tags.append(m.ResourceTag(key=f"k{i}", value="v", resource_type=kind, resource_id=rid,
+                                              account_id=accounts[i].id, domain_id=accounts[i].domain_id))  # fmt: skip
+            s.add_all(tags)
+            s.add_all(
+                m.Event(type="VM.CREATE", description=f"e{i}", account_id=accounts[i].id, user_id=users[i].id,
+                        domain_id=accounts[i].domain_id, resource_type="VirtualMachine", resource_id=vms[i].id)  # fmt: skip
+                for i in range(N)
+            )
+            s.add_all(
+                m.Job(kind="vm.deploy", cmd="deployVirtualMachine", status="succeeded", account_id=accounts[i].id,
+                      user_id=users[i].id, result={"type": "virtualmachine", "id": vms[i].id}, completed=now,
+                      created=now - timedelta(seconds=1))  # fmt: skip
+                for i in range(N)
+            )
+    finally:
+        db.dispose()
+
+
+LISTS: list[tuple[str, dict[str, str], str]] = [
+    ("listAccounts", {"listall": "true"}, "account"),
+    ("listDomains", {"listall": "true"}, "domain"),
+    ("listUsers", {"listall": "true"}, "user"),
+    ("listVirtualMachines", {"listall": "true"}, "virtualmachine"),
+    ("listVolumes", {"listall": "true"}, "volume"),
+    ("listTemplates", {"listall": "true", "templatefilter": "all"}, "template"),
+    ("listIsos", {"listall": "true", "isofilter": "all"}, "iso"),
+    ("listStoragePools", {}, "storagepool"),
+    ("listImageStores", {}, "imagestore"),
+    ("listHosts", {}, "host"),
+    ("listZones", {}, "zone"),
+    ("listPods", {}, "pod"),
+    ("listClusters", {}, "cluster"),
+    ("listAsyncJobs", {"listall": "true"}, "asyncjobs"),
+    ("listEvents", {"listall": "true"}, "event"),
+    ("listTags", {"listall": "true"}, "tag"),
+    ("listServiceOfferings", {}, "serviceoffering"),
+    ("listDiskOfferings", {}, "diskoffering"),
+]
+
+
+def _call(server: ServerProcess, keys: Keys, params: dict[str, str]) -> tuple[dict[str, Any], int]:
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    full = {**params, "apiKey": keys.apikey, "response": "json", "signatureVersion": "3", "expires": expires}
+    resp = httpx.get(f"{server.endpoint}?{signed_query(full, keys.secretkey)}", timeout=60)
+    assert resp.status_code == 200, resp.text[:500]
+    return resp.json(), int(resp.headers["X-Strato-SQL-Statements"])
+
+
+@pytest.mark.parametrize(("command", "params", "item"), LISTS, ids=[c for c, _, _ in LISTS])
+def test_list_costs_the_same_statements_at_10_and_500_rows(
+    counting_server: ServerProcess, command: str, params: dict[str, str], item: str
+) -> None:
+    keys = counting_server.admin_keys()
+    counts = {}
+    for size in (10, N):
+        body, statements = _call(counting_server, keys, {"command": command, "page": "1", "pagesize": str(size), **params})
+        rows = next(iter(body.values())).get(item, [])
+        assert len(rows) == size, f"{command} pagesize={size} gave {len(rows)} rows"
+        counts[size] = statements
+    assert counts[10] == counts[N], f"{command}: {counts[10]} statements for 10 rows, {counts[N]} for {N}"
+
+
+def test_resource_limits_and_auth_cost_the_same_statements(counting_server: ServerProcess) -> None:
+    """listResourceLimits of an account and a signed call's authentication: a fixed count."""
+    keys = counting_server.admin_keys()
+    a = [_call(counting_server, keys, {"command": "listResourceLimits"})[1] for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+    _, zones = _call(counting_server, keys, {"command": "listZones", "id": "00000000-0000-0000-0000-000000000000"})
+    assert zones <= 6, f"a signed listZones of nothing ran {zones} statements"
+
+
+def test_sql_count_header_is_test_only(tmp_path: Path) -> None:
+    """A server started without the variable adds no header."""
+    proc = start_server(tmp_path / "plain")
+    try:
+        keys = proc.admin_keys()
+        expires = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
+        full = {"command": "listZones", "apiKey": keys.apikey, "response": "json", "signatureVersion": "3",
+                "expires": expires}  # fmt: skip
+        resp = httpx.get(f"{proc.endpoint}?{signed_query(full, keys.secretkey)}", timeout=30)
+        assert resp.status_code == 200 and "X-Strato-SQL-Statements" not in resp.headers
+    finally:
+        proc.stop()
