@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from strato.api.pageload import Loader, add_to_page, page_load, related
 from strato.api.viewkit import (
+    RESULT_MODELS,
     RESULT_RENDERERS,
     clean,
     cs_date,
@@ -36,14 +39,35 @@ from strato.db.models import (
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
 from strato.services.core import settings
 from strato.services.core.settings import HostsCanDo
-from strato.services.infra.storagepools import allocated_bytes
+from strato.services.infra.storagepools import allocated_bytes_of
 from strato.units import GIB
 
 ROLE_NAMES = {0: "User", ACCOUNT_TYPE_ADMIN: "Admin", ACCOUNT_TYPE_DOMAIN_ADMIN: "DomainAdmin"}
 
 
+def _child_counts(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        return session.execute(
+            select(Domain.parent_id, func.count())
+            .where(Domain.parent_id.in_(ids), Domain.removed.is_(None))
+            .group_by(Domain.parent_id)
+        ).tuples()
+
+    return load
+
+
+def _users_of(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        rows = session.scalars(
+            select(User).where(User.account_id.in_(ids), User.removed.is_(None)).order_by(User.created, User.id)
+        )
+        return [(u.account_id, u) for u in rows]
+
+    return load
+
+
 def domain(session: Session, d: Domain) -> dict[str, Any]:
-    children = session.scalar(select(func.count()).where(Domain.parent_id == d.id, Domain.removed.is_(None)))
+    children = sum(related(session, "domain.children", d.id, _child_counts(session)))
     parent = session.get(Domain, d.parent_id) if d.parent_id else None
     return clean(
         {
@@ -89,7 +113,7 @@ def user(session: Session, u: User, with_keys: bool = False) -> dict[str, Any]:
 
 
 def account(session: Session, a: Account) -> dict[str, Any]:
-    users = session.scalars(select(User).where(User.account_id == a.id, User.removed.is_(None)))
+    users = related(session, "account.users", a.id, _users_of(session))
     return clean(
         {
             "id": a.id,
@@ -161,7 +185,7 @@ def cluster(session: Session, c: Cluster) -> dict[str, Any]:
 
 
 def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -> dict[str, Any]:
-    allocated = allocated_bytes(session, p)
+    allocated = sum(related(session, "pool.allocated", p.id, lambda ids: allocated_bytes_of(session, ids).items()))
     return clean(
         {
             "id": p.id,
@@ -327,6 +351,21 @@ def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
     return clean(out)
 
 
+def jobs_page(session: Session, rows: Sequence[Job], admin: bool) -> list[dict[str, Any]]:
+    """A page of jobs, their result objects loaded with the page (one query per object type)."""
+    with page_load(session, rows):
+        wanted: dict[type, set[str]] = {}
+        for j in rows:
+            result = j.result or {}
+            model = RESULT_MODELS.get(str(result.get("type"))) if j.status == "succeeded" else None
+            if model is not None and isinstance(result.get("id"), str):
+                wanted.setdefault(model, set()).add(result["id"])
+        for model, ids in wanted.items():
+            pk = getattr(model, "id")  # noqa: B009 (any registered model)
+            add_to_page(session, list(session.scalars(select(model).where(pk.in_(sorted(ids))))))
+        return [job(session, j, admin) for j in rows]
+
+
 def _progress_parts(j: Job) -> list[dict[str, Any]]:
     """The parts as recorded; a succeeded job's all done (the runner completes its totals too)."""
     parts = [dict(p) for p in (j.progress_detail or {}).get("parts") or [] if isinstance(p, dict)]
@@ -386,7 +425,7 @@ def _host_address(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-register_result("host", lambda s, i, _admin: host(s, h) if (h := s.get(Host, i)) is not None else None)
+register_result("host", lambda s, i, _admin: host(s, h) if (h := s.get(Host, i)) is not None else None, Host)
 
 
 def _pool_result(session: Session, pool_id: str) -> dict[str, Any] | None:
@@ -397,4 +436,4 @@ def _pool_result(session: Session, pool_id: str) -> dict[str, Any] | None:
     return storage_pool(session, pool, factor)
 
 
-register_result("storagepool", lambda s, i, _admin: _pool_result(s, i))
+register_result("storagepool", lambda s, i, _admin: _pool_result(s, i), StoragePool)

@@ -21,9 +21,9 @@ from strato.db.engine import Database
 from strato.engine.monitor import HostMonitor
 from strato.engine.periodic import PeriodicRunner
 from strato.engine.runner import JobRunner
+from strato.server import sqlcount
 from strato.server.config import ServerConfig
 from strato.server.metrics import render_metrics
-from strato.server import sqlcount
 from strato.server.registrations import load_registrations
 from strato.services.core import agents, settings
 from strato.services.identity import identity
