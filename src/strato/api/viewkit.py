@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +18,8 @@ from strato.api.pageload import render_page as render_page
 from strato.db.base import as_utc
 from strato.db.models import Account, Domain, ResourceTag
 
+T = TypeVar("T")
+
 
 def cs_date(ts: datetime | None) -> str | None:
     """CloudStack's yyyy-MM-dd'T'HH:mm:ssZ, e.g. 2026-11-22T10:00:00+0000."""
@@ -26,17 +28,26 @@ def cs_date(ts: datetime | None) -> str | None:
     return as_utc(ts).strftime("%Y-%m-%dT%H:%M:%S+0000")
 
 
+def fetch(session: Session, model: type[T], row_id: Any) -> T | None:
+    """session.get, looking in the session's identity map first (where a page's references are
+    preloaded): a tenth of session.get's cost, which counts at thousands of lookups per page."""
+    found = session.identity_map.get((model, (row_id,), None))
+    if found is not None and isinstance(found, model):
+        return found
+    return session.get(model, row_id)
+
+
 def name_of(session: Session, model: Any, row_id: str | None) -> str | None:
     """The name CloudStack shows next to an id (zonename, hostname...), None for a missing row."""
     if not row_id:
         return None
-    row = session.get(model, row_id)
+    row = fetch(session, model, row_id)
     return row.name if row is not None else None
 
 
 def domain_fields(session: Session, domain_id: str | None) -> dict[str, Any]:
     """domainid, domain and domainpath, as every owned object carries them."""
-    dom = session.get(Domain, domain_id) if domain_id else None
+    dom = fetch(session, Domain, domain_id) if domain_id else None
     if dom is None:
         return {}
     return {"domainid": dom.id, "domain": dom.name, "domainpath": "/" + dom.path}
@@ -44,7 +55,7 @@ def domain_fields(session: Session, domain_id: str | None) -> dict[str, Any]:
 
 def owner_fields(session: Session, account_id: str | None) -> dict[str, Any]:
     """account, accountid and the domain fields of an owned object."""
-    acct = session.get(Account, account_id) if account_id else None
+    acct = fetch(session, Account, account_id) if account_id else None
     if acct is None:
         return {}
     return {"account": acct.name, "accountid": acct.id, **domain_fields(session, acct.domain_id)}

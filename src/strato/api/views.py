@@ -15,6 +15,7 @@ from strato.api.viewkit import (
     clean,
     cs_date,
     domain_fields,
+    fetch,
     name_of,
     owner_fields,
     register_result,
@@ -68,7 +69,7 @@ def _users_of(session: Session) -> Loader:
 
 def domain(session: Session, d: Domain) -> dict[str, Any]:
     children = sum(related(session, "domain.children", d.id, _child_counts(session)))
-    parent = session.get(Domain, d.parent_id) if d.parent_id else None
+    parent = fetch(session, Domain, d.parent_id) if d.parent_id else None
     return clean(
         {
             "id": d.id,
@@ -86,7 +87,7 @@ def domain(session: Session, d: Domain) -> dict[str, Any]:
 
 
 def user(session: Session, u: User, with_keys: bool = False) -> dict[str, Any]:
-    acct = session.get(Account, u.account_id)
+    acct = fetch(session, Account, u.account_id)
     assert acct is not None
     out = {
         "id": u.id,
@@ -296,7 +297,7 @@ def hypervisor_capability(h: HypervisorCapability, can: HostsCanDo) -> dict[str,
 
 
 def event(session: Session, e: Event) -> dict[str, Any]:
-    u = session.get(User, e.user_id) if e.user_id else None
+    u = fetch(session, User, e.user_id) if e.user_id else None
     return clean(
         {
             "id": e.id,
@@ -344,7 +345,7 @@ def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
     }
     if j.status in ("succeeded", "failed", "cancelled"):
         out["jobresult"] = _job_result(session, j, admin)
-    acct = session.get(Account, j.account_id) if j.account_id else None
+    acct = fetch(session, Account, j.account_id) if j.account_id else None
     if acct is not None:
         out["account"] = acct.name
         out.update(domain_fields(session, acct.domain_id))
@@ -425,11 +426,11 @@ def _host_address(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-register_result("host", lambda s, i, _admin: host(s, h) if (h := s.get(Host, i)) is not None else None, Host)
+register_result("host", lambda s, i, _admin: host(s, h) if (h := fetch(s, Host, i)) is not None else None, Host)
 
 
 def _pool_result(session: Session, pool_id: str) -> dict[str, Any] | None:
-    pool = session.get(StoragePool, pool_id)
+    pool = fetch(session, StoragePool, pool_id)
     if pool is None:
         return None
     factor = float(settings.get(session, "storage.overprovisioning.factor"))

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.api.pageload import Loader, related
-from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result, tags
+from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result, tags
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -66,9 +66,9 @@ def _roots(session: Session) -> Loader:
 def virtual_machine(
     session: Session, vm: VirtualMachine, admin: bool = True, stats: VmStats | None = None
 ) -> dict[str, Any]:
-    template = session.get(Template, vm.template_id) if vm.template_id else None
-    iso = session.get(Template, vm.iso_id) if vm.iso_id else None
-    offering = session.get(ServiceOffering, vm.service_offering_id)
+    template = fetch(session, Template, vm.template_id) if vm.template_id else None
+    iso = fetch(session, Template, vm.iso_id) if vm.iso_id else None
+    offering = fetch(session, ServiceOffering, vm.service_offering_id)
     roots = related(session, "vm.root", vm.id, _roots(session), refs=False)
     root = roots[0] if roots else None
     out = {
@@ -118,17 +118,17 @@ def virtual_machine(
 
 
 def volume(session: Session, v: Volume) -> dict[str, Any]:
-    pool = session.get(StoragePool, v.pool_id) if v.pool_id else None
-    top = session.get(Layer, v.top_layer_id) if v.top_layer_id else None
-    vm = session.get(VirtualMachine, v.vm_id) if v.vm_id else None
-    offering = session.get(DiskOffering, v.disk_offering_id) if v.disk_offering_id else None
+    pool = fetch(session, StoragePool, v.pool_id) if v.pool_id else None
+    top = fetch(session, Layer, v.top_layer_id) if v.top_layer_id else None
+    vm = fetch(session, VirtualMachine, v.vm_id) if v.vm_id else None
+    offering = fetch(session, DiskOffering, v.disk_offering_id) if v.disk_offering_id else None
     chain, current = 0, top
     physical = 0
     while current is not None:
         chain += 1
         if current.kind != LAYER_TEMPLATE:
             physical += current.physical_size
-        current = session.get(Layer, current.parent_id) if current.parent_id else None
+        current = fetch(session, Layer, current.parent_id) if current.parent_id else None
     return clean(
         {
             "id": v.id,
@@ -297,8 +297,8 @@ def ssh_keypair(session: Session, k: SSHKeyPair, private_key: str | None = None)
 
 register_result(
     "virtualmachine",
-    lambda s, i, admin: virtual_machine(s, v, admin) if (v := s.get(VirtualMachine, i)) else None,
+    lambda s, i, admin: virtual_machine(s, v, admin) if (v := fetch(s, VirtualMachine, i)) else None,
     VirtualMachine,
 )
-register_result("volume", lambda s, i, _admin: volume(s, v) if (v := s.get(Volume, i)) else None, Volume)
-register_result("template", lambda s, i, _admin: template(s, t) if (t := s.get(Template, i)) else None, Template)
+register_result("volume", lambda s, i, _admin: volume(s, v) if (v := fetch(s, Volume, i)) else None, Volume)
+register_result("template", lambda s, i, _admin: template(s, t) if (t := fetch(s, Template, i)) else None, Template)
