@@ -104,16 +104,17 @@ def measure(
     def worker() -> None:
         mine: list[float] = []
         ok = err = 0
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=120) as client:
             while time.monotonic() < stop:
                 url = make_url()
                 t0 = time.perf_counter()
-                resp = client.get(url)
+                try:
+                    resp = client.get(url)
+                    good = resp.status_code == 200 and check(resp)
+                except httpx.HTTPError:
+                    good = False
                 mine.append(time.perf_counter() - t0)
-                if resp.status_code == 200 and check(resp):
-                    ok += 1
-                else:
-                    err += 1
+                ok, err = (ok + 1, err) if good else (ok, err + 1)
         with lock:
             counts["ok"] += ok
             counts["err"] += err
