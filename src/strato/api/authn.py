@@ -12,6 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from strato.api import keylookup
 from strato.api.signing import check_expiry, signature_matches
 from strato.api.throttle import Window
 from strato.db.base import as_utc, utcnow
@@ -56,7 +57,7 @@ def authenticate(session: Session, creds: Credentials) -> CallContext:
     api_key = lowered.get("apikey")
     signature = lowered.get("signature")
     if api_key and signature:
-        user = session.scalar(select(User).where(User.api_key == api_key, User.removed.is_(None)))
+        user = keylookup.user_by_api_key(session, api_key)  # with its account and domain, one query
         if user is None or not user.secret_key:
             raise Unauthorized(BAD_CREDENTIALS)
         check_expiry(creds.params, utcnow(), bool(settings.get(session, "api.signature.version3.only")))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from strato.api.pageload import Loader, add_to_page, page_load, related
 from strato.api.viewkit import (
+    RESULT_MODELS,
     RESULT_RENDERERS,
     clean,
     cs_date,
     domain_fields,
+    fetch,
     name_of,
     owner_fields,
     register_result,
@@ -36,15 +40,36 @@ from strato.db.models import (
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN
 from strato.services.core import settings
 from strato.services.core.settings import HostsCanDo
-from strato.services.infra.storagepools import allocated_bytes
+from strato.services.infra.storagepools import allocated_bytes_of
 from strato.units import GIB
 
 ROLE_NAMES = {0: "User", ACCOUNT_TYPE_ADMIN: "Admin", ACCOUNT_TYPE_DOMAIN_ADMIN: "DomainAdmin"}
 
 
+def _child_counts(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        return session.execute(
+            select(Domain.parent_id, func.count())
+            .where(Domain.parent_id.in_(ids), Domain.removed.is_(None))
+            .group_by(Domain.parent_id)
+        ).tuples()
+
+    return load
+
+
+def _users_of(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        rows = session.scalars(
+            select(User).where(User.account_id.in_(ids), User.removed.is_(None)).order_by(User.created, User.id)
+        )
+        return [(u.account_id, u) for u in rows]
+
+    return load
+
+
 def domain(session: Session, d: Domain) -> dict[str, Any]:
-    children = session.scalar(select(func.count()).where(Domain.parent_id == d.id, Domain.removed.is_(None)))
-    parent = session.get(Domain, d.parent_id) if d.parent_id else None
+    children = sum(related(session, "domain.children", d.id, _child_counts(session)))
+    parent = fetch(session, Domain, d.parent_id) if d.parent_id else None
     return clean(
         {
             "id": d.id,
@@ -62,7 +87,7 @@ def domain(session: Session, d: Domain) -> dict[str, Any]:
 
 
 def user(session: Session, u: User, with_keys: bool = False) -> dict[str, Any]:
-    acct = session.get(Account, u.account_id)
+    acct = fetch(session, Account, u.account_id)
     assert acct is not None
     out = {
         "id": u.id,
@@ -89,7 +114,7 @@ def user(session: Session, u: User, with_keys: bool = False) -> dict[str, Any]:
 
 
 def account(session: Session, a: Account) -> dict[str, Any]:
-    users = session.scalars(select(User).where(User.account_id == a.id, User.removed.is_(None)))
+    users = related(session, "account.users", a.id, _users_of(session))
     return clean(
         {
             "id": a.id,
@@ -161,7 +186,7 @@ def cluster(session: Session, c: Cluster) -> dict[str, Any]:
 
 
 def storage_pool(session: Session, p: StoragePool, overprovision: float = 2.0) -> dict[str, Any]:
-    allocated = allocated_bytes(session, p)
+    allocated = sum(related(session, "pool.allocated", p.id, lambda ids: allocated_bytes_of(session, ids).items()))
     return clean(
         {
             "id": p.id,
@@ -272,7 +297,7 @@ def hypervisor_capability(h: HypervisorCapability, can: HostsCanDo) -> dict[str,
 
 
 def event(session: Session, e: Event) -> dict[str, Any]:
-    u = session.get(User, e.user_id) if e.user_id else None
+    u = fetch(session, User, e.user_id) if e.user_id else None
     return clean(
         {
             "id": e.id,
@@ -320,11 +345,26 @@ def job(session: Session, j: Job, admin: bool = False) -> dict[str, Any]:
     }
     if j.status in ("succeeded", "failed", "cancelled"):
         out["jobresult"] = _job_result(session, j, admin)
-    acct = session.get(Account, j.account_id) if j.account_id else None
+    acct = fetch(session, Account, j.account_id) if j.account_id else None
     if acct is not None:
         out["account"] = acct.name
         out.update(domain_fields(session, acct.domain_id))
     return clean(out)
+
+
+def jobs_page(session: Session, rows: Sequence[Job], admin: bool) -> list[dict[str, Any]]:
+    """A page of jobs, their result objects loaded with the page (one query per object type)."""
+    with page_load(session, rows):
+        wanted: dict[type, set[str]] = {}
+        for j in rows:
+            result = j.result or {}
+            model = RESULT_MODELS.get(str(result.get("type"))) if j.status == "succeeded" else None
+            if model is not None and isinstance(result.get("id"), str):
+                wanted.setdefault(model, set()).add(result["id"])
+        for model, ids in wanted.items():
+            pk = getattr(model, "id")  # noqa: B009 (any registered model)
+            add_to_page(session, list(session.scalars(select(model).where(pk.in_(sorted(ids))))))
+        return [job(session, j, admin) for j in rows]
 
 
 def _progress_parts(j: Job) -> list[dict[str, Any]]:
@@ -386,15 +426,15 @@ def _host_address(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-register_result("host", lambda s, i, _admin: host(s, h) if (h := s.get(Host, i)) is not None else None)
+register_result("host", lambda s, i, _admin: host(s, h) if (h := fetch(s, Host, i)) is not None else None, Host)
 
 
 def _pool_result(session: Session, pool_id: str) -> dict[str, Any] | None:
-    pool = session.get(StoragePool, pool_id)
+    pool = fetch(session, StoragePool, pool_id)
     if pool is None:
         return None
     factor = float(settings.get(session, "storage.overprovisioning.factor"))
     return storage_pool(session, pool, factor)
 
 
-register_result("storagepool", lambda s, i, _admin: _pool_result(s, i))
+register_result("storagepool", lambda s, i, _admin: _pool_result(s, i), StoragePool)

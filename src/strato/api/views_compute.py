@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result, tags
+from strato.api.pageload import Loader, related
+from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result, tags
 from strato.api.views_network import vm_nic_list
 from strato.db.models import (
     DiskOffering,
@@ -50,15 +52,26 @@ def vm_stats(stats: VmStats) -> dict[str, Any]:
     }
 
 
+def _roots(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        rows = session.scalars(
+            select(Volume)
+            .where(Volume.vm_id.in_(ids), Volume.volume_type == "ROOT", Volume.removed.is_(None))
+            .order_by(Volume.created, Volume.id)
+        )
+        return [(v.vm_id, v) for v in rows]
+
+    return load
+
+
 def virtual_machine(
     session: Session, vm: VirtualMachine, admin: bool = True, stats: VmStats | None = None
 ) -> dict[str, Any]:
-    template = session.get(Template, vm.template_id) if vm.template_id else None
-    iso = session.get(Template, vm.iso_id) if vm.iso_id else None
-    offering = session.get(ServiceOffering, vm.service_offering_id)
-    root = session.scalar(
-        select(Volume).where(Volume.vm_id == vm.id, Volume.volume_type == "ROOT", Volume.removed.is_(None))
-    )
+    template = fetch(session, Template, vm.template_id) if vm.template_id else None
+    iso = fetch(session, Template, vm.iso_id) if vm.iso_id else None
+    offering = fetch(session, ServiceOffering, vm.service_offering_id)
+    roots = related(session, "vm.root", vm.id, _roots(session), refs=False)
+    root = roots[0] if roots else None
     out = {
         "id": vm.id,
         "name": vm.name,
@@ -106,17 +119,17 @@ def virtual_machine(
 
 
 def volume(session: Session, v: Volume) -> dict[str, Any]:
-    pool = session.get(StoragePool, v.pool_id) if v.pool_id else None
-    top = session.get(Layer, v.top_layer_id) if v.top_layer_id else None
-    vm = session.get(VirtualMachine, v.vm_id) if v.vm_id else None
-    offering = session.get(DiskOffering, v.disk_offering_id) if v.disk_offering_id else None
+    pool = fetch(session, StoragePool, v.pool_id) if v.pool_id else None
+    top = fetch(session, Layer, v.top_layer_id) if v.top_layer_id else None
+    vm = fetch(session, VirtualMachine, v.vm_id) if v.vm_id else None
+    offering = fetch(session, DiskOffering, v.disk_offering_id) if v.disk_offering_id else None
     chain, current = 0, top
     physical = 0
     while current is not None:
         chain += 1
         if current.kind != LAYER_TEMPLATE:
             physical += current.physical_size
-        current = session.get(Layer, current.parent_id) if current.parent_id else None
+        current = fetch(session, Layer, current.parent_id) if current.parent_id else None
     return clean(
         {
             "id": v.id,
@@ -155,12 +168,46 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
     )
 
 
+def _store_copies(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        rows = session.scalars(
+            select(TemplateStoreCopy)
+            .where(TemplateStoreCopy.template_id.in_(ids), TemplateStoreCopy.removed.is_(None))
+            .order_by(TemplateStoreCopy.created, TemplateStoreCopy.id)
+        )
+        return [(c.template_id, c) for c in rows]
+
+    return load
+
+
+def _pool_copies(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        rows = session.scalars(
+            select(Layer)
+            .where(Layer.template_id.in_(ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
+            .order_by(Layer.created, Layer.id)
+        )
+        return [(layer.template_id, layer) for layer in rows]
+
+    return load
+
+
+def _children(session: Session) -> Loader:
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        rows = session.scalars(
+            select(Template)
+            .where(Template.parent_id.in_(ids), Template.removed.is_(None))
+            .order_by(Template.disk_index, Template.id)
+        )
+        return [(c.parent_id, c) for c in rows]
+
+    return load
+
+
 def _locations(session: Session, t: Template) -> list[dict[str, Any]]:
     """Strato addition: where the template's copies are (image stores and primary pools)."""
     out: list[dict[str, Any]] = []
-    for copy in session.scalars(
-        select(TemplateStoreCopy).where(TemplateStoreCopy.template_id == t.id, TemplateStoreCopy.removed.is_(None))
-    ):
+    for copy in related(session, "template.storecopies", t.id, _store_copies(session)):
         out.append(
             {
                 "type": "imagestore",
@@ -170,9 +217,7 @@ def _locations(session: Session, t: Template) -> list[dict[str, Any]]:
                 "path": copy.path,
             }
         )
-    for layer in session.scalars(
-        select(Layer).where(Layer.template_id == t.id, Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
-    ):
+    for layer in related(session, "template.poolcopies", t.id, _pool_copies(session)):
         out.append(
             {
                 "type": "storagepool",
@@ -186,9 +231,7 @@ def _locations(session: Session, t: Template) -> list[dict[str, Any]]:
 
 
 def template(session: Session, t: Template) -> dict[str, Any]:
-    children = session.scalars(
-        select(Template).where(Template.parent_id == t.id, Template.removed.is_(None)).order_by(Template.disk_index)
-    )
+    children = related(session, "template.children", t.id, _children(session))
     status = {"Ready": "Download Complete", "Downloading": "Download in progress", "Creating": "Creating"}
     return clean(
         {
@@ -254,7 +297,9 @@ def ssh_keypair(session: Session, k: SSHKeyPair, private_key: str | None = None)
 
 
 register_result(
-    "virtualmachine", lambda s, i, admin: virtual_machine(s, v, admin) if (v := s.get(VirtualMachine, i)) else None
+    "virtualmachine",
+    lambda s, i, admin: virtual_machine(s, v, admin) if (v := fetch(s, VirtualMachine, i)) else None,
+    VirtualMachine,
 )
-register_result("volume", lambda s, i, _admin: volume(s, v) if (v := s.get(Volume, i)) else None)
-register_result("template", lambda s, i, _admin: template(s, t) if (t := s.get(Template, i)) else None)
+register_result("volume", lambda s, i, _admin: volume(s, v) if (v := fetch(s, Volume, i)) else None, Volume)
+register_result("template", lambda s, i, _admin: template(s, t) if (t := fetch(s, Template, i)) else None, Template)

@@ -21,6 +21,7 @@ from strato.db.engine import Database
 from strato.engine.monitor import HostMonitor
 from strato.engine.periodic import PeriodicRunner
 from strato.engine.runner import JobRunner
+from strato.server import sqlcount
 from strato.server.config import ServerConfig
 from strato.server.metrics import render_metrics
 from strato.server.registrations import load_registrations
@@ -60,6 +61,9 @@ class ServerState:
         load_registrations()
         self.config = config
         self.db = Database(config.db_url)
+        self.count_sql = sqlcount.enabled()
+        if self.count_sql:
+            sqlcount.install(self.db.engine)
         self.runner = JobRunner(
             self.db,
             config.node_id,
@@ -139,6 +143,11 @@ def create_app(config: ServerConfig) -> Starlette:
             remote=request.client.host if request.client else "",
             session_header=request.headers.get("sessionkey"),
         )
+        if state.count_sql:
+            reply, statements = await run_in_threadpool(sqlcount.counted, lambda: state.dispatcher.handle(req))
+            resp = _reply_response(reply)
+            resp.headers[sqlcount.HEADER] = str(statements)
+            return resp
         reply = await run_in_threadpool(state.dispatcher.handle, req)
         return _reply_response(reply)
 

@@ -7,6 +7,7 @@ from typing import Any
 from strato.api import views
 from strato.api.commands.motion import BANDWIDTH
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
@@ -67,7 +68,7 @@ def add_host(ctx: CallContext, args: dict[str, Any]) -> Listing:
 )
 def list_hosts(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = hosts.list_hosts(ctx, args, Page.from_args(args))
-    return Listing([views.host(ctx.session, h) for h in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda h: views.host(ctx.session, h)), total)
 
 
 @api(

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from strato.api import authn, views
 from strato.api.dispatch import Reply, Request
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, DOMAIN_ADMINS, Kind, api
 from strato.api.viewkit import register_result
@@ -121,7 +122,7 @@ def create_domain(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_domains(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = identity.list_domains(ctx, args, Page.from_args(args))
-    return Listing([views.domain(ctx.session, d) for d in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda d: views.domain(ctx.session, d)), total)
 
 
 @api(
@@ -181,7 +182,7 @@ def create_account(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_accounts(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = identity.list_accounts(ctx, args, Page.from_args(args))
-    return Listing([views.account(ctx.session, a) for a in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda a: views.account(ctx.session, a)), total)
 
 
 @api(
@@ -247,7 +248,7 @@ def create_user(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_users(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = identity.list_users(ctx, args, Page.from_args(args))
-    return Listing([views.user(ctx.session, u) for u in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda u: views.user(ctx.session, u)), total)
 
 
 @api(

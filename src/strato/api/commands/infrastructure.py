@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views
 from strato.api.envelope import Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
@@ -56,7 +57,7 @@ def create_zone(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_zones(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = topology.list_zones(ctx, args, Page.from_args(args))
-    return Listing([views.zone(ctx.session, z) for z in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda z: views.zone(ctx.session, z)), total)
 
 
 @api(
@@ -126,7 +127,7 @@ def create_pod(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_pods(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = topology.list_pods(ctx, args, Page.from_args(args))
-    return Listing([views.pod(ctx.session, p) for p in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda p: views.pod(ctx.session, p)), total)
 
 
 @api(
@@ -190,7 +191,7 @@ def add_cluster(ctx: CallContext, args: dict[str, Any]) -> Listing:
 )
 def list_clusters(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = topology.list_clusters(ctx, args, Page.from_args(args))
-    return Listing([views.cluster(ctx.session, c) for c in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda c: views.cluster(ctx.session, c)), total)
 
 
 @api(

@@ -33,7 +33,7 @@ def query_async_job_result(ctx: CallContext, args: dict[str, Any]) -> dict[str, 
 )
 def list_async_jobs(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = jobs.list_jobs(ctx, args, Page.from_args(args))
-    return Listing([views.job(ctx.session, j, ctx.is_root_admin) for j in rows], total)
+    return Listing(views.jobs_page(ctx.session, rows, ctx.is_root_admin), total)
 
 
 @api(

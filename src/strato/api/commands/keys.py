@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views_compute as views
 from strato.api.envelope import Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import DOMAIN_ADMINS, Kind, api
 from strato.services.core import limits
@@ -61,7 +62,7 @@ def register(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_pairs(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = sshkeys.list_pairs(ctx, args, Page.from_args(args))
-    return Listing([views.ssh_keypair(ctx.session, k) for k in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda k: views.ssh_keypair(ctx.session, k)), total)
 
 
 @api(

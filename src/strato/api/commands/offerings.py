@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views
 from strato.api.envelope import Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import DOMAIN_ADMINS, Kind, api
 from strato.services.core.context import CallContext
@@ -57,7 +58,7 @@ def create_service_offering(ctx: CallContext, args: dict[str, Any]) -> dict[str,
 )
 def list_service_offerings(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = offerings.list_service_offerings(ctx, args, Page.from_args(args))
-    return Listing([views.service_offering(ctx.session, o) for o in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda o: views.service_offering(ctx.session, o)), total)
 
 
 @api(
@@ -130,7 +131,7 @@ def create_disk_offering(ctx: CallContext, args: dict[str, Any]) -> dict[str, An
 )
 def list_disk_offerings(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = offerings.list_disk_offerings(ctx, args, Page.from_args(args))
-    return Listing([views.disk_offering(ctx.session, o) for o in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda o: views.disk_offering(ctx.session, o)), total)
 
 
 @api(

@@ -7,6 +7,7 @@ from typing import Any
 from strato.api import views
 from strato.api.commands.motion import BANDWIDTH
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core import settings
@@ -16,8 +17,10 @@ from strato.services.infra import hosts, storagepools
 from strato.services.motion import pool_maintenance
 
 
-def _pool_view(ctx: CallContext, pool: Any) -> dict[str, Any]:
-    return views.storage_pool(ctx.session, pool, settings.get(ctx.session, "storage.overprovisioning.factor"))
+def _pool_view(ctx: CallContext, pool: Any, factor: float | None = None) -> dict[str, Any]:
+    if factor is None:
+        factor = settings.get(ctx.session, "storage.overprovisioning.factor")
+    return views.storage_pool(ctx.session, pool, factor)
 
 
 @api(
@@ -80,7 +83,8 @@ def create_pool(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_pools(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = storagepools.list_pools(ctx, args, Page.from_args(args))
-    return Listing([_pool_view(ctx, p) for p in rows], total)
+    factor = settings.get(ctx.session, "storage.overprovisioning.factor")  # once for the page
+    return Listing(render_page(ctx.session, rows, lambda p: _pool_view(ctx, p, factor)), total)
 
 
 @api(
@@ -156,7 +160,7 @@ def add_image_store(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_image_stores(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = storagepools.list_image_stores(ctx, args, Page.from_args(args))
-    return Listing([views.image_store(ctx.session, s) for s in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda s: views.image_store(ctx.session, s)), total)
 
 
 @api(

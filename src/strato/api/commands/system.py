@@ -7,6 +7,7 @@ from typing import Any
 import strato
 from strato.api import viewkit, views
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, COMMANDS, Kind, Role, api
 from strato.services.core import events, jobs, settings, tags
@@ -161,7 +162,10 @@ def update_configuration(ctx: CallContext, args: dict[str, Any]) -> dict[str, An
 )
 def list_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = paginate_rows(settings.list_capabilities(ctx, args), Page.from_args(args))
-    return Listing([views.hypervisor_capability(h, settings.hosts_can_do(ctx.session, h)) for h in rows], total)
+    return Listing(
+        render_page(ctx.session, rows, lambda h: views.hypervisor_capability(h, settings.hosts_can_do(ctx.session, h))),
+        total,
+    )
 
 
 @api(
@@ -207,7 +211,7 @@ def update_hypervisor_capabilities(ctx: CallContext, args: dict[str, Any]) -> di
 )
 def list_events(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = events.list_events(ctx, args, Page.from_args(args))
-    return Listing([views.event(ctx.session, e) for e in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda e: views.event(ctx.session, e)), total)
 
 
 TAG_PARAMS = (
@@ -270,4 +274,4 @@ def delete_tags(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def list_tags(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = tags.list_tags(ctx, args, Page.from_args(args))
-    return Listing([viewkit.tag(ctx.session, t) for t in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda t: viewkit.tag(ctx.session, t)), total)

@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
@@ -112,7 +113,7 @@ LIST_PARAMS = (
 )
 def list_templates(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = templates.list_templates(ctx, args, Page.from_args(args), iso=False)
-    return Listing([views.template(ctx.session, t) for t in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda t: views.template(ctx.session, t)), total)
 
 
 @api(
@@ -129,7 +130,7 @@ def list_templates(ctx: CallContext, args: dict[str, Any]) -> Listing:
 )
 def list_isos(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = templates.list_templates(ctx, args, Page.from_args(args), iso=True)
-    return Listing([views.iso(ctx.session, t) for t in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda t: views.iso(ctx.session, t)), total)
 
 
 UPDATE_PARAMS = (

@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.compute import deploy as deploy_op
@@ -106,7 +107,7 @@ def list_vms(ctx: CallContext, args: dict[str, Any]) -> Listing:
     with_stats = bool({"all", "stats"} & {d.lower() for d in args.get("details") or []})
     if with_stats:
         ctx.session.commit()  # the hosts are asked outside the database's lock
-    return Listing([_view(ctx, vm, with_stats) for vm in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda vm: _view(ctx, vm, with_stats)), total)
 
 
 @api(

@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import Kind, api
 from strato.services.core.context import CallContext
@@ -55,7 +56,7 @@ def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def list_volumes(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = volumes.list_volumes(ctx, args, Page.from_args(args))
-    return Listing([views.volume(ctx.session, v) for v in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda v: views.volume(ctx.session, v)), total)
 
 
 @api(

@@ -3,6 +3,7 @@ or zone) and image stores (secondary storage)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.models import Cluster, Host, ImageStore, Layer, Pod, StoragePool, Volume, Zone
-from strato.engine.allocator import pool_allocated
+from strato.engine.allocator import pool_allocated, pools_allocated
 from strato.errors import InvalidParameter, ResourceInUse
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -170,6 +171,11 @@ def update_pool(ctx: CallContext, args: dict[str, Any]) -> StoragePool:
 def allocated_bytes(session: Session, pool: StoragePool) -> int:
     """Bytes promised on the pool to volumes and template copies (listStoragePools' disksizeallocated)."""
     return pool_allocated(session, pool.id)
+
+
+def allocated_bytes_of(session: Session, pool_ids: Collection[str]) -> dict[str, int]:
+    """allocated_bytes of many pools at once (a page of listStoragePools)."""
+    return pools_allocated(session, pool_ids)
 
 
 def delete_pool(ctx: CallContext, pool_id: str, forced: bool) -> None:

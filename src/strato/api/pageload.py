@@ -1,0 +1,163 @@
+"""Loads what a page of rows refers to in a fixed number of queries, so a list view costs the same SQL
+at 10 rows and at 500.
+
+A list command renders its page inside `page_load(session, rows)`. On entry, the rows' foreign keys are
+followed (a VM's zone, template, host, offering, account), then, level by level, the few references the
+views follow further (an account's domain, a layer's parent): one `IN (...)` query per referenced model
+and level, whatever the page size. The objects stay in the session's identity map, so the renderers'
+`session.get` calls cost nothing. One-to-many data (a resource's tags, an account's users, a domain's children) is asked
+through `related()`: the first row that asks loads it for every row of the page in one query."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm.util import identity_key
+
+from strato.db.base import Base
+from strato.db.models import Account, Domain, Layer, Volume
+
+_KEY = "strato.pageload"
+CHUNK = 5000  # ids per IN (...): far below SQLite's and PostgreSQL's bind limits
+MAX_DEPTH = 8  # levels of references followed (a layer chain is the deepest)
+
+# References without a database foreign key (a constraint cycle avoided), followed all the same.
+EXTRA_REFS: dict[type, tuple[tuple[str, type], ...]] = {Volume: (("top_layer_id", Layer),)}
+# Beyond the rows' own references, what the views follow: owner fields name the account's domain, a
+# volume's chain walks its layers' parents, a domain shows its parent.
+FOLLOW: dict[type, tuple[tuple[str, type], ...]] = {
+    Account: (("domain_id", Domain),),
+    Layer: (("parent_id", Layer),),
+}
+
+
+@dataclass
+class PageLoad:
+    """What one page has loaded: the page's ids, the loaded objects (held: the identity map is weak)."""
+
+    ids: set[Any] = field(default_factory=set)
+    keep: list[Any] = field(default_factory=list)
+    related: dict[str, dict[Any, list[Any]]] = field(default_factory=dict)
+
+
+@cache
+def _model_of_table() -> dict[Any, type]:
+    return {mapper.local_table: mapper.class_ for mapper in Base.registry.mappers}
+
+
+def _primary_key(model: type) -> tuple[Any, ...]:
+    mapper: Mapper[Any] = inspect(model)
+    return tuple(mapper.primary_key)
+
+
+@cache
+def refs_of(cls: type) -> tuple[tuple[str, type], ...]:
+    """(attribute, target model) of each reference of a model to another row's primary key."""
+    mapper: Mapper[Any] = inspect(cls)
+    tables = _model_of_table()
+    out: list[tuple[str, type]] = []
+    for attr in mapper.column_attrs:
+        for column in attr.columns:
+            for fk in getattr(column, "foreign_keys", ()):
+                target = tables.get(fk.column.table)
+                if target is None:
+                    continue
+                pk = _primary_key(target)
+                if len(pk) == 1 and pk[0] is fk.column:
+                    out.append((attr.key, target))
+    return tuple(out) + EXTRA_REFS.get(cls, ())
+
+
+def _current(session: Session) -> PageLoad | None:
+    value = session.info.get(_KEY)
+    return value if isinstance(value, PageLoad) else None
+
+
+def prefetch(session: Session, rows: Iterable[Any], depth: int = MAX_DEPTH) -> None:
+    """Loads what the rows refer to, then what FOLLOW says of that, up to depth levels, a query per model
+    and level; what is already in the session costs nothing."""
+    load = _current(session)
+    level = [r for r in rows if isinstance(r, Base)]
+    for n in range(depth):
+        wanted: dict[type, set[Any]] = {}
+        for obj in level:
+            for attr, target in refs_of(type(obj)) if n == 0 else FOLLOW.get(type(obj), ()):
+                value = getattr(obj, attr)
+                if value is not None and identity_key(target, value) not in session.identity_map:
+                    wanted.setdefault(target, set()).add(value)
+        if not wanted:
+            return
+        level = []
+        for target, ids in wanted.items():
+            pk = _primary_key(target)[0]
+            ordered = sorted(ids, key=str)
+            for start in range(0, len(ordered), CHUNK):
+                level.extend(session.scalars(select(target).where(pk.in_(ordered[start : start + CHUNK]))))
+        if load is not None:
+            load.keep.extend(level)
+
+
+@contextmanager
+def page_load(session: Session, rows: Sequence[Any]) -> Iterator[PageLoad]:
+    """The page's batch loader, for the renderers of its rows; nested pages (a job's result) share it."""
+    outer = _current(session)
+    load = outer or PageLoad()
+    load.ids.update(getattr(r, "id", None) for r in rows)
+    load.ids.discard(None)
+    session.info[_KEY] = load
+    try:
+        prefetch(session, rows)
+        yield load
+    finally:
+        if outer is None:
+            session.info.pop(_KEY, None)
+
+
+def add_to_page(session: Session, rows: Sequence[Any]) -> None:
+    """More rows rendered with the page (a job's result objects): their references are loaded too."""
+    load = _current(session)
+    if load is None:
+        return
+    load.ids.update(getattr(r, "id", None) for r in rows)
+    load.ids.discard(None)
+    load.keep.extend(rows)
+    prefetch(session, rows)
+
+
+def render_page(session: Session, rows: Sequence[Any], render: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Renders a page's rows with their references and related data loaded for the whole page."""
+    with page_load(session, rows):
+        return [render(r) for r in rows]
+
+
+Loader = Callable[[Collection[Any]], Iterable[tuple[Any, Any]]]
+"""Given owner ids, yields (owner id, item) pairs, in the order the view lists them."""
+
+
+def related(session: Session, name: str, owner_id: Any, load: Loader, refs: bool = True) -> list[Any]:
+    """The items of one owner (a resource's tags, an account's users). Within a page, the first ask
+    loads them for every row of the page in one query, and (refs) what the items refer to; outside a
+    page, for this owner only."""
+    page = _current(session)
+    if page is None:
+        return [item for _, item in load([owner_id])]
+    cached = page.related.setdefault(name, {})
+    if owner_id not in cached:
+        owners = {owner_id} | (page.ids - cached.keys())
+        for owner in owners:
+            cached[owner] = []
+        ordered = sorted(owners, key=str)
+        items = [pair for start in range(0, len(ordered), CHUNK) for pair in load(ordered[start : start + CHUNK])]
+        for owner, item in items:
+            cached.setdefault(owner, []).append(item)
+        objects = [item for _, item in items if isinstance(item, Base)]
+        page.keep.extend(objects)
+        if refs:
+            prefetch(session, objects)
+    return cached[owner_id]
