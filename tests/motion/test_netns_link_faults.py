@@ -40,6 +40,7 @@ from helpers.agentproc import AgentProcess, start_agent
 from helpers.faultlib import files_in_pools, kill_qemus_under, known_layers, transitional
 from helpers.netns import Lab, netns_lab, pids_in, unavailable
 from helpers.serverproc import ServerProcess, start_server, wait_job
+from helpers.vnc import end_loop, vnc_port_of
 from strato.agent.drivers.qemu.stall import stall_seconds
 from strato.protocol.messages import GetConsoleLog
 
@@ -75,6 +76,12 @@ class LinkCloud:
     def console(self, host: str, vm: dict[str, Any]) -> str:
         client = self.agents[host].client(timeout=30)
         return client.call(GetConsoleLog(name=vm["instancename"], tail_bytes=None)).text
+
+    def end_loop(self, host: str, vm: dict[str, Any]) -> None:
+        """A key pressed on the guest's keyboard ends its write loop: QEMU's VNC listens on the host
+        namespace's loopback, reached through a relay."""
+        port = vnc_port_of(vm["instancename"], self.agents[host].data_dir)
+        end_loop(self.lab.forward(host, port, "127.0.0.1"), lambda: self.console(host, vm))
 
     def wait_console(self, host: str, vm: dict[str, Any], text: str, count: int = 1, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout
@@ -267,12 +274,14 @@ def _expunge(cloud: LinkCloud, vm_id: str) -> None:
 # --- the tests ---------------------------------------------------------------------------------------
 
 VERIFY = "STRATO-RUN-END integrity-verify:vdb"
+LOOP_S = 600
+"""The ceiling of the guest's write loops: each test ends them with a key once its moves are done."""
 
 
 def test_link_cut_during_the_disk_mirror_then_restored(linkcloud: LinkCloud) -> None:
     cloud = linkcloud
-    commands = ("integrity-write:vdb:64,integrity-loop:vdb:45,integrity-gens:vdb,integrity-verify:vdb,"
-                "integrity-loop:vdb:30,integrity-gens:vdb,integrity-verify:vdb")  # fmt: skip
+    commands = (f"integrity-write:vdb:64,integrity-loop:vdb:{LOOP_S},integrity-gens:vdb,integrity-verify:vdb,"
+                f"integrity-loop:vdb:{LOOP_S},integrity-gens:vdb,integrity-verify:vdb")  # fmt: skip
     vm = _deploy(cloud, commands, root_pool="shared")
     data = _data_disk(cloud, vm["id"])
     move = {"migrateto[0].volume": data["id"], "migrateto[0].pool": cloud.ids["local-2"]}
@@ -288,6 +297,7 @@ def test_link_cut_during_the_disk_mirror_then_restored(linkcloud: LinkCloud) -> 
         assert f"NBD export at {cloud.lab.addr['host-2']}:" in error and "Input/output error" in error, error
         assert _data_disk(cloud, vm["id"])["storageid"] == cloud.ids["local-1"]
         _nothing_left(cloud, vm)
+        cloud.end_loop("host-1", vm)
         log = cloud.wait_console("host-1", vm, VERIFY)
         assert f"{VERIFY} rc=0" in log, log[-3000:]
         cloud.lab.restore("host-1", "host-2")
@@ -298,6 +308,7 @@ def test_link_cut_during_the_disk_mirror_then_restored(linkcloud: LinkCloud) -> 
         assert _data_disk(cloud, vm["id"])["storageid"] == cloud.ids["local-2"]
         assert _qemus_in(cloud, "host-1") == [] and len(_qemus_in(cloud, "host-2")) == 1
         assert transitional(cloud.server) == []
+        cloud.end_loop("host-2", vm)
         log = cloud.wait_console("host-2", vm, VERIFY)
         assert f"{VERIFY} rc=0" in log, log[-3000:]
     finally:
@@ -307,7 +318,7 @@ def test_link_cut_during_the_disk_mirror_then_restored(linkcloud: LinkCloud) -> 
 
 def test_link_down_while_a_frozen_layer_is_pulled(linkcloud: LinkCloud) -> None:
     cloud = linkcloud
-    commands = "integrity-write:vdb:64,integrity-loop:vdb:30,integrity-gens:vdb,integrity-verify:vdb"
+    commands = f"integrity-write:vdb:64,integrity-loop:vdb:{LOOP_S},integrity-gens:vdb,integrity-verify:vdb"
     vm = _deploy(cloud, commands, root_pool="local-1", userdata="#cloud-config\n")
     root, data = _root_disk(cloud, vm["id"]), _data_disk(cloud, vm["id"])
     drives = cloud.server.sql("SELECT count(*) FROM layers WHERE vm_id = ? AND removed IS NULL", vm["id"])
@@ -325,6 +336,7 @@ def test_link_down_while_a_frozen_layer_is_pulled(linkcloud: LinkCloud) -> None:
         assert f"from http://{cloud.lab.addr['host-1']}:" in error and "connect timeout" in error, error
         assert _root_disk(cloud, vm["id"])["storageid"] == cloud.ids["local-1"]
         _nothing_left(cloud, vm)
+        cloud.end_loop("host-1", vm)
         log = cloud.wait_console("host-1", vm, VERIFY)
         assert f"{VERIFY} rc=0" in log, log[-3000:]
     finally:
@@ -349,7 +361,7 @@ def _default_tcp(lab: Lab) -> Iterator[str]:
 def test_link_cut_with_default_tcp_fails_as_a_stall(linkcloud: LinkCloud) -> None:
     cloud = linkcloud
     stall_s = stall_seconds()  # the agents' too: they run with this test's environment
-    commands = "integrity-write:vdb:64,integrity-loop:vdb:60,integrity-gens:vdb,integrity-verify:vdb"
+    commands = f"integrity-write:vdb:64,integrity-loop:vdb:{LOOP_S},integrity-gens:vdb,integrity-verify:vdb"
     vm = _deploy(cloud, commands, root_pool="shared")
     data = _data_disk(cloud, vm["id"])
     move = {"migrateto[0].volume": data["id"], "migrateto[0].pool": cloud.ids["local-2"]}
@@ -370,6 +382,7 @@ def test_link_cut_with_default_tcp_fails_as_a_stall(linkcloud: LinkCloud) -> Non
         assert stall_s <= took <= stall_s + STALL_MARGIN_S, took
         assert _data_disk(cloud, vm["id"])["storageid"] == cloud.ids["local-1"]
         _nothing_left(cloud, vm)
+        cloud.end_loop("host-1", vm)
         log = cloud.wait_console("host-1", vm, VERIFY)
         assert f"{VERIFY} rc=0" in log, log[-3000:]
     finally:
