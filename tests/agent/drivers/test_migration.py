@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from helpers.agentproc import AgentProcess, start_agent
+from helpers.vnc import end_loop, vnc_port_of
 from strato.agent.drivers.qemu.process import RunDir, live_pid
 from strato.image.integrity import parse_generations, verify_image
 from strato.protocol.client import AgentCallError, AgentClient
@@ -220,7 +221,7 @@ def test_live_migration_with_local_and_shared_disks(hosts: Hosts, tiny_image: Pa
     a.client.call(CreateLayer(layer=a.layer("data-base.qcow2"), size_bytes=DISK))
     qemu_io(a.path("data-base.qcow2"), "write -P 0x5a 32M 4M")
     a.client.call(CreateLayer(layer=a.layer("data.qcow2"), backing=a.layer("data-base.qcow2")))
-    commands = "integrity-write:vdb:64,integrity-loop:vdb:40,integrity-gens:vdb,integrity-verify:vdb"
+    commands = "integrity-write:vdb:64,integrity-loop:vdb:600,integrity-gens:vdb,integrity-verify:vdb"
     spec = spec_of(
         "mig1", [DiskSpec(device_id=0, layer=root), DiskSpec(device_id=1, layer=a.layer("data.qcow2"))], commands
     )
@@ -257,7 +258,9 @@ def test_live_migration_with_local_and_shared_disks(hosts: Hosts, tiny_image: Pa
     assert status.status == "completed" and status.downtime_ms is not None
     print(f"\nmigration with a writing guest: {took:.2f} s, downtime {status.downtime_ms} ms")
 
-    # B: the guest writes on, then verifies every block (and that none went back a generation).
+    # B: the guest writes on until a key (VNC) ends its loop, then verifies every block (and that none
+    # went back a generation).
+    end_loop(vnc_port_of("mig1", b.agent.data_dir), lambda: b.console("mig1"))
     console = b.wait_console("mig1", "STRATO-RUN-END integrity-verify:vdb", timeout=240)
     assert "STRATO-INTEGRITY OK 64 blocks" in console, console[-3000:]
     assert "STRATO-RUN-END integrity-verify:vdb rc=0" in console

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers.console import guest_timer
+from helpers.vnc import end_loop, vnc_port_of
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.mirror import DiskMotion
@@ -145,12 +146,21 @@ class Progress:
 
 # --- (a) a data disk moves while the guest writes ---------------------------------------------------
 
+LOOP_S = 600
+"""The ceiling of the guest's write loop: a test ends it with a key (end_vm1_loop) once its move is done."""
+
+
+def end_vm1_loop(driver: QemuDriver) -> None:
+    """A key on vm1's keyboard (VNC) ends its write loop; blocks the event loop meanwhile (only waiting)."""
+    run = RunDir(driver.vms_dir / "vm1")
+    end_loop(vnc_port_of("vm1", driver.vms_dir), lambda: run.serial_log.read_text(errors="replace"))
+
 
 async def test_data_disk_moves_while_the_guest_writes(driver: QemuDriver, tiny_image: Path) -> None:
     fast = await other_pool(driver)
     data = local(driver, "data.qcow2")
     await driver.create_layer(data, 16 * MiB, None)
-    commands = f"integrity-write:vdb:{BLOCKS},integrity-loop:vdb:25,integrity-gens:vdb,integrity-verify:vdb"
+    commands = f"integrity-write:vdb:{BLOCKS},integrity-loop:vdb:{LOOP_S},integrity-gens:vdb,integrity-verify:vdb"
     await start_vm(driver, tiny_image, data, commands)
     await wait_console(driver, "STRATO-INTEGRITY LOOP-START")
 
@@ -175,6 +185,7 @@ async def test_data_disk_moves_while_the_guest_writes(driver: QemuDriver, tiny_i
     assert sorted(d.device_id for d in stats.disks) == [0, 1]  # the moved disk's node is still known
 
     # The guest's writes after the pivot land on the target, and it verifies every block.
+    end_vm1_loop(driver)
     text = await wait_console(driver, "STRATO-RUN-END integrity-verify:vdb")
     assert "STRATO-RUN-END integrity-verify:vdb rc=0" in text, text[-2000:]
     assert f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text
@@ -352,7 +363,7 @@ async def test_mirror_outpaced_by_guest_writes_restarts_write_blocking(
     fast = await other_pool(driver)
     data = local(driver, "data.qcow2")
     await driver.create_layer(data, 16 * MiB, None)
-    commands = f"integrity-write:vdb:{BLOCKS},integrity-loop:vdb:45,integrity-gens:vdb,integrity-verify:vdb"
+    commands = f"integrity-write:vdb:{BLOCKS},integrity-loop:vdb:{LOOP_S},integrity-gens:vdb,integrity-verify:vdb"
     await start_vm(driver, tiny_image, data, commands)
     await wait_console(driver, "STRATO-INTEGRITY LOOP-START")
 
@@ -368,6 +379,7 @@ async def test_mirror_outpaced_by_guest_writes_restarts_write_blocking(
     assert "write-blocking, speed" in caplog.text  # the second start
     assert "LOOP-DONE" not in await driver.console_log("vm1", None), "the guest stopped writing before the pivot"
 
+    end_vm1_loop(driver)
     text = await wait_console(driver, "STRATO-RUN-END integrity-verify:vdb")
     assert f"STRATO-INTEGRITY OK {BLOCKS} blocks" in text, text[-2000:]
     gens = parse_generations(re.search(r"^STRATO-INTEGRITY-GENS .*$", text, re.M).group(0))  # type: ignore[union-attr]
