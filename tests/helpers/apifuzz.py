@@ -81,8 +81,10 @@ STRING_EDGES = ["", "x", "a" * 300, "a" * 5000, "é漢字🙂", "\x00", "nul\x00
                 .decode("utf-8", "replace")]  # fmt: skip
 BOOL_EDGES = ["true", "false", "TRUE", "yes", "1", "", "null"]
 DATE_EDGES = ["2026-11-22", "2026-13-45", "garbage", "2026-11-22T10:00:00+0000", "0000-00-00", "9999-12-31 23:59:59"]
-UUID_EDGES = ["not-a-uuid", "", "1", "00000000-0000-0000-0000-000000000000", "{6f0b5c1e-3d2a-4b8e-9c7f-1a2b3c4d5e6f}",
-              "6F0B5C1E-3D2A-4B8E-9C7F-1A2B3C4D5E6F", "6f0b5c1e3d2a4b8e9c7f1a2b3c4d5e6f", "6f0b5c1e-3d2a-4b8e-9c7f"]  # fmt: skip
+UUID_EDGES = [
+    "not-a-uuid", "", "1", "00000000-0000-0000-0000-000000000000", "{6f0b5c1e-3d2a-4b8e-9c7f-1a2b3c4d5e6f}",
+    "6F0B5C1E-3D2A-4B8E-9C7F-1A2B3C4D5E6F", "6f0b5c1e3d2a4b8e9c7f1a2b3c4d5e6f", "6f0b5c1e-3d2a-4b8e-9c7f",
+]  # fmt: skip
 
 
 def any_text(max_size: int = 40) -> st.SearchStrategy[str]:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import Cluster, Host, ImageStore, Pod, StoragePool, Zone
+from strato.db.models import Cluster, Domain, Host, ImageStore, Pod, StoragePool, Zone
 from strato.errors import InvalidParameter, ResourceInUse
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -39,6 +39,9 @@ def _in_use(session: Session, label: str, name: str, checks: list[tuple[Any, Any
 def create_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
     """createZone: a zone with a unique name."""
     _unique_name(ctx.session, Zone, args["name"], "zone")
+    if args.get("domainid") and ctx.session.get(Domain, args["domainid"]) is None:
+        # Checked here, not left to the foreign key: that would be an IntegrityError, a 530 (found by fuzzing).
+        raise InvalidParameter(f"Unable to find domain by id {args['domainid']}")
     zone = Zone(
         name=args["name"],
         description=args.get("description"),
