@@ -50,38 +50,11 @@ class Limits:
 def pool_allocated(session: Session, pool_id: str) -> int:
     """Bytes promised on a pool: the virtual sizes of its volumes and of its template copies, and what VM
     snapshots hold there (frozen layers of volumes, memory files)."""
-    volumes = (
-        session.scalar(
-            select(func.coalesce(func.sum(Volume.size), 0)).where(
-                Volume.pool_id == pool_id, Volume.removed.is_(None), Volume.state != "Expunged"
-            )
-        )
-        or 0
-    )
-    templates = (
-        session.scalar(
-            select(func.coalesce(func.sum(Layer.virtual_size), 0)).where(
-                Layer.pool_id == pool_id, Layer.removed.is_(None), Layer.kind == LAYER_TEMPLATE
-            )
-        )
-        or 0
-    )
-    # VM snapshots: their frozen layers and memory files take real space beyond the volumes' sizes.
-    snapshots = (
-        session.scalar(
-            select(func.coalesce(func.sum(Layer.physical_size), 0)).where(
-                Layer.pool_id == pool_id,
-                Layer.removed.is_(None),
-                ((Layer.kind == LAYER_VOLUME) & Layer.frozen.is_(True)) | (Layer.kind == "memory"),
-            )
-        )
-        or 0
-    )
-    return int(volumes) + int(templates) + int(snapshots)
+    return pools_allocated(session, [pool_id])[pool_id]
 
 
 def pools_allocated(session: Session, pool_ids: Collection[str]) -> dict[str, int]:
-    """pool_allocated of many pools in two queries (a page of listStoragePools)."""
+    """pool_allocated of many pools in three queries (a page of listStoragePools)."""
     out = dict.fromkeys(pool_ids, 0)
     volumes = session.execute(
         select(Volume.pool_id, func.coalesce(func.sum(Volume.size), 0))
@@ -93,7 +66,17 @@ def pools_allocated(session: Session, pool_ids: Collection[str]) -> dict[str, in
         .where(Layer.pool_id.in_(pool_ids), Layer.removed.is_(None), Layer.kind == LAYER_TEMPLATE)
         .group_by(Layer.pool_id)
     ).tuples()
-    for pool_id, size in [*volumes, *templates]:
+    # VM snapshots: their frozen layers and memory files take real space beyond the volumes' sizes.
+    snapshots = session.execute(
+        select(Layer.pool_id, func.coalesce(func.sum(Layer.physical_size), 0))
+        .where(
+            Layer.pool_id.in_(pool_ids),
+            Layer.removed.is_(None),
+            ((Layer.kind == LAYER_VOLUME) & Layer.frozen.is_(True)) | (Layer.kind == "memory"),
+        )
+        .group_by(Layer.pool_id)
+    ).tuples()
+    for pool_id, size in [*volumes, *templates, *snapshots]:
         if pool_id is not None:
             out[pool_id] = out.get(pool_id, 0) + int(size or 0)
     return out
