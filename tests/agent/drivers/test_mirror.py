@@ -153,7 +153,7 @@ LOOP_S = 600
 def end_vm1_loop(driver: QemuDriver) -> None:
     """A key on vm1's keyboard (VNC) ends its write loop; blocks the event loop meanwhile (only waiting)."""
     run = RunDir(driver.vms_dir / "vm1")
-    end_loop(vnc_port_of("vm1", driver.vms_dir), lambda: run.serial_log.read_text(errors="replace"))
+    end_loop(vnc_port_of("vm1", driver.vms_dir.parent), lambda: run.serial_log.read_text(errors="replace"))
 
 
 async def test_data_disk_moves_while_the_guest_writes(driver: QemuDriver, tiny_image: Path) -> None:
