@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from computelib import Env
 from cs import CloudStackApiException
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-
-from computelib import Env
 
 pytestmark = pytest.mark.qemu
 

@@ -61,14 +61,25 @@ def _make(base: Path, server: ServerProcess, sim: AgentProcess, qemu: AgentProce
     for n in (1, 2):
         path = base / f"shared{n}"
         path.mkdir()
-        pools[f"shared{n}"] = api.createStoragePool(name=f"shared{n}-{tag}", zoneid=zone["id"], podid=pod["id"],
-                                                    clusterid=sim_cluster["id"], scope="cluster",
-                                                    url=f"SharedMountPoint://localhost{path}")["storagepool"]  # fmt: skip
+        pools[f"shared{n}"] = api.createStoragePool(
+            name=f"shared{n}-{tag}",
+            zoneid=zone["id"],
+            podid=pod["id"],
+            clusterid=sim_cluster["id"],
+            scope="cluster",
+            url=f"SharedMountPoint://localhost{path}",
+        )["storagepool"]
     store = base / "store"
     store.mkdir()
     api.addImageStore(url=f"file://localhost{store}", provider="NFS", zoneid=zone["id"])
-    sim_tmpl = api.registerTemplate(name=f"simtmpl-{tag}", displaytext="t", url="http://images.invalid/t.qcow2",
-                                    format="QCOW2", hypervisor="Simulator", zoneid=zone["id"])["template"][0]  # fmt: skip
+    sim_tmpl = api.registerTemplate(
+        name=f"simtmpl-{tag}",
+        displaytext="t",
+        url="http://images.invalid/t.qcow2",  # the simulator records http templates without fetching them
+        format="QCOW2",
+        hypervisor="Simulator",
+        zoneid=zone["id"],
+    )["template"][0]
     assert wait_job(raw, sim_tmpl["jobid"])["jobstatus"] == 1
     offering = api.createServiceOffering(name=f"small-{tag}", displaytext="s", cpunumber=1, cpuspeed=1000,
                                          memory=128)["serviceoffering"]  # fmt: skip
@@ -82,14 +93,29 @@ def _make(base: Path, server: ServerProcess, sim: AgentProcess, qemu: AgentProce
             shutil.copyfile(default_image_path(), image)
         else:
             build_tiny_image(image)
-        kvm = api.addCluster(clustername="kvm", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM")["cluster"][0]
-        api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=kvm["id"], url=qemu.base_url, username="x",
-                    password=qemu.token, hypervisor="KVM")  # fmt: skip
-        tiny = api.registerTemplate(name=f"tiny-{tag}", displaytext="tiny", url=f"file://{image}", format="QCOW2",
-                                    hypervisor="KVM", zoneid=zone["id"], ostypeid="Other Linux (64-bit)")["template"][0]  # fmt: skip
+        # Its own zone and image store: the simulator host would "copy" the template without its bytes.
+        kzone = api.createZone(name=f"uikvm-{tag}")["zone"]
+        kpod = api.createPod(name="kpod", zoneid=kzone["id"])["pod"]
+        kvm = api.addCluster(clustername="kvm", zoneid=kzone["id"], podid=kpod["id"], hypervisor="KVM")["cluster"][0]
+        kstore = base / "kstore"
+        kstore.mkdir()
+        api.addImageStore(url=f"file://localhost{kstore}", provider="NFS", zoneid=kzone["id"])
+        qhost = api.addHost(zoneid=kzone["id"], podid=kpod["id"], clusterid=kvm["id"], url=qemu.base_url, username="x",
+                            password=qemu.token, hypervisor="KVM")["host"][0]  # fmt: skip
+        tiny = api.registerTemplate(
+            name=f"tiny-{tag}",
+            displaytext="tiny",
+            url=f"file://{image}",
+            format="QCOW2",
+            hypervisor="KVM",
+            zoneid=kzone["id"],
+            ostypeid="Other Linux (64-bit)",
+        )["template"][0]
         assert wait_job(raw, tiny["jobid"], timeout=120)["jobstatus"] == 1
-        started = raw.deployVirtualMachine(name="console-vm", zoneid=zone["id"], serviceofferingid=offering["id"],
-                                           templateid=tiny["id"])  # fmt: skip
+        local = api.createServiceOffering(name=f"local-{tag}", displaytext="local", cpunumber=1, cpuspeed=1000,
+                                          memory=128, storagetype="local")["serviceoffering"]  # fmt: skip
+        started = raw.deployVirtualMachine(name="console-vm", zoneid=kzone["id"], serviceofferingid=local["id"],
+                                           templateid=tiny["id"], hostid=qhost["id"])  # fmt: skip
         console_vm, console_job = started["id"], started["jobid"]
     return UiCloud(server, sim, api, raw, zone["id"], pools, sim_tmpl["id"], offering["id"], disk["id"],
                    console_vm, console_job)  # fmt: skip

@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import UiCloud
+import pytest
 
+from conftest import UiCloud
 from helpers.serverproc import wait_job
 from strato.protocol.messages import ConfigureSimulator
 
@@ -32,18 +33,26 @@ def test_login_errors_and_expiry(page: Any, uicloud: UiCloud) -> None:
         s.sessionkey = 'gone'; sessionStorage.setItem('strato.session', JSON.stringify(s)); }""")
     page.goto("/client/#/pools")
     page.wait_for_selector("form.login .notice")
-    page.locator("button.logout").count() == 0
+    assert page.locator("button.logout").count() == 0
 
 
 def _bar_values(page: Any) -> list[int]:
-    return [int(v) for v in page.eval_on_selector_all(".job [role=progressbar]", "els => els.map(e => e.getAttribute('aria-valuenow'))")]
+    return [
+        int(v)
+        for v in page.eval_on_selector_all(
+            ".job [role=progressbar]", "els => els.map(e => e.getAttribute('aria-valuenow'))"
+        )
+    ]
 
 
 def test_deploy_pools_move_and_errors(page: Any, uicloud: UiCloud) -> None:
     shared1, shared2 = uicloud.pools["shared1"], uicloud.pools["shared2"]
     _login(page, hash_="#/deploy")
-    page.wait_for_selector("form.deploy select[name=templateid] option")
+    page.wait_for_selector(
+        f"form.deploy select[name=templateid] option[value='{uicloud.sim_template}']", state="attached"
+    )
     page.fill("form.deploy input[name=name]", "ui-vm")
+    page.select_option("select[name=zoneid]", uicloud.zoneid)
     page.select_option("select[name=templateid]", uicloud.sim_template)
     page.select_option("select[name=serviceofferingid]", uicloud.offering)
     page.select_option("select[name=rootpool]", shared1["id"])
@@ -98,13 +107,16 @@ def test_deploy_pools_move_and_errors(page: Any, uicloud: UiCloud) -> None:
 
 def test_console_canvas_draws(page: Any, uicloud: UiCloud) -> None:
     if not uicloud.console_vm:
-        import pytest
-
         pytest.skip("qemu-system-x86_64 is needed for the console")
-    assert wait_job(uicloud.raw, uicloud.console_job, timeout=120)["jobstatus"] == 1
+    job = wait_job(uicloud.raw, uicloud.console_job, timeout=120)
+    assert job["jobstatus"] == 1, job.get("jobresult")
+    logs: list[str] = []
+    page.on("console", lambda msg: logs.append(msg.text))
     _login(page, hash_=f"#/console/{uicloud.console_vm}")
-    page.wait_for_selector("#console-screen canvas")
-    page.wait_for_selector("text=connected")
+    try:
+        page.wait_for_selector(".console-status:text-is('connected')")
+    except Exception as exc:
+        raise AssertionError(f"{page.locator('main').inner_text()} {logs}") from exc
     lit = 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not lit:

@@ -54,7 +54,7 @@ async def console_websocket(websocket: WebSocket, db: Database) -> None:
             compression=None,
         )
     except (OSError, InvalidStatus, WebSocketException, TimeoutError) as exc:
-        log.info("console refused by the agent", extra={"vm": target.instance_name, "error": str(exc)})
+        log.info("console of %s refused by its agent: %s", target.instance_name, exc)
         await websocket.close(code=TRY_AGAIN, reason="the VM's host did not open its console")
         return
     offered = websocket.scope.get("subprotocols") or []

@@ -65,7 +65,6 @@ export function Console({ id }) {
       const ws = ep.websocket;
       const scheme = location.protocol === "https:" ? "wss" : "ws";
       rfb = new RFB(screen.current, `${scheme}://${location.host}${ws.path}?token=${encodeURIComponent(ws.token)}`, { wsProtocols: ["binary"] });
-      rfb.scaleViewport = true;
       rfb.addEventListener("connect", () => setStatus("connected"));
       rfb.addEventListener("disconnect", (e) => setStatus(e.detail.clean ? "disconnected" : "connection lost"));
     }).catch(setError);
