@@ -16,6 +16,7 @@ packages=(
   syslinux syslinux-common mtools dosfstools   # its boot loader on a FAT disk, without mounting
   xorriso genisoimage                   # config drives (ISO 9660)
   nftables iproute2                     # link-fault tests: network namespaces, a cut between two hosts
+  chromium                              # the web UI's browser tests (Playwright drives it)
   python3-venv
 )
 

@@ -125,3 +125,19 @@ def test_console_canvas_draws(page: Any, uicloud: UiCloud) -> None:
             let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] || d[i + 1] || d[i + 2]) n++; return n; }""")
         time.sleep(0.3)
     assert lit > 0, "the console canvas stayed blank"
+
+
+def test_static_files_served(uicloud: UiCloud) -> None:
+    """/client/ serves the page and every module its import map names, from the package (no Node)."""
+    import re
+
+    import httpx
+
+    base = uicloud.server.base_url
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/client", follow_redirects=False).headers["location"] == "/client/"
+        index = http.get("/client/")
+        assert index.status_code == 200 and "importmap" in index.text
+        for target in re.findall(r'"\./([^"]+\.js)"', index.text) + ["js/app.js", "ui.css"]:
+            assert http.get(f"/client/{target}").status_code == 200, target
+        assert http.get("/client/api", params={"command": "listZones", "response": "json"}).status_code == 401
