@@ -98,6 +98,13 @@ def test_deploy_pools_move_and_errors(page: Any, uicloud: UiCloud) -> None:
         f"() => document.querySelector('table.disks tbody tr .pool').innerText === {shared2['name']!r}"
     )
 
+    # The task log lists the move as done, with its bar full.
+    page.click("header >> text=Tasks")
+    row = page.wait_for_selector("table[data-list=listAsyncJobs] tbody tr:has-text('succeeded')")
+    assert row.query_selector("[role=progressbar]").get_attribute("aria-valuenow") == "100"
+    page.goto(vm_url)
+    page.wait_for_selector("table.disks tbody tr")
+
     # Starting a running VM: the API's refusal is shown next to the buttons.
     page.click("div.actions >> text=Start")
     error = page.wait_for_selector("div.actions ~ .error")
@@ -138,6 +145,6 @@ def test_static_files_served(uicloud: UiCloud) -> None:
         assert http.get("/client", follow_redirects=False).headers["location"] == "/client/"
         index = http.get("/client/")
         assert index.status_code == 200 and "importmap" in index.text
-        for target in re.findall(r'"\./([^"]+\.js)"', index.text) + ["js/app.js", "ui.css"]:
+        for target in [*re.findall(r'"\./([^"]+\.js)"', index.text), "js/app.js", "ui.css"]:
             assert http.get(f"/client/{target}").status_code == 200, target
         assert http.get("/client/api", params={"command": "listZones", "response": "json"}).status_code == 401
