@@ -17,6 +17,7 @@ packages=(
   xorriso genisoimage                   # config drives (ISO 9660)
   nftables iproute2                     # link-fault tests: network namespaces, a cut between two hosts
   dnsmasq-base                          # guest networks: DHCP in each virtual router (binary only, no service)
+  chromium                              # the web UI's browser tests (Playwright drives it)
   python3-venv
 )
 

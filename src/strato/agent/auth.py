@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hmac
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, or None when absent or malformed."""
     header = request.headers.get("authorization")
     if header is None:
@@ -18,7 +18,7 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-def is_authorized(request: Request, expected: str) -> bool:
+def is_authorized(request: HTTPConnection, expected: str) -> bool:
     """True when the request carries the expected token; constant-time so timing leaks nothing."""
     given = bearer_token(request)
     if given is None:

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from strato.agent.agentlog import get_logger, setup_agent_logging
 from strato.agent.auth import is_authorized
@@ -29,6 +30,7 @@ from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
 from strato.agent.errors import error_response
 from strato.agent.network.base import HostNetwork
 from strato.agent.tasks import TaskRegistry
+from strato.agent.vncrelay import relay_console
 from strato.protocol.answers import COMMAND_TYPES, HealthReport
 from strato.protocol.messages import (
     PROTOCOL_VERSION,
@@ -195,7 +197,11 @@ def agent_routes(state: AgentState) -> list[BaseRoute]:
             headers={"Content-Length": str(opened.size)},
         )
 
+    async def console(websocket: WebSocket) -> None:
+        await relay_console(websocket, state.driver, state.token)
+
     return [
+        WebSocketRoute("/v1/console", console),
         Route("/v1/command", _guarded(state, command), methods=["POST"]),
         Route("/v1/tasks/{task_id}", _guarded(state, get_task), methods=["GET"]),
         Route("/v1/tasks/{task_id}", _guarded(state, cancel_task), methods=["DELETE"]),

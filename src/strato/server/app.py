@@ -6,14 +6,17 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as HttpRequest
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
 
 from strato.api.dispatch import Dispatcher, Reply, Request
 from strato.db import migrate
@@ -23,12 +26,16 @@ from strato.engine.periodic import PeriodicRunner
 from strato.engine.runner import JobRunner
 from strato.server import sqlcount
 from strato.server.config import ServerConfig
+from strato.server.console import console_websocket
 from strato.server.metrics import render_metrics
 from strato.server.registrations import load_registrations
+from strato.services.compute import console
 from strato.services.core import agents, settings
 from strato.services.identity import identity
 
 log = logging.getLogger("strato.server")
+
+UI_DIR = Path(__file__).resolve().parent / "ui"
 
 MAX_BODY = 1024 * 1024
 # A GET's query string above this is refused with CloudStack's envelope. uvicorn's own limit on an
@@ -124,6 +131,7 @@ def _reply_response(reply: Reply) -> Response:
 
 def create_app(config: ServerConfig) -> Starlette:
     state = ServerState(config)
+    console.PUBLIC_ADDRESS.update(host=config.host, port=config.port)
 
     async def api_endpoint(request: HttpRequest) -> Response:
         if len(request.scope.get("query_string", b"")) > MAX_QUERY:
@@ -158,6 +166,12 @@ def create_app(config: ServerConfig) -> Starlette:
     async def health(_: HttpRequest) -> Response:
         return Response(json.dumps({"ok": True}), media_type=JSON_TYPE)
 
+    async def console_ws(websocket: WebSocket) -> None:
+        await console_websocket(websocket, state.db)
+
+    async def to_ui(_: HttpRequest) -> Response:
+        return RedirectResponse("/client/")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(state.start)
@@ -172,5 +186,8 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/client/api/", api_endpoint, methods=["GET", "POST"]),
         Route("/metrics", metrics),
         Route("/healthz", health),
+        WebSocketRoute(console.WEBSOCKET_PATH, console_ws),
+        Route("/client", to_ui),
+        Mount("/client", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

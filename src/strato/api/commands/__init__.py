@@ -1,6 +1,7 @@
 """API command declarations, one module per area. Importing this package registers them all."""
 
 from strato.api.commands import (  # noqa: F401
+    console,
     hosts,
     identity,
     infrastructure,

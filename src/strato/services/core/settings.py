@@ -50,6 +50,14 @@ SPECS: dict[str, SettingSpec] = {
             "Fraction of a pool's capacity used above which no new disk is placed on it",
             0.0,
         ),
+        SettingSpec(
+            "console.token.seconds",
+            int,
+            120,
+            "Advanced",
+            "Seconds a console token of createConsoleEndpoint stays valid (one VM, one account)",
+            1,
+        ),
         SettingSpec("ping.interval", int, 5, "Advanced", "Seconds between two pings of every host by the monitor", 1),
         SettingSpec(
             "ping.timeout",
