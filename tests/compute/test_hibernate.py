@@ -133,9 +133,14 @@ def test_rules_while_hibernated_and_destroy_removes_the_file(cloud: Cloud) -> No
 
 
 def test_failed_resume_leaves_the_vm_hibernated(cloud: Cloud) -> None:
-    """A start whose resume fails (the simulator fails restore_vm) keeps the file and the VM Hibernated;
-    the next start resumes it."""
+    """A failed save leaves the VM running and no file; a start whose resume fails (the simulator fails
+    restore_vm) keeps the file and the VM Hibernated; the next start resumes it."""
     vm = cloud.deploy()
+    cloud.agent.client().call(ConfigureSimulator(command="save_vm", fail_count=1, fail_message="pool full"))
+    code, text = cloud.fails(cloud.api.hibernateVirtualMachine(id=vm["id"]))
+    assert "pool full" in text, (code, text)
+    assert cloud.vm(vm["id"])["state"] == "Running" and _memory_files(cloud, vm["id"]) == []
+    assert _memory_rows(cloud, vm["id"]) == []
     cloud.ok(cloud.api.hibernateVirtualMachine(id=vm["id"]))
     files = _memory_files(cloud, vm["id"])
     cloud.agent.client().call(ConfigureSimulator(command="restore_vm", fail_count=1, fail_message="memory unreadable"))
