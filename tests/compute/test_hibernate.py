@@ -103,12 +103,17 @@ def test_rules_while_hibernated_and_destroy_removes_the_file(cloud: Cloud) -> No
                 if v["type"] == "ROOT")  # fmt: skip
     offering = cloud.api.createServiceOffering(name="s2", displaytext="s2", cpunumber=1, cpuspeed=1000, memory=256,
                                                storagetype="local")["serviceoffering"]  # fmt: skip
+    pool = cloud.api.listStoragePools()["storagepool"][0]["id"]
     refusals = {
         "attachVolume": lambda: cloud.api.attachVolume(id=vol["id"], virtualmachineid=vm["id"]),
         "detachVolume": lambda: cloud.api.detachVolume(id=data["id"]),
         "resizeVolume": lambda: cloud.api.resizeVolume(id=root["id"], size=4),
         "scaleVirtualMachine": lambda: cloud.api.scaleVirtualMachine(id=vm["id"], serviceofferingid=offering["id"]),
         "migrateVirtualMachine": lambda: cloud.api.migrateVirtualMachine(
+            virtualmachineid=vm["id"], hostid=cloud.ids["host"]
+        ),
+        "migrateVolume": lambda: cloud.api.migrateVolume(volumeid=root["id"], storageid=pool),
+        "migrateVirtualMachineWithVolume": lambda: cloud.api.migrateVirtualMachineWithVolume(
             virtualmachineid=vm["id"], hostid=cloud.ids["host"]
         ),
         "createVMSnapshot": lambda: cloud.api.createVMSnapshot(virtualmachineid=vm["id"]),

@@ -35,25 +35,28 @@ from strato.services.storage.layers import remove_layer_file, remove_unfinished_
 HIBERNATED = "Hibernated"
 
 
-def hibernation_layer(session: Session, vm_id: str) -> Layer | None:
-    """The VM's saved memory, if it is hibernated: a live memory layer of the VM no VM snapshot holds."""
+def _saved(vm_id: str) -> Any:
     held = select(VMSnapshot.memory_layer_id).where(VMSnapshot.memory_layer_id.is_not(None))
-    q = select(Layer).where(
+    return select(Layer).where(
         Layer.vm_id == vm_id,
         Layer.kind == LAYER_MEMORY,
         Layer.removed.is_(None),
         Layer.state == "Ready",
         Layer.id.not_in(held),
     )
-    return session.scalars(q).first()
+
+
+def hibernation_layer(session: Session, vm_id: str) -> Layer | None:
+    """The VM's saved memory, if it is hibernated: a live memory layer of the VM no VM snapshot holds
+    (the newest, should an earlier removal have failed)."""
+    return session.scalars(_saved(vm_id).order_by(Layer.created.desc())).first()
 
 
 def forget_hibernation(db: Database, vm_id: str) -> None:
-    """Removes the saved memory file of a VM (after a resume, or when it is destroyed); again is harmless."""
+    """Removes the saved memory files of a VM (after a resume, or when it is destroyed); again is harmless."""
     with db.session() as s:
-        layer = hibernation_layer(s, vm_id)
-        layer_id = layer.id if layer is not None else None
-    if layer_id is not None:
+        ids = [layer.id for layer in s.scalars(_saved(vm_id))]
+    for layer_id in ids:
         remove_layer_file(db, layer_id)
 
 
