@@ -22,6 +22,7 @@ MODULES = (
     "strato.services.compute.create_vm_snapshot",
     "strato.services.compute.revert_vm_snapshot",
     "strato.services.compute.delete_vm_snapshot",
+    "strato.services.compute.hibernate",
     "strato.services.storage.create_volume",
     "strato.services.storage.attach_volume",
     "strato.services.storage.detach_volume",

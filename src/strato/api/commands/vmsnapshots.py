@@ -8,7 +8,7 @@ from strato.api import views_vmsnapshots as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import Kind, api
-from strato.services.compute import create_vm_snapshot, delete_vm_snapshot, revert_vm_snapshot, vmsnap_tree
+from strato.services.compute import create_vm_snapshot, delete_vm_snapshot, hibernate, revert_vm_snapshot, vmsnap_tree
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
 
@@ -23,7 +23,7 @@ from strato.services.core.listing import Page
         Param("name", T.STRING, "The display name of the snapshot", max_length=255),
         Param("description", T.STRING, "The description of the snapshot", max_length=4096),
         Param("snapshotmemory", T.BOOLEAN, "Snapshot the memory too (running VMs only)"),
-        Param("quiescevm", T.BOOLEAN, "Quiesce the VM (accepted; the guest agent is not used)"),
+        Param("quiescevm", T.BOOLEAN, "Quiesce the VM: refused when true (there is no guest agent)"),
     ),
 )
 def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
@@ -76,3 +76,15 @@ def revert(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def delete(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     return AsyncStarted(delete_vm_snapshot.delete(ctx, args), args["vmsnapshotid"])
+
+
+@api(
+    "hibernateVirtualMachine",
+    "Hibernates a running VM: its memory goes to a file on its root disk's pool, it stops (state "
+    "Hibernated); startVirtualMachine resumes it where it was",
+    kind=Kind.ASYNC,
+    event="VM.HIBERNATE",
+    params=(Param("id", T.UUID, "The ID of the virtual machine", required=True),),
+)
+def hibernate_vm(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    return AsyncStarted(hibernate.hibernate(ctx, args), args["id"])

@@ -208,6 +208,8 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
 def create(ctx: CallContext, args: dict[str, Any]) -> tuple[VMSnapshot, str]:
     """createVMSnapshot at the request: the row (Allocated), then the rules, then the job."""
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    if args.get("quiescevm"):
+        raise InvalidParameter("quiescevm=true is not supported: there is no guest agent to quiesce the VM through")
     memory = bool(args.get("snapshotmemory"))
     require_enabled(ctx.session, vm, memory)
     ts = datetime.now(UTC).strftime("%Y%m%d%H%M%S")

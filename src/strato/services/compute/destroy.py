@@ -26,6 +26,7 @@ from strato.engine.periodic import periodic
 from strato.errors import InvalidParameter
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import RemoveTaps, RemoveVm, StopVm
+from strato.services.compute.hibernate import HIBERNATED, forget_hibernation
 from strato.services.compute.vmcommon import drop_config_drive, host_of, load_vm, vm_result
 from strato.services.compute.vmsnap_tree import forget_vm_snapshots, remove_branch_layers
 from strato.services.core import jobs, settings
@@ -189,15 +190,21 @@ class DestroyVirtualMachine(_Expunging):
     @classmethod
     def check(cls, session: Session, params: DestroyParams) -> None:
         vm = load_vm(session, params.vm_id)
-        require_vm_state(vm, "Running", "Stopped", "Error", action="destroy")
+        require_vm_state(vm, "Running", "Stopped", "Error", HIBERNATED, action="destroy")
         for vid in params.volume_ids:
             vol = session.get(Volume, vid)
             if vol is None or vol.removed is not None or vol.vm_id != vm.id or vol.volume_type != "DATADISK":
                 raise InvalidParameter(f"Volume {vid} (volumeids) is not a data disk of VM {vm.name}")
 
     def steps(self) -> Sequence[Step]:
-        out = [Step("stop", self._stop, undo=self._stop_undone), Step("destroyed", self._destroyed, commit=True)]
+        out = [Step("stop", self._stop, undo=self._stop_undone), Step("destroyed", self._destroyed, commit=True),
+               Step("forget memory", self._forget_memory)]  # fmt: skip
         return out + (self.expunge_steps() if self.params.expunge else [])
+
+    def _forget_memory(self) -> StepData:
+        """A hibernated VM's memory file goes with it: a recovered VM starts Stopped, from its disks."""
+        forget_hibernation(self.db, self.params.vm_id)
+        return {}
 
     def _stop(self) -> StepData:
         with self.db.session() as s:

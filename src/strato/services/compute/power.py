@@ -17,9 +17,11 @@ from strato.engine.allocator import DiskRequest, plan, reaches
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
 from strato.errors import InvalidState
-from strato.protocol.messages import RebootVm, StartVm, StopVm
+from strato.protocol.messages import RebootVm, RestoreVm, StartVm, StopVm
+from strato.services.compute.hibernate import HIBERNATED, forget_hibernation, hibernation_layer
 from strato.services.compute.vmcommon import GRACEFUL_STOP_S, host_of, load_vm, tear_down_on_host, vm_result
 from strato.services.compute.vms import admin_choice
+from strato.services.compute.vmsnap_tree import layer_ref
 from strato.services.compute.vmspec import vm_spec
 from strato.services.core import jobs, settings
 from strato.services.core.access import get_vm
@@ -61,13 +63,14 @@ class StartVirtualMachine(_VmOperation):
 
     @classmethod
     def check(cls, session: Session, params: StartParams) -> None:
-        require_vm_state(load_vm(session, params.vm_id), "Stopped", action="start")
+        require_vm_state(load_vm(session, params.vm_id), "Stopped", HIBERNATED, action="start")
 
     def steps(self) -> Sequence[Step]:
         return [
             Step("plan", self._plan, undo=self._unplan),
             Step("start", self._start, undo=self._stop, commit=True),
             Step("running", self._running),
+            Step("forget memory", self._forget_memory),
         ]
 
     def _plan(self) -> StepData:
@@ -92,7 +95,8 @@ class StartVirtualMachine(_VmOperation):
             pools = [s.get(StoragePool, v.pool_id) for v in volumes]
             assert all(p is not None and reaches(chosen.host, p) for p in pools)
             vm.host_id = vm.last_host_id = chosen.host.id
-            return {"host_id": chosen.host.id}
+            saved = hibernation_layer(s, vm.id)  # a hibernated VM resumes from its memory file
+            return {"host_id": chosen.host.id, "memory": saved.id if saved is not None else None}
 
     def _unplan(self) -> None:
         with self.db.session() as s:
@@ -105,10 +109,15 @@ class StartVirtualMachine(_VmOperation):
             assert host is not None
             spec, client, host_name = vm_spec(s, vm), host_client(host), host.name
             network_calls = prepare_for_vm(s, vm, host)
+            memory_id = self.output("plan").get("memory")
+            memory = layer_ref(s, memory_id) if memory_id else None
         for call in network_calls:
             call.run()
         with agent_errors(host_name):
-            client.call(StartVm(spec=spec))
+            if memory is not None:
+                client.run_long(RestoreVm(spec=spec, memory=memory), on_progress=self.job.progress)
+            else:
+                client.call(StartVm(spec=spec))
         return {}
 
     def _stop(self) -> None:
@@ -121,15 +130,22 @@ class StartVirtualMachine(_VmOperation):
                 vm_to(vm, "Running")
         return {}
 
+    def _forget_memory(self) -> StepData:
+        """Resumed: the memory file has served (a crash before this step leaves it; running again removes it)."""
+        if self.output("plan").get("memory"):
+            forget_hibernation(self.db, self.params.vm_id)
+        return {}
+
     @classmethod
     def failed(cls, session: Session, params: StartParams) -> None:
         _back_to_stopped(session, params.vm_id)
 
 
 def _back_to_stopped(session: Session, vm_id: str) -> None:
+    """A start undone: Stopped, or Hibernated again when its memory file is still there to resume from."""
     vm = session.get(VirtualMachine, vm_id)
     if vm is not None and vm.state == "Starting":
-        vm_to(vm, "Stopped")
+        vm_to(vm, HIBERNATED if hibernation_layer(session, vm_id) is not None else "Stopped")
         vm.host_id = None
 
 

@@ -11,9 +11,11 @@ VM_TRANSITIONS: dict[str, set[str]] = {
     # Running: VM sync; Migrating: a stopped VM's disks moving offline (migrateVolume, migrateVirtualMachine
     # with storageid).
     "Stopped": {"Starting", "Destroyed", "Expunging", "Stopped", "Error", "Running", "Migrating"},
-    "Starting": {"Running", "Stopped", "Error"},
+    "Starting": {"Running", "Stopped", "Error", "Hibernated"},
     "Running": {"Stopping", "Stopped", "Migrating", "Running", "Error"},
-    "Stopping": {"Stopped", "Running", "Destroyed", "Error"},
+    "Stopping": {"Stopped", "Running", "Destroyed", "Error", "Hibernated"},
+    # Hibernated: down with its memory in a file (hibernateVirtualMachine); it resumes at the next start.
+    "Hibernated": {"Starting", "Destroyed", "Error", "Hibernated"},
     "Migrating": {"Running", "Stopped", "Error"},
     "Destroyed": {"Stopped", "Expunging"},
     "Expunging": {"Expunged", "Destroyed", "Error"},
