@@ -111,6 +111,28 @@ def test_deploy_pools_move_and_errors(page: Any, uicloud: UiCloud) -> None:
     assert "Error 5" in error.inner_text() or "Error 4" in error.inner_text()
     assert "Running" in error.inner_text()
 
+    # VM snapshots as a tree: s1, then s2 under it (current); a disk revert of the running VM is refused
+    # with the API's reason; stopped, the revert to s1 makes s1 current; deleting s2 leaves s1 alone.
+    def take(name: str) -> None:
+        page.fill("form.take-snapshot input[name=snapshotname]", name)
+        page.click("form.take-snapshot button[type=submit]")
+        page.wait_for_selector(f".snapshot-tree li.current > .snapname:text-is('{name}')", timeout=30000)
+
+    take("s1")
+    take("s2")
+    assert page.locator(".snapshot-tree li.snapshot li.snapshot > .snapname").inner_text() == "s2"  # a child of s1
+    s1 = page.locator(".snapshot-tree li.snapshot").first
+    s1.locator("> button.revert").click()
+    refused = page.wait_for_selector(".snapshots .error")
+    assert "Error 431" in refused.inner_text(), refused.inner_text()
+    page.click("div.actions >> text=Stop")
+    page.wait_for_function("() => document.querySelector('.vmstate').innerText === 'Stopped'", timeout=30000)
+    page.locator(".snapshot-tree li.snapshot").first.locator("> button.revert").click()
+    page.wait_for_selector(".snapshot-tree li.current > .snapname:text-is('s1')", timeout=30000)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(".snapshot-tree li.snapshot li.snapshot").first.locator("> button.delete").click()
+    page.wait_for_function("() => document.querySelectorAll('.snapshot-tree li.snapshot').length === 1", timeout=30000)
+
 
 def test_console_canvas_draws(page: Any, uicloud: UiCloud) -> None:
     if not uicloud.console_vm:

@@ -73,8 +73,46 @@ export function VmPage({ id }) {
     ${(vm.nic || []).length ? html`<table><tbody>${vm.nic.map((n) => html`<tr><td>${n.networkname || n.networkid}</td><td>${n.ipaddress || ""}</td><td>${n.macaddress || ""}</td></tr>`)}</tbody></table>`
       : html`<p class="muted">No NIC reported by the API.</p>`}
     <h3>Snapshots</h3>
-    <!-- VM SNAPSHOTS: the tree (listVMSnapshot: parent, current) goes here once the API serves it. -->
-    <div class="snapshots-todo">VM snapshots: not yet in this UI (the API's listVMSnapshot is being built).</div>`;
+    <${SnapshotTree} vm=${vm} onChange=${load} />`;
+}
+
+// The VM's snapshots drawn as the tree they form (listVMSnapshot's parent), the one the VM's present state
+// descends from marked current; take one (with memory while running), revert to one, delete one.
+function SnapshotTree({ vm, onChange }) {
+  const [snaps, setSnaps] = useState(null);
+  const [error, setError] = useState(null);
+  const [name, setName] = useState("");
+  const [memory, setMemory] = useState(false);
+  const reload = () => call("listVMSnapshot", { virtualmachineid: vm.id, listall: true })
+    .then((a) => setSnaps(a.vmSnapshot || [])).catch(setError);
+  useEffect(() => { reload(); }, [vm.id]);
+  const action = useAction(() => { reload(); onChange(); });
+  if (error) return html`<${ErrorBox} error=${error} />`;
+  if (snaps === null) return html`<p class="muted">Loading…</p>`;
+  const children = {};
+  for (const s of snaps) (children[s.parent || ""] = children[s.parent || ""] || []).push(s);
+  const node = (s) => html`<li data-id=${s.id} class=${s.current ? "snapshot current" : "snapshot"}>
+    <span class="snapname">${s.displayname || s.name}</span> <span class="muted">${s.type} · ${s.state} · ${s.created || ""}</span>
+    ${s.current ? html` <b class="current-mark">(current)</b>` : ""}
+    <button class="revert" disabled=${action.busy} onClick=${() => action.run("revertToVMSnapshot", { vmsnapshotid: s.id })}>Revert</button>
+    <button class="delete" disabled=${action.busy} onClick=${() => confirm(`Delete snapshot ${s.name}?`) && action.run("deleteVMSnapshot", { vmsnapshotid: s.id })}>Delete</button>
+    ${(children[s.id] || []).length ? html`<ul>${children[s.id].map(node)}</ul>` : ""}
+  </li>`;
+  const take = (e) => {
+    e.preventDefault();
+    action.run("createVMSnapshot", { virtualmachineid: vm.id, name: name || undefined, snapshotmemory: memory || undefined });
+  };
+  return html`<div class="snapshots">
+    ${snaps.length ? html`<ul class="snapshot-tree">${(children[""] || []).map(node)}</ul>` : html`<p class="muted">No snapshot.</p>`}
+    <form class="take-snapshot" onSubmit=${take}>
+      <input name="snapshotname" placeholder="name" value=${name} onInput=${(e) => setName(e.target.value)} />
+      <label><input type="checkbox" name="snapshotmemory" checked=${memory} disabled=${vm.state !== "Running"}
+        onChange=${(e) => setMemory(e.target.checked)} /> with memory</label>
+      <button type="submit" disabled=${action.busy}>Take snapshot</button>
+    </form>
+    <${JobView} job=${action.job} />
+    <${ErrorBox} error=${action.error} />
+  </div>`;
 }
 
 function MigrateVm({ vm, vols, onDone }) {
