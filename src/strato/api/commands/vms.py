@@ -204,6 +204,16 @@ def update(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return _view(ctx, vms.update(ctx, args))
 
 
+@api(
+    "getVirtualMachineUserData",
+    "Returns the user data of a virtual machine (base64-encoded)",
+    response="virtualmachineuserdata",
+    params=(Param("virtualmachineid", T.UUID, "The ID of the virtual machine", required=True),),
+)
+def get_user_data(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    return vms.user_data(ctx, args)
+
+
 ISO_PARAMS = (
     Param("id", T.UUID, "The ID of the ISO file", required=True),
     Param("virtualmachineid", T.UUID, "The ID of the virtual machine", required=True),

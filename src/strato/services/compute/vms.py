@@ -182,6 +182,14 @@ def update(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
     return vm
 
 
+def user_data(ctx: CallContext, args: dict[str, Any]) -> dict[str, str]:
+    """getVirtualMachineUserData: the VM's user data base64-encoded again, as it was given ("" when none);
+    clients such as Ansible's cs_instance compare it with theirs to decide whether to update the VM."""
+    vm = get_vm(ctx, args["virtualmachineid"], param="virtualmachineid")
+    encoded = base64.b64encode(vm.user_data.encode()).decode() if vm.user_data else ""
+    return {"virtualmachineid": vm.id, "userdata": encoded}
+
+
 def stats(ctx: CallContext, vm: VirtualMachine) -> VmStats | None:
     """The agent's statistics of a running VM (CPU time, memory, per-disk bytes and operations); None
     when the VM is not running or its host does not answer (a list must not fail for one host)."""
