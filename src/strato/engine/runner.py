@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from strato.db.base import as_utc, new_id, utcnow
 from strato.db.engine import Database
@@ -186,10 +187,22 @@ class JobRunner:
         else:
             self._finish_ok(seq, result)
 
+    def _still_mine(self, s: Session, seq: int) -> Job | None:
+        """The job, locked, if this server still owns it running; None once another server took it over
+        (this one was thought dead: a missed heartbeat), which then finishes it: ending it here too would
+        complete it twice."""
+        job = s.get(Job, seq, with_for_update=True)
+        assert job is not None
+        if job.owner != self.server_id or job.status != JOB_RUNNING:
+            log.warning("job %s (%s) is now %s on %s: not finishing it here", job.id, job.kind, job.status, job.owner)
+            return None
+        return job
+
     def _finish_ok(self, seq: int, result: JobResult) -> None:
         with self.db.session() as s:
-            job = s.get(Job, seq)
-            assert job is not None
+            job = self._still_mine(s, seq)
+            if job is None:
+                return
             job.status = JOB_SUCCEEDED
             job.result = result
             job.result_code = 0
@@ -210,8 +223,9 @@ class JobRunner:
 
     def _finish_failed(self, seq: int, code: ErrorCode, text: str, status: str = JOB_FAILED) -> None:
         with self.db.session() as s:
-            job = s.get(Job, seq)
-            assert job is not None
+            job = self._still_mine(s, seq)
+            if job is None:
+                return
             job.status = status
             job.result = {"errorcode": int(code), "errortext": text}
             job.result_code = int(code)
