@@ -244,3 +244,20 @@ def test_recovery_of_a_step_that_had_happened_finishes_forward(runner: JobRunner
     assert job.status == JOB_SUCCEEDED, job.result
     assert job.result == {"success": True, "first": "f0"}
     assert _files(d) == {"f0", "f1", "published", "marker"}
+
+
+def test_a_job_taken_over_meanwhile_is_finished_by_its_new_owner_only(runner: JobRunner, tmp_path: Path) -> None:
+    """A server thought dead (a missed heartbeat) still runs its job while another takes it over: the first
+    must not finish it (it would complete twice); the new owner runs it on and finishes it once."""
+    d = tmp_path / "d"
+    d.mkdir()
+    seq = _submit(runner, MakeFiles(directory=str(d), count=2))
+    with runner.db.session() as s:
+        assert queue.take_over(s, seq, ["test-server"], "server-two")
+    runner.run_job(seq, recovering=False)  # the old owner, not knowing
+    job = _job(runner, seq)
+    assert (job.status, job.owner, job.completed) == ("running", "server-two", None)
+    JobRunner(runner.db, "server-two").run_job(seq, recovering=True)
+    job = _job(runner, seq)
+    assert job.status == JOB_SUCCEEDED and job.owner == "server-two"
+    assert _files(d) == {"f0", "f1", "published", "marker"}
