@@ -43,10 +43,14 @@ def test_users_keep_to_their_own_resources(env: Env, make_user: Callable[..., Ke
         assert code == 431 and vm["id"] in msg, msg
         code, msg = api_error(lambda: bob.detachVolume(id=vols[1]["id"]))
         assert code == 431, msg
-        # Nor deploy into Alice's account.
+        # Nor deploy into Alice's account: answered as for an account that does not exist (tells Bob nothing).
         alice_account = env.api.listAccounts(id=alice_keys.accountid)["account"][0]
         code, msg = api_error(lambda: _deploy(env, bob, account=alice_account["name"], domainid=alice_keys.domainid))
-        assert code == 531, msg
+        unknown, unknown_msg = api_error(
+            lambda: _deploy(env, bob, account="no-such-account", domainid=alice_keys.domainid)
+        )
+        assert code == unknown == 431 and "Unable to find account" in msg, msg
+        assert unknown_msg == msg.replace(alice_account["name"], "no-such-account"), (msg, unknown_msg)
 
         # Choosing a pool or a host is for admins: 531, naming the parameter.
         pool = env.pools["shared1"]["id"]
