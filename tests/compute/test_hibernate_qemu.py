@@ -4,63 +4,23 @@ file and finishes that sleep, and its console (a fresh log for the new QEMU) sho
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from computelib import processes_mentioning
-from test_vm_snapshots_qemu import One
+from qemuone import One, one_qemu_host
 
-from helpers.agentproc import AgentProcess, start_agent
-from helpers.faultlib import kill_qemus_under
-from helpers.serverproc import start_server, wait_job
+from helpers.serverproc import wait_job
 
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("qemu-hibernate")]
+pytestmark = [pytest.mark.qemu]
 
 
 @pytest.fixture(scope="module")
 def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[One]:
-    from strato.image.tiny import default_image_path
-
-    if shutil.which("qemu-system-x86_64") is None or not default_image_path().is_file():
-        pytest.skip("QEMU and the tiny guest image are needed")
-    base = tmp_path_factory.mktemp("hbq")
-    server = start_server(base / "server")
-    agent: AgentProcess | None = None
-    try:
-        agent = start_agent(base / "agent", token=f"hb-{uuid.uuid4().hex[:6]}", driver="qemu", accel="tcg")
-        api = server.cs(timeout=120)
-        zone = api.createZone(name=f"hb-{uuid.uuid4().hex[:6]}")["zone"]
-        pod = api.createPod(name="p", zoneid=zone["id"])["pod"]
-        cluster = api.addCluster(clustername="c", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM")["cluster"][0]
-        api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"], url=agent.base_url, username="x",
-                    password=agent.token, hypervisor="KVM")  # fmt: skip
-        shared = base / "shared"
-        shared.mkdir()
-        api.createStoragePool(name="shared", zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"],
-                              scope="cluster", url=f"SharedMountPoint://localhost{shared}")  # fmt: skip
-        store = base / "store"
-        store.mkdir()
-        api.addImageStore(name="s", provider="NFS", url=f"file://localhost{store}", zoneid=zone["id"])
-        image = base / "tiny.qcow2"
-        shutil.copyfile(default_image_path(), image)
-        tmpl = api.registerTemplate(
-            name="t", displaytext="t", url=f"file://{image}", format="QCOW2", hypervisor="KVM", zoneid=zone["id"]
-        )["template"][0]
-        assert wait_job(api, tmpl["jobid"], 120)["jobstatus"] == 1
-        offering = api.createServiceOffering(name="s", displaytext="s", cpunumber=1, cpuspeed=500, memory=128)
-        disk = api.createDiskOffering(name="d", displaytext="d", disksize=1)["diskoffering"]
-        ids = {"zone": zone["id"], "template": tmpl["id"], "offering": offering["serviceoffering"]["id"],
-               "disk": disk["id"]}  # fmt: skip
-        yield One(base, server, agent, ids)
-    finally:
-        server.stop()
-        if agent is not None:
-            agent.stop()
-        kill_qemus_under(base)
-        shutil.rmtree(base, ignore_errors=True)
+    with one_qemu_host(tmp_path_factory.mktemp("hbq"), "hb") as cloud:
+        yield cloud
 
 
 def test_hibernated_guest_resumes_without_booting(one: One) -> None:
