@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from drvlib import kill_qemus_in
 
+from helpers.faultlib import kill_qemus_under
 from strato.agent.drivers.qemu import QemuDriver
 
 
@@ -26,7 +26,7 @@ def data_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        kill_qemus_in(path)
+        kill_qemus_under(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

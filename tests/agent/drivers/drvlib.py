@@ -1,13 +1,11 @@
-"""Helpers of the QEMU driver tests: layer names in the local pool, VM specs, killing what a test's
-data dir started."""
+"""Helpers of the QEMU driver tests: layer names in the local pool, VM specs, waiting for the console."""
 
 from __future__ import annotations
 
-import os
-import signal
+import asyncio
 import uuid
-from pathlib import Path
 
+from helpers.console import guest_timer
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.process import RunDir, live_pid
 from strato.protocol.messages import DiskSpec, LayerRef, VmSpec
@@ -23,9 +21,14 @@ def vm_spec(name: str, disks: list[DiskSpec], **kw: object) -> VmSpec:
     )
 
 
-def kill_qemus_in(path: Path) -> None:
-    """SIGKILL every QEMU whose run dir is under `path` (a driver's data dir, or several of them)."""
-    for pidfile in path.glob("**/vms/*/qemu.pid"):
-        pid = live_pid(RunDir(pidfile.parent))
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+async def wait_console(drv: QemuDriver, needle: str, timeout: float = 120, name: str = "vm1") -> str:
+    """The console once a complete line contains `needle` (patient with a starved TCG guest)."""
+    run = RunDir(drv.vms_dir / name)
+    over = guest_timer(lambda: live_pid(run), timeout)
+    while True:
+        text = await drv.console_log(name, None)
+        text = text[: text.rfind("\n") + 1]
+        if needle in text:
+            return text
+        assert not over(), f"{needle!r} not on the console:\n{text[-3000:]}"
+        await asyncio.sleep(0.3)

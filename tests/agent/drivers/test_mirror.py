@@ -18,13 +18,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from drvlib import wait_console
 
-from helpers.console import guest_timer
 from helpers.vnc import end_loop, vnc_port_of
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.mirror import DiskMotion
-from strato.agent.drivers.qemu.process import RunDir, live_pid
+from strato.agent.drivers.qemu.process import RunDir
 from strato.agent.drivers.roles import set_phase_sink
 from strato.image.integrity import encode_block, encode_superblock, parse_generations, verify_image
 from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef, PoolRef, PowerState, VmSpec
@@ -79,19 +79,6 @@ async def start_vm(
     )
     assert (await drv.start_vm(spec)).power_state == PowerState.RUNNING
     return spec
-
-
-async def wait_console(drv: QemuDriver, needle: str, timeout: float = 120) -> str:
-    """The console once a complete line contains `needle` (patient with a starved TCG guest)."""
-    run = RunDir(drv.vms_dir / "vm1")
-    over = guest_timer(lambda: live_pid(run), timeout)
-    while True:
-        text = await drv.console_log("vm1", None)
-        text = text[: text.rfind("\n") + 1]
-        if needle in text:
-            return text
-        assert not over(), f"{needle!r} not on the console:\n{text[-3000:]}"
-        await asyncio.sleep(0.3)
 
 
 async def open_files(drv: QemuDriver) -> set[str]:

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from drvlib import kill_qemus_in, layer, vm_spec
+from drvlib import layer, vm_spec
 from imageserver import ImageServer
 
 from helpers.agentproc import start_agent
 from helpers.console import guest_timer
+from helpers.faultlib import kill_qemus_under
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.process import RunDir, live_pid
@@ -464,7 +465,7 @@ async def test_tiny_guest_reads_config_drive_and_runs_guest_commands(data_dir: P
         client.call(RemoveVm(name="vm1"))
     finally:
         agent.stop()
-        kill_qemus_in(data_dir)
+        kill_qemus_under(data_dir)
 
 
 # --- long tasks over HTTP: progress and cancel -------------------------------------------------------

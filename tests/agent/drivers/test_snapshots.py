@@ -18,12 +18,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from drvlib import wait_console
 
-from helpers.console import guest_timer
 from strato.agent.drivers.base import DriverError
 from strato.agent.drivers.qemu import QemuDriver
 from strato.agent.drivers.qemu.merge import disk_chain
-from strato.agent.drivers.qemu.process import RunDir, live_pid
+from strato.agent.drivers.qemu.process import RunDir
 from strato.agent.drivers.roles import set_phase_sink
 from strato.image.integrity import parse_generations, verify_image
 from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef, PoolRef, PowerState, SnapshotDisk, VmSpec
@@ -68,18 +68,6 @@ async def boot(drv: QemuDriver, image: Path, commands: str, data: LayerRef | Non
     spec = VmSpec(name="vm1", uuid=str(uuid.uuid4()), cpus=1, memory_mib=128, disks=disks, guest_commands=commands)
     assert (await drv.start_vm(spec)).power_state == PowerState.RUNNING
     return spec
-
-
-async def wait_console(drv: QemuDriver, needle: str, timeout: float = 120) -> str:
-    run = RunDir(drv.vms_dir / "vm1")
-    over = guest_timer(lambda: live_pid(run), timeout)
-    while True:
-        text = await drv.console_log("vm1", None)
-        text = text[: text.rfind("\n") + 1]
-        if needle in text:
-            return text
-        assert not over(), f"{needle!r} not on the console:\n{text[-3000:]}"
-        await asyncio.sleep(0.3)
 
 
 async def top_file(drv: QemuDriver, device_id: int) -> str:
