@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.roles import ROLES, SimulatorControl
 from strato.agent.network.base import HostNetwork
-from strato.protocol.messages import COMMANDS, Ack, AgentCommand, Command, ErrorCode, Role
+from strato.protocol.messages import COMMANDS, Ack, AgentCommand, Command, ErrorCode, Role, StateReport
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,11 @@ async def dispatch(
         )
     if isinstance(driver, SimulatorControl) and served.role is not SimulatorControl:
         await driver.before_command(command.type, served.long_running)
-    return await _call(driver, served, command, progress)
+    answer = await _call(driver, served, command, progress)
+    if isinstance(answer, StateReport) and network is not None:
+        # The host's ground truth covers its networking too (the driver knows nothing of it).
+        answer.networks = await network.carried()
+    return answer
 
 
 async def _call(target: object, served: Served, command: Command, progress: ProgressFn) -> BaseModel:

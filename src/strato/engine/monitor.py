@@ -30,12 +30,15 @@ from strato.protocol.messages import DriverCapabilities, GetState, PoolRef, Stat
 
 log = logging.getLogger("strato.monitor")
 
-StateConsumer = Callable[[Session, Host, StateReport], None]
+FollowUp = Callable[[], None]
+"""Agent calls a reconciler wants made, run after the round's transaction (never inside it)."""
+StateConsumer = Callable[[Session, Host, StateReport], list[FollowUp] | None]
 STATE_CONSUMERS: list[StateConsumer] = []
 
 
 def on_state_report(fn: StateConsumer) -> StateConsumer:
-    """Registers a reconciler of agents' state reports (e.g. VM sync: the agent's power state wins)."""
+    """Registers a reconciler of agents' state reports (e.g. VM sync: the agent's power state wins).
+    It may return follow-ups: calls to make once the round's transaction is committed."""
     STATE_CONSUMERS.append(fn)
     return fn
 
@@ -57,6 +60,7 @@ class RoundStats:
     failed: int = 0
     seconds: float = 0.0
     transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    follow_up_failures: int = 0
 
 
 class HostMonitor:
@@ -123,18 +127,21 @@ class HostMonitor:
         results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
         stats = RoundStats(hosts=len(targets))
         alert_after = self.alert_after()  # read before the write transaction: SQLite has one writer
+        follow_ups: list[FollowUp] = []
         with self.db.session() as s:
             for host_id, report in results:
                 row = s.get(Host, host_id)
                 if row is None or row.removed is not None:
                     continue
-                change = self._apply(s, row, report, alert_after)
+                change = self._apply(s, row, report, alert_after, follow_ups)
                 if change:
                     stats.transitions.append((row.name, change[0], change[1]))
                 if report is None:
                     stats.failed += 1
                 else:
                     stats.up += 1
+        for done in self._pool.map(_run_follow_up, follow_ups):
+            stats.follow_up_failures += 0 if done else 1
         stats.seconds = time.monotonic() - started
         return stats
 
@@ -152,7 +159,9 @@ class HostMonitor:
                 log.info("host %s did not answer: %s", url, exc)
         return None
 
-    def _apply(self, s: Session, host: Host, report: StateReport | None, alert_after: float) -> tuple[str, str] | None:
+    def _apply(
+        self, s: Session, host: Host, report: StateReport | None, alert_after: float, follow_ups: list[FollowUp]
+    ) -> tuple[str, str] | None:
         now = utcnow()
         before = host.status
         if report is not None:
@@ -167,7 +176,7 @@ class HostMonitor:
                         pool.capacity_bytes = pool_report.capacity_bytes
                     pool.used_bytes = pool_report.used_bytes
             for consumer in STATE_CONSUMERS:
-                consumer(s, host, report)
+                follow_ups.extend(consumer(s, host, report) or [])
         elif before == "Up":
             host.status = "Disconnected"
             host.disconnected_since = now
@@ -190,6 +199,16 @@ class HostMonitor:
         )
         log.info("host %s: %s -> %s", host.name, before, host.status)
         return before, host.status
+
+
+def _run_follow_up(call: FollowUp) -> bool:
+    """A follow-up's failure is logged and tried again from the next report: the round goes on."""
+    try:
+        call()
+    except Exception:
+        log.warning("a reconciliation call after the monitor round failed", exc_info=True)
+        return False
+    return True
 
 
 def _shard(host_id: str, n: int) -> int:

@@ -163,6 +163,8 @@ class StateReport(Message):
     pools: list[PoolReport]
     capabilities: DriverCapabilities | None = None
     """Sent with every report so the server sees a driver's new abilities after an agent upgrade."""
+    networks: list[str] | None = None
+    """The guest networks set up on the host (None: an agent without host networking)."""
 
 
 class Ack(Message):

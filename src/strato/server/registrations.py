@@ -33,6 +33,7 @@ MODULES = (
     "strato.services.motion.pool_maintenance",
     "strato.services.motion.host_maintenance",
     "strato.services.infra.vmsync",
+    "strato.services.network.netsync",
     "strato.services.infra.housekeeping",
 )
 

@@ -46,3 +46,8 @@ class HostNetwork(abc.ABC):
     @abc.abstractmethod
     async def remove_taps(self, taps: list[str]) -> None:
         """Remove these NIC taps (absent ones are fine)."""
+
+    @abc.abstractmethod
+    async def carried(self) -> list[str]:
+        """The ids of the networks this host has set up: the server removes those it deleted meanwhile
+        (a host that was down when a network was deleted still has it)."""

@@ -88,6 +88,9 @@ def vlan_unavailable() -> str | None:
     return "802.1Q VLAN devices need the 8021q kernel module, which this host lacks"
 
 
+NETWORK_ID_FILE = "network-id"
+
+
 class LinuxNetwork(HostNetwork):
     def __init__(self, data_dir: Path) -> None:
         self.state_dir = Path(data_dir).absolute() / "network"
@@ -106,6 +109,7 @@ class LinuxNetwork(HostNetwork):
             if why is not None:
                 raise DriverError(ErrorCode.BAD_REQUEST, f"network {network.id}: VLAN isolation refused: {why}")
             raise DriverError(ErrorCode.BAD_REQUEST, "VLAN isolation is not implemented on this agent yet")
+        self._remember(network.id)
         bridge = bridge_name(network.id)
         if not await link_exists(bridge):
             await run("ip", "link", "add", bridge, "type", "bridge")
@@ -239,6 +243,24 @@ class LinuxNetwork(HostNetwork):
                 await run("ip", "link", "del", name, check=False)
             shutil.rmtree(state, ignore_errors=True)
             log.info("network removed", extra={"network": network_id})
+
+    def _remember(self, network_id: str) -> None:
+        """The network's id in its state directory, written before any device: what `carried` reads,
+        so a half-made network is found and removed too."""
+        state = self._dir(network_id)
+        state.mkdir(parents=True, exist_ok=True)
+        marker = state / NETWORK_ID_FILE
+        if not marker.exists():
+            marker.write_text(network_id)
+
+    async def carried(self) -> list[str]:
+        if not self.state_dir.is_dir():
+            return []
+        found = []
+        for marker in self.state_dir.glob(f"*/{NETWORK_ID_FILE}"):
+            with contextlib.suppress(OSError):
+                found.append(marker.read_text().strip())
+        return sorted(found)
 
     async def remove_taps(self, taps: list[str]) -> None:
         async with self._lock:

@@ -30,3 +30,6 @@ class SimulatedNetwork(HostNetwork):
 
     async def remove_taps(self, taps: list[str]) -> None:
         self.taps.difference_update(taps)
+
+    async def carried(self) -> list[str]:
+        return sorted(self.networks)

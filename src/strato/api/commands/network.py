@@ -253,7 +253,7 @@ def delete_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     row = networks.get_network(ctx, args["id"])
     networks.check_deletable(ctx, row)
     for call in nics.removal_calls(ctx.session, row):
-        call.run()
+        call.run_if_reachable()  # an unreachable host removes it when it reports again (netsync)
     networks.mark_deleted(ctx, row)
     return AsyncStarted(jobs.completed(ctx, "deleteNetwork", {"success": True}, "Network"))
 

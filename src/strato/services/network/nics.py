@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from strato.db.models import Host, Network, Nic, VirtualMachine
 from strato.errors import InsufficientCapacity, InvalidParameter
-from strato.protocol.client import AgentClient
+from strato.protocol.client import AgentClient, AgentClientError, AgentUnreachable
 from strato.protocol.messages import (
     AgentCommand,
     DhcpHost,
@@ -24,7 +24,7 @@ from strato.protocol.messages import (
     RemoveNetwork,
     RouterSpec,
 )
-from strato.services.core.agents import agent_errors, host_client
+from strato.services.core.agents import agent_error, agent_errors, host_client
 
 ON_HOST_STATES = ("Starting", "Running", "Stopping", "Migrating")
 
@@ -105,6 +105,17 @@ class HostCall:
     def run(self) -> None:
         with agent_errors(self.host_name):
             self.client.call(self.command)
+
+    def run_if_reachable(self) -> bool:
+        """As run, but a host that cannot be reached is not an error: False, for the caller to leave to
+        reconciliation. A host that answers with a failure still raises."""
+        try:
+            self.client.call(self.command)
+        except AgentUnreachable:
+            return False
+        except AgentClientError as exc:
+            raise agent_error(self.host_name, exc) from None
+        return True
 
 
 def _carrying_hosts(session: Session, network: Network, extra: Host | None) -> list[Host]:
@@ -194,9 +205,8 @@ def refresh_network(session: Session, network: Network) -> list[HostCall]:
 
 
 def removal_calls(session: Session, network: Network) -> list[HostCall]:
-    """RemoveNetwork to every Up host of the zone (idempotent: a host without it has nothing to do).
-    A host that is down then keeps what it had; its bridge and router go when it is cleaned by hand."""
-    hosts = session.scalars(
-        select(Host).where(Host.zone_id == network.zone_id, Host.removed.is_(None), Host.status == "Up")
-    )
+    """RemoveNetwork to every host of the zone, whatever its status (a host just back from a restart may
+    still be Disconnected in the database while it answers; idempotent: a host without the network has
+    nothing to do). One that does not answer is told later by network sync (netsync), from its report."""
+    hosts = session.scalars(select(Host).where(Host.zone_id == network.zone_id, Host.removed.is_(None)))
     return [HostCall(host_client(h), h.name, RemoveNetwork(network_id=network.id)) for h in hosts]
