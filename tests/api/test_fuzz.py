@@ -21,7 +21,7 @@ from helpers import apifuzz
 from helpers.agentproc import AgentProcess, start_agent
 from helpers.serverproc import ServerProcess, start_server, wait_job
 
-EXAMPLES = int(os.environ.get("STRATO_FUZZ_EXAMPLES", "1500"))
+EXAMPLES = int(os.environ.get("STRATO_FUZZ_EXAMPLES", "1000"))
 
 
 @pytest.fixture(scope="module")

@@ -178,8 +178,11 @@ def test_expunge(simcloud: FaultCloud) -> None:
 
 
 def test_expunge_queued_by_housekeeping(simcloud: FaultCloud) -> None:
-    """The periodic expunge (every 10 s) picks up a VM destroyed longer ago than expunge.delay."""
+    """The periodic expunge (every expunge.interval seconds, here 1) picks up a VM destroyed longer ago
+    than expunge.delay."""
     server = simcloud.server
+    api = simcloud.api()
+    api.updateConfiguration(name="expunge.interval", value="1")
 
     def act(vm_id: str) -> dict[str, Any]:
         server.sql("UPDATE virtual_machines SET destroyed_at = '2000-01-01 00:00:00.000000' WHERE id = ?", vm_id)
@@ -191,7 +194,10 @@ def test_expunge_queued_by_housekeeping(simcloud: FaultCloud) -> None:
             time.sleep(0.3)
         raise AssertionError("the periodic expunge queued no job")
 
-    _matrix(simcloud, "vm.expunge", lambda: _destroyed(simcloud), act, _gone(simcloud))
+    try:
+        _matrix(simcloud, "vm.expunge", lambda: _destroyed(simcloud), act, _gone(simcloud))
+    finally:
+        api.updateConfiguration(name="expunge.interval", value="10")
 
 
 def test_scale(simcloud: FaultCloud) -> None:

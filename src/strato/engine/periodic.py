@@ -22,17 +22,24 @@ from strato.db.models import ServerNode
 log = logging.getLogger("strato.periodic")
 
 
+Interval = float | Callable[[Database], float]
+"""Seconds between two runs: fixed, or read (from a setting) before each run is considered."""
+
+
 @dataclass(frozen=True)
 class PeriodicTask:
     name: str
-    every_s: float
+    every_s: Interval
     run: Callable[[Database], None]
+
+    def interval(self, db: Database) -> float:
+        return self.every_s(db) if callable(self.every_s) else self.every_s
 
 
 TASKS: list[PeriodicTask] = []
 
 
-def periodic(name: str, every_s: float) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
+def periodic(name: str, every_s: Interval) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
     def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
         TASKS.append(PeriodicTask(name, every_s, fn))
         return fn
@@ -48,7 +55,7 @@ def is_leader(db: Database, server_id: str, dead_after: float) -> bool:
 
 
 class PeriodicRunner:
-    def __init__(self, db: Database, server_id: str, dead_after: float, tick_s: float = 5.0) -> None:
+    def __init__(self, db: Database, server_id: str, dead_after: float, tick_s: float = 1.0) -> None:
         self.db = db
         self.server_id = server_id
         self.dead_after = dead_after
@@ -78,7 +85,7 @@ class PeriodicRunner:
             return
         now = time.monotonic()
         for task in TASKS:
-            if now - self._last.get(task.name, float("-inf")) < task.every_s:
+            if now - self._last.get(task.name, float("-inf")) < task.interval(self.db):
                 continue
             self._last[task.name] = now
             try:

@@ -255,7 +255,12 @@ def expunge(ctx: CallContext, args: dict[str, Any]) -> str:
     return jobs.submit_operation(ctx, ExpungeVirtualMachine, ExpungeParams(vm_id=vm.id), "VirtualMachine", vm.id)
 
 
-@periodic("expunge-destroyed-vms", every_s=10)
+def _expunge_interval(db: Database) -> float:
+    with db.session() as s:
+        return float(settings.get(s, "expunge.interval"))
+
+
+@periodic("expunge-destroyed-vms", every_s=_expunge_interval)
 def expunge_destroyed_vms(db: Database) -> None:
     """Queues an expunge for every VM destroyed longer ago than expunge.delay (none already queued)."""
     with db.session() as s:

@@ -140,6 +140,14 @@ SPECS: dict[str, SettingSpec] = {
             -1,
         ),
         SettingSpec(
+            "expunge.interval",
+            int,
+            10,
+            "Advanced",
+            "Seconds between two runs of the task that expunges VMs destroyed longer ago than expunge.delay",
+            1,
+        ),
+        SettingSpec(
             "expunge.delay",
             int,
             86400,
