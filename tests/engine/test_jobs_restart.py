@@ -135,7 +135,7 @@ def test_killed_server_jobs_are_finished(
             data_dir=tmp_path / "b",
             database_url=database_url,
             server_id="node-b",
-            extra_args=["--job-workers", "2", "--dead-after", "2"],
+            extra_args=["--job-workers", "2", "--dead-after", "2", "--heartbeat-interval", "0.5"],
         )
         new_owner = "node-b"
 

@@ -41,15 +41,19 @@ def server_command(
     dead_after: float = typer.Option(
         15.0,
         "--dead-after",
-        help="Seconds without heartbeat after which another server's running jobs are taken over",
+        help="Seconds without heartbeat after which another server's running jobs are taken over "
+        "(at least three heartbeats)",
+    ),
+    heartbeat_interval: float = typer.Option(
+        2.0, "--heartbeat-interval", help="Seconds between two heartbeats of this server in the database"
     ),
 ) -> None:
     """Run the management server (CloudStack API on /client/api)."""
     from strato.server.run import run_server
 
     host, port = split_listen(listen, 8080)
-    run_server(
-        ServerConfig(
+    try:
+        config = ServerConfig(
             data_dir=data_dir,
             host=host,
             port=port,
@@ -58,8 +62,11 @@ def server_command(
             server_id=server_id,
             job_workers=workers,
             dead_after=dead_after,
+            heartbeat_interval=heartbeat_interval,
         )
-    )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dead-after") from None
+    run_server(config)
 
 
 def default_home() -> Path:

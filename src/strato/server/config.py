@@ -9,6 +9,9 @@ from pathlib import Path
 
 from strato.db.engine import sqlite_url
 
+MISSED_HEARTBEATS = 3
+"""Heartbeats a server may miss before the others take it for dead."""
+
 
 @dataclass
 class ServerConfig:
@@ -23,6 +26,17 @@ class ServerConfig:
     heartbeat_interval: float = 2.0
     dead_after: float = 15.0
     monitor: bool = True
+
+    def __post_init__(self) -> None:
+        # A server starved of CPU misses a heartbeat or two; taking it for dead then hands its running
+        # jobs to another server while it still runs them.
+        if self.heartbeat_interval <= 0:
+            raise ValueError(f"the heartbeat interval must be positive, not {self.heartbeat_interval:g} s")
+        if self.dead_after < MISSED_HEARTBEATS * self.heartbeat_interval:
+            raise ValueError(
+                f"--dead-after {self.dead_after:g} s is under {MISSED_HEARTBEATS} heartbeats of "
+                f"{self.heartbeat_interval:g} s: a busy server would be taken for dead"
+            )
 
     @property
     def db_url(self) -> str:
