@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from engine.simcloud import simulated_cloud
 from helpers import apifuzz
 from helpers.agentproc import AgentProcess, start_agent
-from helpers.serverproc import ServerProcess, start_server, wait_job
+from helpers.serverproc import ADMIN_PASSWORD, ServerProcess, login, start_server, wait_job
 
 EXAMPLES = int(os.environ.get("STRATO_FUZZ_EXAMPLES", "1000"))
 
@@ -42,7 +42,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[apifuzz.Wo
         known = [*ids.values(), *(v["id"] for v in vms), vol["id"]]
         known += [p["id"] for p in api.listPods()["pod"]] + [c["id"] for c in api.listClusters()["cluster"]]
         known += [p["id"] for p in api.listStoragePools()["storagepool"]]
-        w = apifuzz.World(server.endpoint, server.admin_keys(), known, server.sqlite_path)
+        session, info = login(server.endpoint, "admin", ADMIN_PASSWORD)
+        cookies = {"JSESSIONID": str(session.cookies.get("JSESSIONID")), "sessionkey": info["sessionkey"]}
+        session.close()
+        w = apifuzz.World(server.endpoint, server.admin_keys(), known, server.sqlite_path, session=cookies)
         yield w, server, api
     finally:
         if agent is not None:
@@ -76,6 +79,7 @@ def test_fuzzed_requests_get_no_server_error_and_change_nothing_when_refused(
     assert isinstance(api.listZones(), dict)
     assert "internal error in" not in server.stderr()
     assert tally.by_status.get(200, 0) > 20 and sum(n for s, n in tally.by_status.items() if s != 200) > 200
+    assert tally.by_auth.get("session", 0) > 100, tally.summary()  # the UI's way in was fuzzed too
 
 
 def test_a_10_mb_body_is_refused_in_the_envelope(

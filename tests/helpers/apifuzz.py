@@ -55,6 +55,8 @@ class World:
     ids: list[str]
     sqlite_path: Path
     commands: list[str] = field(default_factory=lambda: sorted(c.name for c in COMMANDS.values()))
+    session: dict[str, str] | None = None
+    """A logged-in session's cookies (JSESSIONID, sessionkey): requests then also go as the UI sends them."""
 
 
 @dataclass
@@ -64,7 +66,7 @@ class FuzzRequest:
     command: str | None
     pairs: list[tuple[str, str]]
     method: str
-    auth: str  # signed | unsigned | badsig | expired | unknownkey
+    auth: str  # signed | unsigned | badsig | expired | unknownkey | session | badsession
     raw_suffix: bytes = b""  # bytes appended to the query/body as they are (non-UTF-8)
 
     def __repr__(self) -> str:
@@ -175,8 +177,12 @@ def fuzz_requests(draw: st.DrawFn, world: World) -> FuzzRequest:
         name, _ = draw(st.sampled_from(pairs))
         pairs.append((name, draw(any_text(10))))
     raw = draw(st.sampled_from([b"", b"", b"", b"", b"&x=%ff%fe%00", b"&name=\xff\xfe", b"&%c3%28=1", b"&&=&"]))
-    auth = draw(st.sampled_from(["signed", "signed", "signed", "signed", "unsigned", "badsig", "expired",
-                                 "unknownkey"]))  # fmt: skip
+    auths = ["signed", "signed", "signed", "signed", "unsigned", "badsig", "expired", "unknownkey"]
+    if world.session is not None:
+        auths += ["session", "session", "session", "badsession"]
+    auth = draw(st.sampled_from(auths))
+    if auth == "session" and (command or "").lower() == "logout":
+        auth = "signed"  # the session serves the whole run
     method = draw(st.sampled_from(["GET", "POST"]))
     return FuzzRequest(command, pairs, method, auth, raw)
 
@@ -205,7 +211,12 @@ def _signature(params: dict[str, str], secret: str) -> str:
     return base64.b64encode(hmac.new(secret.encode(), canonical.encode(), hashlib.sha1).digest()).decode()
 
 
-def encode(req: FuzzRequest, keys: Keys) -> bytes:
+def _session_key(req: FuzzRequest, session: dict[str, str] | None) -> str:
+    key = (session or {}).get("sessionkey", "")
+    return key if req.auth == "session" else key[::-1]
+
+
+def encode(req: FuzzRequest, keys: Keys, session: dict[str, str] | None = None) -> bytes:
     """The query string or form body: the pairs as given (repeats kept) and the raw bytes, then the auth
     parameters. The signature is made over what the server will see (parsed as it parses, the last value
     of a repeated name winning), so that a signed request gets past the signature check."""
@@ -213,6 +224,8 @@ def encode(req: FuzzRequest, keys: Keys) -> bytes:
     unsigned = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs).encode() + req.raw_suffix
     if req.auth == "unsigned":
         return unsigned
+    if req.auth in ("session", "badsession"):
+        return unsigned + b"&sessionkey=" + quote(_session_key(req, session), safe="").encode()
     apikey = keys.apikey if req.auth != "unknownkey" else "no-such-key-" + keys.apikey[:8]
     when = time.time() + (600 if req.auth != "expired" else -600)
     auth = [("apiKey", apikey), ("signatureVersion", "3"),
@@ -226,11 +239,17 @@ def encode(req: FuzzRequest, keys: Keys) -> bytes:
     return text + b"&signature=" + quote(sig, safe="").encode()
 
 
-def send(client: httpx.Client, endpoint: str, req: FuzzRequest, keys: Keys) -> httpx.Response:
-    data = encode(req, keys)
+def send(
+    client: httpx.Client, endpoint: str, req: FuzzRequest, keys: Keys, session: dict[str, str] | None = None
+) -> httpx.Response:
+    data = encode(req, keys, session)
+    headers = {}
+    if req.auth in ("session", "badsession") and session is not None:
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in session.items())
     if req.method == "GET":  # raw bytes travel percent-encoded in a URL
-        return client.get(endpoint + "?" + quote_from_bytes(data, safe="&=%"))
-    return client.post(endpoint, content=data, headers={"Content-Type": "application/x-www-form-urlencoded"})
+        return client.get(endpoint + "?" + quote_from_bytes(data, safe="&=%"), headers=headers)
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    return client.post(endpoint, content=data, headers=headers)
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -324,7 +343,7 @@ def run_one(
     """Sends one request and checks it: the envelope, no server error, a refused request changes no
     row, a job it started ends without an internal error."""
     before = dump(world.sqlite_path)
-    resp = send(client, world.endpoint, req, world.keys)
+    resp = send(client, world.endpoint, req, world.keys, world.session)
     tally.add(req, resp.status_code)
     body = check_reply(req, resp)
     if resp.status_code != 200:
