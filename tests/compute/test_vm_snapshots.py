@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +228,49 @@ def test_rules_and_limits(cloud: Cloud) -> None:
     assert "r" in cloud.snaps(vm["id"]) and len(cloud.snaps(vm["id"])) == 1  # nothing made by the refusals
     cloud.delete(s["id"])
     cloud.ok(cloud.api.attachVolume(id=vol["id"], virtualmachineid=vm["id"]))  # allowed again
+
+
+def test_usage_records_bill_each_snapshot_for_its_life(cloud: Cloud) -> None:
+    """generateUsageRecords makes one record per snapshot per period with the hours it existed (a deleted
+    one stops counting; a live one counts on when generated again, without a second record), and
+    listUsageRecords finds them by type, account and resource."""
+    vm = cloud.deploy(start=False)
+    a = cloud.snap(vm["id"], "bill-a")
+    born = time.monotonic()
+    b = cloud.snap(vm["id"], "bill-b", memory=False)
+    time.sleep(2)
+    cloud.delete(a["id"])
+    lived = time.monotonic() - born
+    today = datetime.now(UTC)
+    span = {"startdate": (today - timedelta(days=1)).strftime("%Y-%m-%d"), "enddate": today.strftime("%Y-%m-%d")}
+
+    def hours() -> dict[str, float]:
+        assert cloud.api.generateUsageRecords(**span)["success"] in (True, "true")
+        rows = cloud.api.listUsageRecords(type=25, **span).get("usagerecord", [])
+        mine = [r for r in rows if r["usageid"] in (a["id"], b["id"])]
+        for r in mine:
+            assert r["usagetype"] == 25 and r["virtualmachineid"] == vm["id"] and int(r["size"]) > 0, r
+            assert r["account"] == "admin" and r["usage"].endswith(" Hrs"), r
+        # one record per snapshot per period: a day boundary may split one life in two
+        per: dict[str, float] = {}
+        for r in mine:
+            per[r["usageid"]] = per.get(r["usageid"], 0.0) + float(r["rawusage"])
+        counts = [r["usageid"] for r in mine]
+        assert all(counts.count(i) <= 2 for i in counts), counts
+        return per
+
+    first = hours()
+    assert 1.5 / 3600 <= first[a["id"]] <= (lived + 1) / 3600, (first, lived)
+    time.sleep(1.5)
+    again = hours()
+    assert again[a["id"]] == pytest.approx(first[a["id"]])  # deleted: no more hours
+    assert again[b["id"]] > first[b["id"]] + 1 / 3600  # still there: counting on
+    only_b = cloud.api.listUsageRecords(usageid=b["id"], **span)["usagerecord"]
+    assert {r["usageid"] for r in only_b} == {b["id"]}
+    types = cloud.api.listUsageTypes()["usagetype"]
+    assert [t["usagetypeid"] for t in types] == [25]
+    code, text = _error(lambda: cloud.api.listUsageRecords(startdate="yesterday", enddate=span["enddate"]))
+    assert code == 431 and "startdate" in text, text
+    code, text = _error(lambda: cloud.api.listUsageRecords(type=999, **span))
+    assert code == 431 and "type" in text, text
+    cloud.delete(b["id"])

@@ -13,6 +13,7 @@ from strato.api.commands import (  # noqa: F401
     storage,
     system,
     templates,
+    usage,
     vm_motion,
     vms,
     vmsnapshots,

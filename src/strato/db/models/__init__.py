@@ -9,6 +9,7 @@ from strato.db.models.offerings import DiskOffering, ServiceOffering
 from strato.db.models.settings import HypervisorCapability, Setting
 from strato.db.models.storage import Layer, Volume
 from strato.db.models.templates import Template, TemplateStoreCopy
+from strato.db.models.usage import UsageEvent, UsageRecord
 from strato.db.models.vms import ResourceLimit, SSHKeyPair, VirtualMachine
 from strato.db.models.vmsnapshots import VMSnapshot, VMSnapshotDisk
 
@@ -38,6 +39,8 @@ __all__ = [
     "StoragePool",
     "Template",
     "TemplateStoreCopy",
+    "UsageEvent",
+    "UsageRecord",
     "User",
     "VMSnapshot",
     "VMSnapshotDisk",

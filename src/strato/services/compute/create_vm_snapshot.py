@@ -20,6 +20,7 @@ from strato.engine.operation import FinishForward, Operation, Step, StepData
 from strato.errors import InvalidParameter, InvalidState, ResourceLimitExceeded
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import CreateLayer, GetLayerInfo, SnapshotDisk, SnapshotVm
+from strato.services.compute import vmsnap_usage
 from strato.services.compute.vmcommon import load_vm
 from strato.services.compute.vmsnap_tree import (
     VM_SNAPSHOT_RESULT,
@@ -193,6 +194,7 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
                 snap.memory_layer_id = mem.id
             snap.parent_id, snap.state = vm.current_snapshot_id, "Ready"
             vm.current_snapshot_id = snap.id
+            vmsnap_usage.record_created(s, vm, snap)
         return {}
 
     def result(self) -> JobResult:

@@ -32,6 +32,7 @@ from strato.protocol.messages import (
     StreamDisk,
     StreamLayer,
 )
+from strato.services.compute import vmsnap_usage
 from strato.services.compute.vmcommon import load_vm
 from strato.services.compute.vmsnap_tree import (
     child_count,
@@ -196,6 +197,7 @@ class DeleteVMSnapshot(Operation[DeleteSnapshotParams]):
         with self.db.session() as s:
             vm = s.get(VirtualMachine, self.params.vm_id)
             snap = load_snapshot(s, self.params.snapshot_id)
+            vmsnap_usage.record_deleted(s, snap)
             if plan["hide"]:
                 snap.hidden, snap.state, snap.memory_layer_id = True, "Ready", None
                 return {"drop": []}

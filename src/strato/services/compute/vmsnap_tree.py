@@ -16,6 +16,7 @@ from strato.db.models.vmsnapshots import LAYER_MEMORY
 from strato.errors import CloudError, ErrorCode, InvalidParameter, NotFound, UnsupportedAction
 from strato.protocol.client import AgentClient
 from strato.protocol.messages import LayerRef
+from strato.services.compute import vmsnap_usage
 from strato.services.core import settings
 from strato.services.core.access import owner_scope
 from strato.services.core.agents import host_client
@@ -196,6 +197,7 @@ def forget_vm_snapshots(db: Database, vm_id: str) -> bool:
             for d in snapshot_disks(s, snap.id):
                 d.removed = utcnow()
             if snap.removed is None:
+                vmsnap_usage.record_deleted(s, snap)
                 snap.removed, snap.state = utcnow(), "Expunging"
     for lid in memory:
         remove_layer_file(db, lid)

@@ -140,6 +140,14 @@ SPECS: dict[str, SettingSpec] = {
             -1,
         ),
         SettingSpec(
+            "usage.stats.job.aggregation.range",
+            int,
+            1440,
+            "Usage",
+            "Minutes of one usage record's period (records of generateUsageRecords: one per resource per period)",
+            1,
+        ),
+        SettingSpec(
             "expunge.interval",
             int,
             10,
