@@ -274,3 +274,42 @@ def test_usage_records_bill_each_snapshot_for_its_life(cloud: Cloud) -> None:
     code, text = _error(lambda: cloud.api.listUsageRecords(type=999, **span))
     assert code == 431 and "type" in text, text
     cloud.delete(b["id"])
+
+
+def test_domain_limit_caps_the_subtree_and_lists_count_it(cloud: Cloud) -> None:
+    """updateResourceLimit with a domain (no account) caps all its accounts, those of subdomains too;
+    listDomains and listAccounts show limit, total and available; ROOT's limits cannot be changed."""
+    api, tag = cloud.api, uuid.uuid4().hex[:6]
+    parent = api.createDomain(name=f"lim-{tag}")["domain"]
+    child = api.createDomain(name=f"sub-{tag}", parentdomainid=parent["id"])["domain"]
+    owners = []
+    for dom in (parent, child):
+        acct = api.createAccount(accounttype=0, email="u@x.invalid", firstname="u", lastname="u", password="pw-12345",
+                                 username=f"u{uuid.uuid4().hex[:6]}", domainid=dom["id"])["account"]  # fmt: skip
+        owners.append(acct)
+    api.updateResourceLimit(resourcetype=14, max=1, domainid=parent["id"])
+    shown = api.listResourceLimits(domainid=parent["id"], resourcetype=14)["resourcelimit"]
+    assert [(r["max"], r["domainid"]) for r in shown] == [(1, parent["id"])] and "account" not in shown[0]
+    vms = []
+    for acct in owners:
+        started = api.deployVirtualMachine(zoneid=cloud.ids["zone"], serviceofferingid=cloud.ids["offering"],
+                                           templateid=cloud.ids["template"], startvm=False,
+                                           account=acct["name"], domainid=acct["domainid"])  # fmt: skip
+        cloud.ok(started, 120)
+        vms.append(started["id"])
+    first = cloud.snap(vms[1], "in-child")  # the child domain's account uses the parent's one
+    code, text = _error(lambda: api.createVMSnapshot(virtualmachineid=vms[0]))
+    assert code == 532 and f"domain {parent['name']}" in text and "vm_snapshot" in text, text
+    dom = api.listDomains(id=parent["id"])["domain"][0]
+    assert (dom["vmsnapshotlimit"], dom["vmsnapshottotal"], dom["vmsnapshotavailable"]) == ("1", 1, "0"), dom
+    assert dom["vmtotal"] == 2 and dom["vmlimit"] == "Unlimited", dom
+    sub = api.listDomains(id=child["id"])["domain"][0]
+    assert sub["vmsnapshottotal"] == 1 and sub["vmsnapshotlimit"] == "Unlimited", sub
+    acct = api.listAccounts(id=owners[1]["id"])["account"][0]
+    assert (acct["vmsnapshottotal"], acct["vmtotal"], acct["volumetotal"]) == (1, 1, 1), acct
+    root = api.listDomains(name="ROOT")["domain"][0]
+    code, text = _error(lambda: api.updateResourceLimit(resourcetype=14, max=5, domainid=root["id"]))
+    assert code == 431 and "ROOT" in text, text
+    api.updateResourceLimit(resourcetype=14, max=-1, domainid=parent["id"])
+    cloud.delete(cloud.snap(vms[0], "now-allowed")["id"])
+    cloud.delete(first["id"])

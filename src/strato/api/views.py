@@ -21,6 +21,7 @@ from strato.api.viewkit import (
     register_result,
     tags,
 )
+from strato.api.views_limits import account_limits, domain_limits
 from strato.db.models import (
     Account,
     Cluster,
@@ -82,6 +83,7 @@ def domain(session: Session, d: Domain) -> dict[str, Any]:
             "networkdomain": d.network_domain,
             "state": "Active",
             "created": cs_date(d.created),
+            **domain_limits(session, d),
         }
     )
 
@@ -127,6 +129,7 @@ def account(session: Session, a: Account) -> dict[str, Any]:
             "created": cs_date(a.created),
             "isdefault": a.name == "admin" and a.type == ACCOUNT_TYPE_ADMIN,
             "user": [user(session, u) for u in users],
+            **account_limits(session, a),
             **domain_fields(session, a.domain_id),
         }
     )

@@ -53,10 +53,12 @@ class SSHKeyPair(Entity):
 
 
 class ResourceLimit(Entity):
-    """An account's override of a default limit (max.account.* settings); -1 is unlimited."""
+    """An account's or a domain's override of a default limit (max.account.* / max.domain.*); -1 is unlimited."""
 
     __tablename__ = "resource_limits"
 
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True, default=None)
+    """None: the limit of the domain (its whole subtree)."""
+    domain_id: Mapped[str | None] = mapped_column(ForeignKey("domains.id"), index=True, default=None)
     resource_type: Mapped[int] = mapped_column(Integer)  # CloudStack's: 0 VMs, 2 volumes, 10 primary storage
     max: Mapped[int] = mapped_column(Integer)

@@ -17,7 +17,7 @@ from strato.db.models import Account, Layer, VMSnapshot, VMSnapshotDisk, Volume
 from strato.db.models.vmsnapshots import LAYER_MEMORY
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import FinishForward, Operation, Step, StepData
-from strato.errors import InvalidParameter, InvalidState, ResourceLimitExceeded
+from strato.errors import InvalidParameter, InvalidState
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import CreateLayer, GetLayerInfo, SnapshotDisk, SnapshotVm
 from strato.services.compute import vmsnap_usage
@@ -70,13 +70,7 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
             raise InvalidState(f"VM snapshot {snap.name} is {snap.state}")
         owner = session.get(Account, vm.account_id)
         assert owner is not None
-        cap = limits.limit(session, owner, limits.VM_SNAPSHOT)
-        others = limits.usage(session, owner.id, limits.VM_SNAPSHOT) - 1  # its own row is counted already
-        if 0 <= cap < others + 1:
-            raise ResourceLimitExceeded(
-                f"Maximum number of resources of type vm_snapshot for account {owner.name} has exceeded: "
-                f"limit {cap}, in use {others}, requested 1"
-            )
+        limits.check(session, owner, vm_snapshots=1, counted=True)  # its own row is counted already
 
     def steps(self) -> Sequence[Step]:
         return [
