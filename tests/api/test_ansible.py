@@ -1,6 +1,7 @@
 """Ansible's CloudStack modules (the `ngine_io.cloudstack` collection of the `ansible` PyPI package, with
 `cs` underneath), unchanged, against a real server with a simulator host: a playbook deploys a VM, adds
-and attaches a data disk, reports on it, stops and starts it; run again, it changes nothing.
+and attaches a data disk, reports on it, stops and starts it; a second one makes a pool and puts it in
+maintenance, an isolated network, a VM on it and a VM snapshot. Run again, each changes nothing.
 
 The modules run in a venv of their own (~/.cache/strato/ansible-venv), made once under a file lock when
 absent; the test skips with the reason when it cannot be installed (no network, no pip)."""
@@ -132,14 +133,16 @@ def stage(server: ServerProcess, admin: CloudStack, tmp_path_factory: pytest.Tem
         agent.stop()
 
 
-def _play(stage: Stage, vm: str) -> tuple[dict[str, int], dict[str, object]]:
+def _play(
+    stage: Stage, vm: str, playbook: str = PLAYBOOK, more: dict[str, str] | None = None
+) -> tuple[dict[str, int], dict[str, object]]:
     """One ansible-playbook run as the user; the PLAY RECAP's counts and what the modules reported."""
-    book = stage.workdir / "play.yml"
-    book.write_text(PLAYBOOK)
+    book = stage.workdir / f"play-{vm}.yml"
+    book.write_text(playbook)
     report = stage.workdir / f"report-{vm}.json"
     zone = stage.api.listZones(id=stage.cloud.zone)["zone"][0]["name"]
     extra = {"vm": vm, "zone": zone, "template": stage.cloud.template, "offering": stage.cloud.offering,
-             "disk": stage.cloud.disk, "report": str(report)}  # fmt: skip
+             "disk": stage.cloud.disk, "report": str(report), **(more or {})}  # fmt: skip
     env = {
         "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '')}",
         "HOME": str(stage.workdir),
@@ -199,3 +202,87 @@ def test_playbook_deploys_attaches_restarts_and_runs_again_unchanged(stage: Stag
             stranger.getVirtualMachineUserData(virtualmachineid=vm_id)
         assert err.value.error["errorcode"] == 431
         assert err.value.error["errortext"] == f"Unable to find virtual machine with virtualmachineid={vm_id}"
+
+
+STORAGE_PLAYBOOK = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: a pool, made and put in maintenance (as the admin)
+      ngine_io.cloudstack.cs_storage_pool:
+        name: "{{ pool }}"
+        zone: "{{ zone }}"
+        pod: "{{ pod }}"
+        cluster: "{{ cluster }}"
+        storage_url: "{{ pool_url }}"
+        scope: cluster
+        allocation_state: maintenance
+        api_key: "{{ admin_key }}"
+        api_secret: "{{ admin_secret }}"
+      register: pool_down
+    - name: an isolated network of the user's
+      ngine_io.cloudstack.cs_network:
+        name: "{{ net }}"
+        display_text: "{{ net }} by ansible"
+        zone: "{{ zone }}"
+        network_offering: DefaultIsolatedNetworkOfferingWithSourceNatService
+      register: net_made
+    - name: a VM on it
+      ngine_io.cloudstack.cs_instance:
+        name: "{{ vm }}"
+        zone: "{{ zone }}"
+        template: "{{ template }}"
+        service_offering: "{{ offering }}"
+        networks: ["{{ net }}"]
+        state: started
+    - name: a VM snapshot of it
+      ngine_io.cloudstack.cs_vmsnapshot:
+        name: "{{ vm }}-snap"
+        vm: "{{ vm }}"
+        zone: "{{ zone }}"
+        description: before the change
+      register: snap_made
+    - name: the report
+      ansible.builtin.copy:
+        content: "{{ {'pool_down': pool_down, 'net': net_made, 'snap': snap_made} | to_json }}"
+        dest: "{{ report }}"
+      changed_when: false
+"""
+
+
+def test_storage_network_and_snapshot_modules_run_twice_the_second_time_unchanged(stage: Stage) -> None:
+    """cs_storage_pool (made and put in maintenance), cs_network, cs_instance on that network, cs_vmsnapshot."""
+    admin = stage.server.cs(fetch_result=True)
+    zone_id, tag = stage.cloud.zone, uuid.uuid4().hex[:6]
+    if not admin.listPhysicalNetworks(zoneid=zone_id).get("physicalnetwork"):
+        pn = admin.createPhysicalNetwork(zoneid=zone_id, name="guest", isolationmethods="VXLAN", vlan="300-309")
+        admin.addTrafficType(physicalnetworkid=pn["physicalnetwork"]["id"], traffictype="Guest")
+        admin.updatePhysicalNetwork(id=pn["physicalnetwork"]["id"], state="Enabled")
+    pod = admin.listPods(zoneid=zone_id)["pod"][0]
+    cluster = admin.listClusters(zoneid=zone_id)["cluster"][0]
+    pool_dir = stage.workdir / f"pool-{tag}"
+    pool_dir.mkdir()
+    keys = stage.server.admin_keys()
+    vm, net, pool = f"asn-{tag}", f"net-{tag}", f"pool-{tag}"
+    extra = {"vm": vm, "net": net, "pool": pool, "pod": pod["name"], "cluster": cluster["name"],
+             "pool_url": f"SharedMountPoint://localhost{pool_dir}", "admin_key": keys.apikey,
+             "admin_secret": keys.secretkey}  # fmt: skip
+    first, report = _play(stage, vm, STORAGE_PLAYBOOK, extra)
+    assert first == {"ok": 5, "changed": 4, "unreachable": 0, "failed": 0}, first
+    again, _ = _play(stage, vm, STORAGE_PLAYBOOK, extra)
+    assert again == {"ok": 5, "changed": 0, "unreachable": 0, "failed": 0}, again
+
+    # What the API shows: the pool in maintenance, the network with one VM's NIC, one snapshot.
+    [api_pool] = admin.listStoragePools(name=pool)["storagepool"]
+    assert api_pool["state"] == "Maintenance" and api_pool["scope"] == "CLUSTER", api_pool
+    pool_down = report["pool_down"]
+    assert isinstance(pool_down, dict) and pool_down["allocation_state"] == "maintenance", pool_down
+    [api_net] = stage.api.listNetworks(name=net)["network"]
+    assert api_net["displaytext"] == f"{net} by ansible" and api_net["type"] == "Isolated", api_net
+    [api_vm] = stage.api.listVirtualMachines(name=vm)["virtualmachine"]
+    assert [n["networkid"] for n in api_vm["nic"]] == [api_net["id"]], api_vm["nic"]
+    snaps = stage.api.listVMSnapshot(virtualmachineid=api_vm["id"])["vmSnapshot"]
+    assert [(s["name"], s["state"], s["description"]) for s in snaps] == [(f"{vm}-snap", "Ready", "before the change")]
+    made = report["snap"]
+    assert isinstance(made, dict) and made["changed"] and made["name"] == f"{vm}-snap", made

@@ -10,6 +10,7 @@ from strato.api.envelope import AsyncStarted, Listing
 from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
+from strato.errors import InvalidParameter
 from strato.services.core import settings
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
@@ -58,6 +59,8 @@ def _pool_view(ctx: CallContext, pool: Any, factor: float | None = None) -> dict
     ),
 )
 def create_pool(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    if args.get("provider") and args["provider"].lower() not in {p.lower() for p in PROVIDERS["primary"]}:
+        raise InvalidParameter(f"Parameter provider: no storage provider {args['provider']} (listStorageProviders)")
     pool = storagepools.create_pool(ctx, args)
     hosts.attach_pool(ctx.session, pool)
     return _pool_view(ctx, pool)
@@ -119,6 +122,32 @@ def update_pool(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def delete_pool(ctx: CallContext, args: dict[str, Any]) -> None:
     storagepools.delete_pool(ctx, args["id"], bool(args.get("forced")))
+
+
+PROVIDERS = {"primary": ("DefaultPrimary",), "image": ("NFS",)}
+"""What createStoragePool and addImageStore accept (CloudStack's provider names): directories, local or
+mounted on every host, are the only storage Strato drives."""
+
+
+@api(
+    "listStorageProviders",
+    "Lists storage providers",
+    kind=Kind.LIST,
+    response="dataStoreProvider",
+    access=ADMIN,
+    params=(
+        Param(
+            "type",
+            T.STRING,
+            "The type of storage provider: primary or image",
+            required=True,
+            choices=("primary", "image"),
+        ),
+    ),
+)
+def list_providers(ctx: CallContext, args: dict[str, Any]) -> Listing:
+    items = [{"name": name, "type": args["type"].upper()} for name in PROVIDERS[args["type"].lower()]]
+    return Listing(items, len(items))
 
 
 @api(
