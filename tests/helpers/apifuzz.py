@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from helpers.serverproc import Keys
 from strato.api.params import Param, T
-from strato.api.registry import COMMANDS, Command
+from strato.api.registry import COMMANDS, Command, Kind
 from strato.server.registrations import load_registrations
 
 load_registrations()
@@ -48,15 +48,19 @@ ALLOWED_ERROR_CODES = frozenset({401, 405, 429, 430, 431, 432, 531, 532, 533, 53
 
 @dataclass
 class World:
-    """What the fuzzer aims at: the server, a key pair, the ids that exist, the database file."""
+    """What the fuzzer aims at: the server, a key pair, the ids that exist, its database (a SQLite file
+    or a PostgreSQL URL)."""
 
     endpoint: str
     keys: Keys
     ids: list[str]
-    sqlite_path: Path
+    database: Path | str
     commands: list[str] = field(default_factory=lambda: sorted(c.name for c in COMMANDS.values()))
     session: dict[str, str] | None = None
     """A logged-in session's cookies (JSESSIONID, sessionkey): requests then also go as the UI sends them."""
+    kinds: dict[str, list[str]] = field(default_factory=dict)
+    """Known ids by kind (zone, offering, template, disk_offering, vm, volume, pod, cluster, pool, host):
+    well-formed requests name the right kind of id for a parameter, so that some jobs start and succeed."""
 
 
 @dataclass
@@ -158,8 +162,40 @@ def _known_or_random_command(world: World) -> st.SearchStrategy[str | None]:
     )  # fmt: skip
 
 
+ID_KINDS = (
+    ("serviceofferingid", "offering"), ("diskofferingid", "disk_offering"), ("templateid", "template"),
+    ("zoneid", "zone"), ("podid", "pod"), ("clusterid", "cluster"), ("hostid", "host"), ("storageid", "pool"),
+    ("virtualmachineid", "vm"), ("volumeid", "volume"),
+)  # fmt: skip
+
+
+def _id_for(p: Param, world: World) -> st.SearchStrategy[str]:
+    for suffix, kind in ID_KINDS:
+        if p.name.lower().endswith(suffix) and world.kinds.get(kind):
+            return st.sampled_from(world.kinds[kind])
+    return st.sampled_from(world.ids) if world.ids else st.uuids().map(str)
+
+
+@st.composite
+def well_formed_requests(draw: st.DrawFn, world: World) -> FuzzRequest:
+    """What a correct client sends: a declared command, signed, its required parameters (and some optional
+    ones) with plausible values and ids of the right kind. Some succeed, some start jobs that must end."""
+    jobs = [c for c in world.commands if COMMANDS[c.lower()].kind == Kind.ASYNC]
+    cmd = COMMANDS[draw(st.sampled_from(world.commands) | st.sampled_from(jobs)).lower()]
+    pairs = [("command", cmd.name), ("response", "json")]
+    for p in cmd.params:
+        if p.type == T.MAP or not (p.required or draw(st.integers(0, 4)) == 0):
+            continue
+        typ = p.item_type if p.type == T.LIST else p.type
+        value = draw(_id_for(p, world)) if typ == T.UUID and not p.choices else draw(plausible(p, world.ids))
+        pairs.append((p.name, value))
+    return FuzzRequest(cmd.name, pairs, draw(st.sampled_from(["GET", "POST"])), "signed")
+
+
 @st.composite
 def fuzz_requests(draw: st.DrawFn, world: World) -> FuzzRequest:
+    if world.kinds and draw(st.integers(0, 4)) == 0:
+        return draw(well_formed_requests(world))
     command = draw(_known_or_random_command(world))
     cmd = COMMANDS.get((command or "").lower())
     pairs: list[tuple[str, str]] = []
@@ -284,9 +320,12 @@ def check_reply(req: FuzzRequest, resp: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def dump(sqlite_path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table's rows (sorted), without the volatile tables and columns."""
-    conn = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, timeout=30)
+def dump(database: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's rows (sorted), without the volatile tables and columns: of a SQLite file, or of a
+    PostgreSQL database given by its SQLAlchemy URL."""
+    if isinstance(database, str) and database.startswith("postgresql"):
+        return _dump_postgres(database)
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         out: dict[str, list[tuple[Any, ...]]] = {}
@@ -301,6 +340,27 @@ def dump(sqlite_path: Path) -> dict[str, list[tuple[Any, ...]]]:
         return out
     finally:
         conn.close()
+
+
+def _dump_postgres(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo) as conn:
+        cols: dict[str, list[str]] = {}
+        for table, column in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "ORDER BY table_name, ordinal_position"
+        ):
+            cols.setdefault(table, []).append(column)
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for t, all_cols in cols.items():
+            if t in VOLATILE_TABLES or t.startswith("alembic"):
+                continue
+            keep = [c for c in all_cols if c not in VOLATILE_COLUMNS.get(t, set())]
+            columns = ", ".join(f'"{c}"' for c in keep)
+            out[t] = sorted(conn.execute(f'SELECT {columns} FROM "{t}"').fetchall(), key=repr)  # type: ignore[call-overload]
+        return out
 
 
 def diff(before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]) -> str:
@@ -320,6 +380,7 @@ class Tally:
     by_status: dict[int, int] = field(default_factory=dict)
     by_auth: dict[str, int] = field(default_factory=dict)
     jobs_waited: int = 0
+    jobs_succeeded: int = 0
     failures: list[str] = field(default_factory=list)
 
     def add(self, req: FuzzRequest, status: int) -> None:
@@ -330,6 +391,7 @@ class Tally:
     def summary(self) -> str:
         return json.dumps({"sent": self.sent, "by_status": dict(sorted(self.by_status.items())),
                            "by_auth": self.by_auth, "jobs_waited": self.jobs_waited,
+                           "jobs_succeeded": self.jobs_succeeded,
                            "failures": len(self.failures)})  # fmt: skip
 
 
@@ -342,12 +404,12 @@ def run_one(
 ) -> None:
     """Sends one request and checks it: the envelope, no server error, a refused request changes no
     row, a job it started ends without an internal error."""
-    before = dump(world.sqlite_path)
+    before = dump(world.database)
     resp = send(client, world.endpoint, req, world.keys, world.session)
     tally.add(req, resp.status_code)
     body = check_reply(req, resp)
     if resp.status_code != 200:
-        after = dump(world.sqlite_path)
+        after = dump(world.database)
         if after != before:
             raise AssertionError(f"refused request ({resp.status_code}) changed the database: "
                                  f"{diff(before, after)} for {req!r}")  # fmt: skip
@@ -358,6 +420,7 @@ def run_one(
         tally.jobs_waited += 1
         res = wait_job(jobid)
         result = res.get("jobresult") or {}
+        tally.jobs_succeeded += res["jobstatus"] == 1
         if res["jobstatus"] == 2 and "Internal error running" in str(result.get("errortext", "")):
             raise ServerError(f"job ended with an internal error: {result} for {req!r}")
 

@@ -197,6 +197,11 @@ def parse_args(cmd: Command, lowered: dict[str, str]) -> dict[str, Any]:
                                 f"Unable to execute API command {cmd.name.lower()}: "
                                 f"{p.name}[].{sub} is longer than {p.max_length} characters"
                             )
+                        if "\x00" in value:
+                            raise InvalidParameter(
+                                f"Unable to execute API command {cmd.name.lower()}: "
+                                f"{p.name}[].{sub} contains a NUL character"
+                            )
                 args[p.name] = entries
             continue
         raw = lowered.get(p.name)
@@ -206,6 +211,10 @@ def parse_args(cmd: Command, lowered: dict[str, str]) -> dict[str, Any]:
                     f"Unable to execute API command {cmd.name.lower()} due to missing parameter {p.name}"
                 )
             continue
+        if "\x00" in raw:  # no value holds one; PostgreSQL refuses them in text, SQLite would store them
+            raise InvalidParameter(
+                f"Unable to execute API command {cmd.name.lower()}: parameter {p.name} contains a NUL character"
+            )
         args[p.name] = parse_list(cmd.name, p, raw) if p.type == T.LIST else parse_scalar(cmd.name, p, raw)
     return args
 
