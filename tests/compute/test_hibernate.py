@@ -165,3 +165,23 @@ def test_quiescevm_refused(cloud: Cloud) -> None:
     snap = cloud.snap(vm["id"], "q-off")  # quiescevm=false is what is done anyway
     cloud.delete(snap["id"])
     cloud.ok(cloud.api.destroyVirtualMachine(id=vm["id"], expunge=True))
+
+
+def test_snapshots_of_a_hibernated_vm_are_deleted_offline_and_it_resumes(cloud: Cloud) -> None:
+    """deleteVMSnapshot while Hibernated merges offline as for a stopped VM (a node with one child, then
+    the node the VM's present state rests on); the memory file stays, and the VM resumes from it."""
+    vm = cloud.deploy()
+    s1 = cloud.snap(vm["id"], "h1")
+    s2 = cloud.snap(vm["id"], "h2")
+    cloud.ok(cloud.api.hibernateVirtualMachine(id=vm["id"]))
+    saved = _memory_files(cloud, vm["id"])
+    cloud.delete(s1["id"])  # merges into h2's layer
+    cloud.check_chains(vm["id"])
+    cloud.delete(s2["id"])  # merges into the VM's present top
+    cloud.check_chains(vm["id"])
+    assert cloud.snaps(vm["id"]) == {} and _memory_files(cloud, vm["id"]) == saved
+    assert cloud.vm(vm["id"])["state"] == "Hibernated"
+    started = cloud.ok(cloud.api.startVirtualMachine(id=vm["id"]))
+    assert started["virtualmachine"]["state"] == "Running" and _memory_files(cloud, vm["id"]) == []
+    cloud.check_chains(vm["id"])
+    cloud.ok(cloud.api.destroyVirtualMachine(id=vm["id"], expunge=True))

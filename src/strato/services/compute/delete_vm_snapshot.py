@@ -73,7 +73,9 @@ class DeleteVMSnapshot(Operation[DeleteSnapshotParams]):
         if snap.state not in ("Ready", "Error", "Expunging") or (snap.hidden and snap.state != "Expunging"):
             raise InvalidState(f"VM snapshot {snap.name} is {snap.state}; it cannot be deleted now")
         vm = load_vm(session, params.vm_id)
-        if vm.state not in ("Running", "Stopped", "Destroyed", "Expunging"):
+        # Hibernated: QEMU is down, so the merge runs offline as for a stopped VM; it keeps the disks'
+        # content, which is all the saved memory relies on (the resume opens the chain the database names).
+        if vm.state not in ("Running", "Stopped", "Hibernated", "Destroyed", "Expunging"):
             raise InvalidState(f"Cannot delete a snapshot of VM {vm.name}: it is {vm.state}")
 
     def steps(self) -> Sequence[Step]:
