@@ -68,6 +68,7 @@ def one_qemu_host(base: Path, prefix: str) -> Iterator[One]:
         pytest.skip("QEMU and the tiny guest image are needed")
     server = start_server(base / "server")
     agent: AgentProcess | None = None
+    cloud: One | None = None
     try:
         agent = start_agent(base / "agent", token=f"{prefix}-{uuid.uuid4().hex[:6]}", driver="qemu", accel="tcg")
         api = server.cs(timeout=120)
@@ -93,9 +94,12 @@ def one_qemu_host(base: Path, prefix: str) -> Iterator[One]:
         disk = api.createDiskOffering(name="d", displaytext="d", disksize=1)["diskoffering"]
         ids = {"zone": zone["id"], "template": tmpl["id"], "offering": offering["serviceoffering"]["id"],
                "disk": disk["id"]}  # fmt: skip
-        yield One(base, server, agent, ids)
+        cloud = One(base, server, agent, ids)
+        yield cloud
     finally:
         server.stop()
+        if cloud is not None:
+            cloud.agent.stop()  # the agent of now: a test may have restarted it
         if agent is not None:
             agent.stop()
         kill_qemus_under(base)

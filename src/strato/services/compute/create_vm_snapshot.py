@@ -13,13 +13,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from strato.db.base import utcnow
 from strato.db.models import Account, Layer, VMSnapshot, VMSnapshotDisk, Volume
 from strato.db.models.vmsnapshots import LAYER_MEMORY
+from strato.engine.audit import record_event
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import FinishForward, Operation, Step, StepData
 from strato.errors import InvalidParameter, InvalidState
-from strato.protocol.client import AgentClientError
-from strato.protocol.messages import CreateLayer, GetLayerInfo, SnapshotDisk, SnapshotVm
+from strato.protocol.client import AgentClient
+from strato.protocol.messages import CreateLayer, GetLayerInfo, LayerInfo, LayerRef, SnapshotDisk, SnapshotVm
 from strato.services.compute import vmsnap_usage
 from strato.services.compute.vmcommon import load_vm
 from strato.services.compute.vmsnap_tree import (
@@ -34,7 +36,7 @@ from strato.services.compute.vmsnap_tree import (
 )
 from strato.services.core import jobs, limits
 from strato.services.core.access import get_vm
-from strato.services.core.agents import agent_errors, host_client
+from strato.services.core.agents import agent_errors, find_until_reachable, host_client
 from strato.services.core.context import CallContext
 from strato.services.storage.layers import remove_unfinished_layer
 
@@ -50,6 +52,8 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
     cmd: ClassVar[str] = "createVMSnapshot"
     event: ClassVar[str | None] = "VMSNAPSHOT.CREATE"
     params_model = CreateSnapshotParams
+    _phase: str | None = None
+    _last: tuple[int, int] = (0, 0)
 
     @classmethod
     def resources(cls, params: CreateSnapshotParams) -> list[str]:
@@ -138,7 +142,8 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
         with agent_errors(host_name):
             if plan["running"]:
                 wanted = [SnapshotDisk(device_id=d["device_id"], new_top=d["new_ref"]) for d in disks]
-                taken = client.run_long(SnapshotVm(vm_name=name, disks=wanted, memory=mem), on_progress=self._progress)
+                taken = client.run_long(SnapshotVm(vm_name=name, disks=wanted, memory=mem), on_progress=self._progress,
+                                        on_phase=self._say)  # fmt: skip
                 if taken.memory is not None:
                     sizes["memory"] = taken.memory.physical_size
             else:
@@ -148,22 +153,32 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
         return {"sizes": sizes}
 
     def _progress(self, done: int, total: int) -> None:
-        self.job.progress(done, total)
+        self._last = (done, total)
+        self.job.progress(done, total, {"phase": self._phase} if self._phase else None)
+
+    def _say(self, phase: str) -> None:
+        """The agent's phase (new tops, memory written with the guest running, disks frozen) for the job."""
+        self._phase = phase
+        self.job.progress(*self._last, {"phase": phase})
 
     def _unfreeze(self) -> None:
-        """A running VM's snapshot that happened (its new tops exist: the agent removes them when it fails)
-        is finished forward; a stopped VM's new tops are removed (by the plan's undo)."""
+        """A running VM's snapshot that happened (its new tops exist: an agent removes them when the
+        snapshot fails, also a new agent life ending its predecessor's) is finished forward, its memory
+        kept only if the file is there (complete: a new agent life removes a partial one); a stopped VM's
+        new tops are removed (by the plan's undo). A restarting agent is waited for, not guessed about."""
         plan = self.output("plan")
         if not plan.get("running"):
             return
-        disks, _mem = self._refs()
+        disks, mem = self._refs()
         with self.db.session() as s:
-            client, _name = pools_client(s, [d["new_top"] for d in plan["disks"]], prefer=plan.get("host_id"))
-        try:
-            client.call(GetLayerInfo(layer=disks[0]["new_ref"]))
-        except AgentClientError:
+            client, host_name = pools_client(s, [d["new_top"] for d in plan["disks"]], prefer=plan.get("host_id"))
+        if _layer_info(client, host_name, disks[0]["new_ref"]) is None:
             return
-        raise FinishForward("the VM's disks are on their new tops", {"sizes": {}})
+        memory = _layer_info(client, host_name, mem) if mem is not None else None
+        sizes = {"memory": memory.physical_size} if memory is not None else {}
+        raise FinishForward(
+            "the VM's disks are on their new tops", {"sizes": sizes, "memory_lost": mem is not None and memory is None}
+        )
 
     def _record(self) -> StepData:
         plan, sizes = self.output("plan"), self.output("freeze").get("sizes", {})
@@ -180,7 +195,18 @@ class CreateVMSnapshot(Operation[CreateSnapshotParams]):
                 new.physical_size = int(sizes.get(new.id, 196_608))
                 vol.top_layer_id = new.id
                 s.add(VMSnapshotDisk(snapshot_id=snap.id, volume_id=vol.id, device_id=d["device_id"], layer_id=old.id))
-            if plan.get("memory"):
+            if plan.get("memory") and self.output("freeze").get("memory_lost"):
+                mem = s.get(Layer, plan["memory"])
+                assert mem is not None
+                mem.removed, mem.state, mem.creating_job = utcnow(), "Error", None
+                snap.snapshot_type = "Disk"  # the disks froze, the memory save did not complete
+                record_event(
+                    s, "VMSNAPSHOT.CREATE", f"VM snapshot {snap.name} of VM {vm.name}: the disks were frozen but "
+                    "the memory save was cut off (the host's agent restarted); kept as a disk-only snapshot",
+                    account_id=snap.account_id, user_id=None, level="WARN", resource_type="VMSnapshot",
+                    resource_id=snap.id,
+                )  # fmt: skip
+            elif plan.get("memory"):
                 mem = s.get(Layer, plan["memory"])
                 assert mem is not None
                 mem.state, mem.creating_job, mem.frozen = "Ready", None, True
@@ -217,3 +243,9 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[VMSnapshot, str]:
     ctx.session.flush()
     params = CreateSnapshotParams(snapshot_id=snap.id, vm_id=vm.id, memory=memory)
     return snap, jobs.submit_operation(ctx, CreateVMSnapshot, params, "VMSnapshot", snap.id)
+
+
+def _layer_info(client: AgentClient, host_name: str, ref: LayerRef) -> LayerInfo | None:
+    """The layer's file as its agent sees it, None when there is none; an agent that restarts is waited
+    for (its answer decides whether the snapshot happened)."""
+    return find_until_reachable(client, host_name, GetLayerInfo(layer=ref))

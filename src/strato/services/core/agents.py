@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from strato.db.models import Host
 from strato.errors import CloudError, InsufficientCapacity, ResourceUnavailable
 from strato.protocol.client import AgentCallError, AgentClient, AgentClientError, AgentUnreachable
+from strato.protocol.declare import AgentCommand
 from strato.protocol.messages import ErrorCode
+
+A = TypeVar("A", bound=BaseModel)
+
+AGENT_WAIT_S = 90.0
+"""How long an undo waits for an unreachable agent (a restart) before giving up."""
+RETRY_S = 1.0
 
 _clients: dict[tuple[str, str], AgentClient] = {}
 _lock = threading.Lock()
@@ -57,6 +68,40 @@ def agent_errors(host_name: str) -> Iterator[None]:
         yield
     except AgentClientError as exc:
         raise agent_error(host_name, exc) from None
+
+
+def ask_until_reachable(
+    client: AgentClient, host_name: str, command: AgentCommand[A], wait_s: float = AGENT_WAIT_S
+) -> A:
+    """The agent's answer to `command`, retried while the agent cannot be reached (CloudError after):
+    for an undo that must know what the agent did, an agent that restarts is waited for, not guessed."""
+    answer = _until_reachable(client, host_name, command, wait_s, missing_ok=False)
+    assert answer is not None
+    return answer
+
+
+def find_until_reachable(
+    client: AgentClient, host_name: str, command: AgentCommand[A], wait_s: float = AGENT_WAIT_S
+) -> A | None:
+    """As ask_until_reachable, but None when the agent answers that the thing asked about is not there."""
+    return _until_reachable(client, host_name, command, wait_s, missing_ok=True)
+
+
+def _until_reachable(
+    client: AgentClient, host_name: str, command: AgentCommand[A], wait_s: float, missing_ok: bool
+) -> A | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.call(command)
+        except AgentUnreachable as exc:
+            if time.monotonic() >= deadline:
+                raise agent_error(host_name, exc) from None
+            time.sleep(RETRY_S)
+        except AgentCallError as exc:
+            if missing_ok and exc.code == ErrorCode.NOT_FOUND:
+                return None
+            raise agent_error(host_name, exc) from None
 
 
 def close_all() -> None:

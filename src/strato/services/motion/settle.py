@@ -8,30 +8,6 @@ remove the layer a VM uses."""
 
 from __future__ import annotations
 
-import time
-from typing import TypeVar
+from strato.services.core.agents import ask_until_reachable as ask
 
-from pydantic import BaseModel
-
-from strato.protocol.client import AgentClient, AgentUnreachable
-from strato.protocol.declare import AgentCommand
-from strato.services.core.agents import agent_errors
-
-A = TypeVar("A", bound=BaseModel)
-
-AGENT_WAIT_S = 90.0
-"""How long an undo waits for an unreachable agent (a restart) before giving up."""
-RETRY_S = 1.0
-
-
-def ask(client: AgentClient, host_name: str, command: AgentCommand[A], wait_s: float = AGENT_WAIT_S) -> A:
-    """The agent's answer to `command`, retried while the agent cannot be reached (CloudError after)."""
-    deadline = time.monotonic() + wait_s
-    with agent_errors(host_name):
-        while True:
-            try:
-                return client.call(command)
-            except AgentUnreachable:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(RETRY_S)
+__all__ = ["ask"]

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from strato.agent.drivers import roles
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
-from strato.agent.drivers.qemu import images, layers, merge, migration, pools, process, snapshots, transfer
+from strato.agent.drivers.qemu import images, layers, merge, migration, pools, process, saveflight, snapshots, transfer
 from strato.agent.drivers.qemu.blockjobs import BlockJobs
 from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.monitor import VmMonitor
@@ -129,10 +129,15 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Snap
         pools.remember(self.data_dir, self.local_pool)
         for run in self._run_dirs():
             if process.live_pid(run) is None:
+                saveflight.tidy_files(run)
                 run.remove_stale()
             else:
                 with contextlib.suppress(QmpUnavailable):
                     self.monitor(run.path.name)
+                try:
+                    await saveflight.recover(self, run)
+                except (DriverError, QmpUnavailable) as exc:
+                    log.error("VM %s: ending a previous agent life's memory save failed: %s", run.path.name, exc)
 
     async def close(self) -> None:
         """Close the monitors; the VMs keep running (they must outlive the agent)."""

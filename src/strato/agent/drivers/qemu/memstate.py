@@ -77,6 +77,20 @@ def file_info(name: str, path: Path) -> LayerInfo:
     return LayerInfo(name=name, format=MEMORY_FORMAT, virtual_size=st.st_size, physical_size=st.st_blocks * 512)
 
 
+SAVE_BANDWIDTH_ENV = "STRATO_MEMORY_SAVE_BANDWIDTH"
+"""Bytes per second a memory save may write (the agent's environment): spares a busy pool, and lets
+tests hold a save in its live phase. Unset: as fast as QEMU goes."""
+
+
+def save_bandwidth() -> int:
+    raw = os.environ.get(SAVE_BANDWIDTH_ENV, "")
+    try:
+        value = int(raw) if raw else 0
+    except ValueError:
+        return UNLIMITED_BANDWIDTH
+    return value if value > 0 else UNLIMITED_BANDWIDTH
+
+
 class MemorySave:
     """One live RAM save of a VM to `path`: `until_switchover`, then `finish` (or `abort`)."""
 
@@ -101,7 +115,7 @@ class MemorySave:
                               {"capability": "events", "state": True}]},
         )  # fmt: skip
         await self.monitor.execute(
-            "migrate-set-parameters", {"downtime-limit": DOWNTIME_LIMIT_MS, "max-bandwidth": UNLIMITED_BANDWIDTH}
+            "migrate-set-parameters", {"downtime-limit": DOWNTIME_LIMIT_MS, "max-bandwidth": save_bandwidth()}
         )
         await _pass_file(self.monitor, self.path, os.O_WRONLY | os.O_CREAT, SAVE_FD)
         self.started = True

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from strato.agent.drivers.base import DriverError, ProgressFn, report_phase
-from strato.agent.drivers.qemu import layers, memstate, pools, process
+from strato.agent.drivers.qemu import layers, memstate, pools, process, saveflight
 from strato.agent.drivers.qemu.merge import commit_job
 from strato.agent.drivers.qemu.migration import _shielded
 from strato.agent.drivers.qemu.process import RunDir
@@ -142,6 +142,12 @@ async def _undo(drv: QemuDriver, run: RunDir, plan: list[_Freeze]) -> None:
             freeze.path.unlink(missing_ok=True)
 
 
+def _flight(freeze: _Freeze) -> dict[str, object]:
+    """The in-flight record of one new top (saveflight.py)."""
+    return {"device_id": freeze.disk.device_id, "path": str(freeze.path), "nodes": list(freeze.nodes),
+            "new_top": freeze.new_top.model_dump(mode="json")}  # fmt: skip
+
+
 def _record(run: RunDir, plan: list[_Freeze]) -> list[DiskSpec]:
     """The VM's spec names the new tops (what a restart opens)."""
     spec = run.read_spec()
@@ -162,6 +168,8 @@ async def snapshot_vm(
         plan = await _plan(drv, run, spec, disks)
         memory_path = pools.layer_path(memory) if memory is not None else None
         save: memstate.MemorySave | None = None
+        flight = [_flight(f) for f in plan]
+        saveflight.write(run, flight, memory_path)
         try:
             report_phase("creating the new top layers")
             await _open_new_tops(drv, run, plan)
@@ -172,6 +180,7 @@ async def snapshot_vm(
                 await save.until_switchover()
             report_phase("freezing the disks" + (" (guest paused)" if save is not None else ""))
             freeze_ms = await _freeze(drv, run, plan)
+            saveflight.write(run, flight, memory_path, applied=True)
             paused_ms = freeze_ms
             memory_info: LayerInfo | None = None
             if save is not None and memory is not None and memory_path is not None:
@@ -181,11 +190,13 @@ async def snapshot_vm(
         except BaseException as exc:
             log.info("VM %s: snapshot rolled back: %s", vm_name, exc)
             await _shielded(_roll_back(drv, run, plan, save, memory_path))
+            saveflight.clear(run)
             raise
         finally:
             if save is not None:
                 save.close()
         recorded = _record(run, plan)
+        saveflight.clear(run)
         if memory is None:
             progress(1, 1)
         log.info("VM %s: snapshot of %d disk(s), paused %.1f ms", vm_name, len(plan), paused_ms)
@@ -217,6 +228,7 @@ async def save_vm(drv: QemuDriver, vm_name: str, memory: LayerRef, progress: Pro
         drv._running_spec(run)
         layers.reserve(path)
         save = memstate.MemorySave(drv.monitor(vm_name), path, progress)
+        saveflight.write(run, [], path)
         try:
             report_phase("writing the memory (guest running)")
             await save.until_switchover()
@@ -228,11 +240,13 @@ async def save_vm(drv: QemuDriver, vm_name: str, memory: LayerRef, progress: Pro
                 await save.resume_if_paused()
 
             await _shielded(back())
+            saveflight.clear(run)
             raise
         finally:
             save.close()
         info = memstate.file_info(memory.name, path)
         await _shielded(drv._kill(run), reraise=False)
+        saveflight.clear(run)
         return info
 
 
