@@ -150,6 +150,8 @@ def test_a_user_makes_its_own_network_and_sees_only_its_own(cloud: Cloud) -> Non
     try:
         assert [n["id"] for n in user.listNetworks()["network"]] == [mine["id"]]
         assert mine["account"] == "netuser"
+        restarted = user.restartNetwork(id=mine["id"])  # a job: its result is the network
+        assert restarted["network"]["id"] == mine["id"] and restarted["network"]["account"] == "netuser"
         with pytest.raises(CloudStackApiException) as err:
             user.deleteNetwork(id=admins["id"])
         assert err.value.error["errorcode"] == 431

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.api.pageload import Loader, related
-from strato.api.viewkit import clean, cs_date, name_of, owner_fields
+from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result
 from strato.db.models import Network, Nic, PhysicalNetwork, Zone
 from strato.services.network.offerings import BY_ID, NetworkOffering
 
@@ -128,3 +128,11 @@ def _nics_of_vms(session: Session) -> Loader:
 def vm_nic_list(session: Session, vm_id: str) -> list[dict[str, Any]]:
     """The `nic` list of a VM response (in a page, every VM's NICs come with one query)."""
     return [nic(session, row) for row in related(session, "vm.nics", vm_id, _nics_of_vms(session))]
+
+
+def _network_result(session: Session, network_id: str, _admin: bool) -> dict[str, Any] | None:
+    row = session.get(Network, network_id)
+    return network(session, row) if row is not None else None
+
+
+register_result("network", _network_result)

@@ -34,6 +34,7 @@ MODULES = (
     "strato.services.motion.host_maintenance",
     "strato.services.infra.vmsync",
     "strato.services.network.netsync",
+    "strato.services.network.network_jobs",
     "strato.services.infra.housekeeping",
 )
 

@@ -1,7 +1,7 @@
 """Physical networks, network service providers and offerings, guest networks and NICs.
 
-CloudStack declares several of these async; their work is a few rows (and, for deleteNetwork and
-restartNetwork, a few idempotent agent calls), done in the request and answered as a completed job."""
+CloudStack declares several of these async; the work of most is a few rows, done in the request and
+answered as a completed job; restartNetwork and deleteNetwork call the hosts, in real jobs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from strato.services.core import jobs
 from strato.services.core.access import get_vm
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
-from strato.services.network import networks, nics, physical
+from strato.services.network import network_jobs, networks, nics, physical
 from strato.services.network.offerings import DEFAULT_OFFERINGS
 
 
@@ -237,9 +237,8 @@ def update_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def restart_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     row = networks.get_network(ctx, args["id"])
-    for call in nics.refresh_network(ctx.session, row):
-        call.run()
-    return _done(ctx, "restartNetwork", "network", v.network(ctx.session, row), "Network")
+    params = network_jobs.NetworkParams(network_id=row.id)
+    return AsyncStarted(jobs.submit_operation(ctx, network_jobs.RestartNetwork, params, "Network", row.id), row.id)
 
 
 @api(
@@ -251,11 +250,8 @@ def restart_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def delete_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     row = networks.get_network(ctx, args["id"])
-    networks.check_deletable(ctx, row)
-    for call in nics.removal_calls(ctx.session, row):
-        call.run_if_reachable()  # an unreachable host removes it when it reports again (netsync)
-    networks.mark_deleted(ctx, row)
-    return AsyncStarted(jobs.completed(ctx, "deleteNetwork", {"success": True}, "Network"))
+    params = network_jobs.NetworkParams(network_id=row.id)
+    return AsyncStarted(jobs.submit_operation(ctx, network_jobs.DeleteNetwork, params, "Network", row.id), row.id)
 
 
 @api(

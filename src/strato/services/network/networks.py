@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.models import Account, Network, Nic, PhysicalNetwork, VirtualMachine, Zone
@@ -182,10 +183,10 @@ def update_network(ctx: CallContext, args: dict[str, Any]) -> Network:
     return row
 
 
-def users_of(ctx: CallContext, network: Network) -> list[VirtualMachine]:
+def users_of(session: Session, network: Network) -> list[VirtualMachine]:
     """VMs (not expunged) with a NIC on the network."""
     return list(
-        ctx.session.scalars(
+        session.scalars(
             select(VirtualMachine)
             .join(Nic, Nic.vm_id == VirtualMachine.id)
             .where(Nic.network_id == network.id, VirtualMachine.removed.is_(None))
@@ -193,16 +194,16 @@ def users_of(ctx: CallContext, network: Network) -> list[VirtualMachine]:
     )
 
 
-def check_deletable(ctx: CallContext, network: Network) -> None:
-    vms = users_of(ctx, network)
+def check_deletable(session: Session, network: Network) -> None:
+    vms = users_of(session, network)
     if vms:
         names = ", ".join(sorted(v.name for v in vms)[:5])
         raise ResourceInUse(f"Network {network.name} is used by {len(vms)} VM(s) ({names}): remove their NICs first")
 
 
-def mark_deleted(ctx: CallContext, network: Network) -> None:
-    for nic in ctx.session.scalars(select(Nic).where(Nic.network_id == network.id)):
-        ctx.session.delete(nic)  # NICs of expunged VMs
+def mark_deleted(session: Session, network: Network) -> None:
+    for nic in session.scalars(select(Nic).where(Nic.network_id == network.id)):
+        session.delete(nic)  # NICs of expunged VMs
     network.removed, network.state = utcnow(), "Destroy"
 
 
