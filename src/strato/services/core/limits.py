@@ -33,17 +33,32 @@ DOMAIN_DEFAULTS = {
 }
 
 
-def limit(session: Session, account: Account, resource_type: int) -> int:
-    """The account's maximum of a resource type (-1: unlimited, always for root admins)."""
-    if account.type == ACCOUNT_TYPE_ADMIN:
-        return -1
-    row = session.scalar(
+def _account_row(session: Session, account_id: str, resource_type: int) -> ResourceLimit | None:
+    return session.scalar(
         select(ResourceLimit).where(
-            ResourceLimit.account_id == account.id,
+            ResourceLimit.account_id == account_id,
             ResourceLimit.resource_type == resource_type,
             ResourceLimit.removed.is_(None),
         )
     )
+
+
+def _domain_row(session: Session, domain_id: str, resource_type: int) -> ResourceLimit | None:
+    return session.scalar(
+        select(ResourceLimit).where(
+            ResourceLimit.domain_id == domain_id,
+            ResourceLimit.account_id.is_(None),
+            ResourceLimit.resource_type == resource_type,
+            ResourceLimit.removed.is_(None),
+        )
+    )
+
+
+def limit(session: Session, account: Account, resource_type: int) -> int:
+    """The account's maximum of a resource type (-1: unlimited, always for root admins)."""
+    if account.type == ACCOUNT_TYPE_ADMIN:
+        return -1
+    row = _account_row(session, account.id, resource_type)
     return row.max if row is not None else int(settings.get(session, DEFAULTS[resource_type]))
 
 
@@ -51,14 +66,7 @@ def domain_limit(session: Session, domain: Domain, resource_type: int) -> int:
     """The domain's maximum for all accounts of its subtree together (-1: unlimited, always for ROOT)."""
     if domain.parent_id is None:
         return -1
-    row = session.scalar(
-        select(ResourceLimit).where(
-            ResourceLimit.domain_id == domain.id,
-            ResourceLimit.account_id.is_(None),
-            ResourceLimit.resource_type == resource_type,
-            ResourceLimit.removed.is_(None),
-        )
-    )
+    row = _domain_row(session, domain.id, resource_type)
     return row.max if row is not None else int(settings.get(session, DOMAIN_DEFAULTS[resource_type]))
 
 
@@ -167,13 +175,7 @@ def _domain_line(session: Session, account: Account) -> list[Domain]:
 
 def set_limit(session: Session, account: Account, resource_type: int, maximum: int) -> None:
     """updateResourceLimit: records the account's new maximum (-1 for unlimited)."""
-    row = session.scalar(
-        select(ResourceLimit).where(
-            ResourceLimit.account_id == account.id,
-            ResourceLimit.resource_type == resource_type,
-            ResourceLimit.removed.is_(None),
-        )
-    )
+    row = _account_row(session, account.id, resource_type)
     if row is None:
         session.add(
             ResourceLimit(account_id=account.id, domain_id=account.domain_id, resource_type=resource_type, max=maximum)
@@ -184,14 +186,7 @@ def set_limit(session: Session, account: Account, resource_type: int, maximum: i
 
 def set_domain_limit(session: Session, domain: Domain, resource_type: int, maximum: int) -> None:
     """updateResourceLimit with a domain and no account: the subtree's new maximum (-1 for unlimited)."""
-    row = session.scalar(
-        select(ResourceLimit).where(
-            ResourceLimit.domain_id == domain.id,
-            ResourceLimit.account_id.is_(None),
-            ResourceLimit.resource_type == resource_type,
-            ResourceLimit.removed.is_(None),
-        )
-    )
+    row = _domain_row(session, domain.id, resource_type)
     if row is None:
         session.add(ResourceLimit(account_id=None, domain_id=domain.id, resource_type=resource_type, max=maximum))
     else:

@@ -35,15 +35,20 @@ def _live(session: Session, network_id: str) -> Network:
     return row
 
 
-class RestartNetwork(Operation[NetworkParams]):
-    kind: ClassVar[str] = "network.restart"
-    cmd: ClassVar[str] = "restartNetwork"
-    event: ClassVar[str | None] = "NETWORK.RESTART"
+class _NetworkJob(Operation[NetworkParams]):
+    """A job on one network, locked on it."""
+
     params_model = NetworkParams
 
     @classmethod
     def resources(cls, params: NetworkParams) -> list[str]:
         return [f"network:{params.network_id}"]
+
+
+class RestartNetwork(_NetworkJob):
+    kind: ClassVar[str] = "network.restart"
+    cmd: ClassVar[str] = "restartNetwork"
+    event: ClassVar[str | None] = "NETWORK.RESTART"
 
     @classmethod
     def check(cls, session: Session, params: NetworkParams) -> None:
@@ -65,15 +70,10 @@ class RestartNetwork(Operation[NetworkParams]):
         return {"type": NETWORK_RESULT, "id": self.params.network_id}
 
 
-class DeleteNetwork(Operation[NetworkParams]):
+class DeleteNetwork(_NetworkJob):
     kind: ClassVar[str] = "network.delete"
     cmd: ClassVar[str] = "deleteNetwork"
     event: ClassVar[str | None] = "NETWORK.DELETE"
-    params_model = NetworkParams
-
-    @classmethod
-    def resources(cls, params: NetworkParams) -> list[str]:
-        return [f"network:{params.network_id}"]
 
     @classmethod
     def check(cls, session: Session, params: NetworkParams) -> None:
