@@ -34,6 +34,7 @@ MODULES = (
     "strato.services.motion.host_maintenance",
     "strato.services.infra.vmsync",
     "strato.services.network.netsync",
+    "strato.services.network.firewall",
     "strato.services.infra.housekeeping",
 )
 

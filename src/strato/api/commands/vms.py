@@ -72,6 +72,8 @@ def _view(ctx: CallContext, vm: Any, with_stats: bool = False) -> dict[str, Any]
         Param("networkids", T.LIST, "The networks of the VM's NICs, the first one the default"),
         Param("ipaddress", T.STRING, "The address of the VM's NIC on its default network", max_length=64),
         Param("iptonetworklist", T.MAP, "NICs as networkid and ip pairs (instead of networkids)", max_length=255),
+        Param("securitygroupids", T.LIST, "The VM's security groups (zones with security groups; default: default)"),
+        Param("securitygroupnames", T.LIST, "The VM's security groups by name (instead of securitygroupids)"),
         DETAILS,
     ),
 )
