@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result, tags
 from strato.api.views_network import vm_nic_list
-from strato.api.views_secgroups import security_group
+from strato.api.views_secgroups import vm_security_groups
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -28,7 +28,6 @@ from strato.db.models import (
 )
 from strato.db.models.storage import LAYER_TEMPLATE
 from strato.protocol.messages import VmStats
-from strato.services.network.secgroups import vm_groups
 from strato.units import GIB
 
 
@@ -104,7 +103,7 @@ def virtual_machine(
         "details": vm.details or {},
         "diskofferingid": None,
         "nic": vm_nic_list(session, vm.id),
-        "securitygroup": [security_group(session, g) for g in vm_groups(session, vm.id)],
+        "securitygroup": vm_security_groups(session, vm.id),
         "affinitygroup": [],
         "tags": tags(session, vm.id),
         "userdata": None,
