@@ -16,6 +16,7 @@ from simcloud import simulated_cloud
 
 from helpers.agentproc import AgentProcess, start_agent
 from helpers.serverproc import ServerProcess, create_user_keys, start_server, wait_job
+from strato.protocol.messages import FirewallSpec, GetState, firewall_digest
 
 SG_OFFERING = "DefaultSharedNetworkOfferingWithSGService"
 ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
@@ -28,6 +29,7 @@ class Cloud:
     plain: dict[str, str]
     sg: dict[str, str]
     offers: dict[str, str]
+    sg_agent: AgentProcess
 
 
 def _sg_zone(api: CloudStack, agent: AgentProcess, store: Path) -> dict[str, str]:
@@ -57,7 +59,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         api = server.cs(fetch_result=True)
         sg = _sg_zone(server.cs(), agents[1], base / "store2")
         offers = {o["name"]: o["id"] for o in api.listNetworkOfferings()["networkoffering"]}
-        yield Cloud(server, api, plain, sg, offers)
+        yield Cloud(server, api, plain, sg, offers, agents[1])
     finally:
         for agent in agents:
             agent.stop()
@@ -123,6 +125,9 @@ def test_zone_offering_and_shared_network(cloud: Cloud) -> None:
     for vm, account in ((mine, "sgnet"), (admins, "admin")):
         assert [(g["name"], g["account"]) for g in vm["securitygroup"]] == [("default", account)]
         assert vm["nic"][0]["networkid"] == net["id"]
+    # The SG host was sent its filter before the VMs started: the digest it reports is not the empty one.
+    applied = cloud.sg_agent.client(timeout=30).call(GetState()).firewall
+    assert applied not in (None, "", firewall_digest(FirewallSpec()))
     for vm in (mine, admins):
         api.destroyVirtualMachine(id=vm["id"], expunge=True)
     api.deleteNetwork(id=net["id"])
