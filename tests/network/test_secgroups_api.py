@@ -5,6 +5,8 @@ such a zone. The data path (nftables on real hosts, real guests) is test_secgrou
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from strato.protocol.messages import FirewallSpec, GetState, firewall_digest
 
 SG_OFFERING = "DefaultSharedNetworkOfferingWithSGService"
 ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
+EMPTY = firewall_digest(FirewallSpec())
+TOKEN = "sgf"
 
 
 @dataclass
@@ -29,34 +33,53 @@ class Cloud:
     plain: dict[str, str]
     sg: dict[str, str]
     offers: dict[str, str]
-    sg_agent: AgentProcess
+    fleet: AgentProcess
+
+    def firewall(self, n: int) -> str | None:
+        """The digest of the filter simulated SG host n (1, 2) has applied."""
+        return self.fleet.client(token=f"{TOKEN}-host-{n}", path=f"/host-{n}", timeout=30).call(GetState()).firewall
 
 
-def _sg_zone(api: CloudStack, agent: AgentProcess, store: Path) -> dict[str, str]:
+def _sg_zone(api: CloudStack, fleet: AgentProcess, store: Path) -> dict[str, str]:
+    """A zone with security groups: two simulator hosts of one fleet process (so they see each other's
+    pools) in one cluster sharing a pool (VMs move live)."""
     zone = api.createZone(name="sgz", networktype="Advanced", securitygroupenabled=True)["zone"]
     pod = api.createPod(name="p", zoneid=zone["id"])["pod"]
     cluster = api.addCluster(clustername="c", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"], url=agent.base_url, username="x",
-                password=agent.token, hypervisor="Simulator")  # fmt: skip
+    ids = {}
+    for n in (1, 2):
+        ids[f"host-{n}"] = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"],
+                                       url=f"{fleet.base_url}/host-{n}", username="x", password=f"{TOKEN}-host-{n}",
+                                       hypervisor="Simulator")["host"][0]["id"]  # fmt: skip
     store.mkdir()
+    shared = store.parent / "shared"
+    shared.mkdir()
+    api.createStoragePool(name="shared", zoneid=zone["id"], podid=pod["id"], clusterid=cluster["id"],
+                          scope="cluster", url=f"SharedMountPoint://localhost{shared}")  # fmt: skip
     api.addImageStore(url=f"file://localhost{store}", provider="NFS", zoneid=zone["id"])
     tmpl = api.registerTemplate(name="t", displaytext="t", url="http://images.invalid/t.qcow2", format="QCOW2",
                                 hypervisor="Simulator", zoneid=zone["id"], ispublic=True)["template"][0]  # fmt: skip
     assert wait_job(api, tmpl["jobid"])["jobstatus"] == 1
-    offering = api.createServiceOffering(name="sgs", displaytext="s", cpunumber=1, cpuspeed=1000, memory=128,
-                                         storagetype="local")["serviceoffering"]  # fmt: skip
+    offering = api.createServiceOffering(name="sgs", displaytext="s", cpunumber=1, cpuspeed=1000,
+                                         memory=128)["serviceoffering"]  # fmt: skip
     api.createPhysicalNetwork(zoneid=zone["id"], name="guest", vlan="200-209")
-    return {"zone": zone["id"], "template": tmpl["id"], "offering": offering["id"]}
+    return {"zone": zone["id"], "template": tmpl["id"], "offering": offering["id"], **ids}
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     base = tmp_path_factory.mktemp("sgapi")
     server = start_server(base / "server")
-    agents = [start_agent(base / "a1", driver="simulator"), start_agent(base / "a2", driver="simulator")]
+    agents = [start_agent(base / "a1", driver="simulator")]
+    code = ("import sys; from pathlib import Path; from strato.agent.multi import run_simulator_fleet; "
+            f"run_simulator_fleet(Path(sys.argv[1]), 2, sys.argv[2], {TOKEN!r})")  # fmt: skip
+    agents.append(start_agent(base / "fleet", token=f"{TOKEN}-host-1", argv=[sys.executable, "-c", code,
+                                                                             str(base / "fleet"), "{listen}"],
+                              health_path="/host-1", health_token=f"{TOKEN}-host-1"))  # fmt: skip
     try:
         plain = simulated_cloud(server.cs(), agents[0], base / "store1")
         api = server.cs(fetch_result=True)
+        server.cs().updateConfiguration(name="ping.interval", value="1")
         sg = _sg_zone(server.cs(), agents[1], base / "store2")
         offers = {o["name"]: o["id"] for o in api.listNetworkOfferings()["networkoffering"]}
         yield Cloud(server, api, plain, sg, offers, agents[1])
@@ -126,8 +149,8 @@ def test_zone_offering_and_shared_network(cloud: Cloud) -> None:
         assert [(g["name"], g["account"]) for g in vm["securitygroup"]] == [("default", account)]
         assert vm["nic"][0]["networkid"] == net["id"]
     # The SG host was sent its filter before the VMs started: the digest it reports is not the empty one.
-    applied = cloud.sg_agent.client(timeout=30).call(GetState()).firewall
-    assert applied not in (None, "", firewall_digest(FirewallSpec()))
+    applied = [cloud.firewall(1), cloud.firewall(2)]
+    assert any(d not in (None, "", EMPTY) for d in applied), applied
     for vm in (mine, admins):
         api.destroyVirtualMachine(id=vm["id"], expunge=True)
     api.deleteNetwork(id=net["id"])
@@ -215,3 +238,35 @@ def test_security_groups_outside_a_security_group_zone_are_refused(cloud: Cloud)
                                   templateid=cloud.plain["template"], name="nosg")["virtualmachine"]  # fmt: skip
     assert vm["securitygroup"] == []
     api.destroyVirtualMachine(id=vm["id"], expunge=True)
+
+
+def _until(what: str, check: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_the_filter_follows_the_vm(cloud: Cloud) -> None:
+    """A host has a VM's filter while the VM runs there: before it starts, after a rule change, not
+    after it moved away or stopped (the monitor's reconcile), nor after it is expunged."""
+    api = cloud.api
+    net = _shared(cloud, "shared-c", "10.62.0", "203")
+    vm = _deploy(api, cloud, "mover", net["id"], hostid=cloud.sg["host-1"])
+    on_1 = cloud.firewall(1)
+    assert on_1 != EMPTY and cloud.firewall(2) == EMPTY
+    default = api.listSecurityGroups(securitygroupname="default")["securitygroup"][0]
+    made = api.authorizeSecurityGroupIngress(securitygroupid=default["id"], protocol="tcp", startport=22, endport=22,
+                                             cidrlist="192.0.2.0/24")["securitygroup"]  # fmt: skip
+    assert cloud.firewall(1) not in (on_1, EMPTY)  # pushed before the answer
+    api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=cloud.sg["host-2"])
+    assert cloud.firewall(2) != EMPTY  # ready on the target before the switch-over
+    _until("host-1 drops the filter of the VM that left", lambda: cloud.firewall(1) == EMPTY)
+    api.stopVirtualMachine(id=vm["id"])
+    _until("host-2 drops the filter of the stopped VM", lambda: cloud.firewall(2) == EMPTY)
+    api.startVirtualMachine(id=vm["id"], hostid=cloud.sg["host-1"])
+    assert cloud.firewall(1) != EMPTY
+    api.revokeSecurityGroupIngress(id=made["ingressrule"][0]["ruleid"])
+    api.destroyVirtualMachine(id=vm["id"], expunge=True)
+    _until("the expunged VM's filter goes", lambda: cloud.firewall(1) == EMPTY and cloud.firewall(2) == EMPTY)
+    api.deleteNetwork(id=net["id"])
