@@ -211,6 +211,16 @@ def test_default_group_groups_and_rules(cloud: Cloud) -> None:
     listed = user.listSecurityGroups(id=web["id"])["securitygroup"][0]
     assert len(listed["ingressrule"]) == 2 and not listed.get("egressrule")
 
+    cross = user.authorizeSecurityGroupIngress(
+        securitygroupid=web["id"],
+        protocol="udp",
+        startport=53,
+        endport=53,
+        usersecuritygrouplist=[{"account": "admin", "group": "default"}],
+    )
+    assert [(r["securitygroupname"], r["account"]) for r in cross["securitygroup"]["ingressrule"]] == [
+        ("default", "admin")
+    ]  # another account of the domain may be named, as in CloudStack  # fmt: skip
     _refused(user.deleteSecurityGroup, "default", name="default")
     net = _shared(cloud, "shared-b", "10.61.0", "202")
     vm = _deploy(user, cloud, "w1", net["id"], securitygroupnames="web")

@@ -111,7 +111,8 @@ def list_groups(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[lis
     mine = ctx.account if not args.get("account") else None
     if mine is not None:
         ensure_default(ctx.session, mine)
-    q = select(SecurityGroup).where(scope.condition(SecurityGroup.account_id))
+    live = select(Account.id).where(Account.removed.is_(None))
+    q = select(SecurityGroup).where(scope.condition(SecurityGroup.account_id), SecurityGroup.account_id.in_(live))
     if args.get("id"):
         q = q.where(SecurityGroup.id == args["id"])
     if args.get("securitygroupname"):
@@ -226,17 +227,25 @@ def _cidrs(value: Any) -> list[str]:
     return out
 
 
-def _peer_groups(ctx: CallContext, entries: Any) -> list[SecurityGroup]:
+def _peer_groups(ctx: CallContext, owner: Account, entries: Any) -> list[SecurityGroup]:
+    """usersecuritygrouplist: groups of accounts of the rule's group's domain, named by account and group
+    (CloudStack looks the account up in that domain, whoever it is)."""
     out = []
     for entry in entries or []:
         account, name = entry.get("account"), entry.get("group")
         if not account or not name:
             raise InvalidParameter("Parameter usersecuritygrouplist: each entry needs account and group")
-        try:
-            owner = find_account(ctx, account, None)
-        except NotFound:
-            raise InvalidParameter(f"Parameter usersecuritygrouplist: unable to find account {account}") from None
-        group = ensure_default(ctx.session, owner) if name == DEFAULT else _by_name(ctx.session, owner.id, name)
+        peer_owner = ctx.session.scalar(
+            select(Account).where(
+                Account.name == account, Account.domain_id == owner.domain_id, Account.removed.is_(None)
+            )
+        )
+        if peer_owner is None:
+            raise InvalidParameter(f"Parameter usersecuritygrouplist: unable to find account {account}")
+        if name == DEFAULT:
+            group: SecurityGroup | None = ensure_default(ctx.session, peer_owner)
+        else:
+            group = _by_name(ctx.session, peer_owner.id, name)
         if group is None:
             raise InvalidParameter(
                 f"Parameter usersecuritygrouplist: unable to find security group {name} of account {account}"
@@ -251,7 +260,9 @@ def authorize(ctx: CallContext, args: dict[str, Any], direction: str) -> tuple[S
     group = find_group(ctx, args, "securitygroupid", "securitygroupname")
     shape = _shape(args)
     cidrs = _cidrs(args.get("cidrlist"))
-    peers = _peer_groups(ctx, args.get("usersecuritygrouplist"))
+    owner = ctx.session.get(Account, group.account_id)
+    assert owner is not None
+    peers = _peer_groups(ctx, owner, args.get("usersecuritygrouplist"))
     if not cidrs and not peers:
         raise InvalidParameter("Either cidrlist or usersecuritygrouplist is required")
     existing = ctx.session.scalars(
