@@ -227,6 +227,14 @@ def test_default_group_groups_and_rules(cloud: Cloud) -> None:
     assert [g["name"] for g in vm["securitygroup"]] == ["web"]
     assert [g["name"] for g in user.listSecurityGroups(virtualmachineid=vm["id"])["securitygroup"]] == ["web"]
     _refused(user.deleteSecurityGroup, "in use", code=536, id=web["id"])
+    _refused(user.updateVirtualMachine, "Running", id=vm["id"], securitygroupnames="default")
+    user.stopVirtualMachine(id=vm["id"])
+    changed = user.updateVirtualMachine(id=vm["id"], securitygroupnames="default,web")["virtualmachine"]
+    assert sorted(g["name"] for g in changed["securitygroup"]) == ["default", "web"]
+    changed = user.updateVirtualMachine(id=vm["id"], securitygroupnames="default")["virtualmachine"]
+    assert [g["name"] for g in changed["securitygroup"]] == ["default"]
+    user.deleteSecurityGroup(id=web["id"])  # no longer in use
+    web = user.createSecurityGroup(name="web")["securitygroup"]
     _refused(user.deployVirtualMachine, "securitygroupids", zoneid=cloud.sg["zone"],
              serviceofferingid=cloud.sg["offering"], templateid=cloud.sg["template"], networkids=net["id"],
              securitygroupids="6f0b5c1e-3d2a-4b8e-9c7f-1a2b3c4d5e6f", name="bad")  # fmt: skip

@@ -11,7 +11,8 @@ Two tables, replaced together in one transaction by every sync (so a sync is ato
   recognised by its bridge and address, sound because the bridge table stops spoofed sources first.
   A packet from NIC a passes a's egress chain (which returns when allowed), then the destination
   NIC's ingress chain (accept or drop), so VM-to-VM traffic on one host meets both sides' rules.
-  Group members are one named set of addresses per group."""
+  Group members are one named set of addresses per group. The NICs' chains are reached through verdict
+  maps (tap; bridge . address), one lookup per packet however many NICs the host has."""
 
 from __future__ import annotations
 
@@ -111,7 +112,6 @@ def _anti_spoof(nic: NicFirewall) -> list[Expr]:
 
     return [
         _chain_add("bridge", chain),
-        _rule("bridge", "fw", [_match(_meta("iifname"), nic.tap), {"jump": {"target": chain}}]),
         r(_match(_payload("ether", "saddr"), nic.mac, "!="), {"drop": None}),
         r(_match(_payload("arp", "saddr ether"), nic.mac, "!="), {"drop": None}),
         r(_match(_payload("arp", "saddr ip"), {"set": [nic.ip, "0.0.0.0"]}, "!="), {"drop": None}),
@@ -128,9 +128,8 @@ def _anti_spoof(nic: NicFirewall) -> list[Expr]:
     ]
 
 
-def _filters(nic: NicFirewall) -> tuple[list[Expr], Expr, Expr]:
-    """The NIC's ingress and egress chains, and the base chain's jumps to them (egress, ingress)."""
-    bridge = bridge_name(nic.network_id)
+def _filters(nic: NicFirewall) -> list[Expr]:
+    """The NIC's ingress chain (accept or drop) and egress chain (return when allowed, else drop)."""
     cin, cout = _chain("in", nic), _chain("out", nic)
     body = [_chain_add("inet", cin), _chain_add("inet", cout)]
     if nic.router:
@@ -144,10 +143,37 @@ def _filters(nic: NicFirewall) -> tuple[list[Expr], Expr, Expr]:
         for rule in nic.egress:
             body.append(_rule("inet", cout, [*_peer(rule, "daddr"), *_l4(rule), {"return": None}]))
         body.append(_rule("inet", cout, [{"drop": None}]))
-    on_bridge = _match(_meta("iifname"), bridge)
-    jump_out = _rule("inet", "fw", [on_bridge, _match(_payload("ip", "saddr"), nic.ip), {"jump": {"target": cout}}])
-    jump_in = _rule("inet", "fw", [on_bridge, _match(_payload("ip", "daddr"), nic.ip), {"jump": {"target": cin}}])
-    return body, jump_out, jump_in
+    return body
+
+
+def _map(family: str, name: str, key: str | list[str], elems: list[Any]) -> Expr:
+    entry: dict[str, Any] = {"family": family, "table": TABLE, "name": name, "type": key, "map": "verdict"}
+    if elems:
+        entry["elem"] = elems
+    return {"add": {"map": entry}}
+
+
+def _jump(chain: str) -> Expr:
+    return {"jump": {"target": chain}}
+
+
+def _dispatch(spec: FirewallSpec) -> list[Expr]:
+    """Verdict maps from a packet's tap (bridge) or bridge and address (inet) to the NIC's chain, so a
+    packet costs one lookup whatever the number of NICs; egress is looked up before ingress."""
+    nics = sorted(spec.nics, key=lambda n: n.nic)
+
+    def by_address(kind: str) -> list[Any]:
+        return [[{"concat": [bridge_name(n.network_id), n.ip]}, _jump(_chain(kind, n))] for n in nics]
+
+    iif = _meta("iifname")
+    return [
+        _map("bridge", "spoof", "ifname", [[n.tap, _jump(_chain("as", n))] for n in nics]),
+        _map("inet", "egress", ["ifname", "ipv4_addr"], by_address("out")),
+        _map("inet", "ingress", ["ifname", "ipv4_addr"], by_address("in")),
+        _rule("bridge", "fw", [{"vmap": {"key": iif, "data": "@spoof"}}]),
+        _rule("inet", "fw", [{"vmap": {"key": {"concat": [iif, _payload("ip", "saddr")]}, "data": "@egress"}}]),
+        _rule("inet", "fw", [{"vmap": {"key": {"concat": [iif, _payload("ip", "daddr")]}, "data": "@ingress"}}]),
+    ]
 
 
 def ruleset(spec: FirewallSpec) -> dict[str, Any]:
@@ -169,15 +195,10 @@ def ruleset(spec: FirewallSpec) -> dict[str, Any]:
         if members:
             entry["elem"] = sorted(set(members))
         cmds.append({"add": {"set": entry}})
-    outs, ins = [], []
     for nic in sorted(spec.nics, key=lambda n: n.nic):
         cmds.extend(_anti_spoof(nic))
-        body, jump_out, jump_in = _filters(nic)
-        cmds.extend(body)
-        outs.append(jump_out)
-        ins.append(jump_in)
-    cmds.extend(outs)  # every egress check before any ingress check (see the module's docstring)
-    cmds.extend(ins)
+        cmds.extend(_filters(nic))
+    cmds.extend(_dispatch(spec))
     return {"nftables": cmds}
 
 

@@ -199,6 +199,8 @@ def scale(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("group", T.STRING, "Group of the virtual machine", max_length=255),
         Param("haenable", T.BOOLEAN, "True if high-availability is enabled for the VM"),
         Param("userdata", T.STRING, "Base64-encoded user data for the next config drive", max_length=65536),
+        Param("securitygroupids", T.LIST, "The stopped VM's new security groups (zones with security groups)"),
+        Param("securitygroupnames", T.LIST, "The stopped VM's new security groups by name"),
         DETAILS,
     ),
 )

@@ -357,6 +357,14 @@ def attach(session: Session, vm: VirtualMachine, groups: list[SecurityGroup]) ->
     session.flush()
 
 
+def set_groups(session: Session, vm: VirtualMachine, groups: list[SecurityGroup]) -> None:
+    """The VM's groups become exactly `groups` (updateVirtualMachine, stopped VMs)."""
+    for row in session.scalars(select(VmSecurityGroup).where(VmSecurityGroup.vm_id == vm.id)):
+        session.delete(row)
+    session.flush()
+    attach(session, vm, groups)
+
+
 def vm_groups(session: Session, vm_id: str) -> list[SecurityGroup]:
     return list(
         session.scalars(
