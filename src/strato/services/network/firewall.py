@@ -54,31 +54,45 @@ def _rule(row: SecurityGroupRule) -> FirewallRule:
 
 def host_spec(session: Session, host_id: str, extra_vm_id: str | None = None) -> FirewallSpec:
     """The filter of every security-group NIC of the VMs on the host (and of `extra_vm_id`, about to
-    start there)."""
+    start there), in a fixed number of queries whatever the number of NICs, groups and rules."""
     networks = filtered_network_ids(session)
     if not networks:
         return FirewallSpec()
-    rows = session.execute(
-        select(Nic, VirtualMachine)
-        .join(VirtualMachine, VirtualMachine.id == Nic.vm_id)
-        .where(Nic.network_id.in_(networks), VirtualMachine.removed.is_(None))
-    ).tuples()
-    here = [
-        (nic, vm) for nic, vm in rows if vm.id == extra_vm_id or (vm.host_id == host_id and vm.state in ON_HOST_STATES)
-    ]
+    on_host = (VirtualMachine.host_id == host_id) & VirtualMachine.state.in_(ON_HOST_STATES)
+    if extra_vm_id is not None:
+        on_host = on_host | (VirtualMachine.id == extra_vm_id)
+    here = list(
+        session.execute(
+            select(Nic, VirtualMachine)
+            .join(VirtualMachine, VirtualMachine.id == Nic.vm_id)
+            .where(Nic.network_id.in_(networks), VirtualMachine.removed.is_(None), on_host)
+            .order_by(Nic.id)
+        ).tuples()
+    )
+    if not here:
+        return FirewallSpec()
+    groups_of: dict[str, list[str]] = {}
+    for vm_id, group_id in session.execute(
+        select(VmSecurityGroup.vm_id, VmSecurityGroup.group_id).where(
+            VmSecurityGroup.vm_id.in_({vm.id for _, vm in here})
+        )
+    ).tuples():
+        groups_of.setdefault(vm_id, []).append(group_id)
+    rules_of: dict[str, list[SecurityGroupRule]] = {}
+    for rule in session.scalars(
+        select(SecurityGroupRule)
+        .where(SecurityGroupRule.group_id.in_({g for gs in groups_of.values() for g in gs}))
+        .order_by(SecurityGroupRule.created, SecurityGroupRule.id)
+    ):
+        rules_of.setdefault(rule.group_id, []).append(rule)
+    rows = session.execute(select(Network.id, Network.gateway).where(Network.id.in_(networks))).tuples()
+    gateways = {network_id: gateway for network_id, gateway in rows}
     nics: list[NicFirewall] = []
     peer_groups: set[str] = set()
-    for nic, vm in sorted(here, key=lambda p: p[0].id):
-        group_ids = list(session.scalars(select(VmSecurityGroup.group_id).where(VmSecurityGroup.vm_id == vm.id)))
-        rules = list(
-            session.scalars(
-                select(SecurityGroupRule)
-                .where(SecurityGroupRule.group_id.in_(group_ids))
-                .order_by(SecurityGroupRule.created, SecurityGroupRule.id)
-            )
-        )
+    for nic, vm in here:
+        mine = (r for g in groups_of.get(vm.id, []) for r in rules_of.get(g, []))
+        rules = sorted(mine, key=lambda r: r.id)  # any order filters alike; the digest needs a fixed one
         peer_groups.update(r.peer_group_id for r in rules if r.peer_group_id)
-        network = session.get(Network, nic.network_id)
         nics.append(
             NicFirewall(
                 nic=nic.id,
@@ -86,31 +100,30 @@ def host_spec(session: Session, host_id: str, extra_vm_id: str | None = None) ->
                 tap=tap_name(nic),
                 mac=nic.mac_address,
                 ip=nic.ip_address,
-                router=network.gateway if network is not None else None,
+                router=gateways.get(nic.network_id),
                 ingress=[_rule(r) for r in rules if r.direction == INGRESS],
                 egress=[_rule(r) for r in rules if r.direction != INGRESS],
             )
         )
-    groups = {g: member_addresses(session, g, networks) for g in sorted(peer_groups)}
-    return FirewallSpec(nics=nics, groups=groups)
+    return FirewallSpec(nics=nics, groups=member_addresses(session, peer_groups, networks))
 
 
-def member_addresses(session: Session, group_id: str, networks: set[str]) -> list[str]:
-    """The addresses of the group's VMs (not expunged) on security-group networks."""
-    return sorted(
-        set(
-            session.scalars(
-                select(Nic.ip_address)
-                .join(VmSecurityGroup, VmSecurityGroup.vm_id == Nic.vm_id)
-                .join(VirtualMachine, VirtualMachine.id == Nic.vm_id)
-                .where(
-                    VmSecurityGroup.group_id == group_id,
-                    VirtualMachine.removed.is_(None),
-                    Nic.network_id.in_(networks),
-                )
+def member_addresses(session: Session, group_ids: set[str], networks: set[str]) -> dict[str, list[str]]:
+    """Each group's addresses: those of its VMs (not expunged) on security-group networks."""
+    found: dict[str, set[str]] = {g: set() for g in group_ids}
+    if group_ids:
+        for group_id, ip in session.execute(
+            select(VmSecurityGroup.group_id, Nic.ip_address)
+            .join(Nic, Nic.vm_id == VmSecurityGroup.vm_id)
+            .join(VirtualMachine, VirtualMachine.id == Nic.vm_id)
+            .where(
+                VmSecurityGroup.group_id.in_(group_ids),
+                VirtualMachine.removed.is_(None),
+                Nic.network_id.in_(networks),
             )
-        )
-    )
+        ).tuples():
+            found[group_id].add(ip)
+    return {g: sorted(found[g]) for g in sorted(found)}
 
 
 def _sg_hosts(session: Session, zone_id: str | None = None) -> list[Host]:
