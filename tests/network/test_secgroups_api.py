@@ -18,7 +18,7 @@ from simcloud import simulated_cloud
 
 from helpers.agentproc import AgentProcess, start_agent
 from helpers.serverproc import ServerProcess, create_user_keys, start_server, wait_job
-from strato.protocol.messages import FirewallSpec, GetState, firewall_digest
+from strato.protocol.messages import ConfigureSimulator, FirewallSpec, GetState, firewall_digest
 
 SG_OFFERING = "DefaultSharedNetworkOfferingWithSGService"
 ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
@@ -277,8 +277,20 @@ def test_the_filter_follows_the_vm(cloud: Cloud) -> None:
     made = api.authorizeSecurityGroupIngress(securitygroupid=default["id"], protocol="tcp", startport=22, endport=22,
                                              cidrlist="192.0.2.0/24")["securitygroup"]  # fmt: skip
     assert cloud.firewall(1) not in (on_1, EMPTY)  # pushed before the answer
-    api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=cloud.sg["host-2"])
-    assert cloud.firewall(2) != EMPTY  # ready on the target before the switch-over
+    # A slow migration: the target has the filter before the switch-over and keeps it through the
+    # monitor's rounds while the VM is Migrating (its host in the database is still host-1).
+    host_1 = cloud.fleet.client(token=f"{TOKEN}-host-1", path="/host-1", timeout=30)
+    host_1.call(ConfigureSimulator(command="migrate_vm", delay_s=4.0))
+    started = cloud.server.cs().migrateVirtualMachine(virtualmachineid=vm["id"], hostid=cloud.sg["host-2"])
+    _until("the target has the filter", lambda: cloud.firewall(2) != EMPTY)
+    seen = set()
+    while api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Migrating":
+        seen.add(cloud.firewall(2))
+        time.sleep(0.3)
+    assert EMPTY not in seen, "the target host lost the VM's filter while it migrated"
+    assert wait_job(cloud.server.cs(), started["jobid"])["jobstatus"] == 1
+    host_1.call(ConfigureSimulator(command="migrate_vm", delay_s=0.0))
+    assert cloud.firewall(2) != EMPTY
     _until("host-1 drops the filter of the VM that left", lambda: cloud.firewall(1) == EMPTY)
     api.stopVirtualMachine(id=vm["id"])
     _until("host-2 drops the filter of the stopped VM", lambda: cloud.firewall(2) == EMPTY)

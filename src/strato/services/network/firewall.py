@@ -13,7 +13,8 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Host, Network, Nic, SecurityGroupRule, VirtualMachine, VmSecurityGroup, Zone
+from strato.db.models import Host, Job, Network, Nic, SecurityGroupRule, VirtualMachine, VmSecurityGroup, Zone
+from strato.db.models.jobs import JOB_ACTIVE
 from strato.db.models.secgroups import INGRESS
 from strato.engine.monitor import FollowUp, on_state_report
 from strato.protocol.messages import (
@@ -59,6 +60,9 @@ def host_spec(session: Session, host_id: str, extra_vm_id: str | None = None) ->
     if not networks:
         return FirewallSpec()
     on_host = (VirtualMachine.host_id == host_id) & VirtualMachine.state.in_(ON_HOST_STATES)
+    arriving = _arriving(session, host_id)
+    if arriving:
+        on_host = on_host | (VirtualMachine.id.in_(arriving) & (VirtualMachine.state == "Migrating"))
     if extra_vm_id is not None:
         on_host = on_host | (VirtualMachine.id == extra_vm_id)
     here = list(
@@ -106,6 +110,17 @@ def host_spec(session: Session, host_id: str, extra_vm_id: str | None = None) ->
             )
         )
     return FirewallSpec(nics=nics, groups=member_addresses(session, peer_groups, networks))
+
+
+def _arriving(session: Session, host_id: str) -> set[str]:
+    """VMs an active job moves to this host (a migration's params name `vm_id` and the target
+    `host_id`): while they migrate, the target keeps their filter (it got it before the switch-over),
+    and the source too, until the database says they moved."""
+    found = set()
+    for params in session.scalars(select(Job.params).where(Job.status.in_(JOB_ACTIVE))):
+        if isinstance(params, dict) and params.get("host_id") == host_id and isinstance(params.get("vm_id"), str):
+            found.add(params["vm_id"])
+    return found
 
 
 def member_addresses(session: Session, group_ids: set[str], networks: set[str]) -> dict[str, list[str]]:
