@@ -206,6 +206,10 @@ def test_default_group_groups_and_rules(cloud: Cloud) -> None:
         out["egressrule"][0]["ruleid"]
     ]
     _refused(user.revokeSecurityGroupIngress, "ingress rule", id=out["egressrule"][0]["ruleid"])
+    other = cloud.server.cs(create_user_keys(cloud.api, cloud.server.endpoint, username="sgother"), fetch_result=True)
+    _refused(other.revokeSecurityGroupIngress, "ingress rule", id=made["ingressrule"][0]["ruleid"])
+    _refused(other.authorizeSecurityGroupIngress, "securitygroupid", **rule, cidrlist="10.9.0.0/16")
+    assert [g["name"] for g in other.listSecurityGroups()["securitygroup"]] == ["default"]  # only its own
     user.revokeSecurityGroupEgress(id=out["egressrule"][0]["ruleid"])
     user.revokeSecurityGroupIngress(id=made["ingressrule"][0]["ruleid"])
     listed = user.listSecurityGroups(id=web["id"])["securitygroup"][0]

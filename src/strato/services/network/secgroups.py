@@ -303,7 +303,10 @@ def revoke(ctx: CallContext, rule_id: str, direction: str) -> SecurityGroup:
     rule = ctx.session.get(SecurityGroupRule, rule_id)
     if rule is None or rule.direction != direction:
         raise InvalidParameter(f"Unable to find {direction} rule with id={rule_id}")
-    group = get_group(ctx, rule.group_id, "id")
+    try:
+        group = get_group(ctx, rule.group_id, "id")
+    except InvalidParameter:  # another account's rule: as unknown as a rule that does not exist
+        raise InvalidParameter(f"Unable to find {direction} rule with id={rule_id}") from None
     ctx.session.delete(rule)
     ctx.session.flush()
     return group
