@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ GUESTS = {"a": ("10.50.0.11", "02:00:00:00:50:11"), "b": ("10.50.0.12", "02:00:0
 
 _SERVE = "import socket,sys\ns=socket.socket();s.setsockopt(1,2,1);s.bind(('',int(sys.argv[1])));s.listen(8)\n" \
          "while True:\n c,_=s.accept();c.sendall(b'pong');c.close()\n"  # fmt: skip
-_CONNECT = "import socket,sys\ns=socket.socket();s.settimeout(1.5)\nif len(sys.argv)>3: s.bind((sys.argv[3],0))\n" \
+_CONNECT = "import socket,sys\ns=socket.socket();s.settimeout(2)\nif len(sys.argv)>3: s.bind((sys.argv[3],0))\n" \
            "s.connect((sys.argv[1],int(sys.argv[2])));assert s.recv(4)==b'pong'\n"  # fmt: skip
 
 _APPLY = "import asyncio,sys\nfrom strato.agent.network import nftables\nfrom strato.protocol.messages import " \
@@ -58,6 +59,15 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, timeout=30, capture_output=True)
 
 
+def _wait_listening(ns: str, port: int) -> None:
+    """The guest's server answers on its own loopback (started processes take a moment on a busy machine)."""
+    deadline = time.monotonic() + 30
+    while subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _CONNECT, "127.0.0.1", str(port)],
+                         capture_output=True, timeout=30, check=False).returncode != 0:  # fmt: skip
+        assert time.monotonic() < deadline, f"the server on port {port} in {ns} did not start"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def bench() -> Iterator[Bench]:
     if os.geteuid() != 0 or shutil.which("nft") is None:
@@ -85,6 +95,9 @@ def bench() -> Iterator[Bench]:
             for port in (5000, 5001):
                 servers.append(subprocess.Popen(["ip", "netns", "exec", guests[g], sys.executable, "-c", _SERVE,
                                                  str(port)]))  # fmt: skip
+        for g in GUESTS:
+            for port in (5000, 5001):
+                _wait_listening(guests[g], port)
         yield Bench(host, guests, taps)
     finally:
         for proc in servers:
