@@ -90,6 +90,7 @@ async def dispatch(
     if isinstance(answer, StateReport) and network is not None:
         # The host's ground truth covers its networking too (the driver knows nothing of it).
         answer.networks = await network.carried()
+        answer.firewall = await network.firewall_state()
     return answer
 
 

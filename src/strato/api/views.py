@@ -146,7 +146,7 @@ def zone(session: Session, z: Zone) -> dict[str, Any]:
             "networktype": z.network_type,
             "allocationstate": z.allocation_state,
             "localstorageenabled": z.local_storage_enabled,
-            "securitygroupsenabled": False,
+            "securitygroupsenabled": z.security_group_enabled,
             "zonetoken": z.id,
             "tags": tags(session, z.id),
             "created": cs_date(z.created),

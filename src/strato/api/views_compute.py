@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result, tags
 from strato.api.views_network import vm_nic_list
+from strato.api.views_secgroups import vm_security_groups
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -102,7 +103,7 @@ def virtual_machine(
         "details": vm.details or {},
         "diskofferingid": None,
         "nic": vm_nic_list(session, vm.id),
-        "securitygroup": [],
+        "securitygroup": vm_security_groups(session, vm.id),
         "affinitygroup": [],
         "tags": tags(session, vm.id),
         "userdata": None,

@@ -87,7 +87,7 @@ def network(session: Session, n: Network) -> dict[str, Any]:
             "vlan": str(n.vlan),
             "broadcasturi": f"vxlan://{n.vlan}",
             "broadcastdomaintype": "Vxlan",
-            "acltype": "Account",
+            "acltype": "Domain" if n.guest_type == "Shared" else "Account",
             "created": cs_date(n.created),
             "service": [{"name": s} for s in (offering.services if offering else ())],
             **owner_fields(session, n.account_id),

@@ -6,6 +6,7 @@ existing field changes meaning, add optional fields freely.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -165,6 +166,9 @@ class StateReport(Message):
     """Sent with every report so the server sees a driver's new abilities after an agent upgrade."""
     networks: list[str] | None = None
     """The guest networks set up on the host (None: an agent without host networking)."""
+    firewall: str | None = None
+    """The digest of the security-group rule set applied on the host (firewall_digest; None: an agent
+    without host networking). The server re-sends the rule set when it differs from what it wants."""
 
 
 class Ack(Message):
@@ -717,6 +721,63 @@ class RemoveTaps(AgentCommand[Ack]):
     type: Literal["remove_taps"] = "remove_taps"
     declared = Declared(Role.NETWORK, "remove_taps")
     taps: list[str]
+
+
+class FirewallRule(Message):
+    """One security-group rule of a NIC: what it lets in (ingress: from) or out (egress: to)."""
+
+    protocol: Literal["tcp", "udp", "icmp", "all"]
+    start_port: int | None = Field(default=None, ge=0, le=65535)
+    end_port: int | None = Field(default=None, ge=0, le=65535)
+    icmp_type: int | None = Field(default=None, ge=-1, le=255)
+    """-1 or None: any type."""
+    icmp_code: int | None = Field(default=None, ge=-1, le=255)
+    cidr: str | None = None
+    """The peer's network (None with `group`: the group's members)."""
+    group: str | None = None
+    """A key of FirewallSpec.groups: the peer is any of those addresses."""
+
+
+class NicFirewall(Message):
+    """The filter of one VM NIC on a security-group network: anti-spoofing (only `mac`/`ip` may send
+    from the tap) and the union of its groups' rules. No egress rule: all egress allowed."""
+
+    nic: str
+    network_id: str
+    tap: str
+    mac: str
+    ip: str
+    router: str | None = None
+    """The network's gateway, where dnsmasq answers from: its DHCP replies always reach the NIC."""
+    ingress: list[FirewallRule] = []
+    egress: list[FirewallRule] = []
+
+
+class FirewallSpec(Message):
+    """The whole security-group state of one host, applied as one nftables transaction."""
+
+    nics: list[NicFirewall] = []
+    groups: dict[str, list[str]] = {}
+    """Group id -> the member addresses rules with that `group` match."""
+
+
+def firewall_digest(spec: FirewallSpec) -> str:
+    """What the agent reports and the server compares: a change anywhere gives another digest."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
+
+
+class FirewallReport(Message):
+    digest: str
+    nics: int
+
+
+class SyncFirewall(AgentCommand[FirewallReport]):
+    """Makes the host's security-group filter exactly `firewall` (NICs no longer listed lose their
+    chains); idempotent."""
+
+    type: Literal["sync_firewall"] = "sync_firewall"
+    declared = Declared(Role.NETWORK, "sync_firewall", timeout_s=60.0)
+    firewall: FirewallSpec
 
 
 # --- the envelope: every declared command ------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 
-from strato.protocol.messages import NetworkReport, NetworkSpec
+from strato.protocol.messages import FirewallReport, FirewallSpec, NetworkReport, NetworkSpec
 
 
 def short_id(network_id: str) -> str:
@@ -51,3 +51,12 @@ class HostNetwork(abc.ABC):
     async def carried(self) -> list[str]:
         """The ids of the networks this host has set up: the server removes those it deleted meanwhile
         (a host that was down when a network was deleted still has it)."""
+
+    @abc.abstractmethod
+    async def sync_firewall(self, firewall: FirewallSpec) -> FirewallReport:
+        """Make the host's security-group filter exactly `firewall` (one transaction)."""
+
+    @abc.abstractmethod
+    async def firewall_state(self) -> str:
+        """The digest of the filter in place (firewall_digest of what was applied; "" when it was lost,
+        e.g. the kernel's tables were flushed): the server re-sends when it wants another."""

@@ -26,8 +26,17 @@ from typing import Any
 
 from strato.agent.agentlog import get_logger
 from strato.agent.drivers.roles import DriverError
+from strato.agent.network import nftables
 from strato.agent.network.base import HostNetwork, bridge_name, router_if_name, short_id, veth_name, vxlan_name
-from strato.protocol.messages import ErrorCode, NetworkReport, NetworkSpec, RouterSpec
+from strato.protocol.messages import (
+    ErrorCode,
+    FirewallReport,
+    FirewallSpec,
+    NetworkReport,
+    NetworkSpec,
+    RouterSpec,
+    firewall_digest,
+)
 
 log = get_logger("network")
 
@@ -267,3 +276,28 @@ class LinuxNetwork(HostNetwork):
             for tap in taps:
                 if await link_exists(tap):
                     await run("ip", "link", "del", tap, check=False)
+
+    # --- security groups (agent/network/nftables.py) ----------------------------------------------
+
+    @property
+    def _firewall_file(self) -> Path:
+        return self.state_dir / "firewall.json"
+
+    async def sync_firewall(self, firewall: FirewallSpec) -> FirewallReport:
+        async with self._lock:
+            await nftables.apply(firewall)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._firewall_file.with_suffix(".tmp")
+            tmp.write_text(firewall.model_dump_json())
+            tmp.replace(self._firewall_file)  # what firewall_state reports, also after a restart
+            log.info("firewall synced", extra={"nics": len(firewall.nics)})
+            return FirewallReport(digest=firewall_digest(firewall), nics=len(firewall.nics))
+
+    async def firewall_state(self) -> str:
+        try:
+            applied = FirewallSpec.model_validate_json(self._firewall_file.read_text())
+        except (OSError, ValueError):
+            applied = FirewallSpec()
+        if applied.nics and not await nftables.table_present():
+            return ""
+        return firewall_digest(applied)

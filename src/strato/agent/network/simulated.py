@@ -4,13 +4,14 @@ so the control plane runs on simulator hosts."""
 from __future__ import annotations
 
 from strato.agent.network.base import HostNetwork, bridge_name
-from strato.protocol.messages import NetworkReport, NetworkSpec
+from strato.protocol.messages import FirewallReport, FirewallSpec, NetworkReport, NetworkSpec, firewall_digest
 
 
 class SimulatedNetwork(HostNetwork):
     def __init__(self) -> None:
         self.networks: dict[str, NetworkSpec] = {}
         self.taps: set[str] = set()
+        self.firewall = FirewallSpec()
 
     async def ensure_network(self, network: NetworkSpec) -> NetworkReport:
         self.networks[network.id] = network
@@ -33,3 +34,10 @@ class SimulatedNetwork(HostNetwork):
 
     async def carried(self) -> list[str]:
         return sorted(self.networks)
+
+    async def sync_firewall(self, firewall: FirewallSpec) -> FirewallReport:
+        self.firewall = firewall
+        return FirewallReport(digest=firewall_digest(firewall), nics=len(firewall.nics))
+
+    async def firewall_state(self) -> str:
+        return firewall_digest(self.firewall)

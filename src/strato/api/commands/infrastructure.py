@@ -35,6 +35,7 @@ ALLOC = Param("allocationstate", T.STRING, "Allocation state: Enabled or Disable
         Param("description", T.STRING, "Description of the zone", max_length=1024),
         Param("domainid", T.UUID, "The domain the zone is dedicated to"),
         Param("localstorageenabled", T.BOOLEAN, "Whether local storage may be used for VMs"),
+        Param("securitygroupenabled", T.BOOLEAN, "True for an Advanced zone with security groups (shared networks)"),
         ALLOC,
     ),
 )

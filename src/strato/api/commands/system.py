@@ -13,6 +13,7 @@ from strato.api.registry import ADMIN, COMMANDS, Kind, Role, api
 from strato.services.core import events, jobs, settings, tags
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
+from strato.services.network.secgroups import any_security_group_zone
 
 CLOUDSTACK_VERSION = "4.19.0"
 
@@ -76,7 +77,7 @@ def list_capabilities(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         "capability": {
             "cloudstackversion": f"{CLOUDSTACK_VERSION} (Strato {strato.__version__})",
             "stratoversion": strato.__version__,
-            "securitygroupsenabled": False,
+            "securitygroupsenabled": any_security_group_zone(ctx.session),
             "userpublictemplateenabled": True,
             "supportELB": "false",
             "projectinviterequired": False,

@@ -72,6 +72,8 @@ def _view(ctx: CallContext, vm: Any, with_stats: bool = False) -> dict[str, Any]
         Param("networkids", T.LIST, "The networks of the VM's NICs, the first one the default"),
         Param("ipaddress", T.STRING, "The address of the VM's NIC on its default network", max_length=64),
         Param("iptonetworklist", T.MAP, "NICs as networkid and ip pairs (instead of networkids)", max_length=255),
+        Param("securitygroupids", T.LIST, "The VM's security groups (zones with security groups; default: default)"),
+        Param("securitygroupnames", T.LIST, "The VM's security groups by name (instead of securitygroupids)"),
         DETAILS,
     ),
 )
@@ -197,6 +199,8 @@ def scale(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("group", T.STRING, "Group of the virtual machine", max_length=255),
         Param("haenable", T.BOOLEAN, "True if high-availability is enabled for the VM"),
         Param("userdata", T.STRING, "Base64-encoded user data for the next config drive", max_length=65536),
+        Param("securitygroupids", T.LIST, "The stopped VM's new security groups (zones with security groups)"),
+        Param("securitygroupnames", T.LIST, "The stopped VM's new security groups by name"),
         DETAILS,
     ),
 )

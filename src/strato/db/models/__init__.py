@@ -6,6 +6,7 @@ from strato.db.models.infra import Cluster, Host, ImageStore, Pod, StoragePool, 
 from strato.db.models.jobs import Job, JobResource, ServerNode
 from strato.db.models.network import Network, Nic, PhysicalNetwork
 from strato.db.models.offerings import DiskOffering, ServiceOffering
+from strato.db.models.secgroups import SecurityGroup, SecurityGroupRule, VmSecurityGroup
 from strato.db.models.settings import HypervisorCapability, Setting
 from strato.db.models.storage import Layer, Volume
 from strato.db.models.templates import Template, TemplateStoreCopy
@@ -33,6 +34,8 @@ __all__ = [
     "ResourceLimit",
     "ResourceTag",
     "SSHKeyPair",
+    "SecurityGroup",
+    "SecurityGroupRule",
     "ServerNode",
     "ServiceOffering",
     "Setting",
@@ -45,6 +48,7 @@ __all__ = [
     "VMSnapshot",
     "VMSnapshotDisk",
     "VirtualMachine",
+    "VmSecurityGroup",
     "Volume",
     "Zone",
 ]

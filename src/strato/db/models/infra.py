@@ -21,6 +21,8 @@ class Zone(Entity):
     network_type: Mapped[str] = mapped_column(String(32), default="Advanced")
     allocation_state: Mapped[str] = mapped_column(String(32), default="Enabled")
     local_storage_enabled: Mapped[bool] = mapped_column(default=True)
+    security_group_enabled: Mapped[bool] = mapped_column(default=False)
+    """An Advanced zone with security groups: shared networks whose VMs' NICs are filtered by their groups."""
     domain_id: Mapped[str | None] = mapped_column(ForeignKey("domains.id"), default=None)
 
 

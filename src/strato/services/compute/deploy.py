@@ -45,6 +45,7 @@ from strato.services.identity import sshkeys
 from strato.services.images.templates import get_template
 from strato.services.network.networks import requested_nics
 from strato.services.network.nics import add_nic, prepare_for_vm
+from strato.services.network.secgroups import attach, groups_for_deploy
 from strato.services.offerings.offerings import compute_shape
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import (
@@ -375,6 +376,7 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]
             raise InvalidParameter(f"Host {host.name} is not in zone {zone.name}")
     details = details_of(args)
     wanted_nics = requested_nics(ctx, args, zone.id)
+    groups = groups_for_deploy(ctx, args, zone, owner)
     cpus, speed, memory = compute_shape(ctx, offering, details)
     disks = _disks(ctx, args, zone, offering, template)
     limits.check(ctx.session, owner, vms=1, volumes=len(disks), storage_bytes=sum(d.size for d in disks))
@@ -413,6 +415,7 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> tuple[VirtualMachine, str]
     vm.instance_name = f"i-{vm.id}"
     for index, (network, ip) in enumerate(wanted_nics):
         add_nic(ctx.session, vm, network, ip, default=index == 0)
+    attach(ctx.session, vm, groups)
     for device_id, disk in enumerate(disks):
         volume = Volume(
             name=f"{disk.type}-{vm.name}" if device_id == 0 else f"DATA-{vm.name}-{device_id}",

@@ -35,6 +35,7 @@ from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to, volume_to
 from strato.services.network.nics import tap_name, vm_nics
+from strato.services.network.secgroups import forget_vm
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import remove_volume_files, remove_volume_layers
 
@@ -146,6 +147,7 @@ class _Expunging(Operation[Any]):
                 vol.vm_id, vol.device_id, vol.attached = None, None, None
             for nic in vm_nics(s, vm.id):
                 s.delete(nic)  # its address and MAC are free again
+            forget_vm(s, vm.id)
             vm_to(vm, "Expunged")
             vm.removed, vm.host_id, vm.iso_id = utcnow(), None, None
         return {}

@@ -38,6 +38,7 @@ from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.reach import host_for
 from strato.services.core.states import vm_to
+from strato.services.network.nics import prepare_for_vm
 from strato.services.storage.layers import remove_layer_file, remove_unfinished_layer
 
 
@@ -124,6 +125,9 @@ class RevertToVMSnapshot(Operation[RevertParams]):
             if host is None or vm.state != "Stopped":
                 return
             spec, client, host_name = vm_spec(s, vm), host_client(host), host.name
+            network_calls = prepare_for_vm(s, vm, host)  # its networks and security-group filter first
+        for call in network_calls:
+            call.run()
         with agent_errors(host_name):
             client.call(StartVm(spec=spec))
         with self.db.session() as s:
@@ -199,7 +203,10 @@ class RevertToVMSnapshot(Operation[RevertParams]):
             client, host_name, host_id = host_client(host), host.name, host.id
             vm_to(vm, "Starting")
             vm.host_id = vm.last_host_id = host_id
+            network_calls = prepare_for_vm(s, vm, host)  # its networks and security-group filter first
         try:
+            for call in network_calls:
+                call.run()
             with agent_errors(host_name):
                 client.run_long(RestoreVm(spec=spec, memory=memory), on_progress=self.job.progress)
         except BaseException:

@@ -20,6 +20,7 @@ from strato.db.models import (
     StoragePool,
     VirtualMachine,
     Volume,
+    Zone,
 )
 from strato.errors import InvalidParameter, InvalidState, PermissionDenied
 from strato.protocol.client import AgentClientError
@@ -32,6 +33,7 @@ from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
 from strato.services.core.states import require_vm_state, vm_to, volume_to
 from strato.services.identity.identity import find_account
+from strato.services.network import firewall, secgroups
 from strato.units import GIB
 
 MAX_USER_DATA = 32768
@@ -179,7 +181,18 @@ def update(ctx: CallContext, args: dict[str, Any]) -> VirtualMachine:
         vm.user_data = decode_user_data(args["userdata"])
     if args.get("details"):
         vm.details = {**(vm.details or {}), **details_of(args)}
+    if args.get("securitygroupids") or args.get("securitygroupnames"):
+        _change_groups(ctx, vm, args)
     return vm
+
+
+def _change_groups(ctx: CallContext, vm: VirtualMachine, args: dict[str, Any]) -> None:
+    """As CloudStack: a stopped VM's groups are replaced; the other hosts' member sets follow at once."""
+    require_vm_state(vm, "Stopped", action="change the security groups of")
+    zone, owner = ctx.session.get(Zone, vm.zone_id), ctx.session.get(Account, vm.account_id)
+    assert zone is not None and owner is not None
+    secgroups.set_groups(ctx.session, vm, secgroups.groups_for_deploy(ctx, args, zone, owner))
+    firewall.push(firewall.sync_calls(ctx.session, zone.id))
 
 
 def user_data(ctx: CallContext, args: dict[str, Any]) -> dict[str, str]:

@@ -39,6 +39,8 @@ def _in_use(session: Session, label: str, name: str, checks: list[tuple[Any, Any
 def create_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
     """createZone: a zone with a unique name."""
     _unique_name(ctx.session, Zone, args["name"], "zone")
+    if args.get("securitygroupenabled") and (args.get("networktype") or "Advanced") != "Advanced":
+        raise InvalidParameter("Parameter securitygroupenabled: security groups need networktype=Advanced here")
     if args.get("domainid"):
         get_live(ctx.session, Domain, args["domainid"], "domain", "domainid")
     zone = Zone(
@@ -49,6 +51,7 @@ def create_zone(ctx: CallContext, args: dict[str, Any]) -> Zone:
         network_type=args.get("networktype") or "Advanced",
         allocation_state=args.get("allocationstate") or "Enabled",
         local_storage_enabled=args.get("localstorageenabled", True) is not False,
+        security_group_enabled=bool(args.get("securitygroupenabled")),
         domain_id=args.get("domainid"),
     )
     ctx.session.add(zone)

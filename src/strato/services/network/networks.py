@@ -16,7 +16,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
 from strato.services.identity.identity import find_account
-from strato.services.network.offerings import BY_ID
+from strato.services.network.offerings import BY_ID, NetworkOffering
 from strato.services.network.physical import parse_ranges
 
 DEFAULT_SUBNETS = ipaddress.IPv4Network("10.1.0.0/16")
@@ -102,12 +102,36 @@ def _vni(ctx: CallContext, pn: PhysicalNetwork, value: str | None) -> int:
     )
 
 
+def _check_offering_fits(ctx: CallContext, offering: NetworkOffering, zone: Zone, args: dict[str, Any]) -> None:
+    """A security-group offering only in a zone with security groups, and such a zone takes only
+    those; a shared network is the root admin's, with its range and VLAN given (specifyvlan,
+    specifyipranges), as CloudStack requires."""
+    with_sg = "SecurityGroup" in offering.services
+    if with_sg and not zone.security_group_enabled:
+        raise InvalidParameter(
+            f"Network offering {offering.name} (networkofferingid) needs a zone with security groups enabled"
+        )
+    if zone.security_group_enabled and not with_sg:
+        raise InvalidParameter(
+            f"Zone {zone.name} has security groups: only networks of a SecurityGroup offering can be made there "
+            "(networkofferingid)"
+        )
+    if offering.guest_ip_type != "Shared":
+        return
+    if not ctx.is_root_admin:
+        raise PermissionDenied("Only the root admin may create shared networks")
+    for param in ("gateway", "netmask", "startip", "vlan"):
+        if not args.get(param):
+            raise InvalidParameter(f"Parameter {param} is required for a shared network ({offering.name})")
+
+
 def create_network(ctx: CallContext, args: dict[str, Any]) -> Network:
     """createNetwork: checks everything, then makes the row (hosts get it when a VM on it starts)."""
     offering = BY_ID.get(args["networkofferingid"])
     if offering is None:
         raise InvalidParameter(f"Unable to find network offering with networkofferingid={args['networkofferingid']}")
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
+    _check_offering_fits(ctx, offering, zone, args)
     pn = _physical_network(ctx, zone, args.get("physicalnetworkid"))
     owner = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
     others = [ipaddress.IPv4Network(n.cidr) for n in zone_networks(ctx, zone.id)]
@@ -159,10 +183,19 @@ def get_network(ctx: CallContext, network_id: str, param: str = "id") -> Network
     return row
 
 
+def usable_network(ctx: CallContext, network_id: str, param: str) -> Network:
+    """A network the caller may put a NIC on: its own, or a shared one (the zone's, for every account)."""
+    row = ctx.session.get(Network, network_id)
+    if row is not None and row.removed is None and row.guest_type == "Shared":
+        return row
+    return get_network(ctx, network_id, param)
+
+
 def list_networks(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[Network], int]:
     q = select(Network).where(Network.removed.is_(None))
     if not ctx.is_admin or not args.get("listall") or args.get("account") or args.get("domainid"):
-        q = q.where(owner_scope(ctx, args).condition(Network.account_id))
+        owned = owner_scope(ctx, args).condition(Network.account_id)
+        q = q.where(owned | (Network.guest_type == "Shared") if not args.get("account") else owned)
     if args.get("id"):
         q = q.where(Network.id == args["id"])
     if args.get("zoneid"):
@@ -232,7 +265,7 @@ def requested_nics(ctx: CallContext, args: dict[str, Any], zone_id: str) -> list
     out: list[tuple[Network, str | None]] = []
     for network_id, ip, param in pairs:
         try:
-            network = get_network(ctx, network_id, param)
+            network = usable_network(ctx, network_id, param)
         except NotFound:
             raise InvalidParameter(f"Unable to find network with {param}={network_id}") from None
         if network.zone_id != zone_id:
@@ -251,7 +284,7 @@ def add_nic_to_vm(ctx: CallContext, vm: VirtualMachine, network_id: str, ip: str
     from strato.services.network.nics import add_nic, vm_nics
 
     require_vm_state(vm, "Stopped", action="add a NIC to")
-    network = get_network(ctx, network_id, "networkid")
+    network = usable_network(ctx, network_id, "networkid")
     if network.zone_id != vm.zone_id:
         raise InvalidParameter(f"Network {network.name} (networkid) is not in the VM's zone")
     existing = vm_nics(ctx.session, vm.id)

@@ -3,6 +3,7 @@ state of a network on each host that carries it, sent to the agents before a VM 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from urllib.parse import urlparse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Host, Network, Nic, VirtualMachine
+from strato.db.models import Host, Network, Nic, VirtualMachine, Zone
 from strato.errors import InsufficientCapacity, InvalidParameter
 from strato.protocol.client import AgentClient, AgentClientError, AgentUnreachable
 from strato.protocol.messages import (
@@ -103,8 +104,13 @@ class HostCall:
     client: AgentClient
     host_name: str
     command: AgentCommand[Any]
+    best_effort: bool = False
+    """A host that cannot be reached is left to reconciliation instead of failing the caller."""
 
     def run(self) -> None:
+        if self.best_effort:
+            self.run_if_reachable()
+            return
         with agent_errors(self.host_name):
             self.client.call(self.command)
 
@@ -194,6 +200,13 @@ def prepare_for_vm(session: Session, vm: VirtualMachine, host: Host) -> list[Hos
         for h in hosts:
             spec = network_spec(session, network, h, hosts, vm.id if h.id == host.id else None)
             calls.append(HostCall(host_client(h), h.name, EnsureNetwork(network=spec)))
+    zone = session.get(Zone, vm.zone_id)
+    if zone is not None and zone.security_group_enabled:
+        from strato.services.network.firewall import sync_calls
+
+        for call in sync_calls(session, zone.id, extra=(vm.id, host.id)):
+            # The VM's own host must have its filter before it starts; the others' member sets follow.
+            calls.append(call if call.host_name == host.name else dataclasses.replace(call, best_effort=True))
     return calls
 
 

@@ -34,7 +34,7 @@ DEFAULT_OFFERINGS = (
         "DefaultSharedNetworkOfferingWithSGService",
         "Offering for Shared Security group enabled networks",
         "Shared",
-        ("Dhcp",),
+        ("Dhcp", "SecurityGroup"),
         specify_vlan=True,
         specify_ip_ranges=True,
     ),

@@ -1,0 +1,97 @@
+"""CloudStack response objects of security groups and their rules."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from strato.api.pageload import Loader, related
+from strato.api.viewkit import clean, owner_fields
+from strato.db.models import Account, SecurityGroup, SecurityGroupRule, VirtualMachine, VmSecurityGroup
+from strato.db.models.secgroups import INGRESS
+from strato.services.network.secgroups import members, rules_of
+
+
+def rule(session: Session, r: SecurityGroupRule) -> dict[str, Any]:
+    peer = session.get(SecurityGroup, r.peer_group_id) if r.peer_group_id else None
+    peer_owner = session.get(Account, peer.account_id) if peer is not None else None
+    return clean(
+        {
+            "ruleid": r.id,
+            "protocol": r.protocol,
+            "startport": r.start_port,
+            "endport": r.end_port,
+            "icmptype": r.icmp_type,
+            "icmpcode": r.icmp_code,
+            "cidr": r.cidr,
+            "securitygroupname": peer.name if peer is not None else None,
+            "account": peer_owner.name if peer_owner is not None else None,
+            "tags": [],
+        }
+    )
+
+
+def security_group(
+    session: Session,
+    g: SecurityGroup,
+    only: list[SecurityGroupRule] | None = None,
+    vm_ids: list[str] | None = None,
+) -> dict[str, Any]:
+    """The group with its rules (only those of `only`: what an authorize call made, as CloudStack's)."""
+    rules = rules_of(session, g.id) if only is None else only
+    vm_ids = [v.id for v in members(session, g.id)] if vm_ids is None else vm_ids
+    return clean(
+        {
+            "id": g.id,
+            "name": g.name,
+            "description": g.description,
+            "ingressrule": [rule(session, r) for r in rules if r.direction == INGRESS],
+            "egressrule": [rule(session, r) for r in rules if r.direction != INGRESS],
+            "virtualmachinecount": len(vm_ids),
+            "virtualmachineids": sorted(vm_ids),
+            "tags": [],
+            **owner_fields(session, g.account_id),
+        }
+    )
+
+
+def _groups_of_vms(session: Session) -> Loader:
+    """Each VM's groups with their rules and members, for a whole page in three queries."""
+
+    def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
+        found = session.execute(
+            select(VmSecurityGroup.vm_id, SecurityGroup)
+            .join(SecurityGroup, SecurityGroup.id == VmSecurityGroup.group_id)
+            .where(VmSecurityGroup.vm_id.in_(ids))
+            .order_by(VmSecurityGroup.vm_id, SecurityGroup.name)
+        ).tuples()
+        pairs = list(found)
+        if not pairs:
+            return []
+        group_ids = {g.id for _, g in pairs}
+        rules: dict[str, list[SecurityGroupRule]] = {g: [] for g in group_ids}
+        for r in session.scalars(
+            select(SecurityGroupRule)
+            .where(SecurityGroupRule.group_id.in_(group_ids))
+            .order_by(SecurityGroupRule.created, SecurityGroupRule.id)
+        ):
+            rules[r.group_id].append(r)
+        vms: dict[str, list[str]] = {g: [] for g in group_ids}
+        for gid, vid in session.execute(
+            select(VmSecurityGroup.group_id, VmSecurityGroup.vm_id)
+            .join(VirtualMachine, VirtualMachine.id == VmSecurityGroup.vm_id)
+            .where(VmSecurityGroup.group_id.in_(group_ids), VirtualMachine.removed.is_(None))
+        ).tuples():
+            vms[gid].append(vid)
+        return [(vm_id, (g, rules[g.id], vms[g.id])) for vm_id, g in pairs]
+
+    return load
+
+
+def vm_security_groups(session: Session, vm_id: str) -> list[dict[str, Any]]:
+    """The `securitygroup` list of a VM response (in a page, every VM's groups come with three queries)."""
+    bundles = related(session, "vm.securitygroups", vm_id, _groups_of_vms(session), refs=False)
+    return [security_group(session, g, only=rules, vm_ids=vm_ids) for g, rules, vm_ids in bundles]
