@@ -1,7 +1,8 @@
 """Ansible's CloudStack modules (the `ngine_io.cloudstack` collection of the `ansible` PyPI package, with
 `cs` underneath), unchanged, against a real server with a simulator host: a playbook deploys a VM, adds
 and attaches a data disk, reports on it, stops and starts it; a second one makes a pool and puts it in
-maintenance, an isolated network, a VM on it and a VM snapshot. Run again, each changes nothing.
+maintenance, an isolated network, a VM on it and a VM snapshot; a third a security group and its rules.
+Run again, each changes nothing.
 
 The modules run in a venv of their own (~/.cache/strato/ansible-venv), made once under a file lock when
 absent; the test skips with the reason when it cannot be installed (no network, no pip)."""
@@ -286,3 +287,67 @@ def test_storage_network_and_snapshot_modules_run_twice_the_second_time_unchange
     assert [(s["name"], s["state"], s["description"]) for s in snaps] == [(f"{vm}-snap", "Ready", "before the change")]
     made = report["snap"]
     assert isinstance(made, dict) and made["changed"] and made["name"] == f"{vm}-snap", made
+
+
+SECURITY_PLAYBOOK = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: a security group
+      ngine_io.cloudstack.cs_securitygroup:
+        name: "{{ sg }}"
+        description: web servers
+    - name: ssh from the office
+      ngine_io.cloudstack.cs_securitygroup_rule:
+        security_group: "{{ sg }}"
+        type: ingress
+        protocol: tcp
+        start_port: 22
+        end_port: 22
+        cidr: 10.1.0.0/16
+    - name: the web from anywhere
+      ngine_io.cloudstack.cs_securitygroup_rule:
+        security_group: "{{ sg }}"
+        protocol: tcp
+        start_port: 80
+        end_port: 80
+    - name: the app ports from its own members
+      ngine_io.cloudstack.cs_securitygroup_rule:
+        security_group: "{{ sg }}"
+        user_security_group: "{{ sg }}"
+        protocol: tcp
+        start_port: 8000
+        end_port: 8100
+    - name: out only to DNS
+      ngine_io.cloudstack.cs_securitygroup_rule:
+        security_group: "{{ sg }}"
+        type: egress
+        protocol: udp
+        start_port: 53
+        end_port: 53
+        cidr: 0.0.0.0/0
+      register: egress
+    - name: the report
+      ansible.builtin.copy:
+        content: "{{ {'egress': egress} | to_json }}"
+        dest: "{{ report }}"
+      changed_when: false
+"""
+
+
+def test_security_group_modules_run_twice_the_second_time_unchanged(stage: Stage) -> None:
+    """cs_securitygroup and cs_securitygroup_rule (CIDR, own-group and egress rules) as the user."""
+    sg = f"web-{uuid.uuid4().hex[:6]}"
+    first, _ = _play(stage, sg, SECURITY_PLAYBOOK, {"sg": sg})
+    assert first == {"ok": 6, "changed": 5, "unreachable": 0, "failed": 0}, first
+    again, report = _play(stage, sg, SECURITY_PLAYBOOK, {"sg": sg})
+    assert again == {"ok": 6, "changed": 0, "unreachable": 0, "failed": 0}, again
+    egress = report["egress"]
+    assert isinstance(egress, dict) and egress["protocol"] == "udp" and egress["start_port"] == 53, egress
+    [group] = stage.api.listSecurityGroups(securitygroupname=sg)["securitygroup"]
+    assert group["description"] == "web servers"
+    ingress = sorted((r["protocol"], r["startport"], r.get("cidr") or r.get("securitygroupname"))
+                     for r in group["ingressrule"])  # fmt: skip
+    assert ingress == [("tcp", 22, "10.1.0.0/16"), ("tcp", 80, "0.0.0.0/0"), ("tcp", 8000, sg)], group
+    assert [(r["protocol"], r["startport"], r["cidr"]) for r in group["egressrule"]] == [("udp", 53, "0.0.0.0/0")]
