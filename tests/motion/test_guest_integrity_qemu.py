@@ -305,6 +305,17 @@ def _pool_matches_db(cloud: TwoHosts, pool: str) -> None:
     assert on_disk == known, (pool, sorted(on_disk - known), sorted(known - on_disk))
 
 
+def _wait_phase(cloud: TwoHosts, job_id: str, words: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = cloud.api().queryAsyncJobResult(jobid=job_id)
+        assert job["jobstatus"] == 0, job
+        if words in str(job.get("jobprogressphase") or ""):
+            return
+        assert time.monotonic() < deadline, f"the job never said {words!r}: {job}"
+        time.sleep(0.1)
+
+
 def _nothing_of_vm_on(cloud: TwoHosts, vm_id: str, pool: str) -> None:
     """No live layer of the VM's volumes or its memory files is recorded on the pool."""
     rows = cloud.server.sql(
@@ -331,6 +342,17 @@ def test_a_snapshot_tree_moves_live_and_with_the_vm_and_every_snapshot_still_rev
         root, data = cloud.volumes(vm_id)
         want = {"A": {1}, "B": {2}, "C": {3}}
         assert {n: g for n, (_p, g) in _snapshot_generations(cloud, vm_id, data["id"]).items()} == want
+
+        # a move of the root disk to pool c cancelled while it copies the memory file (1 MiB/s): nothing
+        # of it stays on c, the tree is whole on b
+        started = api.migrateVolume(volumeid=root["id"], storageid=cloud.ids["c"], livemigrate=True, bandwidth=1)
+        _wait_phase(cloud, started["jobid"], "memory file")
+        api.cancelAsyncJob(jobid=started["jobid"])
+        assert wait_job(api, started["jobid"], 120)["jobstatus"] == 3
+        _nothing_of_vm_on(cloud, vm_id, "c")
+        _pool_matches_db(cloud, "c")
+        assert {n: g for n, (_p, g) in _snapshot_generations(cloud, vm_id, data["id"]).items()} == want
+        assert {v["storageid"] for v in cloud.volumes(vm_id)} == {cloud.ids["b"]}
 
         # live on host1: both disks from pool b to host1's local pool (the memory file with the root disk)
         for vol in (root, data):
