@@ -96,12 +96,16 @@ def test_tree_moves_live_then_with_the_vm_then_offline(vmcloud: VmCloud) -> None
     root = cloud.volumes(vm_id)[0]
 
     # live, on host-1: shared1 -> host-1's local pool
+    ((tree_bytes,),) = cloud.server.sql(
+        "SELECT sum(physical_size) FROM layers WHERE removed IS NULL AND (volume_id = ? OR "
+        "(vm_id = ? AND kind = 'memory'))", root["id"], vm_id
+    )  # fmt: skip
     job = cloud.api().migrateVolume(volumeid=root["id"], storageid=cloud.ids["local-1"], livemigrate=True)
     cloud.ok(job)
     _all_on(cloud, vm_id, "local-1")
     assert cloud.volumes(vm_id)[0]["storageid"] == cloud.ids["local-1"]
     done = cloud.api().queryAsyncJobResult(jobid=job["jobid"])
-    assert done["jobprogressdone"] == done["jobprogresstotal"] > 0, done
+    assert done["jobprogressdone"] == done["jobprogresstotal"] >= tree_bytes > 0, (done, tree_bytes)
 
     # with the VM to host-2, root to host-2's local pool (pulled host to host); the config drive stays
     # on shared1, which host-2 reaches
@@ -152,4 +156,29 @@ def test_a_failed_copy_leaves_nothing_and_the_tree_works(vmcloud: VmCloud) -> No
     assert cloud.api().listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Running"
     _files_match(cloud)
     _reverts(cloud, vm["id"], snaps, "shared1")
+    cloud.expunge(vm["id"])
+
+
+def test_a_hidden_node_moves_and_merges_after_the_move(vmcloud: VmCloud) -> None:  # noqa: F811
+    """A deleted while it has two children (B, C) is hidden, its layer kept: it moves with the tree, and
+    deleting B afterwards merges A's layer into C's on the new pool."""
+    cloud = vmcloud
+    vm = cloud.vm("host-1", "shared1")
+    snaps = _tree(cloud, vm["id"])
+    cloud.ok(cloud.api().stopVirtualMachine(id=vm["id"], forced=True))
+    cloud.ok(cloud.api().revertToVMSnapshot(vmsnapshotid=snaps["C"]["id"]))
+    cloud.ok(cloud.api().deleteVMSnapshot(vmsnapshotid=snaps["A"]["id"]))
+    assert {s["name"] for s in cloud.api().listVMSnapshot(virtualmachineid=vm["id"])["vmSnapshot"]} == {"B", "C"}
+    root = cloud.volumes(vm["id"])[0]
+    layers = cloud.server.sql("SELECT count(*) FROM layers WHERE volume_id = ? AND removed IS NULL", root["id"])
+    job = cloud.api().migrateVolume(volumeid=root["id"], storageid=cloud.ids["local-1"])
+    cloud.ok(job)
+    rows = cloud.server.sql("SELECT pool_id FROM layers WHERE volume_id = ? AND removed IS NULL", root["id"])
+    assert [(len(rows),)] == layers and {p for (p,) in rows} == {cloud.ids["local-1"]}, rows
+    _files_match(cloud)
+    cloud.ok(cloud.api().deleteVMSnapshot(vmsnapshotid=snaps["B"]["id"]))  # A is left with one child: merged
+    assert cloud.server.sql("SELECT count(*) FROM vm_snapshots WHERE vm_id = ? AND removed IS NULL", vm["id"]) == [(1,)]
+    cloud.ok(cloud.api().revertToVMSnapshot(vmsnapshotid=snaps["C"]["id"]))
+    assert cloud.volumes(vm["id"])[0]["storageid"] == cloud.ids["local-1"]
+    _files_match(cloud)
     cloud.expunge(vm["id"])
