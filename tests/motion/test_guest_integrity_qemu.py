@@ -6,6 +6,7 @@ Pools: each host's local pool and four cluster pools both hosts mount (a, b, c, 
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 import uuid
@@ -67,12 +68,16 @@ class TwoHosts:
             assert time.monotonic() < deadline, f"no {marker!r} on the console:\n{text[-3000:]}"
             time.sleep(1)
 
-    def deploy(self, host: str, root_pool: str, data_pools: list[str], commands: str) -> str:
+    def deploy(
+        self, host: str, root_pool: str, data_pools: list[str], commands: str, userdata: str | None = None
+    ) -> str:
         args: dict[str, Any] = {
             "zoneid": self.ids["zone"], "serviceofferingid": self.ids["offering"], "templateid": self.ids["template"],
             "name": f"gi-{uuid.uuid4().hex[:6]}", "hostid": self.ids[host], "rootdiskstorageid": self.ids[root_pool],
             "details[0].guestcommands": commands,
         }  # fmt: skip
+        if userdata is not None:
+            args["userdata"] = base64.b64encode(userdata.encode()).decode()
         for i, pool in enumerate(data_pools):
             args[f"datadisksdetails[{i}].diskofferingid"] = self.ids["disk"]
             args[f"datadisksdetails[{i}].storageid"] = self.ids[pool]
@@ -317,17 +322,18 @@ def _wait_phase(cloud: TwoHosts, job_id: str, words: str, timeout: float = 60) -
 
 
 def _nothing_of_vm_on(cloud: TwoHosts, vm_id: str, pool: str) -> None:
-    """No live layer of the VM's volumes or its memory files is recorded on the pool."""
+    """No live layer of the VM's volumes or its memory files is recorded on the pool (its config drive
+    follows its own rule)."""
     rows = cloud.server.sql(
         "SELECT l.path FROM layers l LEFT JOIN volumes v ON v.id = l.volume_id WHERE l.removed IS NULL "
-        "AND l.pool_id = ? AND (v.vm_id = ? OR l.vm_id = ?)", cloud.ids[pool], vm_id, vm_id
+        "AND l.pool_id = ? AND (v.vm_id = ? OR l.vm_id = ?) AND l.kind != 'configdrive'", cloud.ids[pool], vm_id, vm_id
     )  # fmt: skip
     assert rows == [], (pool, rows)
 
 
 def test_a_snapshot_tree_moves_live_and_with_the_vm_and_every_snapshot_still_reverts(two_hosts: TwoHosts) -> None:
     cloud, api = two_hosts, two_hosts.api()
-    vm_id = cloud.deploy("host1", "b", ["b"], TREE)
+    vm_id = cloud.deploy("host1", "b", ["b"], TREE, userdata="#cloud-config\n")
     try:
         cloud.wait_console(vm_id, "STRATO-RUN-END integrity-write:vdb:16 rc=0")
         snap = lambda name, memory=False: cloud.ok(  # noqa: E731
@@ -388,8 +394,22 @@ def test_a_snapshot_tree_moves_live_and_with_the_vm_and_every_snapshot_still_rev
         for s, gens in ((b, {2}), (c, {3})):
             cloud.ok(api.revertToVMSnapshot(vmsnapshotid=s["id"]))
             assert _data_generations(cloud, data["id"]) == gens
+
+        # offline, the stopped VM with storageid: the tree, the memory file and the config drive to pool c
+        cloud.ok(api.migrateVirtualMachine(virtualmachineid=vm_id, storageid=cloud.ids["c"]))
+        found = _snapshot_generations(cloud, vm_id, data["id"])
+        assert found == {n: (cloud.ids["c"], g) for n, g in want.items()}
+        assert _data_generations(cloud, data["id"]) == {3}
+        drive = cloud.server.sql(
+            "SELECT pool_id FROM layers WHERE vm_id = ? AND kind = 'configdrive' AND removed IS NULL", vm_id
+        )
+        assert drive == [(cloud.ids["c"],)], drive
+        _nothing_of_vm_on(cloud, vm_id, "local2")
+        for pool in ("b", "c", "local2"):
+            _pool_matches_db(cloud, pool)
+
         cloud.ok(api.revertToVMSnapshot(vmsnapshotid=a["id"]))
-        assert cloud.vm(vm_id)["state"] == "Running" and cloud.vm(vm_id)["hostid"] == cloud.ids["host2"]
+        assert cloud.vm(vm_id)["state"] == "Running"
         text = cloud.wait_console(vm_id, "STRATO-RUN-END sleep:25 rc=0", timeout=90)
         assert "STRATO-TINY-BOOTED" not in text, text[-2000:]
 
@@ -401,7 +421,7 @@ def test_a_snapshot_tree_moves_live_and_with_the_vm_and_every_snapshot_still_rev
         _wait_count(cloud, vm_id, LOOP_END, 2)
         cloud.ok(api.stopVirtualMachine(id=vm_id, forced=True))
         assert _data_generations(cloud, data["id"]) == {3}
-        for pool in ("local1", "local2"):
+        for pool in ("local1", "local2", "c"):
             _pool_matches_db(cloud, pool)
         cloud.nothing_transitional()
     finally:
