@@ -2,6 +2,9 @@
 writing self-checking blocks (strato-integrity) while its disks move through the API, then verifying
 every block. Each test reads the guest's verdict from its console on the host it ended on.
 
+A VM with a snapshot tree (two branches, a memory snapshot) moves live, with the VM and offline; each
+snapshot's layer is read on the host for the generation it must hold.
+
 Pools: each host's local pool and four cluster pools both hosts mount (a, b, c, d)."""
 
 from __future__ import annotations
