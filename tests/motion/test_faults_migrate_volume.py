@@ -7,6 +7,7 @@ Each run moves the volume to the pool it is not on, so runs alternate direction.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from motionlib import deploy, new_volume, other_pool, root_of, vm_of, vol_of
@@ -30,7 +31,9 @@ def _agent_disk(cloud: Cloud, vm: dict[str, Any], device_id: int) -> tuple[str, 
     return str(disk["layer"]["pool"]["id"]), str(disk["layer"]["name"])
 
 
-def _matrix(cloud: Cloud, vol_id: str, vm_id: str | None, live: bool) -> list[str]:
+def _matrix(
+    cloud: Cloud, vol_id: str, vm_id: str | None, live: bool, also: Callable[[str], None] | None = None
+) -> list[str]:
     moves: list[tuple[str, str]] = []  # (from, to) of each run
 
     def start() -> str:
@@ -53,6 +56,8 @@ def _matrix(cloud: Cloud, vol_id: str, vm_id: str | None, live: bool) -> list[st
             if live:
                 device = int(vol["deviceid"])
                 assert _agent_disk(cloud, vm, device) == (top_pool, top_path), "the VM's disk is not the volume's"
+        if also is not None:
+            also(step)
 
     return run_fault_matrix(cloud.server, cloud.api(), cloud.fault_file, KIND, start, cloud.files, after_each=check)
 
@@ -92,3 +97,37 @@ def test_offline_move_of_a_stopped_vms_root_disk_on_the_simulator(simcloud: Clou
     simcloud.ok(simcloud.api().stopVirtualMachine(id=vm["id"]))
     root = root_of(simcloud, vm["id"])
     assert _matrix(simcloud, root["id"], vm["id"], live=False) == OFFLINE_STEPS
+
+
+def test_live_move_of_a_root_disk_with_a_snapshot_tree_on_the_simulator(simcloud: Cloud) -> None:
+    """A (with memory), B; revert to A; C: after every faulted step each snapshot's layer and the memory
+    file are live on the pool the volume is on, and the files match the database (the matrix's promise)."""
+    api = simcloud.api()
+    vm = deploy(simcloud, start=True)
+    snaps = []
+    for name, memory in (("A", True), ("B", False)):
+        snaps.append(simcloud.ok(api.createVMSnapshot(virtualmachineid=vm["id"], name=name, snapshotmemory=memory)))
+    simcloud.ok(api.revertToVMSnapshot(vmsnapshotid=snaps[0]["vmsnapshot"]["id"]))
+    simcloud.ok(api.createVMSnapshot(virtualmachineid=vm["id"], name="C"))
+    root = root_of(simcloud, vm["id"])
+
+    def tree_pools() -> set[str]:
+        held = simcloud.server.sql(
+            "SELECT l.pool_id FROM vm_snapshot_disks d JOIN layers l ON l.id = d.layer_id "
+            "WHERE d.volume_id = ? AND d.removed IS NULL AND l.removed IS NULL", root["id"]
+        )  # fmt: skip
+        memory = simcloud.server.sql(
+            "SELECT l.pool_id FROM vm_snapshots s JOIN layers l ON l.id = s.memory_layer_id "
+            "WHERE s.vm_id = ? AND s.removed IS NULL AND l.removed IS NULL", vm["id"]
+        )  # fmt: skip
+        assert len(held) == 3 and len(memory) == 1, (held, memory)
+        return {str(p) for (p,) in held + memory}
+
+    checked: list[str] = []
+
+    def after(step: str) -> None:
+        assert tree_pools() == {vol_of(simcloud, root["id"])["storageid"]}, step
+        checked.append(step)
+
+    assert _matrix(simcloud, root["id"], vm["id"], live=True, also=after) == LIVE_STEPS
+    assert len(checked) >= len(LIVE_STEPS)

@@ -2,10 +2,14 @@
 writing self-checking blocks (strato-integrity) while its disks move through the API, then verifying
 every block. Each test reads the guest's verdict from its console on the host it ended on.
 
+A VM with a snapshot tree (two branches, a memory snapshot) moves live, with the VM and offline; each
+snapshot's layer is read on the host for the generation it must hold.
+
 Pools: each host's local pool and four cluster pools both hosts mount (a, b, c, d)."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 import uuid
@@ -44,7 +48,7 @@ class TwoHosts:
 
     def ok(self, started: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
         job = wait_job(self.api(), started["jobid"], timeout)
-        assert job["jobstatus"] == 1, job
+        assert job["jobstatus"] == 1, (job["cmd"], job.get("jobresult"))
         return dict(job.get("jobresult") or {})
 
     def vm(self, vm_id: str) -> dict[str, Any]:
@@ -67,12 +71,16 @@ class TwoHosts:
             assert time.monotonic() < deadline, f"no {marker!r} on the console:\n{text[-3000:]}"
             time.sleep(1)
 
-    def deploy(self, host: str, root_pool: str, data_pools: list[str], commands: str) -> str:
+    def deploy(
+        self, host: str, root_pool: str, data_pools: list[str], commands: str, userdata: str | None = None
+    ) -> str:
         args: dict[str, Any] = {
             "zoneid": self.ids["zone"], "serviceofferingid": self.ids["offering"], "templateid": self.ids["template"],
             "name": f"gi-{uuid.uuid4().hex[:6]}", "hostid": self.ids[host], "rootdiskstorageid": self.ids[root_pool],
             "details[0].guestcommands": commands,
         }  # fmt: skip
+        if userdata is not None:
+            args["userdata"] = base64.b64encode(userdata.encode()).decode()
         for i, pool in enumerate(data_pools):
             args[f"datadisksdetails[{i}].diskofferingid"] = self.ids["disk"]
             args[f"datadisksdetails[{i}].storageid"] = self.ids[pool]
@@ -238,4 +246,186 @@ def test_host_maintenance_moves_a_writing_guest_with_its_local_disk(two_hosts: T
         cloud.nothing_transitional()
     finally:
         cloud.ok(api.cancelHostMaintenance(id=cloud.ids["host1"]))
+        cloud.ok(api.destroyVirtualMachine(id=vm_id, expunge=True))
+
+
+# --- a disk with its VM snapshot tree --------------------------------------------------------------------
+
+TREE = "integrity-write:vdb:16;sleep:25;integrity-loop:vdb:600:16;sleep:25;integrity-loop:vdb:600:16;sleep:900"
+"""Generation 1 (snapshot A, with memory, in the first sleep), 2 after the first loop (B, in the second),
+3 after the second. Resumed from A the guest runs both loops again: C, on that branch, holds 3."""
+LOOP_END = "STRATO-RUN-END integrity-loop:vdb:600:16 rc=0"
+
+
+def _wait_count(cloud: TwoHosts, vm_id: str, marker: str, count: int, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = cloud.console(vm_id)
+        if text.count(marker) >= count:
+            return text
+        assert time.monotonic() < deadline, f"{marker!r} not {count} times on the console:\n{text[-3000:]}"
+        time.sleep(1)
+
+
+def _file(cloud: TwoHosts, layer_id: str) -> tuple[str, Path]:
+    ((pool_id, pool_path, path),) = cloud.server.sql(
+        "SELECT p.id, p.path, l.path FROM layers l JOIN storage_pools p ON p.id = l.pool_id WHERE l.id = ?", layer_id
+    )
+    return str(pool_id), Path(pool_path) / path
+
+
+def _snapshot_generations(cloud: TwoHosts, vm_id: str, data_id: str) -> dict[str, tuple[str, set[int]]]:
+    """Per snapshot name: the pool of its data-disk layer and the generations that layer (with its backing
+    chain, as qemu-img reads it) holds."""
+    from strato.image.integrity import verify_image
+
+    out: dict[str, tuple[str, set[int]]] = {}
+    for name, layer_id in cloud.server.sql(
+        "SELECT s.name, d.layer_id FROM vm_snapshot_disks d JOIN vm_snapshots s ON s.id = d.snapshot_id "
+        "WHERE s.vm_id = ? AND d.volume_id = ? AND d.removed IS NULL AND s.removed IS NULL", vm_id, data_id
+    ):  # fmt: skip
+        pool_id, path = _file(cloud, str(layer_id))
+        report = verify_image(path)
+        assert report.ok, (name, report.summary())
+        out[str(name)] = (pool_id, set(report.generations.values()))
+    return out
+
+
+def _data_generations(cloud: TwoHosts, data_id: str) -> set[int]:
+    from strato.image.integrity import verify_image
+
+    ((top,),) = cloud.server.sql("SELECT top_layer_id FROM volumes WHERE id = ?", data_id)
+    report = verify_image(_file(cloud, str(top))[1])
+    assert report.ok, report.summary()
+    return set(report.generations.values())
+
+
+def _pool_matches_db(cloud: TwoHosts, pool: str) -> None:
+    """Every file in the pool's directory is a live layer the database records there, and back."""
+    ((root,),) = cloud.server.sql("SELECT path FROM storage_pools WHERE id = ?", cloud.ids[pool])
+    on_disk = {str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file()}
+    known = {
+        str(path)
+        for (path,) in cloud.server.sql(
+            "SELECT path FROM layers WHERE pool_id = ? AND removed IS NULL", cloud.ids[pool]
+        )
+    }
+    assert on_disk == known, (pool, sorted(on_disk - known), sorted(known - on_disk))
+
+
+def _wait_phase(cloud: TwoHosts, job_id: str, words: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = cloud.api().queryAsyncJobResult(jobid=job_id)
+        assert job["jobstatus"] == 0, job
+        if words in str(job.get("jobprogressphase") or ""):
+            return
+        assert time.monotonic() < deadline, f"the job never said {words!r}: {job}"
+        time.sleep(0.1)
+
+
+def _nothing_of_vm_on(cloud: TwoHosts, vm_id: str, pool: str) -> None:
+    """No live layer of the VM's volumes or its memory files is recorded on the pool (its config drive
+    follows its own rule)."""
+    rows = cloud.server.sql(
+        "SELECT l.path FROM layers l LEFT JOIN volumes v ON v.id = l.volume_id WHERE l.removed IS NULL "
+        "AND l.pool_id = ? AND (v.vm_id = ? OR l.vm_id = ?) AND l.kind != 'configdrive'", cloud.ids[pool], vm_id, vm_id
+    )  # fmt: skip
+    assert rows == [], (pool, rows)
+
+
+def test_a_snapshot_tree_moves_live_and_with_the_vm_and_every_snapshot_still_reverts(two_hosts: TwoHosts) -> None:
+    cloud, api = two_hosts, two_hosts.api()
+    vm_id = cloud.deploy("host1", "b", ["b"], TREE, userdata="#cloud-config\n")
+    try:
+        cloud.wait_console(vm_id, "STRATO-RUN-END integrity-write:vdb:16 rc=0")
+        snap = lambda name, memory=False: cloud.ok(  # noqa: E731
+            api.createVMSnapshot(virtualmachineid=vm_id, name=name, snapshotmemory=memory)
+        )["vmsnapshot"]
+        a = snap("A", True)
+        _wait_count(cloud, vm_id, LOOP_END, 1)
+        b = snap("B")
+        cloud.ok(api.revertToVMSnapshot(vmsnapshotid=a["id"]))  # resumes in A's sleep: both loops again
+        _wait_count(cloud, vm_id, LOOP_END, 2)
+        c = snap("C")
+        root, data = cloud.volumes(vm_id)
+        want = {"A": {1}, "B": {2}, "C": {3}}
+        assert {n: g for n, (_p, g) in _snapshot_generations(cloud, vm_id, data["id"]).items()} == want
+
+        # a move of the root disk to pool c cancelled while it copies the memory file (1 MiB/s): nothing
+        # of it stays on c, the tree is whole on b
+        started = api.migrateVolume(volumeid=root["id"], storageid=cloud.ids["c"], livemigrate=True, bandwidth=1)
+        _wait_phase(cloud, started["jobid"], "memory file")
+        api.cancelAsyncJob(jobid=started["jobid"])
+        assert wait_job(api, started["jobid"], 120)["jobstatus"] == 3
+        _nothing_of_vm_on(cloud, vm_id, "c")
+        _pool_matches_db(cloud, "c")
+        assert {n: g for n, (_p, g) in _snapshot_generations(cloud, vm_id, data["id"]).items()} == want
+        assert {v["storageid"] for v in cloud.volumes(vm_id)} == {cloud.ids["b"]}
+
+        # live on host1: both disks from pool b to host1's local pool (the memory file with the root disk)
+        for vol in (root, data):
+            job = api.migrateVolume(volumeid=vol["id"], storageid=cloud.ids["local1"], livemigrate=True)
+            cloud.ok(job)
+            done = api.queryAsyncJobResult(jobid=job["jobid"])
+            assert done["jobprogressdone"] == done["jobprogresstotal"], done
+        found = _snapshot_generations(cloud, vm_id, data["id"])
+        assert found == {n: (cloud.ids["local1"], g) for n, g in want.items()}
+        _nothing_of_vm_on(cloud, vm_id, "b")
+        _pool_matches_db(cloud, "b")
+        _pool_matches_db(cloud, "local1")
+
+        # with the VM to host2, both disks to host2's local pool (layers pulled host to host)
+        cloud.ok(api.migrateVirtualMachineWithVolume(
+            virtualmachineid=vm_id, hostid=cloud.ids["host2"],
+            **{"migrateto[0].volume": root["id"], "migrateto[0].pool": cloud.ids["local2"],
+               "migrateto[1].volume": data["id"], "migrateto[1].pool": cloud.ids["local2"]},
+        ))  # fmt: skip
+        assert cloud.vm(vm_id)["hostid"] == cloud.ids["host2"]
+        found = _snapshot_generations(cloud, vm_id, data["id"])
+        assert found == {n: (cloud.ids["local2"], g) for n, g in want.items()}
+        memory = cloud.server.sql(
+            "SELECT l.pool_id FROM vm_snapshots s JOIN layers l ON l.id = s.memory_layer_id WHERE s.id = ?", a["id"]
+        )
+        assert memory == [(cloud.ids["local2"],)]
+        for pool in ("b", "local1", "local2"):
+            _pool_matches_db(cloud, pool)
+        _nothing_of_vm_on(cloud, vm_id, "local1")
+
+        # every snapshot reverts on the new pool: B and C with the VM stopped, A resumes from its memory
+        cloud.ok(api.stopVirtualMachine(id=vm_id, forced=True))
+        for s, gens in ((b, {2}), (c, {3})):
+            cloud.ok(api.revertToVMSnapshot(vmsnapshotid=s["id"]))
+            assert _data_generations(cloud, data["id"]) == gens
+
+        # offline, the stopped VM with storageid: the tree, the memory file and the config drive to pool c
+        cloud.ok(api.migrateVirtualMachine(virtualmachineid=vm_id, storageid=cloud.ids["c"]))
+        found = _snapshot_generations(cloud, vm_id, data["id"])
+        assert found == {n: (cloud.ids["c"], g) for n, g in want.items()}
+        assert _data_generations(cloud, data["id"]) == {3}
+        drive = cloud.server.sql(
+            "SELECT pool_id FROM layers WHERE vm_id = ? AND kind = 'configdrive' AND removed IS NULL", vm_id
+        )
+        assert drive == [(cloud.ids["c"],)], drive
+        _nothing_of_vm_on(cloud, vm_id, "local2")
+        for pool in ("b", "c", "local2"):
+            _pool_matches_db(cloud, pool)
+
+        cloud.ok(api.revertToVMSnapshot(vmsnapshotid=a["id"]))
+        assert cloud.vm(vm_id)["state"] == "Running"
+        text = cloud.wait_console(vm_id, "STRATO-RUN-END sleep:25 rc=0", timeout=90)
+        assert "STRATO-TINY-BOOTED" not in text, text[-2000:]
+
+        # deleting B and C removes their layers; then A (its one child: the running state) merges live
+        for s in (b, c):
+            cloud.ok(api.deleteVMSnapshot(vmsnapshotid=s["id"]))
+        cloud.ok(api.deleteVMSnapshot(vmsnapshotid=a["id"]))
+        assert not api.listVMSnapshot(virtualmachineid=vm_id).get("vmSnapshot")
+        _wait_count(cloud, vm_id, LOOP_END, 2)
+        cloud.ok(api.stopVirtualMachine(id=vm_id, forced=True))
+        assert _data_generations(cloud, data["id"]) == {3}
+        for pool in ("local1", "local2", "c"):
+            _pool_matches_db(cloud, pool)
+        cloud.nothing_transitional()
+    finally:
         cloud.ok(api.destroyVirtualMachine(id=vm_id, expunge=True))

@@ -189,7 +189,7 @@ def agent_routes(state: AgentState) -> list[BaseRoute]:
             return error_response(ErrorCode.BAD_REQUEST, "pool and name query parameters are required")
         if not isinstance(state.driver, LayerExport):
             return error_response(ErrorCode.BAD_REQUEST, "this agent's driver does not serve layer files")
-        opened = await state.driver.open_layer(pool_id, name)
+        opened = await state.driver.open_layer(pool_id, name, request.query_params.get("path"))
         log.info("serving layer", extra={"agent": state.name, "pool": pool_id, "layer": name, "bytes": opened.size})
         return StreamingResponse(
             _file_chunks(opened),

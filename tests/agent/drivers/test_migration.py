@@ -455,6 +455,19 @@ def test_pull_layer_between_agents_and_the_layer_endpoint(hosts: Hosts) -> None:
         )
         whole = http.get("/v1/layers", params={"pool": "local", "name": "big.qcow2"})
         assert whole.status_code == 200 and whole.content == source.read_bytes()
+        # The server names a host's local pool by its own id: the pool is found by its directory,
+        # which must be an attached pool's.
+        other_id = str(uuid.uuid4())
+        by_path = http.get("/v1/layers", params={"pool": other_id, "name": "big.qcow2", "path": a.local.path})
+        assert by_path.status_code == 200 and by_path.content == source.read_bytes()
+        outside = http.get("/v1/layers", params={"pool": other_id, "name": "hostname", "path": "/etc"})
+        assert outside.status_code == 404, outside.text
+    as_server = LayerRef(pool=PoolRef(id=other_id, path=a.local.path), name="big.qcow2")
+    b.client.run_long(
+        PullLayer(source_agent_url=a.agent.base_url, source_token=a.agent.token, source=as_server,
+                  target=b.layer("copies/by-id.qcow2"))
+    )  # fmt: skip
+    assert b.path("copies/by-id.qcow2").read_bytes() == source.read_bytes()
 
 
 QUICK_STALL_S = 4.0

@@ -27,7 +27,7 @@ from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.process import RunDir
 from strato.agent.drivers.roles import set_phase_sink
 from strato.image.integrity import encode_block, encode_superblock, parse_generations, verify_image
-from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef, PoolRef, PowerState, VmSpec
+from strato.protocol.messages import DiskSpec, ErrorCode, LayerRef, PoolRef, PowerState, SnapshotDisk, VmSpec
 
 pytestmark = [
     pytest.mark.qemu,
@@ -254,6 +254,31 @@ async def test_linked_clone_moves_onto_the_copied_template(driver: QemuDriver, t
     assert template_bytes >= TEMPLATE_FILL_MIB * MiB
     assert own_allocation(path_of(target)) <= own_allocation(path_of(top)) + MiB
     assert own_allocation(path_of(target)) < template_bytes // 4
+
+
+async def test_move_after_a_live_snapshot_closes_the_frozen_layer(driver: QemuDriver, tiny_image: Path) -> None:
+    """A live snapshot opens the disk's new top by blockdev-add on the old one, which stays a named node:
+    after the move's pivot both old layers are closed, so their files can be removed."""
+    fast = await other_pool(driver)
+    frozen = local(driver, "data.qcow2")
+    await driver.create_layer(frozen, 32 * MiB, None)
+    write_data(path_of(frozen), 4)
+    await start_vm(driver, tiny_image, frozen, None, memory_mib=64)
+    top = local(driver, "data-s1.qcow2")
+    await driver.snapshot_vm("vm1", [SnapshotDisk(device_id=1, new_top=top)], None, Progress())
+    assert str(path_of(frozen)) in await open_files(driver)
+
+    frozen_copy = LayerRef(pool=fast, name="data.qcow2")
+    await driver.copy_layer(frozen, frozen_copy, None, Progress())
+    target = LayerRef(pool=fast, name="data-s1.qcow2")
+    moved = await driver.mirror_disk("vm1", 1, target, frozen_copy, None, Progress())
+    assert moved.layer == target
+    still = await open_files(driver)
+    assert str(path_of(frozen_copy)) in still and str(path_of(target)) in still
+    assert not {str(path_of(frozen)), str(path_of(top))} & still, still
+    await driver.remove_layer(top, missing_ok=False)
+    await driver.remove_layer(frozen, missing_ok=False)
+    await driver.stop_vm("vm1", force=True, timeout_s=1)
 
 
 # --- (c) cancelled: the VM stays on its source ------------------------------------------------------

@@ -22,6 +22,6 @@ class LayerExport(abc.ABC):
     """A driver whose layer files other agents may pull."""
 
     @abc.abstractmethod
-    async def open_layer(self, pool_id: str, name: str) -> OpenedLayer:
-        """Open a layer of an attached pool: NOT_FOUND for an unknown pool or file, BAD_REQUEST for a
-        name that escapes the pool's directory."""
+    async def open_layer(self, pool_id: str, name: str, pool_path: str | None = None) -> OpenedLayer:
+        """Open a layer of an attached pool (by id, else by its directory `pool_path`): NOT_FOUND for an
+        unknown pool or file, BAD_REQUEST for a name that escapes the pool's directory."""

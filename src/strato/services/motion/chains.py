@@ -24,12 +24,14 @@ from sqlalchemy.orm import Session
 from strato.db.engine import Database
 from strato.db.models import Host, Layer, StoragePool, Volume
 from strato.db.models.storage import LAYER_TEMPLATE, LAYER_VOLUME
+from strato.db.models.vmsnapshots import LAYER_MEMORY
 from strato.engine.operation import Operation, Step, StepData
 from strato.errors import CloudError, ResourceInUse, ResourceUnavailable
 from strato.protocol.client import AgentClient
 from strato.protocol.messages import CopyLayer, GetLayerInfo, LayerInfo, LayerRef, PullLayer, RebaseLayer
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.reach import host_for
+from strato.services.motion.tree import branch_rows, memory_rows, repoint, tree_bytes
 from strato.services.storage.layers import (
     ensure_template_on_pool,
     ref,
@@ -71,10 +73,11 @@ def pool_copy(session: Session, layer: Layer, pool_id: str) -> Layer | None:
 
 
 def bytes_to_move(session: Session, volume: Volume, pool_id: str) -> int:
-    """What a move copies: the physical size of the frozen layers the pool lacks, and the top layer
-    (an estimate for the capacity rule and the progress total)."""
+    """What a move copies: the physical size of the frozen layers the pool lacks, the top layer, and
+    the rest of the snapshot tree (an estimate for the capacity rule and the progress total)."""
     rows = chain_rows(session, volume.top_layer_id)
     total = rows[0].physical_size if rows else 0
+    total += tree_bytes(session, volume, pool_id)
     return total + sum(r.physical_size for r in rows[1:] if pool_copy(session, r, pool_id) is None)
 
 
@@ -162,9 +165,11 @@ class ByteProgress:
 
 @dataclass
 class ChainMove:
-    """Steps moving one volume's chain to `pool_id` inside an operation `op`.
+    """Steps moving one volume's chain, with the rest of its snapshot tree, to `pool_id` inside an
+    operation `op`.
 
-    `frozen_steps()` copy and rebase the frozen layers; `offline_top_step()` copies the top layer (a
+    `frozen_steps()` copy, rebase and check the frozen layers (the present chain's, the other branches'
+    and, for a root disk, the VM's memory files); `offline_top_step()` copies the top layer (a
     live strategy mirrors it instead, into `new_top_row()` on `target_backing()`); `switch()` is the
     database change made in the operation's commit step; `cleanup_step()` removes the source layers
     after it. `prefix` keeps step names unique when one operation moves several volumes. `copier`
@@ -221,10 +226,15 @@ class ChainMove:
             vol = s.get(Volume, self.volume_id)
             assert vol is not None and vol.top_layer_id
             rows = chain_rows(s, vol.top_layer_id)
+            branches, memory = branch_rows(s, vol), memory_rows(s, vol)
             return {
                 "source_pool": vol.pool_id,
                 "chain": [r.id for r in rows],
                 "sizes": [r.physical_size for r in rows],
+                "branches": [r.id for r in branches],
+                "branch_sizes": [r.physical_size for r in branches],
+                "memory": [r.id for r in memory],
+                "memory_sizes": [r.physical_size for r in memory],
                 "total": bytes_to_move(s, vol, self.pool_id),
             }
 
@@ -243,12 +253,20 @@ class ChainMove:
         plan = self.plan()
         return copier_between(self.db, plan["source_pool"], self.pool_id, self.prefer_host, self.bandwidth)
 
+    def _frozen_order(self) -> list[tuple[str, int]]:
+        """Every frozen layer of the tree with its size, each after its parent: the present chain bottom
+        up, the other branches, then the memory files."""
+        plan = self.plan()
+        chain = list(zip(plan["chain"][1:], plan["sizes"][1:], strict=True))
+        branches = list(zip(plan.get("branches", []), plan.get("branch_sizes", []), strict=True))
+        memory = list(zip(plan.get("memory", []), plan.get("memory_sizes", []), strict=True))
+        return [*reversed(chain), *branches, *memory]
+
     def _copy_frozen(self) -> StepData:
         """Bottom up, so that each copy's parent is on the pool before it is rebased."""
-        plan = self.plan()
         mapping: dict[str, str] = {}
         copier: Copier | None = None
-        for layer_id, size in reversed(list(zip(plan["chain"][1:], plan["sizes"][1:], strict=True))):
+        for layer_id, size in self._frozen_order():
             with self.db.session() as s:
                 row = s.get(Layer, layer_id)
                 assert row is not None
@@ -258,7 +276,7 @@ class ChainMove:
                     continue
                 kind, template_id = row.kind, row.template_id
             progress = self.progress_for(size)
-            what = "the template base" if kind == LAYER_TEMPLATE else "a frozen layer"
+            what = {LAYER_TEMPLATE: "the template base", LAYER_MEMORY: "a memory file"}.get(kind, "a frozen layer")
             self.say(f"{self.prefix}copying {what} to the target pool")
             if kind == LAYER_TEMPLATE and template_id:
                 # The per-pool template cache: concurrent copies of one template to one pool make one.
@@ -274,7 +292,9 @@ class ChainMove:
             src = s.get(Layer, source_id)
             pool, src_pool = s.get(StoragePool, self.pool_id), s.get(StoragePool, src.pool_id if src else "")
             assert src is not None and pool is not None and src_pool is not None
-            row = Layer(pool_id=pool.id, path="", volume_id=self.volume_id, kind=LAYER_VOLUME, frozen=not top,
+            kind = LAYER_VOLUME if top else src.kind
+            row = Layer(pool_id=pool.id, path="", volume_id=self.volume_id if kind == LAYER_VOLUME else None,
+                        vm_id=src.vm_id if kind == LAYER_MEMORY else None, kind=kind, frozen=not top,
                         virtual_size=src.virtual_size, state="Creating", creating_job=self.job_id)  # fmt: skip
             s.add(row)
             s.flush()
@@ -290,16 +310,57 @@ class ChainMove:
         return new_id
 
     def _rebase(self) -> StepData:
-        """Points each copy at its copied parent (a copy keeps its source's backing reference)."""
+        """Points each copy at its copied parent (a copy keeps its source's backing reference), then
+        checks every copy against its source."""
         plan, mapping = self.plan(), self.mapping()
-        chain = plan["chain"]
-        for i, layer_id in enumerate(chain[1:], start=1):
-            parent = chain[i + 1] if i + 1 < len(chain) else None
+        memory = set(plan.get("memory", []))
+        for layer_id, _size in self._frozen_order():
             copy_id = mapping[layer_id]
-            if copy_id == layer_id:
+            if copy_id == layer_id or layer_id in memory:
                 continue
-            self._rebase_row(copy_id, mapping.get(parent) if parent else None, made_only=True)
+            with self.db.session() as s:
+                src = s.get(Layer, layer_id)
+                assert src is not None
+                parent = src.parent_id
+            if parent is not None and parent not in mapping:
+                raise ResourceUnavailable(f"Layer {layer_id} rests on layer {parent}, which this move did not copy")
+            self._rebase_row(copy_id, mapping[parent] if parent else None, made_only=True)
+        for layer_id, _size in self._frozen_order():
+            if mapping[layer_id] != layer_id:
+                self.check_copy(layer_id, mapping[layer_id])
         return {}
+
+    def check_copy(self, source_id: str, copy_id: str) -> None:
+        """A frozen copy this move made matches its source (GetLayerInfo of both): its size, and its
+        backing file is the copy of the source's parent."""
+        with self.db.session() as s:
+            src, row = s.get(Layer, source_id), s.get(Layer, copy_id)
+            assert src is not None and row is not None
+            if row.creating_job != self.job_id:
+                return  # a template copy another job made and checked
+            src_pool, pool = s.get(StoragePool, src.pool_id), s.get(StoragePool, row.pool_id)
+            assert src_pool is not None and pool is not None
+            parent = s.get(Layer, row.parent_id) if row.parent_id else None
+            source, target = ref(src_pool, src.path), ref(pool, row.path)
+            want_backing = parent.path if parent is not None else None
+            qcow2 = row.kind != LAYER_MEMORY
+        src_client, src_name = _host_of(self.db, src_pool.id, self.prefer_host)
+        with agent_errors(src_name):
+            before = src_client.call(GetLayerInfo(layer=source))
+        client, name = _host_of(self.db, self.pool_id, self.prefer_host)
+        with agent_errors(name):
+            info = client.call(GetLayerInfo(layer=target))
+        backing = info.backing_file or None
+        same_backing = (
+            not qcow2
+            or backing == want_backing
+            or bool(backing and want_backing and backing.endswith("/" + want_backing))
+        )
+        if info.virtual_size != before.virtual_size or not same_backing:
+            raise ResourceUnavailable(
+                f"The copy of layer {src.path} on the target pool does not match its source: {info.virtual_size} "
+                f"bytes on {backing or 'no backing'}, expected {before.virtual_size} on {want_backing or 'no backing'}"
+            )
 
     def _rebase_row(self, layer_id: str, parent_id: str | None, made_only: bool = False) -> None:
         with self.db.session() as s:
@@ -416,13 +477,30 @@ class ChainMove:
         assert vol is not None and top is not None
         top.state = "Ready"
         vol.pool_id, vol.top_layer_id = self.pool_id, top_id
+        repoint(session, self.volume_id, self.mapping())
 
     def _cleanup(self) -> StepData:
-        """Removes the source chain's own layers top down, unless another layer is built on one or it
-        is a template's cached base (the template's, not this volume's). Idempotent."""
+        """Removes the source tree's own layers, children before parents: the memory files, the old top,
+        the other branches, then the chain top down, unless another layer is built on one or it is a
+        template's cached base (the template's, not this volume's). Idempotent."""
         plan = self.plan()
         kept: list[str] = []
-        for layer_id in plan["chain"]:
+        for layer_id in [*plan.get("memory", []), *plan["chain"][:1], *reversed(plan.get("branches", []))]:
+            with self.db.session() as s:
+                row = s.get(Layer, layer_id)
+                if row is None or row.removed is not None or row.pool_id == self.pool_id:
+                    continue
+                if row.kind not in (LAYER_VOLUME, LAYER_MEMORY):
+                    kept.append(layer_id)
+                    continue
+            try:
+                remove_layer_file(self.db, layer_id)
+            except ResourceInUse:
+                kept.append(layer_id)
+            except CloudError as exc:
+                log.warning("move of volume %s: source layer %s left: %s", self.volume_id, layer_id, exc.text)
+                return {"kept": [*kept, layer_id], "error": exc.text}
+        for layer_id in plan["chain"][1:]:
             with self.db.session() as s:
                 row = s.get(Layer, layer_id)
                 if row is None or row.removed is not None:
@@ -450,10 +528,13 @@ class ChainMove:
                 select(Layer).where(Layer.pool_id == self.pool_id, Layer.creating_job == self.job_id,
                                     Layer.removed.is_(None)).order_by(Layer.created.desc())
             ))  # fmt: skip
+            memory = self._memory_paths(s)
             mine = (
                 r
                 for r in rows
-                if r.kind == LAYER_TEMPLATE or (r.kind == LAYER_VOLUME and r.volume_id == self.volume_id)
+                if r.kind == LAYER_TEMPLATE
+                or (r.kind == LAYER_VOLUME and r.volume_id == self.volume_id)
+                or (r.kind == LAYER_MEMORY and r.path in memory)
             )
             made = [(r.id, r.state == "Ready") for r in mine]
         for layer_id, ready in made:
@@ -464,3 +545,8 @@ class ChainMove:
                 remove_layer_file(self.db, layer_id)
             except ResourceInUse:
                 continue
+
+    def _memory_paths(self, session: Session) -> set[str]:
+        """The paths of the memory files this move copies (their copies keep the path)."""
+        ids = list(self.plan().get("memory", []))
+        return {r.path for r in session.scalars(select(Layer).where(Layer.id.in_(ids)))} if ids else set()

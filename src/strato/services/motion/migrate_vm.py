@@ -295,9 +295,13 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         out = [Step("mark migrating", self._mark, undo=self._unmark)]
         for chain in self.chains():
             out += [*chain.frozen_steps(), chain.offline_top_step()]
+        drive = self._drive_moves()
+        if drive:
+            out.append(Step("copy config drive", self._copy_drive, undo=self._drop_drive))
         out += [
             Step("switch database", self._switch_offline, commit=True),
             *(chain.cleanup_step() for chain in self.chains()),
+            *([Step("remove old config drive", self._remove_old_drive)] if drive else []),
             Step("mark stable", self._stable),
         ]
         return out
@@ -322,9 +326,12 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
             vm = s.get(VirtualMachine, self.params.vm_id)
             return vm is not None and self.params.host_id is not None and vm.host_id == self.params.host_id
 
-    # --- the config drive: along with the root disk, when the target host cannot reach it ----------
+    # --- the config drive: along with the root disk, when the target host cannot reach it, and
+    # --- always with a stopped VM's disks (storageid): it stays beside the root disk
 
     def _root_target(self) -> str | None:
+        if self.offline:
+            return self.params.pool_id
         with self.db.session() as s:
             for m in self.params.moves:
                 vol = s.get(Volume, m.volume_id)
@@ -333,8 +340,9 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         return None
 
     def _drive_moves(self) -> bool:
-        """The VM's config drive is on a pool the target host cannot reach (the root disk moves)."""
-        if self.offline or not self.params.host_id:
+        """Live: the VM's config drive is on a pool the target host cannot reach (the root disk moves).
+        Offline: the VM has a config drive elsewhere than the pool its disks go to."""
+        if not self.offline and not self.params.host_id:
             return False
         root_target = self._root_target()
         if root_target is None:
@@ -343,6 +351,8 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
             if self._new_drive(s) is not None:
                 return True
             drive = self._old_drive(s)
+            if self.offline:
+                return drive is not None and drive.pool_id != root_target
             host = s.get(Host, self.params.host_id)
             pool = s.get(StoragePool, drive.pool_id) if drive is not None else None
             return pool is not None and host is not None and not reaches(host, pool)

@@ -15,6 +15,7 @@ from strato.protocol.capabilities import DriverCapabilities
 from strato.services.core.reach import up_hosts
 from strato.services.core.settings import allocation_limits
 from strato.services.motion.chains import chain_rows, pool_copy
+from strato.services.motion.tree import tree_bytes
 
 LIVE_VM_STATES = ("Running",)
 OFFLINE_VM_STATES = ("Stopped",)
@@ -124,8 +125,9 @@ def missing_tags(session: Session, vol: Volume, pool: StoragePool) -> set[str]:
 
 
 def bytes_needed(session: Session, vol: Volume, pool: StoragePool) -> int:
-    """What the volume takes on the pool once moved: its size and the template bases it adds there."""
-    return vol.size + _template_bytes(session, vol, pool)
+    """What the volume takes on the pool once moved: its size, the template bases it adds there, and
+    the rest of its snapshot tree (other branches' layers, the memory files of a root disk)."""
+    return vol.size + _template_bytes(session, vol, pool) + tree_bytes(session, vol, pool.id)
 
 
 def _template_bytes(session: Session, vol: Volume, pool: StoragePool) -> int:

@@ -14,6 +14,7 @@ from strato.engine.allocator import ACTIVE_VM_STATES, Allocator, DiskRequest, ho
 from strato.errors import CloudError, InsufficientCapacity, InvalidParameter, NotFound
 from strato.services.core.settings import allocation_limits
 from strato.services.core.states import VM_TRANSITIONAL, VOLUME_TRANSITIONAL
+from strato.services.motion.tree import tree_bytes
 from strato.services.storage.disks import attached_volumes
 
 MIB = 1 << 20
@@ -149,10 +150,11 @@ def check_pool_room(session: Session, moves: list[tuple[Volume, StoragePool]], h
     """Each moving volume fits on its pool (all of them together), reachable from `host` when given."""
     allocator = Allocator(session, allocation_limits(session))
     for vol, pool in moves:
-        disk = DiskRequest(label=f"volume {vol.name}", size=vol.size, pool_id=pool.id)
+        size = vol.size + tree_bytes(session, vol, pool.id)
+        disk = DiskRequest(label=f"volume {vol.name}", size=size, pool_id=pool.id)
         why = allocator.why_not(pool, disk, host)
         if why is not None:
             if "free" in why or "full" in why:
                 raise InsufficientCapacity(f"Cannot move volume {vol.name}: {why}")
             raise InvalidParameter(f"Cannot move volume {vol.name}: {why}")
-        allocator.reserve(pool, vol.size)
+        allocator.reserve(pool, size)

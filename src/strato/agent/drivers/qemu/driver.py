@@ -536,8 +536,8 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Snap
     ) -> LayerInfo:
         return await transfer.pull(source_agent_url, source_token, source, target, bandwidth_bytes_per_s, progress)
 
-    async def open_layer(self, pool_id: str, name: str) -> OpenedLayer:
-        return transfer.open_layer(self.data_dir, pool_id, name)
+    async def open_layer(self, pool_id: str, name: str, pool_path: str | None = None) -> OpenedLayer:
+        return transfer.open_layer(self.data_dir, pool_id, name, pool_path)
 
     # --- devices of running VMs ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from strato.agent.drivers.base import DriverError, ProgressFn, report_phase
 from strato.agent.drivers.qemu import layers, pools, process
 from strato.agent.drivers.qemu.blockjobs import ENDED, BlockJobs, CopyMode, JobInfo, Sync
+from strato.agent.drivers.qemu.merge import ChainNode, disk_chain
 from strato.agent.drivers.qemu.monitor import JOB_EVENTS, EventsMissed, job_match
 from strato.agent.drivers.qemu.process import RunDir
 from strato.protocol.messages import BlockJobOutcome, DiskPlace, DiskSpec, ErrorCode, LayerRef
@@ -155,9 +156,11 @@ class DiskMotion:
                 )
             await self._discard_leftover(run, jobs, device_id, source)
             sync: Sync = "top" if backing_path is not None else "full"
+            old_chain = await disk_chain(drv, run, device_id)
             nodes = await self._mirror(run, jobs, device_id, source, target, backing_path, sync, bandwidth, progress)
             # Pivoted: from here on nothing is deleted.
             await self._drop_old_top(run, source.node)
+            await self._drop_old_chain(run, device_id, old_chain[1:])
             moved = await self._record(run, device_id, target)
             _record_path(run, device_id).unlink(missing_ok=True)
             log.info("disk %d of VM %s moved to %s (node %s)", device_id, vm_name, target_path, nodes[1])
@@ -327,6 +330,19 @@ class DiskMotion:
             await self.driver._blockdev_del(run, node, _file_node(node))
         except DriverError as exc:
             log.warning("old nodes %s of VM %s not closed after a move: %s", node, run.path.name, exc)
+
+    async def _drop_old_chain(self, run: RunDir, device_id: int, below: list[ChainNode]) -> None:
+        """Close the named nodes of the old chain below its top, top down: a layer frozen by a live
+        snapshot was opened by blockdev-add, so closing the top leaves it open (and its file would stay
+        in use). Nodes the new chain reads are left alone."""
+        try:
+            keep = {n.node for n in await disk_chain(self.driver, run, device_id)}
+        except DriverError as exc:
+            log.warning("old chain of disk %d of VM %s left open: %s", device_id, run.path.name, exc)
+            return
+        for node in below:
+            if node.named and node.node not in keep:
+                await self._drop_old_top(run, node.node)
 
     async def _record(self, run: RunDir, device_id: int, target: LayerRef) -> DiskSpec:
         """The VM's spec (what a restart starts) names the target as the disk's layer."""

@@ -131,6 +131,15 @@ def attached(data_dir: Path, pool_id: str) -> PoolRef | None:
     return PoolRef(id=pool_id, path=directory) if directory else None
 
 
+def attached_at(data_dir: Path, path: str) -> PoolRef | None:
+    """The attached pool whose directory is `path`, or None."""
+    wanted = os.path.realpath(path)
+    for pool_id, directory in _registry(data_dir).items():
+        if os.path.realpath(directory) == wanted:
+            return PoolRef(id=pool_id, path=directory)
+    return None
+
+
 def _registry(data_dir: Path) -> dict[str, str]:
     try:
         data = json.loads((data_dir / REGISTRY_FILE).read_text())

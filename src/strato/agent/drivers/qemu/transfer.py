@@ -31,9 +31,13 @@ CONNECT_TIMEOUT_S = 10.0
 _ZEROS = bytes(BLOCK)
 
 
-def open_layer(data_dir: Path, pool_id: str, name: str) -> OpenedLayer:
-    """Open a layer of a pool this agent attached, for the layer endpoint."""
+def open_layer(data_dir: Path, pool_id: str, name: str, pool_path: str | None = None) -> OpenedLayer:
+    """Open a layer of a pool this agent attached, for the layer endpoint. The host's local pool is
+    attached under the agent's own name for it, so a pool id the agent does not know is also found by
+    its directory (`pool_path`), which must be an attached pool's."""
     pool = pools.attached(data_dir, pool_id)
+    if pool is None and pool_path:
+        pool = pools.attached_at(data_dir, pool_path)
     if pool is None:
         raise DriverError(ErrorCode.NOT_FOUND, f"no attached pool {pool_id!r}")
     path = pools.layer_path(LayerRef(pool=pool, name=name))  # BAD_REQUEST when the name escapes
@@ -84,7 +88,7 @@ async def pull(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.copying")  # swept if the agent dies
     url = source_agent_url.rstrip("/") + "/v1/layers"
-    params = {"pool": source.pool.id, "name": source.name}
+    params = {"pool": source.pool.id, "name": source.name, "path": source.pool.path}
     headers = {"Authorization": f"Bearer {source_token}"}
     # The read timeout is the stall watch: no byte received for stall_s (a dead peer leaves the
     # connection open for TCP's ~15 min otherwise); the bandwidth sleeps happen between reads.
