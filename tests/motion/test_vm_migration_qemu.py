@@ -19,9 +19,12 @@ from helpers.faultlib import kill_qemus_under
 from helpers.serverproc import ServerProcess, start_server, wait_job
 from strato.agent.drivers.qemu.driver import QemuDriver
 
-pytestmark = pytest.mark.skipif(
-    not QemuDriver.capabilities.live_migration, reason="the QEMU driver does not claim live_migration yet"
-)
+pytestmark = [
+    pytest.mark.qemu,  # handed out first (tests/conftest.py), not left for the end of a parallel run
+    pytest.mark.skipif(
+        not QemuDriver.capabilities.live_migration, reason="the QEMU driver does not claim live_migration yet"
+    ),
+]
 
 
 def _ok(api: CloudStack, started: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
