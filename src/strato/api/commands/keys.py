@@ -95,7 +95,7 @@ def _limit_view(account: Any, rtype: int, maximum: int) -> dict[str, Any]:
     params=(
         Param("account", T.STRING, "The account (admins); with domainid", max_length=255),
         Param("domainid", T.UUID, "The domain of the account"),
-        Param("resourcetype", T.INTEGER, "Type: 0 VMs, 2 volumes, 10 primary storage (GiB)"),
+        Param("resourcetype", T.INTEGER, "Type: 0 VMs, 2 volumes, 3 snapshots, 10 primary storage (GiB)"),
     ),
 )
 def list_limits(ctx: CallContext, args: dict[str, Any]) -> Listing:
@@ -112,7 +112,9 @@ def list_limits(ctx: CallContext, args: dict[str, Any]) -> Listing:
     access=DOMAIN_ADMINS,
     event="RESOURCE.LIMIT.UPDATE",
     params=(
-        Param("resourcetype", T.INTEGER, "Type: 0 VMs, 2 volumes, 10 primary storage (GiB)", required=True),
+        Param(
+            "resourcetype", T.INTEGER, "Type: 0 VMs, 2 volumes, 3 snapshots, 10 primary storage (GiB)", required=True
+        ),
         Param("max", T.LONG, "Maximum, -1 for unlimited", min_value=-1),
         Param("account", T.STRING, "The account", max_length=255),
         Param("accountid", T.UUID, "Strato: the account by id"),

@@ -7,6 +7,7 @@ from strato.db.models.jobs import Job, JobResource, ServerNode
 from strato.db.models.network import Network, Nic, PhysicalNetwork
 from strato.db.models.offerings import DiskOffering, ServiceOffering
 from strato.db.models.settings import HypervisorCapability, Setting
+from strato.db.models.snapshots import Snapshot, SnapshotPolicy
 from strato.db.models.storage import Layer, Volume
 from strato.db.models.templates import Template, TemplateStoreCopy
 from strato.db.models.vms import ResourceLimit, SSHKeyPair, VirtualMachine
@@ -35,6 +36,8 @@ __all__ = [
     "ServerNode",
     "ServiceOffering",
     "Setting",
+    "Snapshot",
+    "SnapshotPolicy",
     "StoragePool",
     "Template",
     "TemplateStoreCopy",

@@ -1,4 +1,4 @@
-"""Account resource limits (CloudStack's resource types 0 VMs, 2 volumes, 10 primary storage GiB):
+"""Account resource limits (CloudStack's resource types 0 VMs, 2 volumes, 3 snapshots, 10 primary storage GiB):
 a default from the max.account.* settings, overridden per account."""
 
 from __future__ import annotations
@@ -6,18 +6,26 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Account, ResourceLimit, VirtualMachine, VMSnapshot, Volume
+from strato.db.models import Account, ResourceLimit, Snapshot, VirtualMachine, VMSnapshot, Volume
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN
 from strato.errors import ResourceLimitExceeded
 from strato.services.core import settings
 from strato.units import GIB
 
-USER_VM, VOLUME, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 2, 10, 14
-"""VM_SNAPSHOT is Strato's addition (CloudStack has no limit type for VM snapshots)."""
-NAMES = {USER_VM: "user_vm", VOLUME: "volume", PRIMARY_STORAGE: "primary_storage", VM_SNAPSHOT: "vm_snapshot"}
+USER_VM, VOLUME, SNAPSHOT, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 2, 3, 10, 14
+"""SNAPSHOT counts volume snapshots (CloudStack's type 3); VM_SNAPSHOT is Strato's addition (CloudStack has
+no limit type for VM snapshots)."""
+NAMES = {
+    USER_VM: "user_vm",
+    VOLUME: "volume",
+    SNAPSHOT: "snapshot",
+    PRIMARY_STORAGE: "primary_storage",
+    VM_SNAPSHOT: "vm_snapshot",
+}
 DEFAULTS = {
     USER_VM: "max.account.user.vms",
     VOLUME: "max.account.volumes",
+    SNAPSHOT: "max.account.snapshots",
     PRIMARY_STORAGE: "max.account.primary.storage",
     VM_SNAPSHOT: "max.account.vm.snapshots",
 }
@@ -60,6 +68,13 @@ def usage(session: Session, account_id: str, resource_type: int) -> int:
                 VMSnapshot.state != "Error",
             )
         )
+    elif resource_type == SNAPSHOT:
+        # As CloudStack's resource count: every snapshot not deleted, except those that failed.
+        q = (
+            select(func.count())
+            .select_from(Snapshot)
+            .where(Snapshot.account_id == account_id, Snapshot.removed.is_(None), Snapshot.state != "Error")
+        )
     elif resource_type == VOLUME:
         q = select(func.count()).select_from(Volume).where(Volume.account_id == account_id, Volume.removed.is_(None))
     else:
@@ -70,10 +85,22 @@ def usage(session: Session, account_id: str, resource_type: int) -> int:
 
 
 def check(
-    session: Session, account: Account, vms: int = 0, volumes: int = 0, storage_bytes: int = 0, vm_snapshots: int = 0
+    session: Session,
+    account: Account,
+    vms: int = 0,
+    volumes: int = 0,
+    storage_bytes: int = 0,
+    vm_snapshots: int = 0,
+    snapshots: int = 0,
 ) -> None:
     """Raises 532 naming the limit that the request would pass."""
-    wanted = ((USER_VM, vms), (VOLUME, volumes), (PRIMARY_STORAGE, storage_bytes), (VM_SNAPSHOT, vm_snapshots))
+    wanted = (
+        (USER_VM, vms),
+        (VOLUME, volumes),
+        (SNAPSHOT, snapshots),
+        (PRIMARY_STORAGE, storage_bytes),
+        (VM_SNAPSHOT, vm_snapshots),
+    )
     for rtype, extra in wanted:
         if not extra:
             continue
