@@ -163,12 +163,13 @@ def test_bad_input_and_other_accounts_are_refused(one: One) -> None:
         assert code == 431 and unknown in text, text
 
     # A user's own volume (made by the admin for it on the shared pool), and the user's own snapshot.
-    user = create_user_keys(api, one.server.endpoint, username=f"u{uuid.uuid4().hex[:6]}")
+    username = f"u{uuid.uuid4().hex[:6]}"
+    user = create_user_keys(api, one.server.endpoint, username=username)
     mine = one.server.cs(user, timeout=120)
     vol = one.ok(api.createVolume(zoneid=one.ids["zone"], diskofferingid=one.ids["disk"], name="uvol",
-                                  storageid=_pool(one), account=user.username, domainid=user.domainid))["volume"]  # fmt: skip
+                                  storageid=_pool(one), account=username, domainid=user.domainid))["volume"]  # fmt: skip
     snap = one.ok(mine.createSnapshot(volumeid=vol["id"]))["snapshot"]
-    assert snap["account"] == user.username
+    assert snap["account"] == username
 
     # The admin's snapshot is not the user's to see or touch.
     admin_vol = one.ok(api.createVolume(zoneid=one.ids["zone"], diskofferingid=one.ids["disk"], name="avol",
@@ -184,7 +185,7 @@ def test_bad_input_and_other_accounts_are_refused(one: One) -> None:
     assert {s["id"] for s in mine.listSnapshots(listall=True)["snapshot"]} == {snap["id"]}
 
     # The snapshot limit (resource type 3) of the account.
-    api.updateResourceLimit(resourcetype=3, max=1, account=user.username, domainid=user.domainid)
+    api.updateResourceLimit(resourcetype=3, max=1, account=username, domainid=user.domainid)
     code, text = api_error(lambda: mine.createSnapshot(volumeid=vol["id"]))
     assert code == 532 and "snapshot" in text, text
     one.ok(mine.deleteSnapshot(id=snap["id"]))
