@@ -166,8 +166,9 @@ def test_bad_input_and_other_accounts_are_refused(one: One) -> None:
     username = f"u{uuid.uuid4().hex[:6]}"
     user = create_user_keys(api, one.server.endpoint, username=username)
     mine = one.server.cs(user, timeout=120)
+    owned = {"account": username, "domainid": user.domainid}
     vol = one.ok(api.createVolume(zoneid=one.ids["zone"], diskofferingid=one.ids["disk"], name="uvol",
-                                  storageid=_pool(one), account=username, domainid=user.domainid))["volume"]  # fmt: skip
+                                  storageid=_pool(one), **owned))["volume"]  # fmt: skip
     snap = one.ok(mine.createSnapshot(volumeid=vol["id"]))["snapshot"]
     assert snap["account"] == username
 

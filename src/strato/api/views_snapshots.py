@@ -35,7 +35,10 @@ def snapshot(session: Session, snap: Snapshot) -> dict[str, Any]:
             "datastoreid": store.id if store is not None else None,
             "datastorename": store.name if store is not None else None,
             "datastoretype": "ImageStore" if store is not None else None,
-            "revertable": snap.state == "BackedUp" and vol is not None and vol.removed is None,
+            "revertable": snap.state == "BackedUp"
+            and vol is not None
+            and vol.removed is None
+            and vol.state not in ("Destroy", "Expunged"),
             "hypervisor": "KVM",
             "tags": tags(session, snap.id),
             **owner_fields(session, snap.account_id),
