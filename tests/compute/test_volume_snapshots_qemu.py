@@ -190,7 +190,7 @@ def test_bad_input_and_other_accounts_are_refused(one: One) -> None:
     code, text = api_error(lambda: mine.createSnapshot(volumeid=vol["id"]))
     assert code == 532 and "snapshot" in text, text
     one.ok(mine.deleteSnapshot(id=snap["id"]))
-    one.ok(mine.createSnapshot(volumeid=vol["id"]))  # room again
+    last = one.ok(mine.createSnapshot(volumeid=vol["id"]))["snapshot"]  # room again
 
     # Bad parameters name themselves.
     code, text = api_error(lambda: api.createSnapshot(volumeid=admin_vol["id"], quiescevm=True))
@@ -207,6 +207,14 @@ def test_bad_input_and_other_accounts_are_refused(one: One) -> None:
     left = api.listSnapshots(id=admin_snap["id"])["snapshot"][0]
     assert left["volumename"] == "avol" and left["state"] == "BackedUp" and not left["revertable"]
     one.ok(api.deleteSnapshot(id=admin_snap["id"]))
+
+    # An account keeps its snapshots after its volumes go: it is deleted once they are gone too.
+    api.deleteVolume(id=vol["id"])
+    _wait(lambda: not api.listVolumes(id=vol["id"], listall=True).get("volume"), "the user's volume gone")
+    code, text = api_error(lambda: one.ok(api.deleteAccount(id=user.accountid)))
+    assert code == 536 and "snapshot" in text, text
+    one.ok(api.deleteSnapshot(id=last["id"]))
+    one.ok(api.deleteAccount(id=user.accountid))
 
 
 def test_policy_keeps_at_most_maxsnaps(one: One) -> None:
