@@ -25,8 +25,13 @@ FRIDAY = datetime(2026, 12, 4, 2, 30, tzinfo=UTC)  # a Friday
         ("MONTHLY", "00:10:4", "UTC", FRIDAY, datetime(2026, 12, 4, 10, 0, tzinfo=UTC)),
         ("MONTHLY", "00:01:4", "UTC", FRIDAY, datetime(2027, 1, 4, 1, 0, tzinfo=UTC)),  # over the year's end
         # Daylight saving time starts in Paris on 2027-03-28 at 02:00: 03:00 local is then 01:00 UTC.
-        ("DAILY", "00:03", "Europe/Paris", datetime(2027, 3, 27, 12, 0, tzinfo=UTC),
-         datetime(2027, 3, 28, 1, 0, tzinfo=UTC)),  # fmt: skip
+        (
+            "DAILY",
+            "00:03",
+            "Europe/Paris",
+            datetime(2027, 3, 27, 12, 0, tzinfo=UTC),
+            datetime(2027, 3, 28, 1, 0, tzinfo=UTC),
+        ),
     ],
 )
 def test_next_run(interval: str, schedule: str, zone: str, after: datetime, expected: datetime) -> None:
