@@ -134,7 +134,7 @@ class CreateSnapshot(Operation[CreateSnapshotParams]):
                 command = ConvertLayer(source=ref(pool, top.path), target=target)
             client, host_name = host_client(host), host.name
         with agent_errors(host_name):
-            info: LayerInfo = client.run_long(command, on_progress=self.job.progress)
+            info: LayerInfo = client.run_long(command, on_progress=self.job.part_progress(0, 1))
         return {"virtual_size": info.virtual_size, "physical_size": info.physical_size, "live": live}
 
     def _remove(self) -> None:

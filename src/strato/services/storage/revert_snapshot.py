@@ -93,7 +93,7 @@ class RevertSnapshot(Operation[RevertSnapshotParams]):
             old_top = vol.top_layer_id
         # The row (marked with this job) is committed before the copy: the undo, also after a crash, finds it.
         with agent_errors(host_name):
-            info = client.run_long(ConvertLayer(source=source, target=target), on_progress=self.job.progress)
+            info = client.run_long(ConvertLayer(source=source, target=target), on_progress=self.job.part_progress(0, 1))
         return {"layer_id": layer_id, "old_top": old_top, "physical_size": info.physical_size,
                 "virtual_size": info.virtual_size}  # fmt: skip
 

@@ -43,7 +43,7 @@ class SnapshotPlaceSteps(PlaceSteps):
             client, host_name = host_client(host), host.name
         with agent_errors(host_name):
             info = client.run_long(
-                ConvertLayer(source=source, target=ref(pool, path)), on_progress=self.op.job.progress
+                ConvertLayer(source=source, target=ref(pool, path)), on_progress=self.op.job.part_progress(0, 1)
             )
         finish_volume_layer(self.op.job, layer_id, self.volume_id, info.virtual_size, info.physical_size)
         return {"layer_id": layer_id}
