@@ -1,8 +1,8 @@
 """Volume snapshots on real QEMU (TCG, the tiny guest), through the `cs` client: the guest writes
 generation 1 of its integrity blocks on its data disk, createSnapshot copies the running disk live
 (blockdev-backup) to the image store, the guest then writes generation 2. A volume made from the
-snapshot verifies as generation 1; revertSnapshot (refused while the VM runs, done once it is stopped)
-makes the disk verify as generation 1 again; a template made from a snapshot of the root disk boots;
+snapshot verifies as generation 1; revertSnapshot (refused while the VM runs or has VM snapshots, done
+once it is stopped) makes the disk verify as generation 1 again; a template made from a snapshot of the root disk boots;
 deleteSnapshot removes the file. Recurring snapshots of a policy keep at most maxsnaps, and a job
 interrupted mid-create leaves no file and no snapshot in Creating."""
 
@@ -85,6 +85,9 @@ def test_snapshot_of_a_running_disk_holds_its_instant(one: One) -> None:
     vols = {v["type"]: v for v in api.listVolumes(virtualmachineid=vm["id"])["volume"]}
     data, root = vols["DATADISK"], vols["ROOT"]
     one.wait_console(vm, f"STRATO-RUN-END integrity-write:vdb:{BLOCKS} rc=0")
+    # A VM snapshot first: the disk's chain is then two layers of its own above the template's.
+    vmsnap = one.ok(api.createVMSnapshot(virtualmachineid=vm["id"], name="layers"))["vmsnapshot"]
+    data = api.listVolumes(id=data["id"])["volume"][0]
 
     # Live: the VM runs on, its chain as before (no layer added), the copy is flat and sparse.
     taken = api.createSnapshot(volumeid=data["id"], name="gen1")
@@ -116,9 +119,13 @@ def test_snapshot_of_a_running_disk_holds_its_instant(one: One) -> None:
     assert code == 431 and "Stopped" in text, text
     one.ok(api.stopVirtualMachine(id=vm["id"], forced=True))
     assert _gens(_volume_file(one, data["id"])) == {2}, "the guest wrote generation 2 after the snapshot"
+    code, text = api_error(lambda: one.ok(api.revertSnapshot(id=snap["id"])))
+    assert code == 431 and "VM snapshots" in text, text
+    one.ok(api.deleteVMSnapshot(vmsnapshotid=vmsnap["id"]))
     one.ok(api.revertSnapshot(id=snap["id"]))
     assert _gens(_volume_file(one, data["id"])) == {1}
-    assert api.listVolumes(id=data["id"])["volume"][0]["state"] == "Ready"
+    reverted = api.listVolumes(id=data["id"])["volume"][0]
+    assert reverted["state"] == "Ready" and reverted["chainsize"] == 1
 
     # The stopped root disk: an offline snapshot, a template from it, and a VM from the template boots.
     root_snap = one.ok(api.createSnapshot(volumeid=root["id"]))["snapshot"]
