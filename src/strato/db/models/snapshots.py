@@ -32,7 +32,6 @@ class Snapshot(Entity):
     virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
     physical_size: Mapped[int] = mapped_column(BigInteger, default=0)
     policy_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
-    error_text: Mapped[str | None] = mapped_column(String(1024), default=None)
 
 
 class SnapshotPolicy(Entity):

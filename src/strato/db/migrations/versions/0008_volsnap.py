@@ -39,7 +39,6 @@ def upgrade() -> None:
         sa.Column("virtual_size", sa.BigInteger(), nullable=False),
         sa.Column("physical_size", sa.BigInteger(), nullable=False),
         sa.Column("policy_id", sa.String(length=36), nullable=True),
-        sa.Column("error_text", sa.String(length=1024), nullable=True),
         *_entity(),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_snapshots_account_id_accounts")),
         sa.ForeignKeyConstraint(["domain_id"], ["domains.id"], name=op.f("fk_snapshots_domain_id_domains")),
