@@ -89,6 +89,9 @@ def test_progress_failure_and_listing(
         other.createSnapshotPolicy(volumeid=root["id"], intervaltype="DAILY", schedule="00:01", maxsnaps=2)
     assert hidden.value.error["errorcode"] == 431
 
+    (limit,) = mine.listResourceLimits(resourcetype=3)["resourcelimit"]
+    assert limit["resourcetypename"] == "snapshot" and limit["max"] == 20  # max.account.snapshots
+
     daily = mine.createSnapshotPolicy(volumeid=root["id"], intervaltype="daily", schedule="00:01", maxsnaps=2)
     weekly = mine.createSnapshotPolicy(volumeid=root["id"], intervaltype="WEEKLY", schedule="00:01:2", maxsnaps=2)
     again = mine.createSnapshotPolicy(volumeid=root["id"], intervaltype="DAILY", schedule="30:02", maxsnaps=3)
