@@ -2,7 +2,7 @@
 tests/compute/test_volume_snapshots_qemu.py): a snapshot's job reports its progress while the volume is
 Snapshotting and the snapshot BackingUp; a copy that fails on the agent leaves the snapshot in Error
 with the volume Ready; listing by the CloudStack filters and pages, listall for admins, a user's own
-only; policies listed and deleted by ids."""
+only; a cancelled copy; policies listed and deleted by ids."""
 
 from __future__ import annotations
 
@@ -72,6 +72,21 @@ def test_progress_failure_and_listing(
     assert job["jobstatus"] == 2 and "disk on fire" in job["jobresult"]["errortext"], job
     assert mine.listSnapshots(id=failed["id"])["snapshot"][0]["state"] == "Error"
     assert mine.listVolumes(id=root["id"])["volume"][0]["state"] == "Ready"
+
+    # Cancelled mid-copy: the job ends cancelled or failed, the snapshot in Error, the volume Ready.
+    agent.client().call(ConfigureSimulator(command="backup_disk", delay_s=5.0))
+    agent.client().call(ConfigureSimulator(command="convert_layer", delay_s=5.0))
+    cancelled = mine.createSnapshot(volumeid=root["id"], name="cancelled")
+    while mine.listSnapshots(id=cancelled["id"])["snapshot"][0]["state"] != "BackingUp":
+        time.sleep(0.1)
+    mine.cancelAsyncJob(jobid=cancelled["jobid"])
+    job = wait_job(mine, cancelled["jobid"], 60)
+    agent.client().call(ConfigureSimulator(command="backup_disk", delay_s=0.0))
+    agent.client().call(ConfigureSimulator(command="convert_layer", delay_s=0.0))
+    assert job["jobstatus"] in (2, 3), job
+    assert mine.listSnapshots(id=cancelled["id"])["snapshot"][0]["state"] == "Error"
+    assert mine.listVolumes(id=root["id"])["volume"][0]["state"] == "Ready"
+    _ok(mine, mine.deleteSnapshot(id=cancelled["id"]))
 
     for i in range(3):
         _ok(mine, mine.createSnapshot(volumeid=root["id"], name=f"page-{i}"))
