@@ -60,13 +60,14 @@ class One:
 
 
 @contextmanager
-def one_qemu_host(base: Path, prefix: str) -> Iterator[One]:
-    """The cloud in `base` (removed at the end, its QEMUs killed), names starting with `prefix`."""
+def one_qemu_host(base: Path, prefix: str, env: dict[str, str] | None = None) -> Iterator[One]:
+    """The cloud in `base` (removed at the end, its QEMUs killed), names starting with `prefix`; `env`
+    is added to the server's environment (e.g. a fault file)."""
     from strato.image.tiny import default_image_path
 
     if shutil.which("qemu-system-x86_64") is None or not default_image_path().is_file():
         pytest.skip("QEMU and the tiny guest image are needed")
-    server = start_server(base / "server")
+    server = start_server(base / "server", env=env)
     agent: AgentProcess | None = None
     cloud: One | None = None
     try:

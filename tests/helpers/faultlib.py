@@ -27,6 +27,7 @@ FAULT_FILE_ENV = "STRATO_FAULT_FILE"
 VM_TRANSITIONAL = ("Starting", "Stopping", "Migrating", "Expunging", "Creating")
 VOLUME_TRANSITIONAL = ("Creating", "Migrating", "Snapshotting", "Resizing")
 TEMPLATE_TRANSITIONAL = ("Creating", "Deleting", "Copying")
+SNAPSHOT_TRANSITIONAL = ("Allocated", "Creating", "BackingUp")
 # Files an agent keeps beside the layers, not layers themselves.
 NOT_LAYERS = (".strato-pool", ".partial", ".tmp", ".removing", "lost+found")
 """Marks of files that are not layers: a pool's marker, partial copies, files the agent is unlinking."""
@@ -54,6 +55,7 @@ def transitional(server: ServerProcess) -> list[tuple[str, str, str]]:
         ("virtual_machines", VM_TRANSITIONAL),
         ("volumes", VOLUME_TRANSITIONAL),
         ("templates", TEMPLATE_TRANSITIONAL),
+        ("snapshots", SNAPSHOT_TRANSITIONAL),
     ):
         marks = ",".join("?" for _ in states)
         for name, state in server.sql(
@@ -66,13 +68,17 @@ def transitional(server: ServerProcess) -> list[tuple[str, str, str]]:
 
 
 def known_layers(server: ServerProcess, ready_only: bool = False) -> set[tuple[str, str]]:
-    """(pool or image store id, path) of every layer and template copy the database holds (not removed)."""
+    """(pool or image store id, path) of every layer, template copy and volume snapshot the database holds
+    (not removed; a snapshot in Error has no file)."""
     q = "SELECT pool_id, path FROM layers WHERE removed IS NULL"
     copies = "SELECT store_id, path FROM template_store_copies WHERE removed IS NULL"
+    snaps = "SELECT store_id, path FROM snapshots WHERE removed IS NULL AND path IS NOT NULL AND state != 'Error'"
     if ready_only:
         q += " AND state = 'Ready'"
         copies += " AND state = 'Ready'"
-    return {(str(p), str(path)) for p, path in [*server.sql(q), *server.sql(copies)]}
+        snaps += " AND state = 'BackedUp'"
+    rows = [*server.sql(q), *server.sql(copies), *server.sql(snaps)]
+    return {(str(p), str(path)) for p, path in rows}
 
 
 def files_in_pools(pools: dict[str, Path]) -> set[tuple[str, str]]:

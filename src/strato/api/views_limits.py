@@ -16,6 +16,7 @@ from strato.units import GIB
 PREFIX = {
     limits.USER_VM: "vm",
     limits.VOLUME: "volume",
+    limits.SNAPSHOT: "snapshot",
     limits.PRIMARY_STORAGE: "primarystorage",
     limits.VM_SNAPSHOT: "vmsnapshot",
 }

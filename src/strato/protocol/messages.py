@@ -658,6 +658,19 @@ class StreamLayer(AgentCommand[LayerInfo]):
     base: LayerRef | None = None
 
 
+class BackupDisk(AgentCommand[LayerInfo]):
+    """Volume snapshot of a running VM's disk: a point-in-time copy of the whole chain the disk reads
+    (`blockdev-backup sync=full`) into `target`, a new standalone qcow2 (on an image store). The VM's
+    chain is left as it was; the copy holds the instant the backup started, whatever the guest writes
+    meanwhile. Failed or cancelled: the target is removed. Long-running."""
+
+    declared = Declared(Role.SNAPSHOTS, "backup_disk", long_running=True)
+    type: Literal["backup_disk"] = "backup_disk"
+    vm_name: str
+    device_id: int
+    target: LayerRef
+
+
 # --- host networking (Role.NETWORK: strato.agent.network, outside the hypervisor driver) --------------
 
 

@@ -333,6 +333,10 @@ class Snapshots(abc.ABC):
     async def stream_layer(self, layer: LayerRef, base: LayerRef | None, progress: ProgressFn) -> LayerInfo:
         """Offline: copy into `layer` what its chain holds above `base`; `base` becomes its backing."""
 
+    @abc.abstractmethod
+    async def backup_disk(self, vm_name: str, device_id: int, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """Live: a standalone copy of the running disk's whole chain at this instant into `target`."""
+
 
 class SimulatorControl(abc.ABC):
     """A driver whose commands can be delayed or made to fail on request (only the simulator)."""

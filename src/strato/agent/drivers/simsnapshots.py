@@ -234,3 +234,8 @@ class SimSnapshots(Snapshots):
         record.backing = base
         sim._save_storage(layer.pool)
         return sim._layer_info(layer, record)
+
+    async def backup_disk(self, vm_name: str, device_id: int, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        """A flat copy of the running disk's chain, as convert_layer makes one (the VM is left as it was)."""
+        disk = self._disk(vm_name, device_id)
+        return await self._sim().convert_layer(disk.layer, target, progress)

@@ -11,6 +11,7 @@ from strato.api.commands import (  # noqa: F401
     network,
     offerings,
     secgroups,
+    snapshots,
     storage,
     system,
     templates,

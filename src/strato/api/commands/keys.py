@@ -99,7 +99,7 @@ def _domain_limit_view(domain: Any, rtype: int, maximum: int) -> dict[str, Any]:
     }
 
 
-TYPE_HELP = "Type: 0 VMs, 2 volumes, 10 primary storage (GiB), 14 VM snapshots (Strato)"
+TYPE_HELP = "Type: 0 VMs, 2 volumes, 3 snapshots, 10 primary storage (GiB), 14 VM snapshots (Strato)"
 
 
 @api(

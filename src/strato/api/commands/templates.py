@@ -240,7 +240,7 @@ def prepare_template(ctx: CallContext, args: dict[str, Any]) -> Listing:
         Param("displaytext", T.STRING, "The display text of the template", max_length=4096),
         Param("ostypeid", T.STRING, "The OS type", max_length=255),
         Param("volumeid", T.UUID, "The ID of the disk volume the template is created from"),
-        Param("snapshotid", T.UUID, "Not offered yet (volume snapshots)"),
+        Param("snapshotid", T.UUID, "The ID of the volume snapshot the template is created from"),
         Param("virtualmachineid", T.UUID, "Strato: all the disks of this stopped VM (a multi-disk template)"),
         Param("imagestoreid", T.UUID, "Strato: the image store for the template's disks"),
         Param("storageid", T.UUID, "Strato: the primary pool for the template's disks (admins)"),

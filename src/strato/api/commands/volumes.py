@@ -16,13 +16,14 @@ from strato.services.storage import attach_volume, create_volume, delete_volume,
 
 @api(
     "createVolume",
-    "Creates a disk volume from a disk offering, on a chosen pool or one the allocator picks",
+    "Creates a disk volume from a disk offering or a volume snapshot, on a chosen pool or one the allocator picks",
     kind=Kind.ASYNC,
     event="VOLUME.CREATE",
     params=(
         Param("name", T.STRING, "The name of the disk volume", max_length=255),
         Param("zoneid", T.UUID, "The ID of the availability zone"),
         Param("diskofferingid", T.UUID, "The ID of the disk offering"),
+        Param("snapshotid", T.UUID, "The ID of the volume snapshot the volume is created from"),
         Param("size", T.LONG, "Size in GiB, for custom-size disk offerings", min_value=1),
         Param("storageid", T.UUID, "Strato: the storage pool of the volume (admins)"),
         Param("virtualmachineid", T.UUID, "The VM to attach the volume to once created"),

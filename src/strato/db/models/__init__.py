@@ -8,6 +8,7 @@ from strato.db.models.network import Network, Nic, PhysicalNetwork
 from strato.db.models.offerings import DiskOffering, ServiceOffering
 from strato.db.models.secgroups import SecurityGroup, SecurityGroupRule, VmSecurityGroup
 from strato.db.models.settings import HypervisorCapability, Setting
+from strato.db.models.snapshots import Snapshot, SnapshotPolicy
 from strato.db.models.storage import Layer, Volume
 from strato.db.models.templates import Template, TemplateStoreCopy
 from strato.db.models.usage import UsageEvent, UsageRecord
@@ -39,6 +40,8 @@ __all__ = [
     "ServerNode",
     "ServiceOffering",
     "Setting",
+    "Snapshot",
+    "SnapshotPolicy",
     "StoragePool",
     "Template",
     "TemplateStoreCopy",

@@ -1,6 +1,7 @@
-"""Resource limits (CloudStack's resource types 0 VMs, 2 volumes, 10 primary storage GiB, and Strato's
-14 VM snapshots), per account and per domain: a default from the max.account.* / max.domain.* settings,
-overridden per account or domain. A domain's limit caps its whole subtree; ROOT's is always unlimited."""
+"""Resource limits (CloudStack's resource types 0 VMs, 2 volumes, 3 snapshots, 10 primary storage GiB, and
+Strato's 14 VM snapshots), per account and per domain: a default from the max.account.* / max.domain.*
+settings, overridden per account or domain. A domain's limit caps its whole subtree; ROOT's is always
+unlimited."""
 
 from __future__ import annotations
 
@@ -10,24 +11,33 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Account, Domain, ResourceLimit, VirtualMachine, VMSnapshot, Volume
+from strato.db.models import Account, Domain, ResourceLimit, Snapshot, VirtualMachine, VMSnapshot, Volume
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN
 from strato.errors import ResourceLimitExceeded
 from strato.services.core import settings
 from strato.units import GIB
 
-USER_VM, VOLUME, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 2, 10, 14
-"""VM_SNAPSHOT is Strato's addition (CloudStack has no limit type for VM snapshots)."""
-NAMES = {USER_VM: "user_vm", VOLUME: "volume", PRIMARY_STORAGE: "primary_storage", VM_SNAPSHOT: "vm_snapshot"}
+USER_VM, VOLUME, SNAPSHOT, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 2, 3, 10, 14
+"""SNAPSHOT counts volume snapshots (CloudStack's type 3); VM_SNAPSHOT is Strato's addition (CloudStack has
+no limit type for VM snapshots)."""
+NAMES = {
+    USER_VM: "user_vm",
+    VOLUME: "volume",
+    SNAPSHOT: "snapshot",
+    PRIMARY_STORAGE: "primary_storage",
+    VM_SNAPSHOT: "vm_snapshot",
+}
 DEFAULTS = {
     USER_VM: "max.account.user.vms",
     VOLUME: "max.account.volumes",
+    SNAPSHOT: "max.account.snapshots",
     PRIMARY_STORAGE: "max.account.primary.storage",
     VM_SNAPSHOT: "max.account.vm.snapshots",
 }
 DOMAIN_DEFAULTS = {
     USER_VM: "max.domain.user.vms",
     VOLUME: "max.domain.volumes",
+    SNAPSHOT: "max.domain.snapshots",
     PRIMARY_STORAGE: "max.domain.primary.storage",
     VM_SNAPSHOT: "max.domain.vm.snapshots",
 }
@@ -84,6 +94,9 @@ def _count(resource_type: int, owners: ColumnElement[bool] | None = None) -> Sel
             .select_from(VMSnapshot)
             .where(VMSnapshot.removed.is_(None), VMSnapshot.hidden.is_(False), VMSnapshot.state != "Error")
         )
+    elif resource_type == SNAPSHOT:
+        # As CloudStack's resource count: every snapshot not deleted, except those that failed.
+        q = select(func.count()).select_from(Snapshot).where(Snapshot.removed.is_(None), Snapshot.state != "Error")
     elif resource_type == VOLUME:
         q = select(func.count()).select_from(Volume).where(Volume.removed.is_(None))
     else:
@@ -92,9 +105,8 @@ def _count(resource_type: int, owners: ColumnElement[bool] | None = None) -> Sel
 
 
 def _owner_column(resource_type: int) -> Any:
-    return {USER_VM: VirtualMachine.account_id, VM_SNAPSHOT: VMSnapshot.account_id}.get(
-        resource_type, Volume.account_id
-    )
+    columns = {USER_VM: VirtualMachine.account_id, VM_SNAPSHOT: VMSnapshot.account_id, SNAPSHOT: Snapshot.account_id}
+    return columns.get(resource_type, Volume.account_id)
 
 
 def usage(session: Session, account_id: str, resource_type: int) -> int:
@@ -140,11 +152,18 @@ def check(
     volumes: int = 0,
     storage_bytes: int = 0,
     vm_snapshots: int = 0,
+    snapshots: int = 0,
     counted: bool = False,
 ) -> None:
     """Raises 532 naming the limit (the account's, or that of its domain or a parent domain) that the
     request would pass. `counted`: the requested resources already have their rows (so are in the counts)."""
-    wanted = ((USER_VM, vms), (VOLUME, volumes), (PRIMARY_STORAGE, storage_bytes), (VM_SNAPSHOT, vm_snapshots))
+    wanted = (
+        (USER_VM, vms),
+        (VOLUME, volumes),
+        (SNAPSHOT, snapshots),
+        (PRIMARY_STORAGE, storage_bytes),
+        (VM_SNAPSHOT, vm_snapshots),
+    )
     domains = _domain_line(session, account)
     for rtype, extra in wanted:
         if not extra:
@@ -238,8 +257,8 @@ def domain_figures(session: Session, domains: Collection[Domain]) -> dict[str, F
         by_path[t] = sums
     out: dict[str, Figures] = {}
     for d in domains:
-        inside = [p for p in by_path[USER_VM].keys() | by_path[VOLUME].keys() | by_path[VM_SNAPSHOT].keys()
-                  if p == d.path or p.startswith(d.path + "/")]  # fmt: skip
+        held = set().union(*(by_path[t].keys() for t in NAMES))
+        inside = [p for p in held if p == d.path or p.startswith(d.path + "/")]
         out[d.id] = {
             t: (
                 -1 if d.parent_id is None else own.get((d.id, t), defaults[t]),

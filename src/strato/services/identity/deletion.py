@@ -50,7 +50,9 @@ class DeleteAccount(Operation[AccountParams]):
                 raise InvalidParameter("The last root admin account cannot be deleted")
         owned = owned_resources(session, acct.id)
         if owned is not None:
-            raise ResourceInUse(f"Account {acct.name} still owns {owned}; delete its VMs, volumes and templates first")
+            raise ResourceInUse(
+                f"Account {acct.name} still owns {owned}; delete its VMs, volumes, snapshots and templates first"
+            )
 
     def steps(self) -> Sequence[Step]:
         return [Step("remove account", self._remove, commit=True)]

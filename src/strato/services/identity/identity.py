@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import Account, Domain, Template, User, VirtualMachine, Volume
+from strato.db.models import Account, Domain, Snapshot, Template, User, VirtualMachine, Volume
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN, ACCOUNT_TYPE_DOMAIN_ADMIN, ACCOUNT_TYPE_USER
 from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services.core.access import (
@@ -214,9 +214,10 @@ def update_account(ctx: CallContext, args: dict[str, Any]) -> Account:
 
 
 def owned_resources(session: Session, account_id: str) -> str | None:
-    """What still belongs to the account (a VM, volume or template), in words; None when nothing."""
+    """What still belongs to the account (a VM, volume, volume snapshot or template), in words; None when
+    nothing. Volume snapshots outlive their volumes, so an account keeps them until they are deleted."""
 
-    for model, label in ((VirtualMachine, "VM"), (Volume, "volume"), (Template, "template")):
+    for model, label in ((VirtualMachine, "VM"), (Volume, "volume"), (Snapshot, "snapshot"), (Template, "template")):
         row = session.scalar(select(model).where(model.account_id == account_id, model.removed.is_(None)))
         if row is not None:
             return f"{label} {getattr(row, 'name', row.id)}"

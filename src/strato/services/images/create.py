@@ -25,12 +25,15 @@ from strato.services.core.reach import host_for, store_ref
 from strato.services.images.placement import Destination, job_error_text, live_template, record_ready, unplace
 from strato.services.images.templates import destination
 from strato.services.storage.layers import ref, template_layer_path
+from strato.services.storage.snapshots import backed_up, get_snapshot, snapshot_file
 from strato.services.storage.volumes import get_volume
 
 
 class CreateParams(BaseModel):
     disks: list[Destination]  # each with its volume_id; the root disk first
     vm_id: str | None = None
+    snapshot_id: str | None = None
+    """From a volume snapshot (one disk, no volume): its file on the image store is the source."""
 
 
 class CreateTemplate(Operation[CreateParams]):
@@ -43,11 +46,17 @@ class CreateTemplate(Operation[CreateParams]):
 
     @classmethod
     def resources(cls, params: CreateParams) -> list[str]:
-        locks = [f"template:{params.disks[0].template_id}", *(f"volume:{d.volume_id}" for d in params.disks)]
+        locks = [f"template:{params.disks[0].template_id}"]
+        locks += [f"volume:{d.volume_id}" for d in params.disks if d.volume_id]
+        locks += [f"snapshot:{params.snapshot_id}"] if params.snapshot_id else []
         return locks + ([f"vm:{params.vm_id}"] if params.vm_id else [])
 
     @classmethod
     def check(cls, session: Session, params: CreateParams) -> None:
+        if params.snapshot_id:
+            live_template(session, params.disks[0].template_id)
+            backed_up(session, params.snapshot_id)
+            return
         for disk in params.disks:
             live_template(session, disk.template_id)
             vol = session.get(Volume, disk.volume_id)
@@ -64,23 +73,30 @@ class CreateTemplate(Operation[CreateParams]):
     def _converter(self, index: int, disk: Destination) -> Callable[[], StepData]:
         def run() -> StepData:
             with self.db.session() as s:
-                volume = s.get(Volume, disk.volume_id)
-                assert volume is not None and volume.top_layer_id and volume.pool_id
-                top = s.get(Layer, volume.top_layer_id)
-                src_pool = s.get(StoragePool, volume.pool_id)
-                assert top is not None and src_pool is not None
-                source = ref(src_pool, top.path)
+                src_pools: list[StoragePool] = []
+                src_stores: list[ImageStore] = []
+                if self.params.snapshot_id:
+                    source, snap_store = snapshot_file(s, backed_up(s, self.params.snapshot_id))
+                    src_stores.append(snap_store)
+                else:
+                    volume = s.get(Volume, disk.volume_id)
+                    assert volume is not None and volume.top_layer_id and volume.pool_id
+                    top = s.get(Layer, volume.top_layer_id)
+                    src_pool = s.get(StoragePool, volume.pool_id)
+                    assert top is not None and src_pool is not None
+                    source = ref(src_pool, top.path)
+                    src_pools.append(src_pool)
                 if disk.store_copy_id:
                     dest = s.get(TemplateStoreCopy, disk.store_copy_id)
                     assert dest is not None
                     store = s.get(ImageStore, dest.store_id)
                     assert store is not None
-                    host = host_for(s, [src_pool], [store])
+                    host = host_for(s, src_pools, [*src_stores, store])
                     target = LayerRef(pool=store_ref(store), name=dest.path)
                 else:
                     pool = s.get(StoragePool, disk.pool_id)
                     assert pool is not None
-                    host = host_for(s, [src_pool, pool])
+                    host = host_for(s, [*src_pools, pool], src_stores)
                     target = ref(pool, template_layer_path(disk.template_id))
                 client, host_name = host_client(host), host.name
             progress = self.job.part_progress(index, len(self.params.disks))
@@ -135,10 +151,10 @@ def create_from(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
     """createTemplate from one volume, or (Strato) from a whole stopped VM: a multi-disk template.
     Each disk goes to the chosen image store or pool (default: the zone's image store)."""
 
-    if bool(args.get("volumeid")) == bool(args.get("virtualmachineid")):
-        raise InvalidParameter("Give exactly one of volumeid or virtualmachineid")
+    if sum(bool(args.get(p)) for p in ("volumeid", "virtualmachineid", "snapshotid")) != 1:
+        raise InvalidParameter("Give exactly one of volumeid, snapshotid or virtualmachineid")
     if args.get("snapshotid"):
-        raise InvalidParameter("Templates from volume snapshots are not offered yet; use volumeid")
+        return _from_snapshot(ctx, args)
     if args.get("volumeid"):
         volumes = [get_volume(ctx, args["volumeid"], "volumeid")]
     else:
@@ -186,3 +202,30 @@ def create_from(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
     assert root is not None
     params = CreateParams(disks=[Destination.model_validate(d) for d in disks], vm_id=volumes[0].vm_id)
     return root, jobs.submit_operation(ctx, CreateTemplate, params, "Template", root.id)
+
+
+def _from_snapshot(ctx: CallContext, args: dict[str, Any]) -> tuple[Template, str]:
+    """createTemplate with snapshotid: one disk, from the snapshot's file on its image store."""
+    snap = get_snapshot(ctx, args["snapshotid"], "snapshotid")
+    backed_up(ctx.session, snap.id)
+    tmpl = Template(
+        name=args["name"],
+        display_text=args.get("displaytext") or args["name"],
+        zone_id=snap.zone_id,
+        format="QCOW2",
+        os_type=args.get("ostypeid") or "Other Linux (64-bit)",
+        is_public=bool(args.get("ispublic")) and ctx.is_admin,
+        is_featured=bool(args.get("isfeatured")) and ctx.is_admin,
+        bootable=True,
+        password_enabled=bool(args.get("passwordenabled")),
+        template_type="USER",
+        state="Creating",
+        virtual_size=snap.virtual_size,
+        account_id=ctx.account.id,
+        domain_id=ctx.account.domain_id,
+    )
+    ctx.session.add(tmpl)
+    ctx.session.flush()
+    dest = destination(ctx, tmpl, snap.zone_id, args.get("imagestoreid"), args.get("storageid"), "")
+    params = CreateParams(disks=[Destination.model_validate(dest)], snapshot_id=snap.id)
+    return tmpl, jobs.submit_operation(ctx, CreateTemplate, params, "Template", tmpl.id)

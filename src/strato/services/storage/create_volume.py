@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
-from strato.db.models import DiskOffering, StoragePool, Volume, Zone
+from strato.db.models import DiskOffering, Snapshot, StoragePool, Volume, Zone
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step
 from strato.errors import InvalidParameter, InvalidState, PermissionDenied
@@ -29,6 +29,8 @@ from strato.services.identity.identity import find_account
 from strato.services.storage.attach_volume import AttachSteps
 from strato.services.storage.placement import PlaceSteps
 from strato.services.storage.rules import check_attach
+from strato.services.storage.snapshots import backed_up, get_snapshot
+from strato.services.storage.volume_from_snapshot import SnapshotPlaceSteps
 from strato.services.storage.volumes import VOLUME_RESULT, live_vm, live_volume
 from strato.units import GIB
 
@@ -38,6 +40,8 @@ class CreateVolumeParams(BaseModel):
     vm_id: str | None = None
     pool_id: str | None = None
     """The pool asked for (storageid); with neither it nor a VM the volume stays Allocated."""
+    snapshot_id: str | None = None
+    """The volume snapshot the volume is made from (it is then created at once, on a pool placed)."""
 
 
 class CreateVolume(Operation[CreateVolumeParams]):
@@ -51,21 +55,27 @@ class CreateVolume(Operation[CreateVolumeParams]):
 
     @classmethod
     def resources(cls, params: CreateVolumeParams) -> list[str]:
-        return [f"volume:{params.volume_id}"] + ([f"vm:{params.vm_id}"] if params.vm_id else [])
+        locks = [f"volume:{params.volume_id}"] + ([f"vm:{params.vm_id}"] if params.vm_id else [])
+        return locks + ([f"snapshot:{params.snapshot_id}"] if params.snapshot_id else [])
 
     @classmethod
     def check(cls, session: Session, params: CreateVolumeParams) -> None:
         vol = live_volume(session, params.volume_id)
         if vol.state != "Allocated":
             raise InvalidState(f"Volume {vol.name} is {vol.state}; it has been created already")
+        if params.snapshot_id:
+            backed_up(session, params.snapshot_id)
         if params.vm_id:
             pool = session.get(StoragePool, params.pool_id) if params.pool_id else None
             check_attach(session, live_vm(session, params.vm_id), None, pool)
 
     def steps(self) -> Sequence[Step]:
-        if not self.params.vm_id and not self.params.pool_id:
+        if not self.params.vm_id and not self.params.pool_id and not self.params.snapshot_id:
             return []
-        out = PlaceSteps(self, self.params.volume_id, self.params.vm_id).steps()
+        if self.params.snapshot_id:
+            out = SnapshotPlaceSteps(self, self.params.volume_id, self.params.vm_id, self.params.snapshot_id).steps()
+        else:
+            out = PlaceSteps(self, self.params.volume_id, self.params.vm_id).steps()
         out.append(Step("ready", self._ready, commit=True))
         if self.params.vm_id:
             out.extend(AttachSteps(self, self.params.volume_id, self.params.vm_id, None).steps())
@@ -88,25 +98,50 @@ class CreateVolume(Operation[CreateVolumeParams]):
             vol.removed = utcnow()
 
 
+def _snapshot_offering(session: Session, snap: Snapshot) -> str | None:
+    """The disk offering of the snapshot's volume (CloudStack's default for a volume from a snapshot)."""
+    vol = session.get(Volume, snap.volume_id)
+    offering = session.get(DiskOffering, vol.disk_offering_id) if vol is not None and vol.disk_offering_id else None
+    return offering.id if offering is not None and offering.removed is None else None
+
+
+def _offering_size(offering: DiskOffering, args: dict[str, Any]) -> int:
+    if offering.customized:
+        if not args.get("size"):
+            raise InvalidParameter(f"Disk offering {offering.name} has a custom size: give size in GiB")
+        return int(args["size"]) * GIB
+    if args.get("size"):
+        raise InvalidParameter(f"Disk offering {offering.name} has a fixed size; size may not be given")
+    return offering.disk_size_bytes
+
+
 def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
     """createVolume at the request: parameters, permissions and limits; the volume row (Allocated), then
     the operation's own rules and its job."""
     owner = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid") if args.get("virtualmachineid") else None
-    zone_id = args.get("zoneid") or (vm.zone_id if vm else None)
+    snap = get_snapshot(ctx, args["snapshotid"], "snapshotid") if args.get("snapshotid") else None
+    if snap is not None:
+        backed_up(ctx.session, snap.id)
+        if args.get("zoneid") and args["zoneid"] != snap.zone_id:
+            raise InvalidParameter(f"Snapshot {snap.name} (snapshotid) is not in zone {args['zoneid']} (zoneid)")
+    zone_id = args.get("zoneid") or (snap.zone_id if snap else None) or (vm.zone_id if vm else None)
     if not zone_id:
         raise InvalidParameter("Parameter zoneid is required (or virtualmachineid)")
     zone = get_live(ctx.session, Zone, zone_id, "zone", "zoneid")
-    if not args.get("diskofferingid"):
+    offering_id = args.get("diskofferingid") or (_snapshot_offering(ctx.session, snap) if snap else None)
+    if not offering_id and snap is None:
         raise InvalidParameter("Parameter diskofferingid is required (a custom-size offering takes size in GiB)")
-    offering = get_live(ctx.session, DiskOffering, args["diskofferingid"], "disk offering", "diskofferingid")
-    size = offering.disk_size_bytes
-    if offering.customized:
-        if not args.get("size"):
-            raise InvalidParameter(f"Disk offering {offering.name} has a custom size: give size in GiB")
-        size = args["size"] * GIB
-    elif args.get("size"):
-        raise InvalidParameter(f"Disk offering {offering.name} has a fixed size; size may not be given")
+    offering = (
+        get_live(ctx.session, DiskOffering, offering_id, "disk offering", "diskofferingid") if offering_id else None
+    )
+    if snap is not None:
+        size = snap.virtual_size  # the snapshot's disk, whatever the offering's size
+        if args.get("size"):
+            raise InvalidParameter("Parameter size may not be given with snapshotid: the volume is the snapshot's size")
+    else:
+        assert offering is not None
+        size = _offering_size(offering, args)
     pool_id = args.get("storageid")
     if vm is not None and vm.zone_id != zone.id:
         raise InvalidParameter(f"Zone {zone.name} (zoneid) is not the zone of VM {vm.name} (virtualmachineid)")
@@ -126,9 +161,9 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
         zone_id=zone.id,
         volume_type="DATADISK",
         size=size,
-        disk_offering_id=offering.id,
+        disk_offering_id=offering.id if offering else None,
         state="Allocated",
-        provisioning_type=offering.provisioning_type,
+        provisioning_type=offering.provisioning_type if offering else "thin",
         requested_pool_id=pool_id,
     )
     ctx.session.add(vol)
@@ -138,5 +173,6 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Volume, str]:
         volume_id=vol.id,
         vm_id=vm.id if vm else None,
         pool_id=pool_id,
+        snapshot_id=snap.id if snap else None,
     )
     return vol, jobs.submit_operation(ctx, CreateVolume, params, "Volume", vol.id)

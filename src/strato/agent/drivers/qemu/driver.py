@@ -26,7 +26,18 @@ from typing import Any, Literal
 from strato.agent.drivers import roles
 from strato.agent.drivers.base import Driver, DriverError, ProgressFn
 from strato.agent.drivers.layerexport import LayerExport, OpenedLayer
-from strato.agent.drivers.qemu import images, layers, merge, migration, pools, process, saveflight, snapshots, transfer
+from strato.agent.drivers.qemu import (
+    backup,
+    images,
+    layers,
+    merge,
+    migration,
+    pools,
+    process,
+    saveflight,
+    snapshots,
+    transfer,
+)
 from strato.agent.drivers.qemu.blockjobs import BlockJobs
 from strato.agent.drivers.qemu.mirror import DiskMotion
 from strato.agent.drivers.qemu.monitor import VmMonitor
@@ -728,6 +739,9 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Snap
 
     async def stream_layer(self, layer: LayerRef, base: LayerRef | None, progress: ProgressFn) -> LayerInfo:
         return await merge.stream_layer(layer, base, progress)
+
+    async def backup_disk(self, vm_name: str, device_id: int, target: LayerRef, progress: ProgressFn) -> LayerInfo:
+        return await backup.backup_disk(self, vm_name, device_id, target, progress)
 
     async def _qmp(self, run: RunDir, command: str, arguments: dict[str, object] | None = None) -> Any:
         """One short QMP call on the VM's shared connection: no lock, concurrent calls (and a block
