@@ -117,3 +117,33 @@ def test_progress_failure_and_listing(
     assert other.listSnapshotPolicies(listall=True) == {}
     mine.deleteSnapshotPolicies(ids=",".join(listed))
     assert mine.listSnapshotPolicies(volumeid=root["id"]) == {}
+
+
+def test_usage_records_bill_a_volume_snapshot_until_it_is_deleted(
+    server: ServerProcess, admin: CloudStack, sim: tuple[SimCloud, AgentProcess]
+) -> None:
+    """CloudStack's usage type 9: one record per snapshot per period, with its file's size, whose hours stop
+    growing once it is deleted."""
+    cloud, _agent = sim
+    user = create_user_keys(admin, server.endpoint, username=f"u{uuid.uuid4().hex[:6]}")
+    mine = server.cs(user)
+    root = _root(mine, deploy(mine, cloud, f"uvm-{uuid.uuid4().hex[:4]}"))
+    snap = _ok(mine, mine.createSnapshot(volumeid=root["id"], name="billed"))["snapshot"]
+    time.sleep(1.5)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    span = {"startdate": yesterday, "enddate": today, "type": 9, "usageid": snap["id"]}
+
+    def hours() -> float:
+        admin.generateUsageRecords(startdate=yesterday, enddate=today)
+        rows = admin.listUsageRecords(**span).get("usagerecord", [])
+        assert rows and all(r["account"] == snap["account"] and int(r["size"]) == int(snap["physicalsize"])
+                            for r in rows), rows  # fmt: skip
+        return sum(float(r["rawusage"]) for r in rows)
+
+    alive = hours()
+    assert alive >= 1 / 3600, alive
+    _ok(mine, mine.deleteSnapshot(id=snap["id"]))
+    ended = hours()
+    time.sleep(1.2)
+    assert hours() == pytest.approx(ended) and ended >= alive  # deleted: billed no more

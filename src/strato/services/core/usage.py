@@ -2,8 +2,8 @@
 and records made from them per aggregation period (`usage.stats.job.aggregation.range` minutes, aligned
 to midnight UTC), each with the hours the resource existed in that period.
 
-Only what Strato records is billed: VM snapshots (CloudStack's usage type 25). A type is listed by
-`listUsageTypes` only once its events are written."""
+Only what Strato records is billed: volume snapshots (CloudStack's usage type 9, the file on the image
+store) and VM snapshots (type 25). A type is listed by `listUsageTypes` only once its events are written."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ class UsageType:
     end_event: str
 
 
+SNAPSHOT = UsageType(9, "SNAPSHOT", "Snapshot Usage", "SNAPSHOT.CREATE", "SNAPSHOT.DELETE")
 VM_SNAPSHOT = UsageType(25, "VM_SNAPSHOT", "VM Snapshot Usage", "VMSNAPSHOT.CREATE", "VMSNAPSHOT.DELETE")
-TYPES = {t.number: t for t in (VM_SNAPSHOT,)}
+TYPES = {t.number: t for t in (SNAPSHOT, VM_SNAPSHOT)}
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
 
 

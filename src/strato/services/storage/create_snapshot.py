@@ -24,7 +24,7 @@ from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
 from strato.errors import InvalidParameter, InvalidState
 from strato.protocol.messages import BackupDisk, ConvertLayer, LayerInfo
-from strato.services.core import jobs
+from strato.services.core import jobs, usage
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.reach import host_for
@@ -147,6 +147,11 @@ class CreateSnapshot(Operation[CreateSnapshotParams]):
             snap.state = "BackedUp"
             snap.virtual_size = int(out.get("virtual_size") or snap.virtual_size)
             snap.physical_size = int(out.get("physical_size") or 0)
+            usage.record(
+                s, usage.SNAPSHOT.start_event, account_id=snap.account_id, domain_id=snap.domain_id,
+                resource_id=snap.id, name=snap.name, zone_id=snap.zone_id, size=snap.physical_size,
+                virtual_size=snap.virtual_size,
+            )  # fmt: skip
             vol = s.get(Volume, self.params.volume_id)
             if vol is not None and vol.state == "Snapshotting":
                 volume_to(vol, "Ready")

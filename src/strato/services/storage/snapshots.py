@@ -17,7 +17,7 @@ from strato.db.engine import Database
 from strato.db.models import Account, ImageStore, Snapshot, Volume
 from strato.errors import InvalidParameter, InvalidState, NotFound, ResourceLimitExceeded, ResourceUnavailable
 from strato.protocol.messages import LayerRef, RemoveLayer
-from strato.services.core import limits
+from strato.services.core import limits, usage
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
@@ -91,7 +91,9 @@ def remove_file(db: Database, snapshot_id: str) -> None:
 
 
 def mark_deleted(session: Session, snap: Snapshot) -> None:
-    """The snapshot's file is gone: the row ends (CloudStack's Destroyed), counting no more."""
+    """The snapshot's file is gone: the row ends (CloudStack's Destroyed), counting and billed no more."""
+    usage.record(session, usage.SNAPSHOT.end_event, account_id=snap.account_id, domain_id=snap.domain_id,
+                 resource_id=snap.id, name=snap.name, zone_id=snap.zone_id)  # fmt: skip
     snap.state, snap.removed = "Destroyed", snap.removed or utcnow()
 
 
