@@ -111,8 +111,8 @@ def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
         out.append({"add": {"chain": {"family": "ip", "table": table, "name": name, "type": kind, "hook": hook,
                                       "prio": prio, "policy": "accept"}}})  # fmt: skip
     incoming = _match(_meta("iifname"), dev)
-    rules.append((FILTER_TABLE, "guard", [incoming, _match({"ct": {"key": "state"}}, ["established", "related"], op="in"),
-                                          {"accept": None}]))  # fmt: skip
+    known = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
+    rules.append((FILTER_TABLE, "guard", [incoming, known, {"accept": None}]))
     rules += [(FILTER_TABLE, "guard", _allow(dev, a)) for a in spec.allows]
     addresses = sorted({spec.source_nat, *spec.addresses})
     rules.append((FILTER_TABLE, "guard", [incoming, _match(_field("ip", "daddr"), {"set": addresses}), {"drop": None}]))
