@@ -202,6 +202,10 @@ def check_deletable(session: Session, network: Network) -> None:
 
 
 def mark_deleted(session: Session, network: Network) -> None:
+    from strato.services.network.publicips import network_addresses, release
+
+    for ip in network_addresses(session, network.id):
+        release(session, ip)  # the router went with the network
     for nic in session.scalars(select(Nic).where(Nic.network_id == network.id)):
         session.delete(nic)  # NICs of expunged VMs
     network.removed, network.state = utcnow(), "Destroy"

@@ -1,4 +1,4 @@
-"""natpub: public IP ranges (CloudStack vlan), public addresses of isolated networks, port forwards, public firewall rules
+"""natpub: public IP ranges (vlan), public addresses of isolated networks, port forwards, firewall rules
 
 Revision ID: 0008_natpub
 Revises: 0009_domain_limits
