@@ -191,8 +191,11 @@ def test_ranges_addresses_and_rules(cloud: Cloud) -> None:
     spec = cloud.router_public(net["id"])
     assert spec is not None and spec.addresses == ["198.18.0.10"] and spec.forwards == [] and spec.allows == []
 
+    api.createPortForwardingRule(**{**pf_args, "ipaddressid": snat["id"]})  # on the source NAT address
     for v in (vm, other):
         api.destroyVirtualMachine(id=v["id"], expunge=True)
+    assert api.listPortForwardingRules(listall=True) == {}  # gone with the VM (its address is free again)
+    assert api.listFirewallRules(listall=True) == {}
     api.deleteNetwork(id=net["id"])
     api.deleteNetwork(id=nonat["id"])
     assert api.listPublicIpAddresses(listall=True) == {}

@@ -165,3 +165,14 @@ def list_port_forwards(ctx: CallContext, args: dict[str, Any], page: Page) -> tu
 
 def list_firewall_rules(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[PublicFirewallRule], int]:
     return _list(ctx, PublicFirewallRule, args, page)
+
+
+def forget_vm_rules(session: Session, vm_id: str) -> None:
+    """A VM being expunged loses its port forwards (and the firewall rules they opened): its address is
+    free for another VM. The router drops them with the next wanted state its network sends."""
+    for rule in session.scalars(select(PortForwardingRule).where(PortForwardingRule.vm_id == vm_id)):
+        for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == rule.id)):
+            session.delete(fw)
+        session.flush()
+        session.delete(rule)
+    session.flush()

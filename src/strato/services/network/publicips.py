@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from strato.db.models import (
     Network,
+    Nic,
     PhysicalNetwork,
     PortForwardingRule,
     PublicFirewallRule,
@@ -267,6 +268,8 @@ def public_spec(session: Session, network: Network) -> PublicSpec | None:
     r = session.get(PublicIpRange, snat.range_id)
     assert r is not None
     by_id = {a.id: a for a in addresses}
+    nic_rows = session.execute(select(Nic.vm_id, Nic.ip_address).where(Nic.network_id == network.id))
+    live_nics = {(vm_id, ip) for vm_id, ip in nic_rows}
     forwards = [
         PortForward(
             public_ip=by_id[f.ip_address_id].address,
@@ -282,7 +285,7 @@ def public_spec(session: Session, network: Network) -> PublicSpec | None:
             .where(PortForwardingRule.network_id == network.id, PortForwardingRule.state.in_(LIVE_RULE_STATES))
             .order_by(PortForwardingRule.created, PortForwardingRule.id)
         )
-        if f.ip_address_id in by_id
+        if f.ip_address_id in by_id and (f.vm_id, f.vm_ip) in live_nics
     ]
     allows = [
         PublicAllow(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.db.models import Network, PortForwardingRule, PublicFirewallRule, PublicIpAddress
@@ -59,7 +60,7 @@ def _forget(session: Session, kind: str, object_id: str) -> None:
         publicips.release(session, row)
         return
     if isinstance(row, PortForwardingRule):
-        for fw in session.query(PublicFirewallRule).filter(PublicFirewallRule.forward_id == row.id):
+        for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id)):
             session.delete(fw)
         session.flush()
     session.delete(row)
@@ -72,7 +73,7 @@ def _set_state(session: Session, kind: str, object_id: str, state: str) -> None:
     if isinstance(row, PublicIpAddress | PortForwardingRule | PublicFirewallRule):
         row.state = state
     if isinstance(row, PortForwardingRule):
-        for fw in session.query(PublicFirewallRule).filter(PublicFirewallRule.forward_id == row.id):
+        for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id)):
             fw.state = state if state != "Allocated" else "Active"
 
 
