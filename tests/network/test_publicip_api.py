@@ -184,6 +184,26 @@ def test_ranges_addresses_and_rules(cloud: Cloud) -> None:
     api.deleteFirewallRule(id=fw["id"])
     assert api.listFirewallRules(ipaddressid=extra["id"]) == {}
 
+    # Static NAT: the whole address to the VM; refused where it cannot be, and not beside port forwards.
+    _refused(api.enableStaticNat, "source NAT", ipaddressid=snat["id"], virtualmachineid=vm["id"])
+    _refused(api.enableStaticNat, "port forwarding", ipaddressid=extra["id"], virtualmachineid=vm["id"])
+    api.deletePortForwardingRule(id=pf["id"])
+    _refused(api.enableStaticNat, "virtualmachineid", ipaddressid=extra["id"], virtualmachineid=other["id"])
+    assert api.enableStaticNat(ipaddressid=extra["id"], virtualmachineid=vm["id"])["success"] is True
+    (shown,) = api.listPublicIpAddresses(isstaticnat=True)["publicipaddress"]
+    assert (shown["id"], shown["virtualmachineid"], shown["vmipaddress"]) == (extra["id"], vm["id"],
+                                                                            vm["nic"][0]["ipaddress"])  # fmt: skip
+    _refused(api.createPortForwardingRule, "static NAT", **pf_args)
+    _refused(api.enableStaticNat, "already", ipaddressid=extra["id"], virtualmachineid=vm["id"])
+    spec = cloud.router_public(net["id"])
+    assert spec is not None and [(n.public_ip, n.private_ip) for n in spec.static_nats] == [
+        ("198.18.0.11", vm["nic"][0]["ipaddress"])
+    ]
+    api.disableStaticNat(ipaddressid=extra["id"])
+    assert api.listPublicIpAddresses(isstaticnat=True) == {}
+    _refused(api.disableStaticNat, "no static NAT", ipaddressid=extra["id"])
+    pf = api.createPortForwardingRule(openfirewall=False, **pf_args)["portforwardingrule"]
+
     # Releasing the address takes its rules with it; the range's addresses come back.
     api.disassociateIpAddress(id=extra["id"])
     assert api.listPortForwardingRules(listall=True) == {}

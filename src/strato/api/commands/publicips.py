@@ -11,12 +11,19 @@ from strato.api import views_publicips as v
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
+from strato.db.models import Network
 from strato.errors import InvalidParameter, NotFound
 from strato.services.core import jobs
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.network import natrules, networks, publicips
-from strato.services.network.rule_jobs import ApplyPublicRule, RevokePublicRule, RuleParams
+from strato.services.network import natrules, networks, nics, publicips
+from strato.services.network.rule_jobs import (
+    ApplyPublicRule,
+    DisableStaticNat,
+    RevokePublicRule,
+    RuleParams,
+    StaticNatParams,
+)
 
 
 def _apply(ctx: CallContext, cmd: str, network_id: str, kind: str, object_id: str, instance: str) -> AsyncStarted:
@@ -243,3 +250,38 @@ def list_firewall_rules(ctx: CallContext, args: dict[str, Any]) -> Listing:
 def delete_firewall_rule(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     rule = natrules.get_firewall_rule(ctx, args["id"])
     return _revoke(ctx, "deleteFirewallRule", rule.network_id, "firewallrule", rule.id, "FirewallRule")
+
+
+@api(
+    "enableStaticNat",
+    "Gives a public address whole to a VM of its network (in and out); synchronous, as in CloudStack",
+    kind=Kind.SUCCESS,
+    event="STATICNAT.ENABLE",
+    params=(
+        Param("ipaddressid", T.UUID, "The public address (not the source NAT one)", required=True),
+        Param("virtualmachineid", T.UUID, "The VM", required=True),
+        Param("networkid", T.UUID, "The address's network"),
+        Param("vmguestip", T.STRING, "The VM's address on the network (its NIC's)", max_length=64),
+    ),
+)
+def enable_static_nat(ctx: CallContext, args: dict[str, Any]) -> None:
+    ip = natrules.enable_static_nat(ctx, args)
+    network = ctx.session.get(Network, ip.network_id)
+    assert network is not None
+    for call in nics.refresh_network(ctx.session, network):
+        call.run()  # a failure answers the error and the change is rolled back
+
+
+@api(
+    "disableStaticNat",
+    "Takes a public address's static NAT away",
+    kind=Kind.ASYNC,
+    event="STATICNAT.DISABLE",
+    params=(Param("ipaddressid", T.UUID, "The public address", required=True),),
+)
+def disable_static_nat(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    ip = publicips.get_address(ctx, args["ipaddressid"], "ipaddressid")
+    if ip.static_nat_vm_id is None:
+        raise InvalidParameter(f"Public IP address {ip.address} (ipaddressid) has no static NAT")
+    params = StaticNatParams(network_id=ip.network_id, ip_id=ip.id)
+    return AsyncStarted(jobs.submit_operation(ctx, DisableStaticNat, params, "IpAddress", ip.id))

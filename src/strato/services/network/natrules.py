@@ -168,11 +168,43 @@ def list_firewall_rules(ctx: CallContext, args: dict[str, Any], page: Page) -> t
 
 
 def forget_vm_rules(session: Session, vm_id: str) -> None:
-    """A VM being expunged loses its port forwards (and the firewall rules they opened): its address is
+    """A VM being expunged loses its port forwards (and the firewall rules they opened) and its static
+    NAT: its address is
     free for another VM. The router drops them with the next wanted state its network sends."""
     for rule in session.scalars(select(PortForwardingRule).where(PortForwardingRule.vm_id == vm_id)):
         for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == rule.id)):
             session.delete(fw)
         session.flush()
         session.delete(rule)
+    for ip in session.scalars(select(PublicIpAddress).where(PublicIpAddress.static_nat_vm_id == vm_id)):
+        ip.static_nat_vm_id = ip.static_nat_ip = None
     session.flush()
+
+
+def enable_static_nat(ctx: CallContext, args: dict[str, Any]) -> PublicIpAddress:
+    """enableStaticNat's rules and change (the caller sends the network's new state to its hosts)."""
+    ip = _usable_ip(ctx, args["ipaddressid"])
+    if ip.source_nat:
+        raise InvalidParameter(f"Public IP address {ip.address} (ipaddressid) is its network's source NAT address")
+    if ip.static_nat_vm_id is not None:
+        raise InvalidParameter(f"Public IP address {ip.address} (ipaddressid) already has static NAT")
+    if _live_forwards(ctx.session, ip.id):
+        raise InvalidParameter(f"Public IP address {ip.address} (ipaddressid) has port forwarding rules")
+    if args.get("networkid") and args["networkid"] != ip.network_id:
+        raise InvalidParameter(f"Parameter networkid is not the network of {ip.address}")
+    vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    nic = ctx.session.scalar(select(Nic).where(Nic.vm_id == vm.id, Nic.network_id == ip.network_id))
+    if nic is None:
+        raise InvalidParameter(f"VM {vm.name} (virtualmachineid) has no NIC on the network of {ip.address}")
+    if args.get("vmguestip") and args["vmguestip"] != nic.ip_address:
+        raise InvalidParameter(f"Parameter vmguestip {args['vmguestip']} is not the address of VM {vm.name}'s NIC")
+    taken = ctx.session.scalar(
+        select(PublicIpAddress.address).where(
+            PublicIpAddress.static_nat_vm_id == vm.id, PublicIpAddress.network_id == ip.network_id
+        )
+    )
+    if taken is not None:
+        raise InvalidParameter(f"VM {vm.name} (virtualmachineid) already has static NAT on {taken}")
+    ip.static_nat_vm_id, ip.static_nat_ip = vm.id, nic.ip_address
+    ctx.session.flush()
+    return ip

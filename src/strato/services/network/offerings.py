@@ -29,7 +29,7 @@ DEFAULT_OFFERINGS = (
         "DefaultIsolatedNetworkOfferingWithSourceNatService",
         "Offering for Isolated networks with Source Nat service enabled",
         "Isolated",
-        ("Dhcp", "SourceNat", "PortForwarding", "Firewall"),
+        ("Dhcp", "SourceNat", "PortForwarding", "Firewall", "StaticNat"),
     ),
     NetworkOffering(
         "DefaultSharedNetworkOfferingWithSGService",

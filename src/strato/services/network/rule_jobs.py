@@ -39,7 +39,7 @@ class RuleParams(BaseModel):
     object_id: str
 
 
-def _push(op: Operation[RuleParams]) -> StepData:
+def _push(op: Operation[RuleParams] | Operation[StaticNatParams]) -> StepData:
     with op.db.session() as s:
         network = s.get(Network, op.params.network_id)
         if network is None or network.removed is not None:
@@ -137,6 +137,47 @@ class RevokePublicRule(Operation[RuleParams]):
         with self.db.session() as s:
             _forget(s, self.params.kind, self.params.object_id)
         return {}
+
+    def result(self) -> JobResult:
+        return {"success": True}
+
+
+class StaticNatParams(BaseModel):
+    network_id: str
+    ip_id: str
+
+
+class DisableStaticNat(Operation[StaticNatParams]):
+    """The address's static NAT leaves the router: cleared in the database, the state sent; a host
+    failure puts it back."""
+
+    kind: ClassVar[str] = "network.staticnat.disable"
+    cmd: ClassVar[str] = "disableStaticNat"
+    event: ClassVar[str | None] = "STATICNAT.DISABLE"
+    params_model = StaticNatParams
+
+    @classmethod
+    def resources(cls, params: StaticNatParams) -> list[str]:
+        return [f"network:{params.network_id}"]
+
+    def steps(self) -> Sequence[Step]:
+        return [Step("clear", self._clear, undo=self._restore), Step("send to the router", lambda: _push(self))]
+
+    def _clear(self) -> StepData:
+        with self.db.session() as s:
+            ip = s.get(PublicIpAddress, self.params.ip_id)
+            if ip is None or ip.static_nat_vm_id is None:
+                return dict(self.output("clear"))
+            before = {"vm_id": ip.static_nat_vm_id, "vm_ip": ip.static_nat_ip}
+            ip.static_nat_vm_id = ip.static_nat_ip = None
+        return before
+
+    def _restore(self) -> None:
+        before = self.output("clear")
+        with self.db.session() as s:
+            ip = s.get(PublicIpAddress, self.params.ip_id)
+            if ip is not None and before.get("vm_id") and ip.static_nat_vm_id is None:
+                ip.static_nat_vm_id, ip.static_nat_ip = before["vm_id"], before["vm_ip"]
 
     def result(self) -> JobResult:
         return {"success": True}
