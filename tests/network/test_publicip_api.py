@@ -16,9 +16,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from helpers.agentproc import AgentProcess, start_agent
-from helpers.serverproc import ServerProcess, create_user_keys, start_server
+from helpers.serverproc import ServerProcess, create_user_keys, start_server, wait_job
 from strato.db.models import Network
-from strato.protocol.messages import PublicSpec
+from strato.protocol.messages import ConfigureSimulator, PublicSpec
 from strato.services.network.publicips import public_spec
 
 ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
@@ -29,6 +29,7 @@ RANGE = {"gateway": "198.18.0.1", "netmask": "255.255.255.0", "startip": "198.18
 @dataclass
 class Cloud:
     server: ServerProcess
+    agent: AgentProcess
     api: CloudStack
     ids: dict[str, str]
     physical: dict[str, Any]
@@ -43,6 +44,15 @@ class Cloud:
                 return public_spec(s, network)
         finally:
             engine.dispose()
+
+    def fail_next_ensure(self) -> None:
+        """The simulator host fails the next EnsureNetwork (as a host whose nft refused the rules)."""
+        self.agent.client().call(ConfigureSimulator(command="ensure_network", fail_count=1, fail_message="nft said no"))
+
+    def failed_job(self, started: dict[str, Any]) -> str:
+        job = wait_job(self.server.cs(), started["jobid"], 60)
+        assert job["jobstatus"] == 2, job
+        return str(job["jobresult"]["errortext"])
 
     def deploy(self, name: str, network_id: str, **owner: str) -> dict[str, Any]:
         vm = self.api.deployVirtualMachine(
@@ -66,7 +76,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         api.addTrafficType(physicalnetworkid=pn["id"], traffictype="Public", kvmnetworklabel="strpub0")
         api.updatePhysicalNetwork(id=pn["id"], state="Enabled")
         offers = {o["name"]: o["id"] for o in api.listNetworkOfferings()["networkoffering"]}
-        yield Cloud(server, api, ids, pn, offers)
+        yield Cloud(server, agent, api, ids, pn, offers)
     finally:
         agent.stop()
         server.stop()
@@ -241,4 +251,40 @@ def test_a_user_sees_only_its_addresses_and_the_range_is_admins(cloud: Cloud) ->
     finally:
         api.destroyVirtualMachine(id=vm["id"], expunge=True)
         user.deleteNetwork(id=mine["id"])
+        api.deleteVlanIpRange(id=made["id"])
+
+
+def test_a_host_failure_leaves_nothing_half_done(cloud: Cloud) -> None:
+    api, zone = cloud.api, cloud.ids["zone"]
+    made = api.createVlanIpRange(zoneid=zone, forvirtualnetwork=True, **{**RANGE, "startip": "198.18.0.60",
+                                                                        "endip": "198.18.0.61"})["vlan"]  # fmt: skip
+    net = api.createNetwork(name="failing", displaytext="failing", zoneid=zone,
+                            networkofferingid=cloud.offerings[ISOLATED])["network"]  # fmt: skip
+    vm = cloud.deploy("failvm", net["id"])
+    raw = cloud.server.cs()  # answers job ids, for the failed jobs
+    try:
+        (snat,) = api.listPublicIpAddresses(associatednetworkid=net["id"])["publicipaddress"]
+        cloud.fail_next_ensure()
+        assert "nft said no" in cloud.failed_job(raw.associateIpAddress(networkid=net["id"]))
+        assert [a["id"] for a in api.listPublicIpAddresses(associatednetworkid=net["id"])["publicipaddress"]] == [
+            snat["id"]
+        ]  # the new address released again
+        cloud.fail_next_ensure()
+        started = raw.createPortForwardingRule(ipaddressid=snat["id"], protocol="tcp", publicport=2222, privateport=22,
+                                               virtualmachineid=vm["id"])  # fmt: skip
+        assert "nft said no" in cloud.failed_job(started)
+        assert api.listPortForwardingRules(listall=True) == {} and api.listFirewallRules(listall=True) == {}
+        fw = api.createFirewallRule(ipaddressid=snat["id"], protocol="icmp")["firewallrule"]
+        cloud.fail_next_ensure()
+        assert "nft said no" in cloud.failed_job(raw.deleteFirewallRule(id=fw["id"]))
+        assert [(r["id"], r["state"]) for r in api.listFirewallRules(listall=True)["firewallrule"]] == [
+            (fw["id"], "Active")
+        ]  # still on the router, still listed
+        extra = api.associateIpAddress(networkid=net["id"])["ipaddress"]
+        cloud.fail_next_ensure()
+        _refused(api.enableStaticNat, "nft said no", code=534, ipaddressid=extra["id"], virtualmachineid=vm["id"])
+        assert api.listPublicIpAddresses(isstaticnat=True) == {}
+    finally:
+        api.destroyVirtualMachine(id=vm["id"], expunge=True)
+        api.deleteNetwork(id=net["id"])
         api.deleteVlanIpRange(id=made["id"])
