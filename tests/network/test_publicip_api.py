@@ -116,6 +116,8 @@ def test_ranges_addresses_and_rules(cloud: Cloud) -> None:
     _refused(api.createVlanIpRange, "overlaps", zoneid=zone, forvirtualnetwork=True, **overlapping)
     assert [r["id"] for r in api.listVlanIpRanges(zoneid=zone)["vlaniprange"]] == [made["id"]]
 
+    clash = {"gateway": "198.18.0.129", "netmask": "255.255.255.128", "networkofferingid": cloud.offerings[ISOLATED]}
+    _refused(api.createNetwork, "public range", name="clash", displaytext="clash", zoneid=zone, **clash)
     net = api.createNetwork(name="nat", displaytext="nat", zoneid=zone, networkofferingid=cloud.offerings[ISOLATED],
                             gateway="10.70.0.1", netmask="255.255.255.0")["network"]  # fmt: skip
     assert api.listPublicIpAddresses(associatednetworkid=net["id"]) == {}  # not implemented yet

@@ -8,6 +8,7 @@ import ipaddress
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from strato.db.models import (
@@ -123,6 +124,16 @@ def create_range(ctx: CallContext, args: dict[str, Any]) -> PublicIpRange:
     return row
 
 
+def public_overlap(session: Session, zone_id: str, net: ipaddress.IPv4Network) -> None:
+    """431 when a guest network's range would overlap a public range of its zone."""
+    for r in session.scalars(
+        select(PublicIpRange).where(PublicIpRange.zone_id == zone_id, PublicIpRange.removed.is_(None))
+    ):
+        public = ipaddress.IPv4Network(f"{r.gateway}/{r.netmask}", strict=False)
+        if public.overlaps(net):
+            raise InvalidParameter(f"Parameters gateway/netmask: {net} overlaps the zone's public range {public}")
+
+
 def list_ranges(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[PublicIpRange], int]:
     q = select(PublicIpRange).where(PublicIpRange.removed.is_(None))
     for param, column in (("id", PublicIpRange.id), ("zoneid", PublicIpRange.zone_id),
@@ -196,8 +207,13 @@ def allocate(session: Session, network: Network, source_nat: bool) -> PublicIpAd
                     domain_id=network.domain_id,
                     source_nat=source_nat,
                 )
-                session.add(row)
-                session.flush()
+                try:
+                    with session.begin_nested():  # another server may have taken it meanwhile
+                        session.add(row)
+                        session.flush()
+                except IntegrityError:
+                    addr += 1
+                    continue
                 return row
             addr += 1
     raise InsufficientCapacity("Insufficient public IP address capacity: the zone's public ranges are used up")
