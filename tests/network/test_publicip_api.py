@@ -250,6 +250,16 @@ def test_a_user_sees_only_its_addresses_and_the_range_is_admins(cloud: Cloud) ->
         assert snat["ipaddress"] == "198.18.0.50" and snat["account"] == "ipuser"
         _refused(user.associateIpAddress, "capacity", code=533, networkid=mine["id"])  # the range is used up
         assert api.listPublicIpAddresses(account="ipuser", domainid=snat["domainid"])["count"] == 1
+        # Another network's first start needs a source NAT address the zone no longer has.
+        full = api.createNetwork(name="full", displaytext="full", zoneid=zone,
+                                 networkofferingid=cloud.offerings[ISOLATED])["network"]  # fmt: skip
+        started = cloud.server.cs().deployVirtualMachine(name="nofree", networkids=full["id"], zoneid=zone,
+                                                         serviceofferingid=cloud.ids["offering"],
+                                                         templateid=cloud.ids["template"])  # fmt: skip
+        assert "public IP address capacity" in cloud.failed_job(started)
+        assert api.listPublicIpAddresses(associatednetworkid=full["id"]) == {}
+        api.destroyVirtualMachine(id=started["id"], expunge=True)
+        api.deleteNetwork(id=full["id"])
     finally:
         api.destroyVirtualMachine(id=vm["id"], expunge=True)
         user.deleteNetwork(id=mine["id"])
