@@ -192,6 +192,8 @@ def test_source_nat_port_forward_and_firewall(bench: Bench) -> None:
     assert bench.router_tables() == first
     assert bench.connect(bench.outside, FORWARD_IP, 2222) == OUTSIDE_IP  # in, to the guest's port 5022
     assert bench.connect(bench.outside, FORWARD_IP, 5023) is None  # only the forwarded port
+    _ip("-n", bench.outside, "route", "add", "10.60.0.0/24", "via", SOURCE_NAT)  # straight at the guests
+    assert bench.connect(bench.outside, GUEST_IP, 5022) is None
     assert bench.connect(bench.guest, OUTSIDE_IP, 7000) == SOURCE_NAT
 
     bench.ensure(_spec(_public([allow, PublicAllow(public_ip=STATIC_IP, protocol="tcp")], static=True)))

@@ -5,8 +5,9 @@ nothing:
 
 - `ip strato_nat`: DNAT of port forwards and static NAT (prerouting), SNAT of the guest subnet to the
   source NAT address and of a static-NAT guest to its own address (postrouting);
-- `ip strato_filter`: traffic coming in on the public veth to a public address is dropped unless a
-  firewall rule lets it in (or it belongs to a connection already allowed, or one the guests opened).
+- `ip strato_filter`: traffic coming in on the public veth is dropped unless a firewall rule lets it in
+  to a public address (or it belongs to a connection already allowed, or one the guests opened); an
+  upstream router sending packets straight at the guest subnet gets nothing through either.
   Its chain runs before DNAT, so a rule names the public address and port the outside sees, as in
   CloudStack's virtual router.
 """
@@ -114,8 +115,7 @@ def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
     known = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
     rules.append((FILTER_TABLE, "guard", [incoming, known, {"accept": None}]))
     rules += [(FILTER_TABLE, "guard", _allow(dev, a)) for a in spec.allows]
-    addresses = sorted({spec.source_nat, *spec.addresses})
-    rules.append((FILTER_TABLE, "guard", [incoming, _match(_field("ip", "daddr"), {"set": addresses}), {"drop": None}]))
+    rules.append((FILTER_TABLE, "guard", [incoming, {"drop": None}]))  # also what is routed at the guests
     rules += [(NAT_TABLE, "pre", _forward(dev, f)) for f in spec.forwards]
     for nat in spec.static_nats:
         rules.append((NAT_TABLE, "pre", [incoming, _match(_field("ip", "daddr"), nat.public_ip),
