@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -233,6 +234,15 @@ def test_ranges_addresses_and_rules(cloud: Cloud) -> None:
     assert api.listPublicIpAddresses(listall=True) == {}
     api.deleteVlanIpRange(id=made["id"])
     assert api.listVlanIpRanges(zoneid=zone) == {}
+
+    # Usage (CloudStack's type 3): each address billed from its allocation to its release.
+    today = datetime.now(UTC)
+    span = {"startdate": (today - timedelta(days=1)).strftime("%Y-%m-%d"), "enddate": today.strftime("%Y-%m-%d")}
+    assert api.generateUsageRecords(**span)["success"] in (True, "true")
+    records = api.listUsageRecords(type=3, **span)["usagerecord"]
+    billed = {r["usageid"] for r in records}
+    assert {snat["id"], extra["id"]} <= billed, records
+    assert all(r["usagetype"] == 3 and r["account"] == "admin" and r["usage"].endswith(" Hrs") for r in records)
 
 
 def test_a_user_sees_only_its_addresses_and_the_range_is_admins(cloud: Cloud) -> None:

@@ -2,7 +2,8 @@
 and records made from them per aggregation period (`usage.stats.job.aggregation.range` minutes, aligned
 to midnight UTC), each with the hours the resource existed in that period.
 
-Only what Strato records is billed: VM snapshots (CloudStack's usage type 25). A type is listed by
+Only what Strato records is billed: public IP addresses (CloudStack's usage type 3) and VM snapshots
+(type 25). A type is listed by
 `listUsageTypes` only once its events are written."""
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class UsageType:
 
 
 VM_SNAPSHOT = UsageType(25, "VM_SNAPSHOT", "VM Snapshot Usage", "VMSNAPSHOT.CREATE", "VMSNAPSHOT.DELETE")
-TYPES = {t.number: t for t in (VM_SNAPSHOT,)}
+IP_ADDRESS = UsageType(3, "IP_ADDRESS", "Public IP Address Usage", "NET.IPASSIGN", "NET.IPRELEASE")
+TYPES = {t.number: t for t in (IP_ADDRESS, VM_SNAPSHOT)}
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
 
 

@@ -23,6 +23,7 @@ from strato.db.models import (
 )
 from strato.errors import InsufficientCapacity, InvalidParameter, ResourceInUse
 from strato.protocol.messages import PortForward, PublicAllow, PublicSpec, StaticNat
+from strato.services.core import usage
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -214,6 +215,7 @@ def allocate(session: Session, network: Network, source_nat: bool) -> PublicIpAd
                 except IntegrityError:
                     addr += 1
                     continue
+                _usage(session, row, usage.IP_ADDRESS.start_event)
                 return row
             addr += 1
     raise InsufficientCapacity("Insufficient public IP address capacity: the zone's public ranges are used up")
@@ -260,8 +262,15 @@ def release(session: Session, ip: PublicIpAddress) -> None:
     for pf in session.scalars(select(PortForwardingRule).where(PortForwardingRule.ip_address_id == ip.id)):
         session.delete(pf)
     session.flush()
+    _usage(session, ip, usage.IP_ADDRESS.end_event)
     session.delete(ip)
     session.flush()
+
+
+def _usage(session: Session, ip: PublicIpAddress, event: str) -> None:
+    """Public IP usage (CloudStack's type 3): billed from the address's allocation to its release."""
+    usage.record(session, event, account_id=ip.account_id, domain_id=ip.domain_id, resource_id=ip.id,
+                 name=ip.address, zone_id=ip.zone_id)  # fmt: skip
 
 
 # --- what the router's host gets -----------------------------------------------------------------------
