@@ -151,6 +151,8 @@ def test_ranges_addresses_and_rules(cloud: Cloud) -> None:
     _refused(api.createPortForwardingRule, "publicport", **{**pf_args, "publicport": 70000})
     _refused(api.createPortForwardingRule, "privateendport", **{**pf_args, "publicendport": 2223, "privateendport": 30})
     _refused(api.createPortForwardingRule, "ipaddressid", **{**pf_args, "ipaddressid": made["id"]})
+    wide = {"publicport": 10000, "publicendport": 10999, "privateport": 20000, "privateendport": 20999}
+    _refused(api.createPortForwardingRule, "at most 256", **{**pf_args, **wide})
     other = cloud.deploy("elsewhere", nonat["id"])
     _refused(api.createPortForwardingRule, "virtualmachineid", **{**pf_args, "virtualmachineid": other["id"]})
     assert api.listPortForwardingRules(listall=True) == {}

@@ -42,7 +42,7 @@ PUBLIC_BRIDGE = "strpub0"
 
 _SERVE = (
     "import socket,sys\ns=socket.socket();s.setsockopt(1,2,1);s.bind(('',int(sys.argv[1])));s.listen(8)\n"
-    "while True:\n c,a=s.accept();c.sendall(a[0].encode());c.close()\n"
+    "while True:\n c,a=s.accept();c.sendall((a[0]+' '+sys.argv[1]).encode());c.close()\n"
 )
 _CONNECT = (
     "import socket,sys\ns=socket.socket();s.settimeout(1.5)\n"
@@ -81,11 +81,19 @@ class Bench:
     def remove(self) -> None:
         self._agent("remove", NET)
 
-    def connect(self, ns: str, ip: str, port: int) -> str | None:
-        """The peer address the server saw, or None when the connection failed."""
+    def answer(self, ns: str, ip: str, port: int) -> tuple[str, int] | None:
+        """The peer address the server saw and the port it listens on, or None when it failed."""
         done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _CONNECT, ip, str(port)],
                               capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-        return done.stdout.strip() if done.returncode == 0 else None
+        if done.returncode != 0:
+            return None
+        peer, served = done.stdout.split()
+        return peer, int(served)
+
+    def connect(self, ns: str, ip: str, port: int) -> str | None:
+        """The peer address the server saw, or None when the connection failed."""
+        got = self.answer(ns, ip, port)
+        return got[0] if got else None
 
     def router_tables(self) -> str:
         holder = (self.data_dir / "network" / short_id(NET) / "holder.pid").read_text().strip()
@@ -159,10 +167,15 @@ def _spec(public: PublicSpec | None) -> NetworkSpec:
 def _public(allows: list[PublicAllow], static: bool = False) -> PublicSpec:
     forward = PortForward(public_ip=FORWARD_IP, protocol="tcp", public_start=2222, public_end=2222,
                           private_ip=GUEST_IP, private_start=5022, private_end=5022)  # fmt: skip
+    shifted = PortForward(public_ip=FORWARD_IP, protocol="tcp", public_start=3000, public_end=3001,
+                          private_ip=GUEST_IP, private_start=5022, private_end=5023)  # fmt: skip
+    same = PortForward(public_ip=FORWARD_IP, protocol="tcp", public_start=5022, public_end=5023,
+                       private_ip=GUEST_IP, private_start=5022, private_end=5023)  # fmt: skip
     return PublicSpec(
         bridge=PUBLIC_BRIDGE, gateway=OUTSIDE_IP, prefix=24, source_nat=SOURCE_NAT,
         addresses=[SOURCE_NAT, FORWARD_IP, *([STATIC_IP] if static else [])], guest_cidr="10.60.0.0/24",
-        forwards=[forward], static_nats=[StaticNat(public_ip=STATIC_IP, private_ip=GUEST_IP)] if static else [],
+        forwards=[forward, shifted, same],
+        static_nats=[StaticNat(public_ip=STATIC_IP, private_ip=GUEST_IP)] if static else [],
         allows=allows,
     )  # fmt: skip
 
@@ -191,7 +204,12 @@ def test_source_nat_port_forward_and_firewall(bench: Bench) -> None:
     bench.ensure(spec)  # a new agent process, the same spec: nothing changes
     assert bench.router_tables() == first
     assert bench.connect(bench.outside, FORWARD_IP, 2222) == OUTSIDE_IP  # in, to the guest's port 5022
-    assert bench.connect(bench.outside, FORWARD_IP, 5023) is None  # only the forwarded port
+    assert bench.connect(bench.outside, FORWARD_IP, 3000) is None  # forwarded, but no firewall rule
+    ranges = PublicAllow(public_ip=FORWARD_IP, protocol="tcp", start_port=3000, end_port=3001)
+    bench.ensure(_spec(_public([allow, ranges])))
+    assert bench.answer(bench.outside, FORWARD_IP, 3000) == (OUTSIDE_IP, 5022)  # each port to its own
+    assert bench.answer(bench.outside, FORWARD_IP, 3001) == (OUTSIDE_IP, 5023)
+    assert bench.connect(bench.outside, FORWARD_IP, 5023) is None  # a forwarded port no rule opens
     _ip("-n", bench.outside, "route", "add", "10.60.0.0/24", "via", SOURCE_NAT)  # straight at the guests
     assert bench.connect(bench.outside, GUEST_IP, 5022) is None
     assert bench.connect(bench.guest, OUTSIDE_IP, 7000) == SOURCE_NAT

@@ -81,14 +81,18 @@ def _allow(dev: str, rule: PublicAllow) -> list[Expr]:
     return [*expr, {"accept": None}]
 
 
-def _forward(dev: str, fwd: PortForward) -> list[Expr]:
-    port = _ports(fwd.private_start, fwd.private_end)
+def _forwards(dev: str, fwd: PortForward) -> list[list[Expr]]:
+    """DNAT rules mapping each public port to its own private port. A NAT port range would pick any
+    port of the range, so a shifted range becomes one rule per port; an unshifted one keeps its ports."""
+    head = [_match(_meta("iifname"), dev), _match(_field("ip", "daddr"), fwd.public_ip),
+            _match(_meta("l4proto"), fwd.protocol)]  # fmt: skip
+    dport = _field(fwd.protocol, "dport")
+    if fwd.public_start == fwd.private_start:
+        return [[*head, _match(dport, _ports(fwd.public_start, fwd.public_end)), {"dnat": {"addr": fwd.private_ip}}]]
+    shift = fwd.private_start - fwd.public_start
     return [
-        _match(_meta("iifname"), dev),
-        _match(_field("ip", "daddr"), fwd.public_ip),
-        _match(_meta("l4proto"), fwd.protocol),
-        _match(_field(fwd.protocol, "dport"), _ports(fwd.public_start, fwd.public_end)),
-        {"dnat": {"addr": fwd.private_ip, "port": port}},
+        [*head, _match(dport, port), {"dnat": {"addr": fwd.private_ip, "port": port + shift}}]
+        for port in range(fwd.public_start, fwd.public_end + 1)
     ]
 
 
@@ -116,7 +120,7 @@ def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
     rules.append((FILTER_TABLE, "guard", [incoming, known, {"accept": None}]))
     rules += [(FILTER_TABLE, "guard", _allow(dev, a)) for a in spec.allows]
     rules.append((FILTER_TABLE, "guard", [incoming, {"drop": None}]))  # also what is routed at the guests
-    rules += [(NAT_TABLE, "pre", _forward(dev, f)) for f in spec.forwards]
+    rules += [(NAT_TABLE, "pre", expr) for f in spec.forwards for expr in _forwards(dev, f)]
     for nat in spec.static_nats:
         rules.append((NAT_TABLE, "pre", [incoming, _match(_field("ip", "daddr"), nat.public_ip),
                                          {"dnat": {"addr": nat.private_ip}}]))  # fmt: skip

@@ -20,6 +20,8 @@ from strato.services.network.publicips import LIVE_RULE_STATES, get_address
 
 FORWARD_PROTOCOLS = ("tcp", "udp")
 FIREWALL_PROTOCOLS = ("tcp", "udp", "icmp", "all")
+MAX_SHIFTED_PORTS = 256
+"""A range forwarded to other port numbers is one router rule per port (NAT ranges do not map 1:1)."""
 
 
 def _port(value: Any, param: str) -> int:
@@ -66,6 +68,11 @@ def create_port_forward(ctx: CallContext, args: dict[str, Any]) -> PortForwardin
     priv = _range(args, "privateport", "privateendport")
     if pub[1] - pub[0] != priv[1] - priv[0]:
         raise InvalidParameter("Parameters publicport/publicendport and privateport/privateendport differ in length")
+    if pub[0] != priv[0] and pub[1] - pub[0] >= MAX_SHIFTED_PORTS:
+        raise InvalidParameter(
+            f"Parameter privateport: a range mapped to other ports may hold at most {MAX_SHIFTED_PORTS} ports "
+            "(the same ports on both sides have no limit)"
+        )
     if ip.static_nat_vm_id is not None:
         raise InvalidParameter(f"Public IP address {ip.address} (ipaddressid) has static NAT: no port forward on it")
     for other in _live_forwards(ctx.session, ip.id):
