@@ -178,12 +178,12 @@ def forget_vm_rules(session: Session, vm_id: str) -> None:
     """A VM being expunged loses its port forwards (and the firewall rules they opened) and its static
     NAT: its address is
     free for another VM. The router drops them with the next wanted state its network sends."""
-    for rule in session.scalars(select(PortForwardingRule).where(PortForwardingRule.vm_id == vm_id)):
-        for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == rule.id)):
+    for rule in list(session.scalars(select(PortForwardingRule).where(PortForwardingRule.vm_id == vm_id))):
+        for fw in list(session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == rule.id))):
             session.delete(fw)
         session.flush()
         session.delete(rule)
-    for ip in session.scalars(select(PublicIpAddress).where(PublicIpAddress.static_nat_vm_id == vm_id)):
+    for ip in list(session.scalars(select(PublicIpAddress).where(PublicIpAddress.static_nat_vm_id == vm_id))):
         ip.static_nat_vm_id = ip.static_nat_ip = None
     session.flush()
 

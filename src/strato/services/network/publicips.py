@@ -256,10 +256,10 @@ def list_addresses(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[
 
 def release(session: Session, ip: PublicIpAddress) -> None:
     """The address and every rule on it gone (its network's router is told by the caller's job)."""
-    for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.ip_address_id == ip.id)):
+    for fw in list(session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.ip_address_id == ip.id))):
         session.delete(fw)
     session.flush()
-    for pf in session.scalars(select(PortForwardingRule).where(PortForwardingRule.ip_address_id == ip.id)):
+    for pf in list(session.scalars(select(PortForwardingRule).where(PortForwardingRule.ip_address_id == ip.id))):
         session.delete(pf)
     session.flush()
     _usage(session, ip, usage.IP_ADDRESS.end_event)

@@ -60,7 +60,7 @@ def _forget(session: Session, kind: str, object_id: str) -> None:
         publicips.release(session, row)
         return
     if isinstance(row, PortForwardingRule):
-        for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id)):
+        for fw in list(session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id))):
             session.delete(fw)
         session.flush()
     session.delete(row)
@@ -73,7 +73,7 @@ def _set_state(session: Session, kind: str, object_id: str, state: str) -> None:
     if isinstance(row, PublicIpAddress | PortForwardingRule | PublicFirewallRule):
         row.state = state
     if isinstance(row, PortForwardingRule):
-        for fw in session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id)):
+        for fw in list(session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id))):
             fw.state = state if state != "Allocated" else "Active"
 
 
