@@ -268,7 +268,7 @@ def test_usage_records_bill_each_snapshot_for_its_life(cloud: Cloud) -> None:
     only_b = cloud.api.listUsageRecords(usageid=b["id"], **span)["usagerecord"]
     assert {r["usageid"] for r in only_b} == {b["id"]}
     types = cloud.api.listUsageTypes()["usagetype"]
-    assert [t["usagetypeid"] for t in types] == [9, 25]  # volume and VM snapshots
+    assert [t["usagetypeid"] for t in types] == [3, 9, 25]  # public IPs, volume and VM snapshots
     code, text = _error(lambda: cloud.api.listUsageRecords(startdate="yesterday", enddate=span["enddate"]))
     assert code == 431 and "startdate" in text, text
     code, text = _error(lambda: cloud.api.listUsageRecords(type=999, **span))

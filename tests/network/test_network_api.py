@@ -66,7 +66,13 @@ def test_physical_network_and_offerings(cloud: Cloud) -> None:
     assert [(p["name"], p["state"]) for p in providers] == [("VirtualRouter", "Enabled")]
     offers = {o["name"]: o for o in api.listNetworkOfferings()["networkoffering"]}
     assert {ISOLATED, "DefaultSharedNetworkOfferingWithSGService"} <= set(offers)
-    assert [s["name"] for s in offers[ISOLATED]["service"]] == ["Dhcp"]  # only what works here
+    assert [s["name"] for s in offers[ISOLATED]["service"]] == [
+        "Dhcp",
+        "SourceNat",
+        "PortForwarding",
+        "Firewall",
+        "StaticNat",
+    ]
     _refused(api.createPhysicalNetwork, "vlan", zoneid=cloud.ids["zone"], name="bad", vlan="ten-20")
 
 

@@ -41,7 +41,7 @@ def provider(pn: PhysicalNetwork) -> dict[str, Any]:
         "name": "VirtualRouter",
         "physicalnetworkid": pn.id,
         "state": "Enabled",
-        "servicelist": ["Dhcp"],
+        "servicelist": ["Dhcp", "SourceNat", "PortForwarding", "Firewall", "StaticNat"],
         "canenableindividualservice": True,
     }
 

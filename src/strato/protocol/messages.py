@@ -681,6 +681,53 @@ class DhcpHost(Message):
     ip: str
 
 
+class PortForward(Message):
+    """Public address:port range to a guest address:port range (the same length), DNAT in the router."""
+
+    public_ip: str
+    protocol: Literal["tcp", "udp"]
+    public_start: int = Field(ge=1, le=65535)
+    public_end: int = Field(ge=1, le=65535)
+    private_ip: str
+    private_start: int = Field(ge=1, le=65535)
+    private_end: int = Field(ge=1, le=65535)
+
+
+class PublicAllow(Message):
+    """A firewall rule of a public address: what may come in to it (nothing else does)."""
+
+    public_ip: str
+    protocol: Literal["tcp", "udp", "icmp", "all"]
+    start_port: int | None = Field(default=None, ge=1, le=65535)
+    end_port: int | None = Field(default=None, ge=1, le=65535)
+    cidrs: list[str] = ["0.0.0.0/0"]
+
+
+class StaticNat(Message):
+    """A public address given whole to one guest address (DNAT in, SNAT out)."""
+
+    public_ip: str
+    private_ip: str
+
+
+class PublicSpec(Message):
+    """The router's public side: a veth to the host's public bridge holding the network's public
+    addresses, the guest subnet SNATed to the source NAT one, port forwards, static NAT and the firewall
+    of the public addresses."""
+
+    bridge: str
+    """The host's public bridge (kvmnetworklabel of the zone's Public traffic); made by the site."""
+    gateway: str
+    prefix: int = Field(ge=1, le=32)
+    source_nat: str
+    addresses: list[str] = []
+    """Every public address of the network, the source NAT one included."""
+    guest_cidr: str
+    forwards: list[PortForward] = []
+    static_nats: list[StaticNat] = []
+    allows: list[PublicAllow] = []
+
+
 class RouterSpec(Message):
     """The network's virtual router on this host: a namespace on the bridge holding the gateway address
     and dnsmasq."""
@@ -689,6 +736,7 @@ class RouterSpec(Message):
     prefix: int = Field(ge=1, le=30)
     hosts: list[DhcpHost] = []
     mtu: int = Field(default=1450, ge=576, le=9000)
+    public: PublicSpec | None = None
 
 
 class NetworkSpec(Message):

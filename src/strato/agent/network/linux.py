@@ -26,7 +26,7 @@ from typing import Any
 
 from strato.agent.agentlog import get_logger
 from strato.agent.drivers.roles import DriverError
-from strato.agent.network import nftables
+from strato.agent.network import nftables, publicnat
 from strato.agent.network.base import HostNetwork, bridge_name, router_if_name, short_id, veth_name, vxlan_name
 from strato.protocol.messages import (
     ErrorCode,
@@ -34,6 +34,7 @@ from strato.protocol.messages import (
     FirewallSpec,
     NetworkReport,
     NetworkSpec,
+    PublicSpec,
     RouterSpec,
     firewall_digest,
 )
@@ -176,6 +177,7 @@ class LinuxNetwork(HostNetwork):
         await run("ip", "link", "set", "lo", "up", netns_pid=holder)
         await run("ip", "link", "set", inner, "mtu", str(VXLAN_MTU), "up", netns_pid=holder)
         await run("ip", "addr", "replace", f"{router.gateway}/{router.prefix}", "dev", inner, netns_pid=holder)
+        await self._ensure_public(network_id, holder, router.public)
         hosts = "".join(f"{h.mac},{h.ip}\n" for h in router.hosts)
         hosts_file = state / "dhcp-hosts"
         changed = not hosts_file.exists() or hosts_file.read_text() != hosts
@@ -187,6 +189,37 @@ class LinuxNetwork(HostNetwork):
             os.kill(pid, signal.SIGHUP)  # re-reads the hosts file; running leases stay
         assert pid is not None
         return pid
+
+    async def _ensure_public(self, network_id: str, holder: int, public: PublicSpec | None) -> None:
+        """The router's public veth, addresses, default route and NAT/filter tables as `public` says; with
+        no public side, whatever an earlier spec made is removed."""
+        outer, inner = publicnat.public_veth(network_id), publicnat.public_if(network_id)
+        if public is None:
+            if await link_exists(inner, netns_pid=holder):
+                await run("ip", "link", "del", inner, netns_pid=holder)
+                await publicnat.remove_tables(holder)
+            return
+        if not await link_exists(public.bridge):
+            raise DriverError(ErrorCode.BAD_REQUEST, f"the public bridge {public.bridge} does not exist on this host "
+                              "(the kvmnetworklabel of the zone's Public traffic type)")  # fmt: skip
+        if not await link_exists(inner, netns_pid=holder):
+            if await link_exists(outer):
+                await run("ip", "link", "del", outer)
+            await run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            await run("ip", "link", "set", inner, "netns", str(holder))
+        await run("ip", "link", "set", outer, "master", public.bridge, "up")
+        await run("ip", "link", "set", inner, "address", publicnat.public_mac(network_id), "up", netns_pid=holder)
+        want = {f"{a}/{public.prefix}" for a in {public.source_nat, *public.addresses}}
+        have = set()
+        for link in await _json("ip", "-j", "-4", "addr", "show", "dev", inner, netns_pid=holder):
+            have |= {f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("local")}
+        for addr in sorted(want - have):
+            await run("ip", "addr", "add", addr, "dev", inner, netns_pid=holder)
+        for addr in sorted(have - want):
+            await run("ip", "addr", "del", addr, "dev", inner, netns_pid=holder)
+        await run("ip", "route", "replace", "default", "via", public.gateway, "dev", inner, netns_pid=holder)
+        await run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", netns_pid=holder)
+        await publicnat.nft(publicnat.ruleset(network_id, public), holder)
 
     async def _start_holder(self, state: Path) -> int:
         """A process in a new network namespace, in its own session so it outlives the agent."""
@@ -248,7 +281,7 @@ class LinuxNetwork(HostNetwork):
                 for port in await _json("ip", "-j", "link", "show", "master", bridge):
                     await run("ip", "link", "del", str(port["ifname"]), check=False)
                 await run("ip", "link", "del", bridge, check=False)
-            for name in (vxlan_name(network_id), veth_name(network_id)):
+            for name in (vxlan_name(network_id), veth_name(network_id), publicnat.public_veth(network_id)):
                 await run("ip", "link", "del", name, check=False)
             shutil.rmtree(state, ignore_errors=True)
             log.info("network removed", extra={"network": network_id})

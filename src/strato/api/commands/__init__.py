@@ -10,6 +10,7 @@ from strato.api.commands import (  # noqa: F401
     motion,
     network,
     offerings,
+    publicips,
     secgroups,
     snapshots,
     storage,

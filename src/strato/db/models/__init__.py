@@ -6,6 +6,7 @@ from strato.db.models.infra import Cluster, Host, ImageStore, Pod, StoragePool, 
 from strato.db.models.jobs import Job, JobResource, ServerNode
 from strato.db.models.network import Network, Nic, PhysicalNetwork
 from strato.db.models.offerings import DiskOffering, ServiceOffering
+from strato.db.models.publicips import PortForwardingRule, PublicFirewallRule, PublicIpAddress, PublicIpRange
 from strato.db.models.secgroups import SecurityGroup, SecurityGroupRule, VmSecurityGroup
 from strato.db.models.settings import HypervisorCapability, Setting
 from strato.db.models.snapshots import Snapshot, SnapshotPolicy
@@ -32,6 +33,10 @@ __all__ = [
     "Nic",
     "PhysicalNetwork",
     "Pod",
+    "PortForwardingRule",
+    "PublicFirewallRule",
+    "PublicIpAddress",
+    "PublicIpRange",
     "ResourceLimit",
     "ResourceTag",
     "SSHKeyPair",

@@ -34,6 +34,7 @@ from strato.services.core.access import get_vm
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to, volume_to
+from strato.services.network.natrules import forget_vm_rules
 from strato.services.network.nics import tap_name, vm_nics
 from strato.services.network.secgroups import forget_vm
 from strato.services.storage.disks import attached_volumes
@@ -145,6 +146,7 @@ class _Expunging(Operation[Any]):
                 return {}
             for vol in attached_volumes(s, vm.id):
                 vol.vm_id, vol.device_id, vol.attached = None, None, None
+            forget_vm_rules(s, vm.id)
             for nic in vm_nics(s, vm.id):
                 s.delete(nic)  # its address and MAC are free again
             forget_vm(s, vm.id)

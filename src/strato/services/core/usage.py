@@ -2,8 +2,9 @@
 and records made from them per aggregation period (`usage.stats.job.aggregation.range` minutes, aligned
 to midnight UTC), each with the hours the resource existed in that period.
 
-Only what Strato records is billed: volume snapshots (CloudStack's usage type 9, the file on the image
-store) and VM snapshots (type 25). A type is listed by `listUsageTypes` only once its events are written."""
+Only what Strato records is billed: public IP addresses (CloudStack's usage type 3), volume snapshots
+(type 9, the file on the image store) and VM snapshots (type 25). A type is listed by `listUsageTypes`
+only once its events are written."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class UsageType:
 
 SNAPSHOT = UsageType(9, "SNAPSHOT", "Snapshot Usage", "SNAPSHOT.CREATE", "SNAPSHOT.DELETE")
 VM_SNAPSHOT = UsageType(25, "VM_SNAPSHOT", "VM Snapshot Usage", "VMSNAPSHOT.CREATE", "VMSNAPSHOT.DELETE")
-TYPES = {t.number: t for t in (SNAPSHOT, VM_SNAPSHOT)}
+IP_ADDRESS = UsageType(3, "IP_ADDRESS", "Public IP Address Usage", "NET.IPASSIGN", "NET.IPRELEASE")
+TYPES = {t.number: t for t in (IP_ADDRESS, SNAPSHOT, VM_SNAPSHOT)}
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
 
 

@@ -18,6 +18,7 @@ from strato.services.core.lookup import get_live
 from strato.services.identity.identity import find_account
 from strato.services.network.offerings import BY_ID, NetworkOffering
 from strato.services.network.physical import parse_ranges
+from strato.services.network.publicips import public_overlap
 
 DEFAULT_SUBNETS = ipaddress.IPv4Network("10.1.0.0/16")
 """Where a network without gateway/netmask gets its /24: the first one no network of the zone overlaps."""
@@ -146,6 +147,7 @@ def create_network(ctx: CallContext, args: dict[str, Any]) -> Network:
     overlap = next((o for o in others if o.overlaps(net)), None)
     if overlap is not None:
         raise InvalidParameter(f"Parameters gateway/netmask: {net} overlaps {overlap}, a network of zone {zone.name}")
+    public_overlap(ctx.session, zone.id, net)
     hosts = list(net.hosts())
     start = _ip(args["startip"], "startip") if args.get("startip") else hosts[0]
     end = _ip(args["endip"], "endip") if args.get("endip") else hosts[-1]
@@ -235,6 +237,10 @@ def check_deletable(session: Session, network: Network) -> None:
 
 
 def mark_deleted(session: Session, network: Network) -> None:
+    from strato.services.network.publicips import network_addresses, release
+
+    for ip in network_addresses(session, network.id):
+        release(session, ip)  # the router went with the network
     for nic in session.scalars(select(Nic).where(Nic.network_id == network.id)):
         session.delete(nic)  # NICs of expunged VMs
     network.removed, network.state = utcnow(), "Destroy"

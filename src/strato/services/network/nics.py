@@ -26,6 +26,7 @@ from strato.protocol.messages import (
     RouterSpec,
 )
 from strato.services.core.agents import agent_error, agent_errors, host_client
+from strato.services.network import publicips
 
 ON_HOST_STATES = ("Starting", "Running", "Stopping", "Migrating")
 
@@ -165,6 +166,7 @@ def network_spec(session: Session, network: Network, host: Host, hosts: list[Hos
             gateway=network.gateway,
             prefix=net.prefixlen,
             hosts=[DhcpHost(mac=n.mac_address, ip=n.ip_address) for n in leases],
+            public=publicips.public_spec(session, network),
         )
     return NetworkSpec(
         id=network.id,
@@ -196,6 +198,7 @@ def prepare_for_vm(session: Session, vm: VirtualMachine, host: Host) -> list[Hos
         if network.router_host_id is None or session.get(Host, network.router_host_id) is None:
             network.router_host_id = host.id
         network.state = "Implemented"
+        publicips.ensure_source_nat(session, network)
         hosts = _carrying_hosts(session, network, host)
         for h in hosts:
             spec = network_spec(session, network, h, hosts, vm.id if h.id == host.id else None)
@@ -211,7 +214,10 @@ def prepare_for_vm(session: Session, vm: VirtualMachine, host: Host) -> list[Hos
 
 
 def refresh_network(session: Session, network: Network) -> list[HostCall]:
-    """The network's wanted state re-sent to the hosts carrying it (restartNetwork)."""
+    """The network's wanted state re-sent to the hosts carrying it (restartNetwork, rule changes); an
+    implemented network without its source NAT address gets it now (a public range added since)."""
+    if network.router_host_id is not None:
+        publicips.ensure_source_nat(session, network)
     hosts = _carrying_hosts(session, network, None)
     return [
         HostCall(host_client(h), h.name, EnsureNetwork(network=network_spec(session, network, h, hosts, None)))

@@ -14,7 +14,8 @@ class NetworkOffering:
     display_text: str
     guest_ip_type: str
     services: tuple[str, ...]
-    """Only services this release really provides (DHCP by dnsmasq in the virtual router)."""
+    """Only services this release really provides (DHCP by dnsmasq in the virtual router; source NAT,
+    port forwarding and the public firewall in its namespace, given a public range in the zone)."""
     specify_vlan: bool = False
     specify_ip_ranges: bool = False
 
@@ -28,7 +29,7 @@ DEFAULT_OFFERINGS = (
         "DefaultIsolatedNetworkOfferingWithSourceNatService",
         "Offering for Isolated networks with Source Nat service enabled",
         "Isolated",
-        ("Dhcp",),
+        ("Dhcp", "SourceNat", "PortForwarding", "Firewall", "StaticNat"),
     ),
     NetworkOffering(
         "DefaultSharedNetworkOfferingWithSGService",
