@@ -21,6 +21,7 @@ from strato.api.viewkit import (
     register_result,
     tags,
 )
+from strato.db import rows as dbrows
 from strato.db.models import (
     Account,
     Cluster,
@@ -59,8 +60,10 @@ def _child_counts(session: Session) -> Loader:
 
 def _users_of(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
-            select(User).where(User.account_id.in_(ids), User.removed.is_(None)).order_by(User.created, User.id)
+        rows = dbrows.load(
+            session,
+            User,
+            select(User).where(User.account_id.in_(ids), User.removed.is_(None)).order_by(User.created, User.id),
         )
         return [(u.account_id, u) for u in rows]
 
@@ -363,7 +366,7 @@ def jobs_page(session: Session, rows: Sequence[Job], admin: bool) -> list[dict[s
                 wanted.setdefault(model, set()).add(result["id"])
         for model, ids in wanted.items():
             pk = getattr(model, "id")  # noqa: B009 (any registered model)
-            add_to_page(session, list(session.scalars(select(model).where(pk.in_(sorted(ids))))))
+            add_to_page(session, list(dbrows.load(session, model, select(model).where(pk.in_(sorted(ids))))))
         return [job(session, j, admin) for j in rows]
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result, tags
 from strato.api.views_network import vm_nic_list
+from strato.db import rows as dbrows
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -54,10 +55,12 @@ def vm_stats(stats: VmStats) -> dict[str, Any]:
 
 def _roots(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            Volume,
             select(Volume)
             .where(Volume.vm_id.in_(ids), Volume.volume_type == "ROOT", Volume.removed.is_(None))
-            .order_by(Volume.created, Volume.id)
+            .order_by(Volume.created, Volume.id),
         )
         return [(v.vm_id, v) for v in rows]
 
@@ -170,10 +173,12 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
 
 def _store_copies(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            TemplateStoreCopy,
             select(TemplateStoreCopy)
             .where(TemplateStoreCopy.template_id.in_(ids), TemplateStoreCopy.removed.is_(None))
-            .order_by(TemplateStoreCopy.created, TemplateStoreCopy.id)
+            .order_by(TemplateStoreCopy.created, TemplateStoreCopy.id),
         )
         return [(c.template_id, c) for c in rows]
 
@@ -182,10 +187,12 @@ def _store_copies(session: Session) -> Loader:
 
 def _pool_copies(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            Layer,
             select(Layer)
             .where(Layer.template_id.in_(ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
-            .order_by(Layer.created, Layer.id)
+            .order_by(Layer.created, Layer.id),
         )
         return [(layer.template_id, layer) for layer in rows]
 
@@ -194,10 +201,12 @@ def _pool_copies(session: Session) -> Loader:
 
 def _children(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            Template,
             select(Template)
             .where(Template.parent_id.in_(ids), Template.removed.is_(None))
-            .order_by(Template.disk_index, Template.id)
+            .order_by(Template.disk_index, Template.id),
         )
         return [(c.parent_id, c) for c in rows]
 
