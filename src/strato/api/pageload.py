@@ -90,7 +90,7 @@ def _current(session: Session) -> PageLoad | None:
 
 def loaded(session: Session, model: type, row_id: Any) -> Any:
     """The page's read-only row of a reference, None when the page has not loaded it."""
-    page = _current(session)
+    page = session.info.get(_KEY)
     return page.rows.get((model, row_id)) if page is not None else None
 
 

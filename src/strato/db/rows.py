@@ -62,7 +62,7 @@ def load(session: Session, model: type[E], query: Select[Any]) -> list[E]:
     session.flush()
     selected = query.with_only_columns(*columns(cast(type, model)), maintain_column_froms=True)
     result = session.connection().execute(selected)
-    return cast(list[E], [make(r) for r in result])
+    return cast(list[E], [make(r) for r in result.fetchall()])
 
 
 def load_where(session: Session, model: type[E], *conditions: Any, order_by: Sequence[Any] = ()) -> list[E]:

@@ -119,10 +119,19 @@ class HostMonitor:
         started = time.monotonic()
         with self.db.session() as s:
             targets = []
-            # One query for every pool; each host is given the ones it reaches.
-            all_pools = s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))).all()
+            # One query for every pool; each host is given the ones it reaches, found by scope (every
+            # host has a local pool: testing each pool against each host grew with hosts squared).
+            by_scope: dict[tuple[str, str | None], list[StoragePool]] = {}
+            for p in s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))):
+                by_scope.setdefault(_scope_key(p), []).append(p)
             for host in self.my_hosts(s):
-                pools = [PoolRef(id=p.id, path=p.path) for p in all_pools if reaches(host, p)]
+                reached = [
+                    p
+                    for key in (("HOST", host.id), ("CLUSTER", host.cluster_id), ("ZONE", host.zone_id))
+                    for p in by_scope.get(key, ())
+                    if reaches(host, p)
+                ]
+                pools = [PoolRef(id=p.id, path=p.path) for p in reached]
                 targets.append((host.id, host.url, host.token, pools))
         results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
         stats = RoundStats(hosts=len(targets))
@@ -209,6 +218,15 @@ def _run_follow_up(call: FollowUp) -> bool:
         log.warning("a reconciliation call after the monitor round failed", exc_info=True)
         return False
     return True
+
+
+def _scope_key(pool: StoragePool) -> tuple[str, str | None]:
+    """Where a pool is reached from: its host, its cluster or its zone (as allocator.reaches)."""
+    if pool.scope == "HOST":
+        return ("HOST", pool.host_id)
+    if pool.scope == "CLUSTER":
+        return ("CLUSTER", pool.cluster_id)
+    return ("ZONE", pool.zone_id)
 
 
 def _shard(host_id: str, n: int) -> int:
