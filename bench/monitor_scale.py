@@ -1,17 +1,22 @@
-"""Cost of the host monitor per round as the number of hosts grows (50, 100, 200 simulated hosts).
+"""Cost of the host monitor and VM sync per round as the number of hosts grows (50, 200, 1,000 simulated
+hosts, each running --vms-per-host VMs).
 
-    .venv/bin/python bench/monitor_scale.py [--sizes 50,100,200] [--rounds 10] [--database-url URL]
+    .venv/bin/python bench/monitor_scale.py [--sizes 50,200,1000] [--vms-per-host 1] [--rounds 10]
+                                            [--postgres | --database-url URL]
 
-Starts one management server (SQLite in a temp dir unless --database-url) and one simulator fleet of
-max(sizes) hosts (strato.agent.multi, one uvicorn process), both as subprocesses on loopback, sets
-ping.interval to 1 s, then registers the hosts through addHost in steps (0, then 50, 100, 200). At each
-step it watches --rounds monitor rounds and reports:
+Starts one management server (SQLite in a temp dir; --postgres: a throw-away PostgreSQL from
+tests/helpers/postgres.py) and one simulator fleet of max(sizes) hosts (strato.agent.multi, one uvicorn
+process), both as subprocesses on loopback, sets ping.interval to 1 s, then registers the hosts through
+addHost in steps (0, then 50, 200, 1,000) and deploys --vms-per-host VMs onto each new host (hostid), so
+that every report the monitor gets lists VMs for VM sync to reconcile. At each step it watches --rounds
+monitor rounds and reports:
 
 - the round's wall time, as the server reports it (strato_monitor_last_round_seconds on /metrics);
 - the server's CPU time per round (utime+stime from /proc/<pid>/stat over whole rounds), raw and net of
   the idle baseline measured with no host (job runner polling, heartbeats, the /metrics scrapes);
 - the fleet's CPU time per round (the agents' side of the pings);
-- per host, and the ratios 100/50 and 200/50 (linear scaling gives 2.0 and 4.0).
+- per host, and the ratios to the smallest size (linear scaling gives the ratio of the host counts; the
+  goal is 1,000/50 <= 20 for the server's net CPU).
 
 Everything is stopped by pid at the end.
 """
@@ -34,20 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cs import CloudStack  # noqa: E402
+from simfleet import cpu_seconds, database, make_zone, prepare_deploys, start_fleet  # noqa: E402
 
-from helpers.agentproc import AgentProcess, start_agent  # noqa: E402
-from helpers.serverproc import ServerProcess, start_server  # noqa: E402
+from helpers.agentproc import AgentProcess  # noqa: E402
+from helpers.serverproc import ServerProcess, start_server, wait_job  # noqa: E402
 
-TOKEN = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCRAPE_EVERY = 0.25
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def monitor_round(server: ServerProcess) -> tuple[float, int, int]:
@@ -120,59 +117,68 @@ def idle_baseline(server: ServerProcess, seconds: float) -> float:
     return (cpu_seconds(server.proc.pid) - start_cpu) / (time.monotonic() - start_t)
 
 
+def deploy_onto(api: CloudStack, zone_ids: tuple[str, str, str], host_ids: list[str], per_host: int) -> None:
+    """per_host running VMs on each of the hosts (four client threads)."""
+    zone, template, offering = zone_ids
+
+    def one(host_id: str) -> None:
+        for _ in range(per_host):
+            started = api.deployVirtualMachine(zoneid=zone, templateid=template, serviceofferingid=offering,
+                                               hostid=host_id)  # fmt: skip
+            result = wait_job(api, started["jobid"], 300)
+            assert result["jobstatus"] == 1, result
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, host_ids))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="50,100,200")
+    parser.add_argument("--sizes", default="50,200,1000")
+    parser.add_argument("--vms-per-host", type=int, default=1, help="running VMs on each host (for VM sync)")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite in a temp dir)")
+    parser.add_argument("--postgres", action="store_true", help="on a throw-away PostgreSQL server")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
-    with tempfile.TemporaryDirectory(prefix="strato-bench-monitor-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="strato-bench-monitor-") as tmp,
+        database(args.database_url, args.postgres) as (url, backend),
+    ):
         work = Path(tmp)
-        server = start_server(work / "server", database_url=args.database_url)
+        server = start_server(work / "server", database_url=url)
         fleet: AgentProcess | None = None
         try:
-            code = (
-                "import sys; from pathlib import Path; from strato.agent.multi import run_simulator_fleet; "
-                f"run_simulator_fleet(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], {TOKEN!r})"
-            )
-            fleet = start_agent(
-                work / "fleet",
-                argv=[sys.executable, "-c", code, str(work / "fleet"), str(sizes[-1]), "{listen}"],
-                health_path="/host-1",
-                health_token=f"{TOKEN}-host-1",
-                timeout=120,
-            )
-            api: CloudStack = server.cs()
+            fleet = start_fleet(work / "fleet", sizes[-1])
+            api: CloudStack = server.cs(timeout=120, job_timeout=300)
             api.updateConfiguration(name="ping.interval", value="1")
-            zone = api.createZone(name="bench")["zone"]
-            pod = api.createPod(name="bench", zoneid=zone["id"])["pod"]
-            cluster = api.addCluster(clustername="bench", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator")[
-                "cluster"
-            ][0]
+            api.updateConfiguration(name="storage.overprovisioning.factor", value="10")
+            zone = make_zone(api, work)
+            first = zone.add_host(api, fleet, 1)
+            prepare_deploys(api, zone, work)
+            zone_ids = (zone.zone, zone.template, zone.offering)
 
-            def add(n: int) -> None:
-                api.addHost(
-                    zoneid=zone["id"],
-                    podid=pod["id"],
-                    clusterid=cluster["id"],
-                    url=f"{fleet.base_url if fleet else ''}/host-{n}",
-                    username="strato",
-                    password=f"{TOKEN}-host-{n}",
-                    hypervisor="Simulator",
-                )
+            def add(n: int) -> str:
+                assert fleet is not None
+                return str(zone.add_host(api, fleet, n)["id"])
 
             print(f"measuring the idle server ({args.rounds} s)...", flush=True)
             baseline = idle_baseline(server, float(args.rounds))
             steps: list[Step] = []
-            registered = 0
+            registered = 1
+            new_ids = [str(first["id"])]
             for size in sizes:
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(max_workers=4) as pool:
-                    list(pool.map(add, range(registered + 1, size + 1)))
+                    new_ids += list(pool.map(add, range(registered + 1, size + 1)))
                 print(f"registered hosts {registered + 1}..{size} in {time.monotonic() - t0:.1f}s", flush=True)
-                registered = size
+                if args.vms_per_host:
+                    t0 = time.monotonic()
+                    deploy_onto(api, zone_ids, new_ids, args.vms_per_host)
+                    print(f"  {len(new_ids) * args.vms_per_host} more VMs running in {time.monotonic() - t0:.1f}s",
+                          flush=True)  # fmt: skip
+                registered, new_ids = size, []
                 step = watch_rounds(server, fleet, size, args.rounds)
                 steps.append(step)
                 print(
@@ -188,7 +194,8 @@ def main() -> None:
 
     print()
     print(f"idle server: {baseline * 1000:.1f} ms CPU per second (subtracted as 'net')")
-    print(f"ping.interval 1 s, {args.rounds} rounds per size, {os.cpu_count()} CPUs")
+    print(f"{backend}, ping.interval 1 s, {args.vms_per_host} VM(s) per host, {args.rounds} rounds per size, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
     header = (
         f"{'hosts':>6} {'round wall ms':>14} {'wall ms/host':>13} {'srv CPU ms/round':>17} "
         f"{'net ms/round':>13} {'net ms/host':>12} {'fleet CPU ms/round':>19}"
@@ -210,7 +217,7 @@ def main() -> None:
         print(
             f"ratio {size}/{base}: round wall {wall[size] / wall[base]:.2f}, "
             f"server net CPU {net[size] / net[base] if net[base] else float('nan'):.2f} "
-            f"(linear: {size / base:.1f})"
+            f"(linear: {size / base:.1f}{'; goal <= 20' if size == 20 * base else ''})"
         )
 
 
