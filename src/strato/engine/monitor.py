@@ -138,6 +138,15 @@ class HostMonitor:
         alert_after = self.alert_after()  # read before the write transaction: SQLite has one writer
         follow_ups: list[FollowUp] = []
         with self.db.session() as s:
+            # The round's hosts and the live pools in two queries (held: the identity map is weak), so
+            # that each report's s.get of its host and pools costs no query.
+            ids = [host_id for host_id, _ in results]
+            held: list[object] = [
+                h
+                for i in range(0, len(ids), 5000)
+                for h in s.scalars(select(Host).where(Host.id.in_(ids[i : i + 5000])))
+            ]
+            held += list(s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))))
             for host_id, report in results:
                 row = s.get(Host, host_id)
                 if row is None or row.removed is not None:
