@@ -121,7 +121,7 @@ def prefetch(session: Session, rows: Iterable[Any], depth: int = MAX_DEPTH) -> N
                 if load is None:
                     level.extend(session.scalars(select(target).where(pk.in_(chunk))))
                     continue
-                found: list[Any] = dbrows.load_where(session, target, pk.in_(chunk))
+                found: list[Any] = dbrows.load_where(session, target, dbrows.among(session, pk, chunk))
                 key = _pk_attr(target)
                 have.update(((target, getattr(r, key)), r) for r in found)
                 level.extend(found)

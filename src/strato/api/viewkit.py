@@ -77,7 +77,7 @@ def _load_tags(session: Session) -> Callable[[Collection[Any]], Iterable[tuple[A
             session,
             ResourceTag,
             select(ResourceTag)
-            .where(ResourceTag.resource_id.in_(ids), ResourceTag.removed.is_(None))
+            .where(dbrows.among(session, ResourceTag.resource_id, ids), ResourceTag.removed.is_(None))
             .order_by(ResourceTag.created, ResourceTag.id),
         )
         return [(r.resource_id, r) for r in rows]

@@ -59,7 +59,7 @@ def _roots(session: Session) -> Loader:
             session,
             Volume,
             select(Volume)
-            .where(Volume.vm_id.in_(ids), Volume.volume_type == "ROOT", Volume.removed.is_(None))
+            .where(dbrows.among(session, Volume.vm_id, ids), Volume.volume_type == "ROOT", Volume.removed.is_(None))
             .order_by(Volume.created, Volume.id),
         )
         return [(v.vm_id, v) for v in rows]
@@ -177,7 +177,7 @@ def _store_copies(session: Session) -> Loader:
             session,
             TemplateStoreCopy,
             select(TemplateStoreCopy)
-            .where(TemplateStoreCopy.template_id.in_(ids), TemplateStoreCopy.removed.is_(None))
+            .where(dbrows.among(session, TemplateStoreCopy.template_id, ids), TemplateStoreCopy.removed.is_(None))
             .order_by(TemplateStoreCopy.created, TemplateStoreCopy.id),
         )
         return [(c.template_id, c) for c in rows]
@@ -191,7 +191,7 @@ def _pool_copies(session: Session) -> Loader:
             session,
             Layer,
             select(Layer)
-            .where(Layer.template_id.in_(ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
+            .where(dbrows.among(session, Layer.template_id, ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
             .order_by(Layer.created, Layer.id),
         )
         return [(layer.template_id, layer) for layer in rows]
@@ -205,7 +205,7 @@ def _children(session: Session) -> Loader:
             session,
             Template,
             select(Template)
-            .where(Template.parent_id.in_(ids), Template.removed.is_(None))
+            .where(dbrows.among(session, Template.parent_id, ids), Template.removed.is_(None))
             .order_by(Template.disk_index, Template.id),
         )
         return [(c.parent_id, c) for c in rows]
