@@ -1,17 +1,24 @@
-"""Cost of the host monitor per round as the number of hosts grows (50, 100, 200 simulated hosts).
+"""Cost of the host monitor and VM sync per round as the number of hosts grows (50, 200, 1,000 simulated
+hosts, each running --vms-per-host VMs).
 
-    .venv/bin/python bench/monitor_scale.py [--sizes 50,100,200] [--rounds 10] [--database-url URL]
+    .venv/bin/python bench/monitor_scale.py [--sizes 50,200,1000] [--vms-per-host 1] [--rounds 10]
+                                            [--postgres | --database-url URL]
 
-Starts one management server (SQLite in a temp dir unless --database-url) and one simulator fleet of
-max(sizes) hosts (strato.agent.multi, one uvicorn process), both as subprocesses on loopback, sets
-ping.interval to 1 s, then registers the hosts through addHost in steps (0, then 50, 100, 200). At each
-step it watches --rounds monitor rounds and reports:
+Starts one management server (SQLite in a temp dir; --postgres: a throw-away PostgreSQL from
+tests/helpers/postgres.py) and one simulator fleet of max(sizes) hosts (strato.agent.multi, one uvicorn
+process), both as subprocesses on loopback, sets ping.interval to --interval (3 s: above the agent
+client's 2 s keep-alive expiry, so that every size pays a new connection per ping, as at the default 5 s;
+at 1 s the small sizes would reuse their connections and the large ones not), then registers the hosts through
+addHost in steps (0, then 50, 200, 1,000) and deploys --vms-per-host VMs onto each new host (hostid), so
+that every report the monitor gets lists VMs for VM sync to reconcile. At each step it watches --rounds
+monitor rounds and reports:
 
 - the round's wall time, as the server reports it (strato_monitor_last_round_seconds on /metrics);
 - the server's CPU time per round (utime+stime from /proc/<pid>/stat over whole rounds), raw and net of
   the idle baseline measured with no host (job runner polling, heartbeats, the /metrics scrapes);
 - the fleet's CPU time per round (the agents' side of the pings);
-- per host, and the ratios 100/50 and 200/50 (linear scaling gives 2.0 and 4.0).
+- per host, and the ratios to the smallest size (linear scaling gives the ratio of the host counts; the
+  goal is 1,000/50 <= 20 for the server's net CPU).
 
 Everything is stopped by pid at the end.
 """
@@ -34,20 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cs import CloudStack  # noqa: E402
+from simfleet import cpu_seconds, database, make_zone, prepare_deploys, start_fleet  # noqa: E402
 
-from helpers.agentproc import AgentProcess, start_agent  # noqa: E402
-from helpers.serverproc import ServerProcess, start_server  # noqa: E402
+from helpers.agentproc import AgentProcess  # noqa: E402
+from helpers.serverproc import ServerProcess, start_server, wait_job  # noqa: E402
 
-TOKEN = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCRAPE_EVERY = 0.25
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def monitor_round(server: ServerProcess) -> tuple[float, int, int]:
@@ -75,7 +74,7 @@ class Step:
 
 def watch_rounds(server: ServerProcess, fleet: AgentProcess, hosts: int, rounds: int) -> Step:
     """Waits for a round covering `hosts` hosts, then measures CPU over the next `rounds` whole rounds."""
-    deadline = time.monotonic() + 60 + rounds * 5
+    deadline = time.monotonic() + 60 + rounds * 15
     last = monitor_round(server)
     # First, a round boundary with every host in the round (the first round after a change is partial).
     while True:
@@ -90,7 +89,8 @@ def watch_rounds(server: ServerProcess, fleet: AgentProcess, hosts: int, rounds:
     walls: list[float] = []
     last = now
     while len(walls) < rounds:
-        time.sleep(SCRAPE_EVERY)
+        # A tenth of a round between scrapes: /metrics costs the server too, more with more hosts.
+        time.sleep(max(SCRAPE_EVERY, now[0] / 10))
         now = monitor_round(server)
         if now != last:
             if now[1] != hosts or now[2] != hosts:
@@ -99,7 +99,7 @@ def watch_rounds(server: ServerProcess, fleet: AgentProcess, hosts: int, rounds:
             last = now
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(walls)} rounds seen over {hosts} hosts")
-    # Rounds are detected up to SCRAPE_EVERY late at both ends alike, so the window spans `rounds` rounds.
+    # Rounds are detected up to a scrape late at both ends alike, so the window spans `rounds` rounds.
     window = time.monotonic() - start_t
     return Step(
         hosts=hosts,
@@ -120,59 +120,76 @@ def idle_baseline(server: ServerProcess, seconds: float) -> float:
     return (cpu_seconds(server.proc.pid) - start_cpu) / (time.monotonic() - start_t)
 
 
+def deploy_onto(api: CloudStack, zone_ids: tuple[str, str, str], host_ids: list[str], per_host: int) -> None:
+    """per_host running VMs on each of the hosts: every deploy submitted at once (eight client threads),
+    then each job waited for."""
+    zone, template, offering = zone_ids
+
+    def submit(host_id: str) -> list[str]:
+        return [
+            api.deployVirtualMachine(zoneid=zone, templateid=template, serviceofferingid=offering, hostid=host_id)[
+                "jobid"
+            ]
+            for _ in range(per_host)
+        ]
+
+    def finished(job_id: str) -> None:
+        result = wait_job(api, job_id, 600)
+        assert result["jobstatus"] == 1, result
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = [job for batch in pool.map(submit, host_ids) for job in batch]
+        list(pool.map(finished, jobs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="50,100,200")
+    parser.add_argument("--sizes", default="50,200,1000")
+    parser.add_argument("--vms-per-host", type=int, default=1, help="running VMs on each host (for VM sync)")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--interval", type=int, default=3, help="ping.interval in seconds")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite in a temp dir)")
+    parser.add_argument("--postgres", action="store_true", help="on a throw-away PostgreSQL server")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
-    with tempfile.TemporaryDirectory(prefix="strato-bench-monitor-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="strato-bench-monitor-") as tmp,
+        database(args.database_url, args.postgres) as (url, backend),
+    ):
         work = Path(tmp)
-        server = start_server(work / "server", database_url=args.database_url)
+        server = start_server(work / "server", database_url=url)
         fleet: AgentProcess | None = None
         try:
-            code = (
-                "import sys; from pathlib import Path; from strato.agent.multi import run_simulator_fleet; "
-                f"run_simulator_fleet(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], {TOKEN!r})"
-            )
-            fleet = start_agent(
-                work / "fleet",
-                argv=[sys.executable, "-c", code, str(work / "fleet"), str(sizes[-1]), "{listen}"],
-                health_path="/host-1",
-                health_token=f"{TOKEN}-host-1",
-                timeout=120,
-            )
-            api: CloudStack = server.cs()
-            api.updateConfiguration(name="ping.interval", value="1")
-            zone = api.createZone(name="bench")["zone"]
-            pod = api.createPod(name="bench", zoneid=zone["id"])["pod"]
-            cluster = api.addCluster(clustername="bench", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator")[
-                "cluster"
-            ][0]
+            fleet = start_fleet(work / "fleet", sizes[-1])
+            api: CloudStack = server.cs(timeout=120, job_timeout=300)
+            api.updateConfiguration(name="ping.interval", value=str(args.interval))
+            api.updateConfiguration(name="storage.overprovisioning.factor", value="10")
+            zone = make_zone(api, work)
+            first = zone.add_host(api, fleet, 1)
+            prepare_deploys(api, zone, work)
+            zone_ids = (zone.zone, zone.template, zone.offering)
 
-            def add(n: int) -> None:
-                api.addHost(
-                    zoneid=zone["id"],
-                    podid=pod["id"],
-                    clusterid=cluster["id"],
-                    url=f"{fleet.base_url if fleet else ''}/host-{n}",
-                    username="strato",
-                    password=f"{TOKEN}-host-{n}",
-                    hypervisor="Simulator",
-                )
+            def add(n: int) -> str:
+                assert fleet is not None
+                return str(zone.add_host(api, fleet, n)["id"])
 
             print(f"measuring the idle server ({args.rounds} s)...", flush=True)
             baseline = idle_baseline(server, float(args.rounds))
             steps: list[Step] = []
-            registered = 0
+            registered = 1
+            new_ids = [str(first["id"])]
             for size in sizes:
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(max_workers=4) as pool:
-                    list(pool.map(add, range(registered + 1, size + 1)))
+                    new_ids += list(pool.map(add, range(registered + 1, size + 1)))
                 print(f"registered hosts {registered + 1}..{size} in {time.monotonic() - t0:.1f}s", flush=True)
-                registered = size
+                if args.vms_per_host:
+                    t0 = time.monotonic()
+                    deploy_onto(api, zone_ids, new_ids, args.vms_per_host)
+                    print(f"  {len(new_ids) * args.vms_per_host} more VMs running in {time.monotonic() - t0:.1f}s",
+                          flush=True)  # fmt: skip
+                registered, new_ids = size, []
                 step = watch_rounds(server, fleet, size, args.rounds)
                 steps.append(step)
                 print(
@@ -188,7 +205,8 @@ def main() -> None:
 
     print()
     print(f"idle server: {baseline * 1000:.1f} ms CPU per second (subtracted as 'net')")
-    print(f"ping.interval 1 s, {args.rounds} rounds per size, {os.cpu_count()} CPUs")
+    print(f"{backend}, ping.interval {args.interval} s, {args.vms_per_host} VM(s) per host, "
+          f"{args.rounds} rounds per size, {os.cpu_count()} CPUs")  # fmt: skip
     header = (
         f"{'hosts':>6} {'round wall ms':>14} {'wall ms/host':>13} {'srv CPU ms/round':>17} "
         f"{'net ms/round':>13} {'net ms/host':>12} {'fleet CPU ms/round':>19}"
@@ -210,7 +228,7 @@ def main() -> None:
         print(
             f"ratio {size}/{base}: round wall {wall[size] / wall[base]:.2f}, "
             f"server net CPU {net[size] / net[base] if net[base] else float('nan'):.2f} "
-            f"(linear: {size / base:.1f})"
+            f"(linear: {size / base:.1f}{'; goal <= 20' if size == 20 * base else ''})"
         )
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Mapper, Session
-from sqlalchemy.orm.util import identity_key
 
+from strato.db import rows as dbrows
 from strato.db.base import Base
 from strato.db.models import Account, Domain, Layer, Volume
+from strato.db.rows import model_of
 
 _KEY = "strato.pageload"
 CHUNK = 5000  # ids per IN (...): far below SQLite's and PostgreSQL's bind limits
@@ -44,6 +45,8 @@ class PageLoad:
     ids: set[Any] = field(default_factory=set)
     keep: list[Any] = field(default_factory=list)
     related: dict[str, dict[Any, list[Any]]] = field(default_factory=dict)
+    rows: dict[tuple[type, Any], Any] = field(default_factory=dict)
+    """(model, id) -> the read-only row (strato.db.rows) of a reference, loaded for the page."""
 
 
 @cache
@@ -54,6 +57,12 @@ def _model_of_table() -> dict[Any, type]:
 def _primary_key(model: type) -> tuple[Any, ...]:
     mapper: Mapper[Any] = inspect(model)
     return tuple(mapper.primary_key)
+
+
+@cache
+def _pk_attr(model: type) -> str:
+    mapper: Mapper[Any] = inspect(model)
+    return mapper.get_property_by_column(mapper.primary_key[0]).key
 
 
 @cache
@@ -79,17 +88,27 @@ def _current(session: Session) -> PageLoad | None:
     return value if isinstance(value, PageLoad) else None
 
 
+def loaded(session: Session, model: type, row_id: Any) -> Any:
+    """The page's read-only row of a reference, None when the page has not loaded it."""
+    page = session.info.get(_KEY)
+    return page.rows.get((model, row_id)) if page is not None else None
+
+
 def prefetch(session: Session, rows: Iterable[Any], depth: int = MAX_DEPTH) -> None:
     """Loads what the rows refer to, then what FOLLOW says of that, up to depth levels, a query per model
-    and level; what is already in the session costs nothing."""
+    and level, as read-only rows (strato.db.rows) inside a page; what is already loaded costs nothing."""
     load = _current(session)
-    level = [r for r in rows if isinstance(r, Base)]
+    have = load.rows if load is not None else {}
+    imap = session.identity_map
+    level = [r for r in rows if model_of(r) is not None]
     for n in range(depth):
         wanted: dict[type, set[Any]] = {}
         for obj in level:
-            for attr, target in refs_of(type(obj)) if n == 0 else FOLLOW.get(type(obj), ()):
+            model = model_of(obj)
+            assert model is not None
+            for attr, target in refs_of(model) if n == 0 else FOLLOW.get(model, ()):
                 value = getattr(obj, attr)
-                if value is not None and identity_key(target, value) not in session.identity_map:
+                if value is not None and (target, value) not in have and (target, (value,), None) not in imap:
                     wanted.setdefault(target, set()).add(value)
         if not wanted:
             return
@@ -98,9 +117,14 @@ def prefetch(session: Session, rows: Iterable[Any], depth: int = MAX_DEPTH) -> N
             pk = _primary_key(target)[0]
             ordered = sorted(ids, key=str)
             for start in range(0, len(ordered), CHUNK):
-                level.extend(session.scalars(select(target).where(pk.in_(ordered[start : start + CHUNK]))))
-        if load is not None:
-            load.keep.extend(level)
+                chunk = ordered[start : start + CHUNK]
+                if load is None:
+                    level.extend(session.scalars(select(target).where(pk.in_(chunk))))
+                    continue
+                found: list[Any] = dbrows.load_where(session, target, dbrows.among(session, pk, chunk))
+                key = _pk_attr(target)
+                have.update(((target, getattr(r, key)), r) for r in found)
+                level.extend(found)
 
 
 @contextmanager
@@ -127,6 +151,9 @@ def add_to_page(session: Session, rows: Sequence[Any]) -> None:
     load.ids.update(getattr(r, "id", None) for r in rows)
     load.ids.discard(None)
     load.keep.extend(rows)
+    for r in rows:
+        if isinstance(r, dbrows.Row):
+            load.rows[(r.__model__, getattr(r, _pk_attr(r.__model__)))] = r
     prefetch(session, rows)
 
 
@@ -156,7 +183,7 @@ def related(session: Session, name: str, owner_id: Any, load: Loader, refs: bool
         items = [pair for start in range(0, len(ordered), CHUNK) for pair in load(ordered[start : start + CHUNK])]
         for owner, item in items:
             cached.setdefault(owner, []).append(item)
-        objects = [item for _, item in items if isinstance(item, Base)]
+        objects = [item for _, item in items if model_of(item) is not None]
         page.keep.extend(objects)
         if refs:
             prefetch(session, objects)

@@ -22,6 +22,7 @@ from strato.api.viewkit import (
     tags,
 )
 from strato.api.views_limits import account_limits, domain_limits
+from strato.db import rows as dbrows
 from strato.db.models import (
     Account,
     Cluster,
@@ -51,7 +52,7 @@ def _child_counts(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
         return session.execute(
             select(Domain.parent_id, func.count())
-            .where(Domain.parent_id.in_(ids), Domain.removed.is_(None))
+            .where(dbrows.among(session, Domain.parent_id, ids), Domain.removed.is_(None))
             .group_by(Domain.parent_id)
         ).tuples()
 
@@ -60,8 +61,12 @@ def _child_counts(session: Session) -> Loader:
 
 def _users_of(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
-            select(User).where(User.account_id.in_(ids), User.removed.is_(None)).order_by(User.created, User.id)
+        rows = dbrows.load(
+            session,
+            User,
+            select(User)
+            .where(dbrows.among(session, User.account_id, ids), User.removed.is_(None))
+            .order_by(User.created, User.id),
         )
         return [(u.account_id, u) for u in rows]
 
@@ -366,7 +371,9 @@ def jobs_page(session: Session, rows: Sequence[Job], admin: bool) -> list[dict[s
                 wanted.setdefault(model, set()).add(result["id"])
         for model, ids in wanted.items():
             pk = getattr(model, "id")  # noqa: B009 (any registered model)
-            add_to_page(session, list(session.scalars(select(model).where(pk.in_(sorted(ids))))))
+            add_to_page(
+                session, list(dbrows.load(session, model, select(model).where(dbrows.among(session, pk, sorted(ids)))))
+            )
         return [job(session, j, admin) for j in rows]
 
 

@@ -12,6 +12,7 @@ from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result, tags
 from strato.api.views_network import vm_nic_list
 from strato.api.views_secgroups import vm_security_groups
+from strato.db import rows as dbrows
 from strato.db.models import (
     DiskOffering,
     Host,
@@ -55,10 +56,12 @@ def vm_stats(stats: VmStats) -> dict[str, Any]:
 
 def _roots(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            Volume,
             select(Volume)
-            .where(Volume.vm_id.in_(ids), Volume.volume_type == "ROOT", Volume.removed.is_(None))
-            .order_by(Volume.created, Volume.id)
+            .where(dbrows.among(session, Volume.vm_id, ids), Volume.volume_type == "ROOT", Volume.removed.is_(None))
+            .order_by(Volume.created, Volume.id),
         )
         return [(v.vm_id, v) for v in rows]
 
@@ -171,10 +174,12 @@ def volume(session: Session, v: Volume) -> dict[str, Any]:
 
 def _store_copies(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            TemplateStoreCopy,
             select(TemplateStoreCopy)
-            .where(TemplateStoreCopy.template_id.in_(ids), TemplateStoreCopy.removed.is_(None))
-            .order_by(TemplateStoreCopy.created, TemplateStoreCopy.id)
+            .where(dbrows.among(session, TemplateStoreCopy.template_id, ids), TemplateStoreCopy.removed.is_(None))
+            .order_by(TemplateStoreCopy.created, TemplateStoreCopy.id),
         )
         return [(c.template_id, c) for c in rows]
 
@@ -183,10 +188,12 @@ def _store_copies(session: Session) -> Loader:
 
 def _pool_copies(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            Layer,
             select(Layer)
-            .where(Layer.template_id.in_(ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
-            .order_by(Layer.created, Layer.id)
+            .where(dbrows.among(session, Layer.template_id, ids), Layer.kind == LAYER_TEMPLATE, Layer.removed.is_(None))
+            .order_by(Layer.created, Layer.id),
         )
         return [(layer.template_id, layer) for layer in rows]
 
@@ -195,10 +202,12 @@ def _pool_copies(session: Session) -> Loader:
 
 def _children(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(
+        rows = dbrows.load(
+            session,
+            Template,
             select(Template)
-            .where(Template.parent_id.in_(ids), Template.removed.is_(None))
-            .order_by(Template.disk_index, Template.id)
+            .where(dbrows.among(session, Template.parent_id, ids), Template.removed.is_(None))
+            .order_by(Template.disk_index, Template.id),
         )
         return [(c.parent_id, c) for c in rows]
 

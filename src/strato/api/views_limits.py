@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.api.pageload import related
+from strato.db import rows as dbrows
 from strato.db.models import Account, Domain
 from strato.services.core import limits
 from strato.units import GIB
@@ -35,7 +37,7 @@ def _fields(figures: limits.Figures) -> dict[str, Any]:
 
 def account_limits(session: Session, account: Account) -> dict[str, Any]:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = [a for a in (session.get(Account, i) for i in ids) if a is not None]
+        rows = dbrows.load(session, Account, select(Account).where(dbrows.among(session, Account.id, ids)))
         return list(limits.account_figures(session, rows).items())
 
     found = related(session, "account.limits", account.id, load, refs=False)
@@ -44,7 +46,7 @@ def account_limits(session: Session, account: Account) -> dict[str, Any]:
 
 def domain_limits(session: Session, domain: Domain) -> dict[str, Any]:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = [d for d in (session.get(Domain, i) for i in ids) if d is not None]
+        rows = dbrows.load(session, Domain, select(Domain).where(dbrows.among(session, Domain.id, ids)))
         return list(limits.domain_figures(session, rows).items())
 
     found = related(session, "domain.limits", domain.id, load, refs=False)

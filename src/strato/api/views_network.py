@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result
+from strato.db import rows as dbrows
 from strato.db.models import Network, Nic, PhysicalNetwork, Zone
 from strato.services.network.offerings import BY_ID, NetworkOffering
 
@@ -119,7 +120,9 @@ def nic(session: Session, row: Nic) -> dict[str, Any]:
 
 def _nics_of_vms(session: Session) -> Loader:
     def load(ids: Collection[Any]) -> Iterable[tuple[Any, Any]]:
-        rows = session.scalars(select(Nic).where(Nic.vm_id.in_(ids)).order_by(Nic.vm_id, Nic.device_id))
+        rows = dbrows.load(
+            session, Nic, select(Nic).where(dbrows.among(session, Nic.vm_id, ids)).order_by(Nic.vm_id, Nic.device_id)
+        )
         return [(row.vm_id, row) for row in rows]
 
     return load

@@ -119,31 +119,63 @@ class HostMonitor:
         started = time.monotonic()
         with self.db.session() as s:
             targets = []
-            # One query for every pool; each host is given the ones it reaches.
-            all_pools = s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))).all()
+            # One query for every pool; each host is given the ones it reaches, found by scope (every
+            # host has a local pool: testing each pool against each host grew with hosts squared).
+            by_scope: dict[tuple[str, str | None], list[StoragePool]] = {}
+            for p in s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))):
+                by_scope.setdefault(_scope_key(p), []).append(p)
             for host in self.my_hosts(s):
-                pools = [PoolRef(id=p.id, path=p.path) for p in all_pools if reaches(host, p)]
+                reached = [
+                    p
+                    for key in (("HOST", host.id), ("CLUSTER", host.cluster_id), ("ZONE", host.zone_id))
+                    for p in by_scope.get(key, ())
+                    if reaches(host, p)
+                ]
+                pools = [PoolRef(id=p.id, path=p.path) for p in reached]
                 targets.append((host.id, host.url, host.token, pools))
         results = list(self._pool.map(lambda t: (t[0], self._ping(t[1], t[2], t[3])), targets))
         stats = RoundStats(hosts=len(targets))
         alert_after = self.alert_after()  # read before the write transaction: SQLite has one writer
         follow_ups: list[FollowUp] = []
         with self.db.session() as s:
-            for host_id, report in results:
-                row = s.get(Host, host_id)
-                if row is None or row.removed is not None:
-                    continue
-                change = self._apply(s, row, report, alert_after, follow_ups)
-                if change:
-                    stats.transitions.append((row.name, change[0], change[1]))
-                if report is None:
-                    stats.failed += 1
-                else:
-                    stats.up += 1
+            # The round's hosts and the live pools in two queries (held: the identity map is weak), so
+            # that each report's s.get of its host and pools costs no query.
+            ids = [host_id for host_id, _ in results]
+            held: list[object] = [
+                h
+                for i in range(0, len(ids), 5000)
+                for h in s.scalars(select(Host).where(Host.id.in_(ids[i : i + 5000])))
+            ]
+            held += list(s.scalars(select(StoragePool).where(StoragePool.removed.is_(None))))
+            # The reports' changes (last ping, status, pool usage, VM power states) are flushed together at
+            # the commit: a flush before each reconciler's query cost more than the query.
+            with s.no_autoflush:
+                for host_id, report in results:
+                    self._apply_report(s, stats, host_id, report, alert_after, follow_ups)
         for done in self._pool.map(_run_follow_up, follow_ups):
             stats.follow_up_failures += 0 if done else 1
         stats.seconds = time.monotonic() - started
         return stats
+
+    def _apply_report(
+        self,
+        s: Session,
+        stats: RoundStats,
+        host_id: str,
+        report: StateReport | None,
+        alert_after: float,
+        follow_ups: list[FollowUp],
+    ) -> None:
+        row = s.get(Host, host_id)
+        if row is None or row.removed is not None:
+            return
+        change = self._apply(s, row, report, alert_after, follow_ups)
+        if change:
+            stats.transitions.append((row.name, change[0], change[1]))
+        if report is None:
+            stats.failed += 1
+        else:
+            stats.up += 1
 
     def _ping(self, url: str, token: str, pools: list[PoolRef]) -> StateReport | None:
         """GetState, asked twice when the first try fails without a timeout: a pooled keep-alive
@@ -209,6 +241,15 @@ def _run_follow_up(call: FollowUp) -> bool:
         log.warning("a reconciliation call after the monitor round failed", exc_info=True)
         return False
     return True
+
+
+def _scope_key(pool: StoragePool) -> tuple[str, str | None]:
+    """Where a pool is reached from: its host, its cluster or its zone (as allocator.reaches)."""
+    if pool.scope == "HOST":
+        return ("HOST", pool.host_id)
+    if pool.scope == "CLUSTER":
+        return ("CLUSTER", pool.cluster_id)
+    return ("ZONE", pool.zone_id)
 
 
 def _shard(host_id: str, n: int) -> int:

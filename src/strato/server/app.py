@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as HttpRequest
@@ -106,6 +108,9 @@ class ServerState:
             if identity.bootstrap(s, self.config.admin_password):
                 log.info("first start: created the ROOT domain and the admin account")
             settings.bootstrap_capabilities(s)
+        # What start-up made (models, compiled queries, registrations) lives as long as the process:
+        # out of the collector's view, so that a collection during a 500-row page does not walk it.
+        gc.freeze()
         self.runner.start()
         if self.config.monitor:
             self.monitor.start()
@@ -119,8 +124,17 @@ class ServerState:
         self.db.dispose()
 
 
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The response as JSON. orjson: a 500-row page encodes in a tenth of json.dumps' time; what it
+    refuses (an int beyond 64 bits) goes through json.dumps."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
+
+
 def _reply_response(reply: Reply) -> Response:
-    resp = Response(json.dumps(reply.body), status_code=reply.status, media_type=JSON_TYPE)
+    resp = Response(encode_body(reply.body), status_code=reply.status, media_type=JSON_TYPE)
     for name, value in (reply.cookies or {}).items():
         if value is None:
             resp.delete_cookie(name, path="/client")

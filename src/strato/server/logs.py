@@ -35,3 +35,5 @@ def setup_logging(log_file: Path, level: int = logging.INFO) -> None:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: every agent call, a thousand lines a monitor round at 1,000 hosts.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

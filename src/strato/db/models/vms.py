@@ -21,7 +21,7 @@ class VirtualMachine(Entity):
     domain_id: Mapped[str] = mapped_column(ForeignKey("domains.id"))
     zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id"))
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None, index=True)
-    last_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None)
+    last_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None, index=True)
     service_offering_id: Mapped[str] = mapped_column(ForeignKey("service_offerings.id"))
     template_id: Mapped[str | None] = mapped_column(ForeignKey("templates.id"), default=None)
     iso_id: Mapped[str | None] = mapped_column(ForeignKey("templates.id"), default=None)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from strato.db.models import Host, HypervisorCapability, Setting
@@ -284,10 +284,15 @@ def _coerce(spec: SettingSpec, raw: str) -> Any:
 def get(session: Session, name: str) -> Any:
     """A setting's current value, its default when unset."""
     spec = SPECS[name]
-    row = session.get(Setting, name)
-    if row is None or row.value is None:
+    row = session.identity_map.get((Setting, (name,), None))
+    value = row.value if isinstance(row, Setting) else session.scalar(_VALUE, {"name": name})
+    if value is None:
         return spec.default
-    return _coerce(spec, row.value)
+    return _coerce(spec, value)
+
+
+# Built once (read at every signed request): building the statement cost as much as running it.
+_VALUE = select(Setting.value).where(Setting.name == bindparam("name"))
 
 
 def update(ctx: CallContext, name: str, value: str | None) -> tuple[SettingSpec, Any]:

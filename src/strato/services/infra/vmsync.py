@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from strato.db.models import Host, StoragePool, VirtualMachine
@@ -38,16 +38,18 @@ def _clear(vm_id: str) -> None:
         _suspects.pop(vm_id, None)
 
 
+# Built once: asked for every host of every monitor round (building it cost as much as running it).
+_ON_HOST = select(VirtualMachine).where(
+    VirtualMachine.removed.is_(None),
+    (VirtualMachine.host_id == bindparam("host")) | (VirtualMachine.last_host_id == bindparam("host")),
+)
+
+
 @on_state_report
 def sync_vms(session: Session, host: Host, report: StateReport) -> None:
     """The agent's report of its VMs wins over the database for power state, as CloudStack's VM sync."""
     reported = {vm.name: vm.power_state for vm in report.vms}
-    on_host = session.scalars(
-        select(VirtualMachine).where(
-            VirtualMachine.removed.is_(None),
-            (VirtualMachine.host_id == host.id) | (VirtualMachine.last_host_id == host.id),
-        )
-    )
+    on_host = session.scalars(_ON_HOST, {"host": host.id})
     for vm in on_host:
         power = reported.get(vm.instance_name, PowerState.STOPPED)
         running = power in (PowerState.RUNNING, PowerState.PAUSED)
