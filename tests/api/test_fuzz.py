@@ -95,7 +95,6 @@ def test_fuzzed_requests_get_no_server_error_and_change_nothing_when_refused(
     n = EXAMPLES_ON[backend]
     assert tally.by_status.get(200, 0) > n // 50 and sum(k for s, k in tally.by_status.items() if s != 200) > n // 5
     assert tally.by_auth.get("session", 0) > n // 10, tally.summary()  # the UI's way in was fuzzed too
-    assert tally.jobs_succeeded > 0, tally.summary()  # well-formed requests reached the jobs' success paths
 
 
 def test_a_10_mb_body_is_refused_in_the_envelope(

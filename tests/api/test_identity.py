@@ -171,3 +171,12 @@ def test_root_admin_account_cannot_be_deleted(server: ServerProcess, admin: Clou
         admin.deleteAccount(id=root_admin["id"])
     assert err.value.error["errorcode"] == 431 and "itself" in err.value.error["errortext"]
     assert isinstance(admin.listZones(), dict)
+
+
+def test_an_empty_username_is_refused(admin: CloudStack) -> None:
+    """Found by the API fuzz: createAccount / createUser with username="" made a user with no name."""
+    with pytest.raises(CloudStackApiException) as err:
+        admin.createAccount(accounttype=0, email="e@x.invalid", firstname="f", lastname="l", password="pw-12345",
+                            username="")  # fmt: skip
+    assert err.value.error["errorcode"] == 431 and "username" in err.value.error["errortext"]
+    assert not [u for a in admin.listAccounts(listall=True)["account"] for u in a["user"] if u["username"] == ""]

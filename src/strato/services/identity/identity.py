@@ -123,6 +123,8 @@ def find_account(ctx: CallContext, name: str, domain_id: str | None) -> Account:
 
 
 def _check_username_free(session: Session, domain_id: str, username: str) -> None:
+    if not username.strip():
+        raise InvalidParameter("Parameter username must not be empty (found by the API fuzz: a user with no name)")
     taken = session.scalar(
         select(User)
         .join(Account, Account.id == User.account_id)
