@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.api.pageload import Loader, related
-from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result
+from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result
 from strato.db import rows as dbrows
 from strato.db.models import Network, Nic, PhysicalNetwork, Zone
 from strato.services.network.offerings import BY_ID, NetworkOffering
@@ -97,7 +97,7 @@ def network(session: Session, n: Network) -> dict[str, Any]:
 
 
 def nic(session: Session, row: Nic) -> dict[str, Any]:
-    n = session.get(Network, row.network_id)
+    n = fetch(session, Network, row.network_id)
     net = ipaddress.IPv4Network(n.cidr) if n is not None else None
     return clean(
         {

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from strato.api.viewkit import clean, cs_date, name_of, owner_fields, register_result
+from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result
 from strato.db.models import (
     Network,
     PortForwardingRule,
@@ -41,9 +41,9 @@ def ip_range(session: Session, r: PublicIpRange) -> dict[str, Any]:
 
 
 def public_ip(session: Session, ip: PublicIpAddress) -> dict[str, Any]:
-    network = session.get(Network, ip.network_id)
-    vm = session.get(VirtualMachine, ip.static_nat_vm_id) if ip.static_nat_vm_id else None
-    r = session.get(PublicIpRange, ip.range_id)
+    network = fetch(session, Network, ip.network_id)
+    vm = fetch(session, VirtualMachine, ip.static_nat_vm_id) if ip.static_nat_vm_id else None
+    r = fetch(session, PublicIpRange, ip.range_id)
     return clean(
         {
             "id": ip.id,
@@ -71,13 +71,13 @@ def public_ip(session: Session, ip: PublicIpAddress) -> dict[str, Any]:
 
 
 def _vm_fields(session: Session, vm_id: str) -> dict[str, Any]:
-    vm = session.get(VirtualMachine, vm_id)
+    vm = fetch(session, VirtualMachine, vm_id)
     return {"virtualmachineid": vm_id, "virtualmachinename": vm.name if vm else None,
             "virtualmachinedisplayname": vm.display_name if vm else None}  # fmt: skip
 
 
 def port_forward(session: Session, f: PortForwardingRule) -> dict[str, Any]:
-    ip = session.get(PublicIpAddress, f.ip_address_id)
+    ip = fetch(session, PublicIpAddress, f.ip_address_id)
     return clean(
         {
             "id": f.id,
@@ -99,7 +99,7 @@ def port_forward(session: Session, f: PortForwardingRule) -> dict[str, Any]:
 
 
 def firewall_rule(session: Session, w: PublicFirewallRule) -> dict[str, Any]:
-    ip = session.get(PublicIpAddress, w.ip_address_id)
+    ip = fetch(session, PublicIpAddress, w.ip_address_id)
     return clean(
         {
             "id": w.id,

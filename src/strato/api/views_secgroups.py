@@ -9,15 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strato.api.pageload import Loader, related
-from strato.api.viewkit import clean, owner_fields
+from strato.api.viewkit import clean, fetch, owner_fields
 from strato.db.models import Account, SecurityGroup, SecurityGroupRule, VirtualMachine, VmSecurityGroup
 from strato.db.models.secgroups import INGRESS
 from strato.services.network.secgroups import members, rules_of
 
 
 def rule(session: Session, r: SecurityGroupRule) -> dict[str, Any]:
-    peer = session.get(SecurityGroup, r.peer_group_id) if r.peer_group_id else None
-    peer_owner = session.get(Account, peer.account_id) if peer is not None else None
+    peer = fetch(session, SecurityGroup, r.peer_group_id) if r.peer_group_id else None
+    peer_owner = fetch(session, Account, peer.account_id) if peer is not None else None
     return clean(
         {
             "ruleid": r.id,

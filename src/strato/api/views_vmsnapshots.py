@@ -6,13 +6,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from strato.api.viewkit import clean, cs_date, owner_fields, register_result
+from strato.api.viewkit import clean, cs_date, fetch, owner_fields, register_result
 from strato.db.models import VirtualMachine, VMSnapshot
 from strato.services.compute.vmsnap_tree import visible_parent
 
 
 def vm_snapshot(session: Session, snap: VMSnapshot) -> dict[str, Any]:
-    vm = session.get(VirtualMachine, snap.vm_id)
+    vm = fetch(session, VirtualMachine, snap.vm_id)
     parent = visible_parent(session, snap)
     return clean(
         {

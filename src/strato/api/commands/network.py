@@ -9,6 +9,7 @@ from typing import Any
 
 from strato.api import views_network as v
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core import jobs
@@ -85,7 +86,7 @@ def update_physical_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStar
 )
 def list_physical_networks(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = physical.list_physical_networks(ctx, args, Page.from_args(args))
-    return Listing([v.physical_network(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: v.physical_network(ctx.session, r)), total)
 
 
 @api(
@@ -209,7 +210,7 @@ def create_network(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_networks(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = networks.list_networks(ctx, args, Page.from_args(args))
-    return Listing([v.network(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: v.network(ctx.session, r)), total)
 
 
 @api(

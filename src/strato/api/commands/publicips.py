@@ -9,6 +9,7 @@ from typing import Any
 
 from strato.api import views_publicips as v
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.db.models import Network
@@ -73,7 +74,7 @@ def create_vlan_ip_range(ctx: CallContext, args: dict[str, Any]) -> dict[str, An
 )
 def list_vlan_ip_ranges(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = publicips.list_ranges(ctx, args, Page.from_args(args))
-    return Listing([v.ip_range(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: v.ip_range(ctx.session, r)), total)
 
 
 @api(
@@ -108,7 +109,7 @@ def delete_vlan_ip_range(ctx: CallContext, args: dict[str, Any]) -> None:
 )
 def list_public_ips(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = publicips.list_addresses(ctx, args, Page.from_args(args))
-    return Listing([v.public_ip(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: v.public_ip(ctx.session, r)), total)
 
 
 @api(
@@ -189,7 +190,7 @@ def create_port_forward(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
 )
 def list_port_forwards(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = natrules.list_port_forwards(ctx, args, Page.from_args(args))
-    return Listing([v.port_forward(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: v.port_forward(ctx.session, r)), total)
 
 
 @api(
@@ -237,7 +238,7 @@ def create_firewall_rule(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted
 )
 def list_firewall_rules(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = natrules.list_firewall_rules(ctx, args, Page.from_args(args))
-    return Listing([v.firewall_rule(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: v.firewall_rule(ctx.session, r)), total)
 
 
 @api(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import Kind, api
 from strato.api.views_secgroups import security_group
@@ -52,7 +53,7 @@ def create_security_group(ctx: CallContext, args: dict[str, Any]) -> dict[str, A
 )
 def list_security_groups(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = secgroups.list_groups(ctx, args, Page.from_args(args))
-    return Listing([security_group(ctx.session, g) for g in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda g: security_group(ctx.session, g)), total)
 
 
 @api(

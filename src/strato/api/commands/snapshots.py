@@ -120,7 +120,7 @@ def create_policy(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 )
 def list_policies(ctx: CallContext, args: dict[str, Any]) -> Listing:
     rows, total = snapshot_policies.list_policies(ctx, args, Page.from_args(args))
-    return Listing([views.policy(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: views.policy(ctx.session, r)), total)
 
 
 @api(

@@ -6,6 +6,7 @@ from typing import Any
 
 from strato.api import views_vmsnapshots as views
 from strato.api.envelope import AsyncStarted, Listing
+from strato.api.pageload import render_page
 from strato.api.params import Param, T
 from strato.api.registry import Kind, api
 from strato.services.compute import create_vm_snapshot, delete_vm_snapshot, hibernate, revert_vm_snapshot, vmsnap_tree
@@ -52,7 +53,7 @@ def list_snapshots(ctx: CallContext, args: dict[str, Any]) -> Listing:
     if args.get("vmsnapshotids"):
         rows = [r for r in rows if r.id in set(args["vmsnapshotids"])]
         total = len(rows)
-    return Listing([views.vm_snapshot(ctx.session, r) for r in rows], total)
+    return Listing(render_page(ctx.session, rows, lambda r: views.vm_snapshot(ctx.session, r)), total)
 
 
 @api(
