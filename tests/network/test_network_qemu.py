@@ -23,7 +23,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,16 +86,21 @@ def _relay(lab: Lab, host: str) -> Any:
     return lambda port: f"http://127.0.0.1:{lab.forward(host, port)}"
 
 
-@pytest.fixture(scope="module")
-def netcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCloud]:
+MakeIds = Callable[[ServerProcess, dict[str, AgentProcess], Path, Path], dict[str, str]]
+
+
+@contextlib.contextmanager
+def lab_cloud(base: Path, token_prefix: str, make: MakeIds) -> Iterator[NetCloud]:
+    """A server and two QEMU agents, each in its own namespace of a lab, the tiny guest built from this
+    tree (its guest commands: net-up, ping, tcp-probe, tcp-serve), `make` adding the zone and the rest;
+    everything stopped and removed at the end, also after a failure."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     from strato.image.tiny import build_tiny_image
 
-    base = tmp_path_factory.mktemp("netq")
     image = base / "tiny.qcow2"
-    build_tiny_image(image)  # this tree's guest commands (net-up, ping, tcp-probe, tcp-serve)
+    build_tiny_image(image)
     with netns_lab(["mgmt", "host-1", "host-2"]) as lab:
         server: ServerProcess | None = None
         agents: dict[str, AgentProcess] = {}
@@ -104,10 +109,10 @@ def netcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCloud]:
                                   test_url_for=_relay(lab, "mgmt"))  # fmt: skip
             for n, host in enumerate(("host-1", "host-2"), start=1):
                 agents[host] = start_agent(
-                    base / f"a{n}", token=f"n{n}-{uuid.uuid4().hex[:6]}", driver="qemu", accel="tcg",
+                    base / f"a{n}", token=f"{token_prefix}{n}-{uuid.uuid4().hex[:6]}", driver="qemu", accel="tcg",
                     command_prefix=lab.run(host, []), listen_host=lab.addr[host], test_url_for=_relay(lab, host),
                 )  # fmt: skip
-            yield NetCloud(lab, base, server, agents, _make(server, agents, base, image))
+            yield NetCloud(lab, base, server, agents, make(server, agents, base, image))
         finally:
             if server is not None:
                 server.stop()
@@ -115,6 +120,12 @@ def netcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCloud]:
                 agent.stop()
             _kill_mentioning(base)
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def netcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCloud]:
+    with lab_cloud(tmp_path_factory.mktemp("netq"), "n", _make) as cloud:
+        yield cloud
 
 
 def _make(server: ServerProcess, agents: dict[str, AgentProcess], base: Path, image: Path) -> dict[str, str]:

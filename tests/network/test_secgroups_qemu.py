@@ -17,21 +17,18 @@ expunged and the network deleted, nothing of the filter is left on the hosts.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cs import CloudStack
-from test_network_qemu import NetCloud, _kill_mentioning, _relay, _skip_reason, _wait_console
+from test_network_qemu import NetCloud, _relay, _wait_console, lab_cloud
 
 from helpers.agentproc import AgentProcess, start_agent
-from helpers.netns import netns_lab
-from helpers.serverproc import ServerProcess, create_user_keys, start_server, wait_job
+from helpers.serverproc import ServerProcess, create_user_keys, wait_job
 
 pytestmark = pytest.mark.qemu
 PORT = 7000
@@ -41,33 +38,8 @@ TENANT = "tenant2"
 
 @pytest.fixture(scope="module")
 def sgcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCloud]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    from strato.image.tiny import build_tiny_image
-
-    base = tmp_path_factory.mktemp("sgq")
-    image = base / "tiny.qcow2"
-    build_tiny_image(image)
-    with netns_lab(["mgmt", "host-1", "host-2"]) as lab:
-        server: ServerProcess | None = None
-        agents: dict[str, AgentProcess] = {}
-        try:
-            server = start_server(base / "server", command_prefix=lab.run("mgmt", []), listen_host=lab.addr["mgmt"],
-                                  test_url_for=_relay(lab, "mgmt"))  # fmt: skip
-            for n, host in enumerate(("host-1", "host-2"), start=1):
-                agents[host] = start_agent(
-                    base / f"a{n}", token=f"s{n}-{uuid.uuid4().hex[:6]}", driver="qemu", accel="tcg",
-                    command_prefix=lab.run(host, []), listen_host=lab.addr[host], test_url_for=_relay(lab, host),
-                )  # fmt: skip
-            yield NetCloud(lab, base, server, agents, _make(server, agents, base, image))
-        finally:
-            if server is not None:
-                server.stop()
-            for agent in agents.values():
-                agent.stop()
-            _kill_mentioning(base)
-            shutil.rmtree(base, ignore_errors=True)
+    with lab_cloud(tmp_path_factory.mktemp("sgq"), "s", _make) as cloud:
+        yield cloud
 
 
 def _make(server: ServerProcess, agents: dict[str, AgentProcess], base: Path, image: Path) -> dict[str, str]:
