@@ -21,7 +21,7 @@ import pytest
 from drvlib import wait_console
 
 from strato.agent.drivers.base import DriverError
-from strato.agent.drivers.qemu import QemuDriver
+from strato.agent.drivers.qemu import QemuDriver, snapshots
 from strato.agent.drivers.qemu.merge import disk_chain
 from strato.agent.drivers.qemu.process import RunDir
 from strato.agent.drivers.roles import set_phase_sink
@@ -212,10 +212,39 @@ async def test_disk_snapshot_failures_and_live_merges(driver: QemuDriver, tiny_i
 # --- memory: a live snapshot restored without a second boot; hibernate -----------------------------
 
 
-async def test_memory_snapshot_restore_and_hibernate(driver: QemuDriver, tiny_image: Path) -> None:
+async def test_memory_snapshot_restore_and_hibernate(
+    driver: QemuDriver, tiny_image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = await boot(driver, tiny_image, "sleep:6,sleep:1")
     root = local(driver, "root.qcow2")
     await wait_console(driver, "STRATO-RUN-BEGIN sleep:6")
+
+    # The disk freeze fails inside the guest's pause (its new top vanished just before): the memory
+    # save, already let go at the same time, ends too, and the roll-back leaves no memory file, no
+    # new top, the old top in use and the guest running.
+    monkeypatch.setattr(snapshots, "_new_nodes", lambda device_id: ("fail-file", "fail-fmt"))
+
+    breaking: list[asyncio.Future[object]] = []
+
+    def break_at_freeze(phase: str) -> None:
+        if phase.startswith("freezing"):  # issued before the transaction: QMP keeps the order
+            breaking.append(
+                asyncio.ensure_future(driver.monitor("vm1").execute("blockdev-del", {"node-name": "fail-fmt"}))
+            )
+
+    failing, failed_memory = local(driver, "root-f.qcow2"), local(driver, "fail.vmstate")
+    set_phase_sink(break_at_freeze)
+    try:
+        with pytest.raises(DriverError):
+            await driver.snapshot_vm("vm1", [SnapshotDisk(device_id=0, new_top=failing)], failed_memory, noop)
+    finally:
+        set_phase_sink(None)
+    monkeypatch.undo()
+    await asyncio.gather(*breaking)
+    assert not path_of(failing).exists() and not path_of(failed_memory).exists()
+    assert await top_file(driver, 0) == real(root)
+    assert (await driver.get_vm("vm1")).power_state == PowerState.RUNNING
+
     memory = local(driver, "snap1.vmstate")
     samples: list[tuple[int, int]] = []
     taken = await driver.snapshot_vm(

@@ -24,7 +24,7 @@ from strato.agent.drivers.qemu.migration import DOWNTIME_LIMIT_MS, UNLIMITED_BAN
 from strato.agent.drivers.qemu.monitor import RUN_STATE_EVENTS, EventsMissed, Subscription, VmMonitor
 from strato.agent.drivers.qemu.pools import os_error
 from strato.agent.drivers.qemu.qmp import QmpError
-from strato.protocol.messages import LayerInfo
+from strato.protocol.messages import ErrorCode, LayerInfo
 
 SAVE_TIMEOUT_S = 3600.0
 ROLLBACK_WAIT_S = 15.0
@@ -39,9 +39,10 @@ def _event_time(event: dict[str, Any]) -> float:
     return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
 
 
-async def cont(monitor: VmMonitor, timeout: float = ROLLBACK_WAIT_S) -> None:
+async def cont(monitor: VmMonitor, timeout: float = ROLLBACK_WAIT_S, retry_s: float = 0.005) -> None:
     """`cont`, retried while QEMU says "Migration is not finalized yet": the status is `completed` a
-    moment before the runstate leaves finish-migrate (the cleanup runs later on the main loop)."""
+    moment before the runstate leaves finish-migrate (the cleanup runs later on the main loop), and
+    a caller may send it even earlier, while the last pass is still being written."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -51,7 +52,7 @@ async def cont(monitor: VmMonitor, timeout: float = ROLLBACK_WAIT_S) -> None:
         except QmpError as exc:
             if "not finalized" not in exc.message or loop.time() >= deadline:
                 raise
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(retry_s)
 
 
 SAVE_FD = "strato-memsave"
@@ -121,23 +122,39 @@ class MemorySave:
         self.started = True
         await self.monitor.execute("migrate", {"uri": f"fd:{SAVE_FD}"})
         self._reporter = asyncio.get_running_loop().create_task(self._report(), name="memsave-progress")
-        await _wait_migration(self.monitor, {"pre-switchover"}, SAVE_TIMEOUT_S)
+        # The guest is paused from here until `resume`: wait on the events alone, no confirming
+        # query-migrate round trips inside the pause (the same below for `completed`).
+        await _wait_migration(self.monitor, {"pre-switchover"}, SAVE_TIMEOUT_S, confirm=False)
         self.stopped_at = await self._last_stop()
 
-    async def finish(self) -> int:
-        """Write the last pass and the device state; the guest stays paused. Returns the bytes sent."""
+    async def finish(self) -> None:
+        """Write the last pass and the device state; the guest stays paused."""
+        await self.switch_over()
+        await _wait_migration(self.monitor, {"completed"}, SAVE_TIMEOUT_S, confirm=False)
+        self._done()
+
+    async def switch_over(self) -> None:
+        """Let QEMU write the last pass and the device state (`resume` then waits for the end)."""
         await self.monitor.execute("migrate-continue", {"state": "pre-switchover"})
-        info = await _wait_migration(self.monitor, {"completed"}, SAVE_TIMEOUT_S)
-        self._stop_reporter()
-        sent = int((info.get("ram") or {}).get("transferred", 0))
-        self.progress(sent, sent)
-        return sent
 
     async def resume(self) -> float:
-        """`cont` after the save; the guest's pause in ms, from QEMU's STOP to RESUME timestamps."""
-        await cont(self.monitor)
+        """After `switch_over`: `cont` as soon as QEMU takes it (it refuses until the save has ended:
+        no wait for the `completed` event and a confirming query first), then check the save did
+        complete (a failed one resumes the guest by itself). Returns the guest's pause in ms, from
+        QEMU's STOP to RESUME timestamps."""
+        await cont(self.monitor, SAVE_TIMEOUT_S, retry_s=0.001)
         resumed = await self._next("RESUME")
+        info = await self.monitor.execute("query-migrate")
+        if info.get("status") != "completed":
+            why = info.get("error-desc") or info.get("status")
+            raise DriverError(ErrorCode.INTERNAL, f"memory save did not complete: {why}")
+        self._done()
         return max(0.0, (_event_time(resumed) - (self.stopped_at or _event_time(resumed))) * 1000)
+
+    def _done(self) -> None:
+        self._stop_reporter()
+        written = self.path.stat().st_size
+        self.progress(written, written)
 
     async def abort(self) -> None:
         """Cancel the migration (if it runs), resume a guest it paused, and remove the file."""

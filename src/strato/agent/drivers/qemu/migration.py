@@ -394,9 +394,10 @@ class _Stage:
         return None, 0
 
 
-async def _wait_migration(monitor: VmMonitor, wanted: set[str], timeout: float) -> dict[str, Any]:
+async def _wait_migration(monitor: VmMonitor, wanted: set[str], timeout: float, confirm: bool = True) -> dict[str, Any]:
     """Wait (MIGRATION events, query-migrate as a safety net) for one of `wanted`; a migration that
-    ends otherwise raises."""
+    ends otherwise raises. confirm=False returns on the event itself ({"status": ...} only): one QMP
+    round trip less where the guest is paused and waits for the caller (pre-switchover)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with monitor.subscribe(MIGRATION_EVENTS) as events:
@@ -415,8 +416,10 @@ async def _wait_migration(monitor: VmMonitor, wanted: set[str], timeout: float) 
                 event = await events.next(min(POLL_S, left))
             except (TimeoutError, EventsMissed):
                 continue
-            if (event.get("data") or {}).get("status") in wanted:
-                continue  # confirmed by query-migrate at the top of the loop (with the error, if any)
+            status = str((event.get("data") or {}).get("status", ""))
+            if status in wanted and not confirm:
+                return {"status": status}
+            # otherwise confirmed by query-migrate at the top of the loop (with the error, if any)
 
 
 async def _mirror_ready(jobs: BlockJobs, device_id: int, server: dict[str, object]) -> None:

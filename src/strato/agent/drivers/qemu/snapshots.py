@@ -14,6 +14,7 @@ removed, and a guest we paused runs again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -117,6 +118,21 @@ async def _freeze(drv: QemuDriver, run: RunDir, plan: list[_Freeze]) -> float:
     return (time.monotonic() - started) * 1000
 
 
+async def _freeze_and_switch_over(drv: QemuDriver, run: RunDir, plan: list[_Freeze], save: memstate.MemorySave) -> None:
+    """The disk transaction and `migrate-continue` sent back to back, not one after the other's
+    answer: the guest is paused at pre-switchover until `resume`, so both see the same instant, and
+    the pause is one QMP round trip shorter. Order matters (the end of the migration inactivates the
+    images, after which no transaction runs): QEMU runs one connection's commands in the order they
+    arrive, and the two calls are issued in this order (tasks start FIFO; qemu.qmp's send queue is
+    FIFO). If either fails, both are awaited before the caller's roll-back sees the error."""
+    freezing = asyncio.ensure_future(_freeze(drv, run, plan))
+    finishing = asyncio.ensure_future(save.switch_over())
+    outcome = await asyncio.gather(freezing, finishing, return_exceptions=True)
+    for result in outcome:
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def _applied(drv: QemuDriver, run: RunDir, freeze: _Freeze) -> bool:
     top = await drv._disk_top(run, freeze.disk.device_id)
     return top is not None and top[0] == freeze.nodes[1]
@@ -179,14 +195,16 @@ async def snapshot_vm(
                 report_phase("writing the memory (guest running)")
                 await save.until_switchover()
             report_phase("freezing the disks" + (" (guest paused)" if save is not None else ""))
-            freeze_ms = await _freeze(drv, run, plan)
-            saveflight.write(run, flight, memory_path, applied=True)
-            paused_ms = freeze_ms
             memory_info: LayerInfo | None = None
-            if save is not None and memory is not None and memory_path is not None:
-                await save.finish()
+            if save is None:
+                paused_ms = await _freeze(drv, run, plan)
+                saveflight.write(run, flight, memory_path, applied=True)
+            else:
+                await _freeze_and_switch_over(drv, run, plan, save)
+                saveflight.write(run, flight, memory_path, applied=True)
                 paused_ms = await save.resume()
-                memory_info = memstate.file_info(memory.name, memory_path)
+                if memory is not None and memory_path is not None:
+                    memory_info = memstate.file_info(memory.name, memory_path)
         except BaseException as exc:
             log.info("VM %s: snapshot rolled back: %s", vm_name, exc)
             await _shielded(_roll_back(drv, run, plan, save, memory_path))
