@@ -117,3 +117,9 @@ def collect_maps(cmd: str, raw: dict[str, str]) -> dict[str, list[dict[str, str]
         name, index, sub = m.group(1), int(m.group(2)), m.group(3)
         grouped.setdefault(name, {}).setdefault(index, {})[sub] = value
     return {name: [entries[i] for i in sorted(entries)] for name, entries in grouped.items()}
+
+
+TAGS_FILTER = Param(
+    "tags", T.MAP, "List resources by tags (tags[0].key=k&tags[0].value=v): those carrying every tag", max_length=255
+)
+"""The `tags` filter of the list commands whose resources take tags (services.core.tags.tagged)."""

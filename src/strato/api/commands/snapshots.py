@@ -7,7 +7,7 @@ from typing import Any
 from strato.api import views_snapshots as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.pageload import render_page
-from strato.api.params import Param, T
+from strato.api.params import TAGS_FILTER, Param, T
 from strato.api.registry import Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
@@ -25,6 +25,8 @@ from strato.services.storage.snapshot_schedule import INTERVALS
         Param("name", T.STRING, "The name of the snapshot", max_length=255),
         Param("quiescevm", T.BOOLEAN, "Quiesce the VM: refused when true (there is no guest agent)"),
         Param("asyncbackup", T.BOOLEAN, "Accepted; the copy to the image store is always part of the job"),
+        Param("policyid", T.UUID, "A snapshot policy of the volume: the snapshot counts as one of its own"),
+        Param("tags", T.MAP, "Tags for the snapshot (tags[0].key=k&tags[0].value=v)", max_length=255),
     ),
 )
 def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
@@ -47,6 +49,7 @@ def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("intervaltype", T.STRING, "MANUAL, HOURLY, DAILY, WEEKLY or MONTHLY", max_length=16),
         Param("state", T.STRING, "State of the snapshot", max_length=32),
         Param("zoneid", T.UUID, "The ID of the zone"),
+        TAGS_FILTER,
     ),
 )
 def list_snapshots(ctx: CallContext, args: dict[str, Any]) -> Listing:

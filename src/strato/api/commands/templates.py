@@ -7,7 +7,7 @@ from typing import Any
 from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.pageload import render_page
-from strato.api.params import Param, T
+from strato.api.params import TAGS_FILTER, Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
@@ -100,6 +100,7 @@ LIST_PARAMS = (
     Param("zoneid", T.UUID, "List templates by zone ID"),
     Param("hypervisor", T.STRING, "The hypervisor for which to restrict the search", max_length=32),
     Param("parenttemplateid", T.UUID, "List the data-disk templates of this template"),
+    TAGS_FILTER,
 )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.pageload import render_page
-from strato.api.params import Param, T
+from strato.api.params import TAGS_FILTER, Param, T
 from strato.api.registry import ADMIN, Kind, api
 from strato.services.compute import deploy as deploy_op
 from strato.services.compute import destroy as destroy_op
@@ -97,6 +97,7 @@ def deploy(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("hostid", T.UUID, "The host ID (admins)"),
         Param("templateid", T.UUID, "List VMs by template"),
         Param("serviceofferingid", T.UUID, "List VMs by service offering"),
+        TAGS_FILTER,
         Param(
             "details",
             T.LIST,

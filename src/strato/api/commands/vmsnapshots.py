@@ -7,7 +7,7 @@ from typing import Any
 from strato.api import views_vmsnapshots as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.pageload import render_page
-from strato.api.params import Param, T
+from strato.api.params import TAGS_FILTER, Param, T
 from strato.api.registry import Kind, api
 from strato.services.compute import create_vm_snapshot, delete_vm_snapshot, hibernate, revert_vm_snapshot, vmsnap_tree
 from strato.services.core.context import CallContext
@@ -44,6 +44,7 @@ def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("vmsnapshotids", T.LIST, "The IDs of the VM snapshots", item_type=T.UUID),
         Param("name", T.STRING, "Lists snapshots by name", max_length=255),
         Param("state", T.STRING, "State of the snapshot", max_length=32),
+        TAGS_FILTER,
     ),
 )
 def list_snapshots(ctx: CallContext, args: dict[str, Any]) -> Listing:

@@ -7,7 +7,7 @@ from typing import Any
 from strato.api import views_compute as views
 from strato.api.envelope import AsyncStarted, Listing
 from strato.api.pageload import render_page
-from strato.api.params import Param, T
+from strato.api.params import TAGS_FILTER, Param, T
 from strato.api.registry import Kind, api
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
@@ -53,6 +53,7 @@ def create(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         Param("storageid", T.UUID, "The ID of the storage pool"),
         Param("diskofferingid", T.UUID, "List volumes by disk offering"),
         Param("hostid", T.UUID, "List volumes of the VMs on a host (admins)"),
+        TAGS_FILTER,
     ),
 )
 def list_volumes(ctx: CallContext, args: dict[str, Any]) -> Listing:

@@ -32,6 +32,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
 from strato.services.core.states import require_vm_state, vm_to, volume_to
+from strato.services.core.tags import tagged
 from strato.services.identity.identity import find_account
 from strato.services.network import firewall, secgroups
 from strato.units import GIB
@@ -135,6 +136,7 @@ def list_vms(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[V
         q = q.where(VirtualMachine.state != "Expunging")
     if args.get("ids"):
         q = q.where(VirtualMachine.id.in_(args["ids"]))
+    q = q.where(*tagged(VirtualMachine.id, args.get("tags")))
     return run_page(
         ctx.session,
         q,

@@ -22,6 +22,7 @@ from strato.services.core.access import owner_scope
 from strato.services.core.agents import host_client
 from strato.services.core.listing import Page, run_page
 from strato.services.core.reach import host_for
+from strato.services.core.tags import tagged
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import ref, remove_layer_file
 
@@ -170,6 +171,7 @@ def list_snapshots(ctx: Any, args: dict[str, Any], page: Page) -> tuple[list[VMS
             q = q.where(col == args[param])
     if args.get("state"):
         q = q.where(VMSnapshot.state == args["state"])
+    q = q.where(*tagged(VMSnapshot.id, args.get("tags")))
     return run_page(
         ctx.session, q, page, (VMSnapshot.name, VMSnapshot.display_name), (VMSnapshot.created, VMSnapshot.id)
     )

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from strato.db.base import utcnow
-from strato.db.models import Account, ResourceTag, StoragePool, Template, VirtualMachine, Volume, Zone
+from strato.db.models import (
+    Account,
+    ResourceTag,
+    Snapshot,
+    StoragePool,
+    Template,
+    VirtualMachine,
+    VMSnapshot,
+    Volume,
+    Zone,
+)
 from strato.errors import InvalidParameter, NotFound, PermissionDenied
 from strato.services.core.access import check_account_access, owner_scope
 from strato.services.core.context import CallContext
@@ -24,6 +34,8 @@ TAGGABLE: dict[str, tuple[Any, str | None]] = {
     "Volume": (Volume, "account_id"),
     "Template": (Template, "account_id"),
     "ISO": (Template, "account_id"),
+    "Snapshot": (Snapshot, "account_id"),
+    "VMSnapshot": (VMSnapshot, "account_id"),
 }
 
 
@@ -55,14 +67,32 @@ def _owner(ctx: CallContext, model: Any, owner_col: str | None, resource_id: str
     return account_id
 
 
-def create_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> None:
-    """createTags: key/value tags on resources the caller may act on."""
-    name, model, owner_col = _resolve_type(resource_type)
+def check_tags(tags: list[dict[str, str]]) -> None:
     if not tags:
         raise InvalidParameter("Parameter tags must have at least one entry: tags[0].key=...&tags[0].value=...")
     for entry in tags:
         if not entry.get("key") or "value" not in entry:
             raise InvalidParameter("Each tags[i] needs a key and a value")
+
+
+def tagged(id_column: Any, tags: list[dict[str, str]] | None) -> list[ColumnElement[bool]]:
+    """The conditions of a list command's `tags` filter (tags[i].key, tags[i].value): rows carrying
+    every tag listed, as CloudStack filters; a key given without a value matches any value."""
+    conditions: list[ColumnElement[bool]] = []
+    for entry in tags or []:
+        if not entry.get("key"):
+            raise InvalidParameter("Parameter tags: each tags[i] needs a key")
+        match = select(ResourceTag.resource_id).where(ResourceTag.key == entry["key"], ResourceTag.removed.is_(None))
+        if entry.get("value") is not None:
+            match = match.where(ResourceTag.value == entry["value"])
+        conditions.append(id_column.in_(match))
+    return conditions
+
+
+def create_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list[dict[str, str]]) -> None:
+    """createTags: key/value tags on resources the caller may act on."""
+    name, model, owner_col = _resolve_type(resource_type)
+    check_tags(tags)
     for rid in ids:
         owner = _owner(ctx, model, owner_col, rid)
         for entry in tags:

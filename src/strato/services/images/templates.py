@@ -21,6 +21,7 @@ from strato.services.core.access import check_account_access, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
+from strato.services.core.tags import tagged
 
 DISK_FORMATS = ("QCOW2", "RAW")
 FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all")
@@ -237,6 +238,7 @@ def list_templates(ctx: CallContext, args: dict[str, Any], page: Page, iso: bool
             q = q.where(col == args[param])
     if args.get("zoneid"):
         q = q.where((Template.zone_id == args["zoneid"]) | Template.zone_id.is_(None))
+    q = q.where(*tagged(Template.id, args.get("tags")))
     return run_page(ctx.session, q, page, (Template.name,), (Template.created, Template.disk_index))
 
 

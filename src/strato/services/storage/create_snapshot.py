@@ -24,7 +24,7 @@ from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
 from strato.errors import InvalidParameter, InvalidState
 from strato.protocol.messages import BackupDisk, ConvertLayer, LayerInfo
-from strato.services.core import jobs, usage
+from strato.services.core import jobs, tags, usage
 from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.reach import host_for
@@ -208,7 +208,19 @@ def create(ctx: CallContext, args: dict[str, Any]) -> tuple[Snapshot, str]:
     if args.get("quiescevm"):
         raise InvalidParameter("quiescevm=true is not supported: there is no guest agent to quiesce the VM through")
     check_volume(ctx.session, vol)
-    snap = new_snapshot(ctx.session, vol, args.get("name"))
+    if args.get("tags") is not None:
+        tags.check_tags(args["tags"])
+    interval, policy_id = "MANUAL", None
+    if args.get("policyid"):
+        policy = ctx.session.get(SnapshotPolicy, args["policyid"])
+        if policy is None or policy.removed is not None or policy.volume_id != vol.id:
+            raise InvalidParameter(
+                f"Parameter policyid: {args['policyid']} is not a snapshot policy of volume {vol.name}"
+            )
+        interval, policy_id = policy.interval_type, policy.id
+    snap = new_snapshot(ctx.session, vol, args.get("name"), interval, policy_id)
+    if args.get("tags"):
+        tags.create_tags(ctx, "Snapshot", [snap.id], args["tags"])
     params = CreateSnapshotParams(snapshot_id=snap.id, volume_id=vol.id, vm_id=vol.vm_id)
     return snap, jobs.submit_operation(ctx, CreateSnapshot, params, "Snapshot", snap.id)
 

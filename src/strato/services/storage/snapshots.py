@@ -23,6 +23,7 @@ from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.reach import store_ref, up_hosts
+from strato.services.core.tags import tagged
 
 SNAPSHOT_RESULT = "snapshot"
 """The job result type of createSnapshot and revertSnapshot (queryAsyncJobResult answers the snapshot)."""
@@ -130,6 +131,7 @@ def list_snapshots(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[
         q = q.where(Snapshot.snapshot_type == str(args["snapshottype"]).upper())
     if args.get("intervaltype"):
         q = q.where(Snapshot.interval_type == str(args["intervaltype"]).upper())
+    q = q.where(*tagged(Snapshot.id, args.get("tags")))
     return run_page(ctx.session, q, page, (Snapshot.name,), (Snapshot.created.desc(), Snapshot.id))
 
 

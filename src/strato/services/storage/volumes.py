@@ -13,6 +13,7 @@ from strato.errors import NotFound, PermissionDenied
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
+from strato.services.core.tags import tagged
 
 VOLUME_RESULT = "volume"
 """The job result type of the volume operations (queryAsyncJobResult answers the volume)."""
@@ -67,4 +68,5 @@ def list_volumes(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[li
         q = q.where(Volume.vm_id.in_(vm_ids))
     if args.get("ids"):
         q = q.where(Volume.id.in_(args["ids"]))
+    q = q.where(*tagged(Volume.id, args.get("tags")))
     return run_page(ctx.session, q, page, (Volume.name,), (Volume.created, Volume.device_id))
