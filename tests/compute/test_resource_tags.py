@@ -140,3 +140,7 @@ def test_create_snapshot_with_tags_and_a_policy(cloud: Cloud) -> None:
     code, text = error(lambda: api.createSnapshot(volumeid=vol["id"], tags=[{"value": "x"}]))
     assert code == 431 and "tags" in text, text
     assert len(api.listSnapshots(listall=True).get("snapshot", [])) == before
+
+    # A deleted snapshot's tags are no longer listed.
+    cloud.ok(api.deleteSnapshot(id=snap["id"]))
+    assert api.listTags(resourcetype="Snapshot", resourceid=snap["id"]).get("tag", []) == []

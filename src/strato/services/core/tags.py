@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, or_, select
 
 from strato.db.base import utcnow
 from strato.db.models import (
@@ -134,8 +134,9 @@ def delete_tags(ctx: CallContext, resource_type: str, ids: list[str], tags: list
 
 
 def list_tags(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[ResourceTag], int]:
-    """listTags: the tags of the resources the caller may see."""
-    q = select(ResourceTag).where(ResourceTag.removed.is_(None))
+    """listTags: the tags of the resources the caller may see, and only of resources still there (the
+    rows of a deleted resource stay in the table; its tags are not listed, as CloudStack drops them)."""
+    q = select(ResourceTag).where(ResourceTag.removed.is_(None), _of_live_resources())
     if not ctx.is_root_admin or (not args.get("listall") and (args.get("domainid") or args.get("account"))):
         q = q.where(owner_scope(ctx, args).condition(ResourceTag.account_id))
     for param, col in (
@@ -148,3 +149,12 @@ def list_tags(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[list[
     if args.get("resourcetype"):
         q = q.where(ResourceTag.resource_type == _resolve_type(args["resourcetype"])[0])
     return run_page(ctx.session, q, page, (ResourceTag.key, ResourceTag.value), (ResourceTag.created,))
+
+
+def _of_live_resources() -> ColumnElement[bool]:
+    live = [
+        (ResourceTag.resource_type == name)
+        & ResourceTag.resource_id.in_(select(model.id).where(model.removed.is_(None)))
+        for name, (model, _owner) in TAGGABLE.items()
+    ]
+    return or_(*live)
