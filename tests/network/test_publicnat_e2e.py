@@ -5,7 +5,9 @@ router host set, then restartNetwork, the job that re-sends a network's wanted s
 namespace with the NIC's address and MAC stands in for the VM on the guest bridge. Checked with real
 TCP connections: the guest reaches the outside as the source NAT address listed by the API; a port
 forward made with openfirewall=false is refused until createFirewallRule allows it; deleting the rule
-closes it again; an agent restart and a restartNetwork keep it working; deleteNetwork removes it."""
+closes it again; an agent restart and a restartNetwork keep it working; deleteNetwork removes it.
+Egress rules: on the default offering (egress allowed) a rule blocks its port and its removal opens it
+again; on an offering made with egressdefaultpolicy=false nothing leaves but what a rule lets out."""
 
 from __future__ import annotations
 
@@ -170,14 +172,15 @@ def _make(server: ServerProcess, agent: AgentProcess, base: Path) -> dict[str, s
             "netoffering": nat["id"]}  # fmt: skip
 
 
-def _guest_on_bridge(cloud: E2E, network_id: str, ip: str, mac: str) -> None:
-    host = cloud.lab.ns["host-1"]
-    _ip("-n", host, "link", "add", "st-e2eguest", "type", "veth", "peer", "name", "eth0", "netns", cloud.guest)
-    _ip("-n", host, "link", "set", "st-e2eguest", "master", bridge_name(network_id), "mtu", "1450", "up")
-    _ip("-n", cloud.guest, "link", "set", "eth0", "address", mac, "mtu", "1450")
-    _ip("-n", cloud.guest, "addr", "add", f"{ip}/24", "dev", "eth0")
-    _ip("-n", cloud.guest, "link", "set", "eth0", "up")
-    _ip("-n", cloud.guest, "route", "add", "default", "via", "10.60.0.1")
+def _guest_on_bridge(cloud: E2E, network_id: str, ip: str, mac: str, guest: str | None = None,
+                     link: str = "st-e2eguest", gateway: str = "10.60.0.1") -> None:  # fmt: skip
+    host, guest = cloud.lab.ns["host-1"], guest or cloud.guest
+    _ip("-n", host, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", guest)
+    _ip("-n", host, "link", "set", link, "master", bridge_name(network_id), "mtu", "1450", "up")
+    _ip("-n", guest, "link", "set", "eth0", "address", mac, "mtu", "1450")
+    _ip("-n", guest, "addr", "add", f"{ip}/24", "dev", "eth0")
+    _ip("-n", guest, "link", "set", "eth0", "up")
+    _ip("-n", guest, "route", "add", "default", "via", gateway)
 
 
 def test_source_nat_port_forward_and_firewall_from_the_api(e2e: E2E) -> None:
@@ -230,3 +233,68 @@ def test_source_nat_port_forward_and_firewall_from_the_api(e2e: E2E) -> None:
     links = e2e.host_links()
     assert bridge_name(net["id"]) not in links and "sp-" not in links
     assert api.listPublicIpAddresses(listall=True) == {}
+
+
+def _network_with_guest(e2e: E2E, offering: str, n: int) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A network 10.6n.0.0/24 of `offering` with its router on host-1 and a guest namespace on its bridge
+    (link st-e2eg<n>); returns the network, its VM and the guest namespace (made here)."""
+    api, ids = e2e.api(), e2e.ids
+    gateway = f"10.6{n}.0.1"
+    net = api.createNetwork(name=f"eg{n}", displaytext="eg", zoneid=ids["zone"], networkofferingid=offering,
+                            gateway=gateway, netmask="255.255.255.0")["network"]  # fmt: skip
+    vm = api.deployVirtualMachine(zoneid=ids["zone"], serviceofferingid=ids["offering"], templateid=ids["template"],
+                                  name=f"eg{n}", networkids=net["id"], startvm=False)["virtualmachine"]  # fmt: skip
+    e2e.server.sql("UPDATE networks SET router_host_id = ?, state = 'Implemented' WHERE id = ?", ids["host"], net["id"])
+    api.restartNetwork(id=net["id"])
+    guest = f"{e2e.guest}-{n}"
+    _ip("netns", "add", guest)
+    _ip("-n", guest, "link", "set", "lo", "up")
+    nic = vm["nic"][0]
+    _guest_on_bridge(e2e, net["id"], nic["ipaddress"], nic["macaddress"], guest, f"st-e2eg{n}", gateway)
+    return net, vm, guest
+
+
+def test_egress_rules_block_or_let_out_by_the_offerings_policy(e2e: E2E) -> None:
+    api = e2e.api()
+    procs: list[subprocess.Popen[bytes]] = []
+    made: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+    deny = api.createNetworkOffering(name="egress-deny", displaytext="deny", guestiptype="Isolated",
+                                     traffictype="GUEST", supportedservices="Dhcp,SourceNat,Firewall",
+                                     egressdefaultpolicy=False)["networkoffering"]  # fmt: skip
+    api.updateNetworkOffering(id=deny["id"], state="Enabled")
+    deadline = time.monotonic() + 90  # the test before restarted the agent: its host reconnects first
+    while api.listHosts(id=e2e.ids["host"])["host"][0]["state"] != "Up":
+        assert time.monotonic() < deadline, "the host did not come back Up"
+        time.sleep(0.5)
+    try:
+        _serve(e2e.outside, 7001, procs)
+        made.append(_network_with_guest(e2e, e2e.ids["netoffering"], 1))
+        net, _vm, guest = made[-1]
+        (snat,) = api.listPublicIpAddresses(associatednetworkid=net["id"])["publicipaddress"]
+        assert e2e.connect(guest, OUTSIDE_IP, 7000) == snat["ipaddress"]
+        assert e2e.connect(guest, OUTSIDE_IP, 7001) == snat["ipaddress"]
+        rule = api.createEgressFirewallRule(networkid=net["id"], protocol="tcp", startport=7001)["firewallrule"]
+        assert e2e.connect(guest, OUTSIDE_IP, 7001) is None  # the rule blocks its port
+        assert e2e.connect(guest, OUTSIDE_IP, 7000) == snat["ipaddress"]  # and nothing else
+        api.deleteEgressFirewallRule(id=rule["id"])
+        assert e2e.connect(guest, OUTSIDE_IP, 7001) == snat["ipaddress"]
+
+        made.append(_network_with_guest(e2e, deny["id"], 2))
+        net, _vm, guest = made[-1]
+        (snat,) = api.listPublicIpAddresses(associatednetworkid=net["id"])["publicipaddress"]
+        assert e2e.connect(guest, OUTSIDE_IP, 7000) is None  # nothing leaves without a rule
+        api.createEgressFirewallRule(networkid=net["id"], protocol="tcp", startport=7000,
+                                     destcidrlist="203.0.113.0/24")  # fmt: skip
+        assert e2e.connect(guest, OUTSIDE_IP, 7000) == snat["ipaddress"]
+        assert e2e.connect(guest, OUTSIDE_IP, 7001) is None
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+        for net, vm, guest in made:
+            done = wait_job(e2e.server.cs(), e2e.server.cs().destroyVirtualMachine(id=vm["id"], expunge=True)["jobid"])
+            assert done["jobstatus"] == 1, done
+            api.deleteNetwork(id=net["id"])
+            subprocess.run(["ip", "netns", "del", guest], timeout=30, check=False)
+    api.deleteNetworkOffering(id=deny["id"])
+    assert "sp-" not in e2e.host_links()

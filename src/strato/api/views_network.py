@@ -13,7 +13,8 @@ from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result
 from strato.db import rows as dbrows
 from strato.db.models import Network, Nic, PhysicalNetwork, Zone
-from strato.services.network.offerings import BY_ID, NetworkOffering
+from strato.services.network import offerings
+from strato.services.network.offerings import NetworkOffering
 
 
 def physical_network(session: Session, pn: PhysicalNetwork) -> dict[str, Any]:
@@ -54,19 +55,20 @@ def network_offering(o: NetworkOffering) -> dict[str, Any]:
         "displaytext": o.display_text,
         "guestiptype": o.guest_ip_type,
         "traffictype": "Guest",
-        "state": "Enabled",
-        "isdefault": True,
+        "state": o.state,
+        "isdefault": o.is_default,
         "specifyvlan": o.specify_vlan,
         "specifyipranges": o.specify_ip_ranges,
-        "availability": "Optional",
-        "conservemode": True,
+        "availability": o.availability,
+        "conservemode": o.conserve_mode,
+        "egressdefaultpolicy": o.egress_default_allow,
         "service": [{"name": s, "provider": [{"name": "VirtualRouter"}]} for s in o.services],
     }
 
 
 def network(session: Session, n: Network) -> dict[str, Any]:
     net = ipaddress.IPv4Network(n.cidr)
-    offering = BY_ID.get(n.network_offering_id)
+    offering = offerings.find(session, n.network_offering_id)
     return clean(
         {
             "id": n.id,

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result
 from strato.db.models import (
+    EgressRule,
     Network,
     PortForwardingRule,
     PublicFirewallRule,
@@ -110,10 +111,40 @@ def firewall_rule(session: Session, w: PublicFirewallRule) -> dict[str, Any]:
             "ipaddress": ip.address if ip else None,
             "networkid": w.network_id,
             "cidrlist": ",".join(w.cidrs),
+            "traffictype": "Ingress",
             "state": w.state,
             "fordisplay": True,
         }
     )
+
+
+def egress_rule(session: Session, e: EgressRule) -> dict[str, Any]:
+    """As CloudStack answers an egress rule: a `firewallrule` with traffictype Egress."""
+    return clean(
+        {
+            "id": e.id,
+            "protocol": e.protocol,
+            "startport": e.start_port,
+            "endport": e.end_port,
+            "icmptype": e.icmp_type,
+            "icmpcode": e.icmp_code,
+            "networkid": e.network_id,
+            "cidrlist": ",".join(e.cidrs),
+            "destcidrlist": ",".join(e.dest_cidrs),
+            "traffictype": "Egress",
+            "state": e.state,
+            "fordisplay": True,
+        }
+    )
+
+
+def _firewall_result(session: Session, row_id: str, _admin: bool) -> dict[str, Any] | None:
+    """A job's `firewallrule`: a public address's rule or an egress one (both answer under that name)."""
+    rule = session.get(PublicFirewallRule, row_id)
+    if rule is not None:
+        return firewall_rule(session, rule)
+    out = session.get(EgressRule, row_id)
+    return egress_rule(session, out) if out is not None else None
 
 
 def _renderer(model: Any, view: Any) -> Any:
@@ -126,4 +157,4 @@ def _renderer(model: Any, view: Any) -> Any:
 
 register_result("ipaddress", _renderer(PublicIpAddress, public_ip))
 register_result("portforwardingrule", _renderer(PortForwardingRule, port_forward))
-register_result("firewallrule", _renderer(PublicFirewallRule, firewall_rule))
+register_result("firewallrule", _firewall_result)

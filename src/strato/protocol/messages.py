@@ -710,6 +710,21 @@ class StaticNat(Message):
     private_ip: str
 
 
+class EgressMatch(Message):
+    """An egress firewall rule of an isolated network: guest traffic leaving through the router's public
+    side that it matches is blocked (default policy allow) or let out (default policy deny)."""
+
+    protocol: Literal["tcp", "udp", "icmp", "all"]
+    start_port: int | None = Field(default=None, ge=1, le=65535)
+    end_port: int | None = Field(default=None, ge=1, le=65535)
+    icmp_type: int | None = Field(default=None, ge=0, le=255)
+    icmp_code: int | None = Field(default=None, ge=0, le=255)
+    cidrs: list[str] = []
+    """Guest sources (empty: the whole guest network)."""
+    dest_cidrs: list[str] = []
+    """Destinations (empty: anywhere)."""
+
+
 class PublicSpec(Message):
     """The router's public side: a veth to the host's public bridge holding the network's public
     addresses, the guest subnet SNATed to the source NAT one, port forwards, static NAT and the firewall
@@ -726,6 +741,9 @@ class PublicSpec(Message):
     forwards: list[PortForward] = []
     static_nats: list[StaticNat] = []
     allows: list[PublicAllow] = []
+    egress_default_allow: bool = True
+    """The network offering's egress default policy: guests may send out unless a rule blocks it."""
+    egress: list[EgressMatch] = []
 
 
 class RouterSpec(Message):

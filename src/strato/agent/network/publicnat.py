@@ -9,7 +9,10 @@ nothing:
   to a public address (or it belongs to a connection already allowed, or one the guests opened); an
   upstream router sending packets straight at the guest subnet gets nothing through either.
   Its chain runs before DNAT, so a rule names the public address and port the outside sees, as in
-  CloudStack's virtual router.
+  CloudStack's virtual router. Its `egress` chain (forward hook) filters what guests send out through
+  the public veth by the network's egress rules: with the default policy allow, a rule's traffic is
+  dropped and the rest goes; with deny, only a rule's traffic goes. Packets of connections already
+  made pass either way (replies to port forwards included), as CloudStack's router lets them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from strato.agent.drivers.roles import DriverError
 from strato.agent.network.base import short_id
-from strato.protocol.messages import ErrorCode, PortForward, PublicAllow, PublicSpec
+from strato.protocol.messages import EgressMatch, ErrorCode, PortForward, PublicAllow, PublicSpec
 
 NAT_TABLE = "strato_nat"
 FILTER_TABLE = "strato_filter"
@@ -71,14 +74,32 @@ def _prefix(cidr: str) -> Any:
 def _allow(dev: str, rule: PublicAllow) -> list[Expr]:
     expr = [_match(_meta("iifname"), dev), _match(_field("ip", "daddr"), rule.public_ip)]
     expr.append(_match(_field("ip", "saddr"), {"set": [_prefix(c) for c in rule.cidrs]}))
-    if rule.protocol in ("tcp", "udp"):
-        expr.append(_match(_meta("l4proto"), rule.protocol))
-        if rule.start_port is not None:
-            end = rule.end_port or rule.start_port
-            expr.append(_match(_field(rule.protocol, "dport"), _ports(rule.start_port, end)))
-    elif rule.protocol == "icmp":
-        expr.append(_match(_meta("l4proto"), "icmp"))
-    return [*expr, {"accept": None}]
+    return [*expr, *_protocol(rule.protocol, rule.start_port, rule.end_port), {"accept": None}]
+
+
+def _protocol(protocol: str, start: int | None, end: int | None) -> list[Expr]:
+    """The protocol match of a rule, with its destination ports for tcp/udp ("all": no match)."""
+    if protocol not in ("tcp", "udp", "icmp"):
+        return []
+    expr = [_match(_meta("l4proto"), protocol)]
+    if protocol != "icmp" and start is not None:
+        expr.append(_match(_field(protocol, "dport"), _ports(start, end or start)))
+    return expr
+
+
+def _egress(dev: str, rule: EgressMatch, verdict: str) -> list[Expr]:
+    expr = [_match(_meta("oifname"), dev)]
+    if rule.cidrs:
+        expr.append(_match(_field("ip", "saddr"), {"set": [_prefix(c) for c in rule.cidrs]}))
+    if rule.dest_cidrs:
+        expr.append(_match(_field("ip", "daddr"), {"set": [_prefix(c) for c in rule.dest_cidrs]}))
+    expr += _protocol(rule.protocol, rule.start_port, rule.end_port)
+    if rule.protocol == "icmp":
+        if rule.icmp_type is not None:
+            expr.append(_match(_field("icmp", "type"), rule.icmp_type))
+        if rule.icmp_code is not None:
+            expr.append(_match(_field("icmp", "code"), rule.icmp_code))
+    return [*expr, {verdict: None}]
 
 
 def _forwards(dev: str, fwd: PortForward) -> list[list[Expr]]:
@@ -109,6 +130,7 @@ def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
         out.append({"add": {"table": {"family": "ip", "name": table}}})
     chains = (
         (FILTER_TABLE, "guard", "filter", "prerouting", -150),
+        (FILTER_TABLE, "egress", "filter", "forward", 0),
         (NAT_TABLE, "pre", "nat", "prerouting", -100),
         (NAT_TABLE, "post", "nat", "postrouting", 100),
     )
@@ -120,6 +142,12 @@ def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
     rules.append((FILTER_TABLE, "guard", [incoming, known, {"accept": None}]))
     rules += [(FILTER_TABLE, "guard", _allow(dev, a)) for a in spec.allows]
     rules.append((FILTER_TABLE, "guard", [incoming, {"drop": None}]))  # also what is routed at the guests
+    outgoing = _match(_meta("oifname"), dev)
+    rules.append((FILTER_TABLE, "egress", [outgoing, known, {"accept": None}]))
+    verdict = "drop" if spec.egress_default_allow else "accept"
+    rules += [(FILTER_TABLE, "egress", _egress(dev, e, verdict)) for e in spec.egress]
+    if not spec.egress_default_allow:
+        rules.append((FILTER_TABLE, "egress", [outgoing, {"drop": None}]))
     rules += [(NAT_TABLE, "pre", expr) for f in spec.forwards for expr in _forwards(dev, f)]
     for nat in spec.static_nats:
         rules.append((NAT_TABLE, "pre", [incoming, _match(_field("ip", "daddr"), nat.public_ip),

@@ -8,6 +8,7 @@ from strato.api.commands import (  # noqa: F401
     jobs,
     keys,
     motion,
+    netofferings,
     network,
     offerings,
     publicips,

@@ -16,8 +16,7 @@ from strato.services.core import jobs
 from strato.services.core.access import get_vm
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
-from strato.services.network import network_jobs, networks, nics, physical
-from strato.services.network.offerings import DEFAULT_OFFERINGS
+from strato.services.network import network_jobs, networks, nics, offerings, physical
 
 
 def _done(ctx: CallContext, cmd: str, key: str, obj: dict[str, Any], kind: str) -> AsyncStarted:
@@ -158,11 +157,11 @@ def list_providers(ctx: CallContext, args: dict[str, Any]) -> Listing:
 def list_network_offerings(ctx: CallContext, args: dict[str, Any]) -> Listing:
     offers = [
         o
-        for o in DEFAULT_OFFERINGS
+        for o in offerings.all_offerings(ctx.session)
         if args.get("id") in (None, o.id)
         and args.get("name") in (None, o.name)
         and args.get("guestiptype") in (None, o.guest_ip_type)
-        and args.get("state") in (None, "Enabled")
+        and str(args.get("state") or o.state).lower() == o.state.lower()
     ]
     items, total = paginate_rows([v.network_offering(o) for o in offers], Page.from_args(args))
     return Listing(items, total)

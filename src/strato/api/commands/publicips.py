@@ -17,7 +17,7 @@ from strato.errors import InvalidParameter, NotFound
 from strato.services.core import jobs
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page
-from strato.services.network import natrules, networks, nics, publicips
+from strato.services.network import egress, natrules, networks, nics, publicips
 from strato.services.network.rule_jobs import (
     ApplyPublicRule,
     DisableStaticNat,
@@ -131,7 +131,7 @@ def associate_ip(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         raise InvalidParameter(f"Unable to find network with networkid={args['networkid']}") from None
     if args.get("zoneid") and args["zoneid"] != network.zone_id:
         raise InvalidParameter(f"Parameter zoneid is not the zone of network {network.name}")
-    if not publicips.has_source_nat(network):
+    if not publicips.has_source_nat(ctx.session, network):
         raise InvalidParameter(f"Network {network.name} (networkid) has no SourceNat service: no public address")
     ip = publicips.allocate(ctx.session, network, source_nat=False)
     return _apply(ctx, "associateIpAddress", network.id, "ipaddress", ip.id, "IpAddress")
@@ -251,6 +251,57 @@ def list_firewall_rules(ctx: CallContext, args: dict[str, Any]) -> Listing:
 def delete_firewall_rule(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     rule = natrules.get_firewall_rule(ctx, args["id"])
     return _revoke(ctx, "deleteFirewallRule", rule.network_id, "firewallrule", rule.id, "FirewallRule")
+
+
+@api(
+    "createEgressFirewallRule",
+    "Filters what guests of an isolated network send out: blocks the traffic it names (the offering's egress "
+    "default policy allow) or lets only it out (deny)",
+    kind=Kind.ASYNC,
+    event="FIREWALL.EGRESS.OPEN",
+    params=(
+        Param("networkid", T.UUID, "The isolated network", required=True),
+        Param("protocol", T.STRING, "tcp, udp, icmp or all", required=True, max_length=8),
+        Param("startport", T.INTEGER, "The first destination port (tcp, udp; none: every port)"),
+        Param("endport", T.INTEGER, "The last destination port (default: startport)"),
+        Param("cidrlist", T.LIST, "Guest source CIDRs inside the network (default: the whole network)"),
+        Param("destcidrlist", T.LIST, "Destination CIDRs (default: anywhere)"),
+        Param("icmptype", T.INTEGER, "ICMP type (-1: any)"),
+        Param("icmpcode", T.INTEGER, "ICMP code (-1: any)"),
+        Param("type", T.STRING, "user (the only kind)", choices=("user",)),
+    ),
+)
+def create_egress_rule(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    rule = egress.create_rule(ctx, args)
+    return _apply(ctx, "createEgressFirewallRule", rule.network_id, "egressrule", rule.id, "FirewallRule")
+
+
+@api(
+    "listEgressFirewallRules",
+    "Lists egress firewall rules of isolated networks",
+    kind=Kind.LIST,
+    response="firewallrule",
+    owned=True,
+    params=(
+        Param("id", T.UUID, "The ID of the rule"),
+        Param("networkid", T.UUID, "The network of the rules"),
+    ),
+)
+def list_egress_rules(ctx: CallContext, args: dict[str, Any]) -> Listing:
+    rows, total = egress.list_rules(ctx, args, Page.from_args(args))
+    return Listing(render_page(ctx.session, rows, lambda r: v.egress_rule(ctx.session, r)), total)
+
+
+@api(
+    "deleteEgressFirewallRule",
+    "Deletes an egress firewall rule",
+    kind=Kind.ASYNC,
+    event="FIREWALL.EGRESS.CLOSE",
+    params=(Param("id", T.UUID, "The ID of the rule", required=True),),
+)
+def delete_egress_rule(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
+    rule = egress.get_rule(ctx, args["id"])
+    return _revoke(ctx, "deleteEgressFirewallRule", rule.network_id, "egressrule", rule.id, "FirewallRule")
 
 
 @api(

@@ -4,7 +4,7 @@ from strato.db.models.audit import Event, ResourceTag
 from strato.db.models.identity import Account, Domain, LoginSession, User
 from strato.db.models.infra import Cluster, Host, ImageStore, Pod, StoragePool, Zone
 from strato.db.models.jobs import Job, JobResource, ServerNode
-from strato.db.models.network import Network, Nic, PhysicalNetwork
+from strato.db.models.network import EgressRule, Network, NetworkOfferingRow, Nic, PhysicalNetwork
 from strato.db.models.offerings import DiskOffering, ServiceOffering
 from strato.db.models.publicips import PortForwardingRule, PublicFirewallRule, PublicIpAddress, PublicIpRange
 from strato.db.models.secgroups import SecurityGroup, SecurityGroupRule, VmSecurityGroup
@@ -21,6 +21,7 @@ __all__ = [
     "Cluster",
     "DiskOffering",
     "Domain",
+    "EgressRule",
     "Event",
     "Host",
     "HypervisorCapability",
@@ -30,6 +31,7 @@ __all__ = [
     "Layer",
     "LoginSession",
     "Network",
+    "NetworkOfferingRow",
     "Nic",
     "PhysicalNetwork",
     "Pod",

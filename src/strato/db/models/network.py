@@ -63,3 +63,43 @@ class Nic(Entity):
     ip_address: Mapped[str] = mapped_column(String(64))
     mac_address: Mapped[str] = mapped_column(String(17))
     is_default: Mapped[bool] = mapped_column(default=False)
+
+
+class NetworkOfferingRow(Entity):
+    """A network offering an admin made (createNetworkOffering); CloudStack's default offerings are fixed
+    in code (services/network/offerings.py) and never stored."""
+
+    __tablename__ = "network_offerings"
+
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    display_text: Mapped[str] = mapped_column(String(4096))
+    guest_ip_type: Mapped[str] = mapped_column(String(16))
+    services: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    specify_vlan: Mapped[bool] = mapped_column(default=False)
+    specify_ip_ranges: Mapped[bool] = mapped_column(default=False)
+    egress_default_allow: Mapped[bool] = mapped_column(default=True)
+    """CloudStack's egressdefaultpolicy: true, guests may send anywhere and egress rules block; false,
+    nothing leaves the network but what an egress rule allows."""
+    conserve_mode: Mapped[bool] = mapped_column(default=True)
+    availability: Mapped[str] = mapped_column(String(16), default="Optional")
+    state: Mapped[str] = mapped_column(String(16), default="Disabled")
+
+
+class EgressRule(Entity):
+    """What guests of an isolated network may send out (or may not: see the offering's egress default
+    policy), createEgressFirewallRule; applied in the network's virtual router."""
+
+    __tablename__ = "egress_firewall_rules"
+
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    protocol: Mapped[str] = mapped_column(String(8))
+    start_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    end_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    icmp_type: Mapped[int | None] = mapped_column(Integer, default=None)
+    icmp_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    cidrs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """Source addresses, inside the guest network (empty: the whole network)."""
+    dest_cidrs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """Destinations (empty: anywhere)."""
+    state: Mapped[str] = mapped_column(String(16), default="Add")

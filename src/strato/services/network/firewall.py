@@ -26,14 +26,14 @@ from strato.protocol.messages import (
     firewall_digest,
 )
 from strato.services.core.agents import host_client
+from strato.services.network import offerings
 from strato.services.network.nics import ON_HOST_STATES, HostCall, tap_name
-from strato.services.network.offerings import BY_ID
 
 log = logging.getLogger("strato.firewall")
 
 
 def filtered_network_ids(session: Session) -> set[str]:
-    sg_offerings = [o.id for o in BY_ID.values() if "SecurityGroup" in o.services]
+    sg_offerings = offerings.ids_with_service(session, "SecurityGroup")
     return set(
         session.scalars(
             select(Network.id).where(Network.network_offering_id.in_(sg_offerings), Network.removed.is_(None))

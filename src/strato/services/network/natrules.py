@@ -16,30 +16,13 @@ from strato.errors import InvalidParameter, NotFound
 from strato.services.core.access import get_owned, get_vm, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
+from strato.services.network.ports import port_range
 from strato.services.network.publicips import LIVE_RULE_STATES, get_address
 
 FORWARD_PROTOCOLS = ("tcp", "udp")
 FIREWALL_PROTOCOLS = ("tcp", "udp", "icmp", "all")
 MAX_SHIFTED_PORTS = 256
 """A range forwarded to other port numbers is one router rule per port (NAT ranges do not map 1:1)."""
-
-
-def _port(value: Any, param: str) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"Parameter {param} must be a port number, not {value!r}") from None
-    if not 1 <= port <= 65535:
-        raise InvalidParameter(f"Parameter {param} {port} is outside 1-65535")
-    return port
-
-
-def _range(args: dict[str, Any], start: str, end: str) -> tuple[int, int]:
-    lo = _port(args.get(start), start)
-    hi = _port(args[end], end) if args.get(end) not in (None, "") else lo
-    if hi < lo:
-        raise InvalidParameter(f"Parameter {end} {hi} is below {start} {lo}")
-    return lo, hi
 
 
 def _usable_ip(ctx: CallContext, ip_id: str) -> PublicIpAddress:
@@ -64,8 +47,8 @@ def create_port_forward(ctx: CallContext, args: dict[str, Any]) -> PortForwardin
     protocol = str(args["protocol"]).lower()
     if protocol not in FORWARD_PROTOCOLS:
         raise InvalidParameter(f"Parameter protocol must be tcp or udp, not {args['protocol']!r}")
-    pub = _range(args, "publicport", "publicendport")
-    priv = _range(args, "privateport", "privateendport")
+    pub = port_range(args, "publicport", "publicendport")
+    priv = port_range(args, "privateport", "privateendport")
     if pub[1] - pub[0] != priv[1] - priv[0]:
         raise InvalidParameter("Parameters publicport/publicendport and privateport/privateendport differ in length")
     if pub[0] != priv[0] and pub[1] - pub[0] >= MAX_SHIFTED_PORTS:
@@ -132,7 +115,7 @@ def create_firewall_rule(ctx: CallContext, args: dict[str, Any]) -> PublicFirewa
     if protocol in ("tcp", "udp"):
         if args.get("startport") in (None, ""):
             raise InvalidParameter(f"Parameter startport is required for protocol {protocol}")
-        start, end = _range(args, "startport", "endport")
+        start, end = port_range(args, "startport", "endport")
     elif args.get("startport") not in (None, "") or args.get("endport") not in (None, ""):
         raise InvalidParameter(f"Parameters startport/endport are for tcp and udp, not {protocol}")
     rule = PublicFirewallRule(ip_address_id=ip.id, network_id=ip.network_id, account_id=ip.account_id,

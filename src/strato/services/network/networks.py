@@ -16,7 +16,8 @@ from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
 from strato.services.identity.identity import find_account
-from strato.services.network.offerings import BY_ID, NetworkOffering
+from strato.services.network import egress, offerings
+from strato.services.network.offerings import NetworkOffering
 from strato.services.network.physical import parse_ranges
 from strato.services.network.publicips import public_overlap
 
@@ -128,9 +129,13 @@ def _check_offering_fits(ctx: CallContext, offering: NetworkOffering, zone: Zone
 
 def create_network(ctx: CallContext, args: dict[str, Any]) -> Network:
     """createNetwork: checks everything, then makes the row (hosts get it when a VM on it starts)."""
-    offering = BY_ID.get(args["networkofferingid"])
+    offering = offerings.find(ctx.session, args["networkofferingid"])
     if offering is None:
         raise InvalidParameter(f"Unable to find network offering with networkofferingid={args['networkofferingid']}")
+    if offering.state != "Enabled":
+        raise InvalidParameter(
+            f"Parameter networkofferingid: network offering {offering.name} is {offering.state}, not Enabled"
+        )
     zone = get_live(ctx.session, Zone, args["zoneid"], "zone", "zoneid")
     _check_offering_fits(ctx, offering, zone, args)
     pn = _physical_network(ctx, zone, args.get("physicalnetworkid"))
@@ -243,6 +248,7 @@ def mark_deleted(session: Session, network: Network) -> None:
         release(session, ip)  # the router went with the network
     for nic in session.scalars(select(Nic).where(Nic.network_id == network.id)):
         session.delete(nic)  # NICs of expunged VMs
+    egress.forget_network_rules(session, network.id)
     network.removed, network.state = utcnow(), "Destroy"
 
 

@@ -28,7 +28,7 @@ from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
-from strato.services.network.offerings import BY_ID
+from strato.services.network import egress, offerings
 
 DEFAULT_PUBLIC_LABEL = "cloudbr0"
 """The host bridge of public traffic when the Public traffic type names none (CloudStack's KVM default)."""
@@ -165,8 +165,8 @@ def delete_range(ctx: CallContext, range_id: str) -> None:
 # --- addresses -----------------------------------------------------------------------------------------
 
 
-def has_source_nat(network: Network) -> bool:
-    offering = BY_ID.get(network.network_offering_id)
+def has_source_nat(session: Session, network: Network) -> bool:
+    offering = offerings.find(session, network.network_offering_id)
     return offering is not None and "SourceNat" in offering.services and network.guest_type == "Isolated"
 
 
@@ -224,7 +224,7 @@ def allocate(session: Session, network: Network, source_nat: bool) -> PublicIpAd
 def ensure_source_nat(session: Session, network: Network) -> PublicIpAddress | None:
     """The network's source NAT address, taken now if it has none and its zone has a public range (a zone
     without one runs its isolated networks without a public side, as before public ranges existed)."""
-    if not has_source_nat(network):
+    if not has_source_nat(session, network):
         return None
     found = next((a for a in network_addresses(session, network.id) if a.source_nat), None)
     if found is not None or not zone_has_public_range(session, network.zone_id):
@@ -329,6 +329,7 @@ def public_spec(session: Session, network: Network) -> PublicSpec | None:
     ]
     statics = [StaticNat(public_ip=a.address, private_ip=a.static_nat_ip) for a in addresses if a.static_nat_ip]
     net = ipaddress.IPv4Network(f"{r.gateway}/{r.netmask}", strict=False)
+    egress_allow, egress_rules = egress.egress_of(session, network)
     return PublicSpec(
         bridge=public_label(session, r),
         gateway=r.gateway,
@@ -339,4 +340,6 @@ def public_spec(session: Session, network: Network) -> PublicSpec | None:
         forwards=forwards,
         static_nats=statics,
         allows=allows,
+        egress_default_allow=egress_allow,
+        egress=egress_rules,
     )

@@ -17,20 +17,23 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Network, PortForwardingRule, PublicFirewallRule, PublicIpAddress
+from strato.db.models import EgressRule, Network, PortForwardingRule, PublicFirewallRule, PublicIpAddress
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
 from strato.errors import CloudError, NotFound
 from strato.services.network import nics, publicips
 
-Kind = Literal["ipaddress", "portforwardingrule", "firewallrule"]
-MODELS: dict[str, type[PublicIpAddress] | type[PortForwardingRule] | type[PublicFirewallRule]] = {
+Kind = Literal["ipaddress", "portforwardingrule", "firewallrule", "egressrule"]
+MODELS: dict[str, type[PublicIpAddress] | type[PortForwardingRule] | type[PublicFirewallRule] | type[EgressRule]] = {
     "ipaddress": PublicIpAddress,
     "portforwardingrule": PortForwardingRule,
     "firewallrule": PublicFirewallRule,
+    "egressrule": EgressRule,
 }
-ACTIVE = {"ipaddress": "Allocated", "portforwardingrule": "Active", "firewallrule": "Active"}
-LEAVING = {"ipaddress": "Releasing", "portforwardingrule": "Revoke", "firewallrule": "Revoke"}
+ACTIVE = {"ipaddress": "Allocated", "portforwardingrule": "Active", "firewallrule": "Active", "egressrule": "Active"}
+LEAVING = {"ipaddress": "Releasing", "portforwardingrule": "Revoke", "firewallrule": "Revoke", "egressrule": "Revoke"}
+RESULT_TYPE = {"egressrule": "firewallrule"}
+"""An egress rule's job answers a `firewallrule`, as CloudStack's createEgressFirewallRule does."""
 
 
 class RuleParams(BaseModel):
@@ -70,7 +73,7 @@ def _set_state(session: Session, kind: str, object_id: str, state: str) -> None:
     row = session.get(MODELS[kind], object_id)
     if row is None:
         return
-    if isinstance(row, PublicIpAddress | PortForwardingRule | PublicFirewallRule):
+    if isinstance(row, PublicIpAddress | PortForwardingRule | PublicFirewallRule | EgressRule):
         row.state = state
     if isinstance(row, PortForwardingRule):
         for fw in list(session.scalars(select(PublicFirewallRule).where(PublicFirewallRule.forward_id == row.id))):
@@ -103,7 +106,7 @@ class ApplyPublicRule(Operation[RuleParams]):
         return {}
 
     def result(self) -> JobResult:
-        return {"type": self.params.kind, "id": self.params.object_id}
+        return {"type": RESULT_TYPE.get(self.params.kind, self.params.kind), "id": self.params.object_id}
 
 
 class RevokePublicRule(Operation[RuleParams]):
