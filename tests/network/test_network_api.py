@@ -68,6 +68,7 @@ def test_physical_network_and_offerings(cloud: Cloud) -> None:
     assert {ISOLATED, "DefaultSharedNetworkOfferingWithSGService"} <= set(offers)
     assert [s["name"] for s in offers[ISOLATED]["service"]] == [
         "Dhcp",
+        "Dns",
         "SourceNat",
         "PortForwarding",
         "Firewall",
@@ -84,6 +85,8 @@ def test_network_bad_input_is_refused_and_nothing_is_made(cloud: Cloud) -> None:
     _refused(api.createNetwork, "startip", gateway="10.9.0.1", netmask="255.255.255.0", startip="10.9.1.5", **base)
     _refused(api.createNetwork, "vlan", gateway="10.9.0.1", netmask="255.255.255.0", vlan="abc", **base)
     _refused(api.createNetwork, "vlan", gateway="10.9.0.1", netmask="255.255.255.0", vlan="99", **base)
+    for domain in ("-lab.example", "lab..example", "lab_example.org", "x" * 64 + ".org"):
+        _refused(api.createNetwork, "networkdomain", networkdomain=domain, **base)
     assert api.listNetworks(listall=True, name="bad") == {}
 
 

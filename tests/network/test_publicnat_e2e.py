@@ -7,7 +7,8 @@ TCP connections: the guest reaches the outside as the source NAT address listed 
 forward made with openfirewall=false is refused until createFirewallRule allows it; deleting the rule
 closes it again; an agent restart and a restartNetwork keep it working; deleteNetwork removes it.
 Egress rules: on the default offering (egress allowed) a rule blocks its port and its removal opens it
-again; on an offering made with egressdefaultpolicy=false nothing leaves but what a rule lets out."""
+again; on an offering made with egressdefaultpolicy=false nothing leaves but what a rule lets out.
+DNS: the router answers the guests' names from real DNS queries and forwards the rest to the zone's dns1."""
 
 from __future__ import annotations
 
@@ -43,6 +44,35 @@ _CONNECT = (
     "s.connect((sys.argv[1],int(sys.argv[2])));print(s.recv(64).decode())\n"
 )
 
+_RESOLVE = """
+import socket, struct, sys
+name, server = sys.argv[1], sys.argv[2]
+labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(struct.pack(">HHHHHH", 0x5354, 0x0100, 1, 0, 0, 0) + labels + b"\\0" + struct.pack(">HH", 1, 1), (server, 53))
+r = s.recv(4096)
+count, i = struct.unpack(">H", r[6:8])[0], 12
+while r[i]:
+    i += r[i] + 1
+i += 5
+found = []
+for _ in range(count):
+    if r[i] & 0xC0 == 0xC0:
+        i += 2
+    else:
+        while r[i]:
+            i += r[i] + 1
+        i += 1
+    kind, _c, _t, length = struct.unpack(">HHIH", r[i : i + 10])
+    i += 10
+    if kind == 1:
+        found.append(socket.inet_ntoa(r[i : i + length]))
+    i += length
+print(r[3] & 15, *found)
+"""
+"""An A query to `server` (a real DNS message over UDP): prints the answer's rcode and its addresses."""
+
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, timeout=30, capture_output=True)
@@ -65,6 +95,12 @@ class E2E:
         done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _CONNECT, ip, str(port)],
                               capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
         return done.stdout.strip() if done.returncode == 0 else None
+
+    def resolve(self, ns: str, name: str, server: str) -> tuple[int, list[str]]:
+        done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _RESOLVE, name, server],
+                              capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        rcode, *found = done.stdout.split()
+        return int(rcode), found
 
     def host_links(self) -> str:
         return subprocess.run(["ip", "-n", self.lab.ns["host-1"], "-o", "link"], capture_output=True, text=True,
@@ -254,6 +290,13 @@ def _network_with_guest(e2e: E2E, offering: str, n: int) -> tuple[dict[str, Any]
     return net, vm, guest
 
 
+def _host_up(e2e: E2E) -> None:
+    deadline = time.monotonic() + 90  # a test before restarted the agent: its host reconnects first
+    while e2e.api().listHosts(id=e2e.ids["host"])["host"][0]["state"] != "Up":
+        assert time.monotonic() < deadline, "the host did not come back Up"
+        time.sleep(0.5)
+
+
 def test_egress_rules_block_or_let_out_by_the_offerings_policy(e2e: E2E) -> None:
     api = e2e.api()
     procs: list[subprocess.Popen[bytes]] = []
@@ -262,10 +305,7 @@ def test_egress_rules_block_or_let_out_by_the_offerings_policy(e2e: E2E) -> None
                                      traffictype="GUEST", supportedservices="Dhcp,SourceNat,Firewall",
                                      egressdefaultpolicy=False)["networkoffering"]  # fmt: skip
     api.updateNetworkOffering(id=deny["id"], state="Enabled")
-    deadline = time.monotonic() + 90  # the test before restarted the agent: its host reconnects first
-    while api.listHosts(id=e2e.ids["host"])["host"][0]["state"] != "Up":
-        assert time.monotonic() < deadline, "the host did not come back Up"
-        time.sleep(0.5)
+    _host_up(e2e)
     try:
         _serve(e2e.outside, 7001, procs)
         made.append(_network_with_guest(e2e, e2e.ids["netoffering"], 1))
@@ -298,3 +338,56 @@ def test_egress_rules_block_or_let_out_by_the_offerings_policy(e2e: E2E) -> None
             subprocess.run(["ip", "netns", "del", guest], timeout=30, check=False)
     api.deleteNetworkOffering(id=deny["id"])
     assert "sp-" not in e2e.host_links()
+
+
+def test_router_dns_answers_the_guests_names_and_forwards_the_rest(e2e: E2E) -> None:
+    """The router's DNS: each VM of the network by name and name.networkdomain (the API's address), a name
+    of the domain that is no guest's NXDOMAIN, other names forwarded to the zone's dns1 (a DNS server in
+    the outside namespace); a new networkdomain answered at once; an expunged VM's name gone."""
+    api = e2e.api()
+    _host_up(e2e)
+    api.updateZone(id=e2e.ids["zone"], dns1=OUTSIDE_IP)
+    upstream = subprocess.Popen(["ip", "netns", "exec", e2e.outside, "dnsmasq", "--keep-in-foreground",
+                                 "--conf-file=/dev/null", "--no-hosts", "--no-resolv", "--bind-interfaces",
+                                 f"--listen-address={OUTSIDE_IP}", "--port=53", "--user=root",
+                                 f"--pid-file={e2e.base / 'upstream-dns.pid'}",
+                                 "--address=/example.test/203.0.113.99"])  # fmt: skip
+    made: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+    db: dict[str, Any] | None = None
+    try:
+        made.append(_network_with_guest(e2e, e2e.ids["netoffering"], 3))
+        net, vm, guest = made[-1]
+        domain, gateway = net["networkdomain"], "10.63.0.1"
+        assert domain.startswith("cs") and domain.endswith("cloud.internal"), domain  # CloudStack's default
+        db = api.deployVirtualMachine(zoneid=e2e.ids["zone"], serviceofferingid=e2e.ids["offering"],
+                                      templateid=e2e.ids["template"], name="db", networkids=net["id"],
+                                      startvm=False)["virtualmachine"]  # fmt: skip
+        api.restartNetwork(id=net["id"])
+        db_ip, own_ip = db["nic"][0]["ipaddress"], vm["nic"][0]["ipaddress"]
+        assert e2e.resolve(guest, "db", gateway) == (0, [db_ip])
+        assert e2e.resolve(guest, f"db.{domain}", gateway) == (0, [db_ip])
+        assert e2e.resolve(guest, "eg3", gateway) == (0, [own_ip])
+        assert e2e.resolve(guest, f"nosuch.{domain}", gateway) == (3, [])  # NXDOMAIN, not asked upstream
+        assert e2e.resolve(guest, "www.example.test", gateway) == (0, ["203.0.113.99"])  # the zone's dns1
+
+        updated = api.updateNetwork(id=net["id"], networkdomain="Lab.Example")["network"]
+        assert updated["networkdomain"] == "lab.example"
+        assert e2e.resolve(guest, "db.lab.example", gateway) == (0, [db_ip])
+        assert e2e.resolve(guest, f"db.{domain}", gateway)[1] == []
+
+        done = wait_job(e2e.server.cs(), e2e.server.cs().destroyVirtualMachine(id=db["id"], expunge=True)["jobid"])
+        assert done["jobstatus"] == 1, done
+        db = None
+        assert e2e.resolve(guest, "db.lab.example", gateway) == (3, [])  # the router heard of the expunge
+        assert e2e.resolve(guest, "eg3.lab.example", gateway) == (0, [own_ip])
+    finally:
+        upstream.kill()
+        upstream.wait(timeout=10)
+        cs = e2e.server.cs()
+        for left in [db] if db else []:
+            wait_job(cs, cs.destroyVirtualMachine(id=left["id"], expunge=True)["jobid"])
+        for net, vm, guest in made:
+            done = wait_job(cs, cs.destroyVirtualMachine(id=vm["id"], expunge=True)["jobid"])
+            assert done["jobstatus"] == 1, done
+            api.deleteNetwork(id=net["id"])
+            subprocess.run(["ip", "netns", "del", guest], timeout=30, check=False)

@@ -210,6 +210,10 @@ def test_source_nat_port_forward_and_firewall(bench: Bench) -> None:
     assert bench.answer(bench.outside, FORWARD_IP, 3000) == (OUTSIDE_IP, 5022)  # each port to its own
     assert bench.answer(bench.outside, FORWARD_IP, 3001) == (OUTSIDE_IP, 5023)
     assert bench.connect(bench.outside, FORWARD_IP, 5023) is None  # a forwarded port no rule opens
+    # Hairpin: the guest calls the network's own public address and reaches the forward's target (here
+    # itself), seen coming from the gateway so that the answer goes back through the router.
+    assert bench.answer(bench.guest, FORWARD_IP, 2222) == ("10.60.0.1", 5022)
+    assert bench.answer(bench.guest, FORWARD_IP, 3001) == ("10.60.0.1", 5023)
     _ip("-n", bench.outside, "route", "add", "10.60.0.0/24", "via", SOURCE_NAT)  # straight at the guests
     assert bench.connect(bench.outside, GUEST_IP, 5022) is None
     assert bench.connect(bench.guest, OUTSIDE_IP, 7000) == SOURCE_NAT
@@ -217,6 +221,7 @@ def test_source_nat_port_forward_and_firewall(bench: Bench) -> None:
     bench.ensure(_spec(_public([allow, PublicAllow(public_ip=STATIC_IP, protocol="tcp")], static=True)))
     assert bench.connect(bench.guest, OUTSIDE_IP, 7000) == STATIC_IP  # a static-NAT guest leaves as its own
     assert bench.connect(bench.outside, STATIC_IP, 5023) == OUTSIDE_IP  # every port of it, as its rule says
+    assert bench.answer(bench.guest, STATIC_IP, 5023) == ("10.60.0.1", 5023)  # hairpin to a static NAT address
 
     bench.ensure(_spec(None))  # the public side taken away
     assert bench.connect(bench.guest, OUTSIDE_IP, 7000) is None

@@ -124,7 +124,7 @@ def test_zone_offering_and_shared_network(cloud: Cloud) -> None:
     assert api.listZones(id=cloud.plain["zone"])["zone"][0]["securitygroupsenabled"] is False
     assert api.listCapabilities()["capability"]["securitygroupsenabled"] is True
     offer = api.listNetworkOfferings(name=SG_OFFERING)["networkoffering"][0]
-    assert [s["name"] for s in offer["service"]] == ["Dhcp", "SecurityGroup"]
+    assert [s["name"] for s in offer["service"]] == ["Dhcp", "Dns", "SecurityGroup"]
     assert offer["guestiptype"] == "Shared" and offer["specifyvlan"] and offer["specifyipranges"]
 
     base = {"zoneid": cloud.sg["zone"], "name": "bad", "displaytext": "bad", "gateway": "10.60.0.1",
@@ -140,7 +140,7 @@ def test_zone_offering_and_shared_network(cloud: Cloud) -> None:
 
     net = _shared(cloud, "shared-a", "10.60.0", "201")
     assert (net["type"], net["acltype"], net["vlan"]) == ("Shared", "Domain", "201")
-    assert [s["name"] for s in net["service"]] == ["Dhcp", "SecurityGroup"]
+    assert [s["name"] for s in net["service"]] == ["Dhcp", "Dns", "SecurityGroup"]
     assert net["id"] in [n["id"] for n in user.listNetworks()["network"]]  # every account may use it
     # VMs of two accounts on it, each in its own account's default group.
     mine = _deploy(user, cloud, "u1", net["id"])

@@ -93,6 +93,7 @@ def network(session: Session, n: Network) -> dict[str, Any]:
             "acltype": "Domain" if n.guest_type == "Shared" else "Account",
             "created": cs_date(n.created),
             "service": [{"name": s} for s in (offering.services if offering else ())],
+            "networkdomain": n.network_domain if offering and "Dns" in offering.services else None,
             **owner_fields(session, n.account_id),
         }
     )

@@ -675,10 +675,20 @@ class BackupDisk(AgentCommand[LayerInfo]):
 
 
 class DhcpHost(Message):
-    """One static lease: dnsmasq gives `ip` to `mac` and nothing to anyone else."""
+    """One static lease: dnsmasq gives `ip` to `mac` and nothing to anyone else; with the network's DNS,
+    `hostname` (the VM's name) resolves to `ip` for the network's guests."""
 
     mac: str
     ip: str
+    hostname: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class DnsSpec(Message):
+    """The router's DNS for its guests: their names in `domain` answered from the leases, everything else
+    forwarded to `upstream` (the zone's DNS servers)."""
+
+    domain: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+    upstream: list[str] = []
 
 
 class PortForward(Message):
@@ -755,6 +765,8 @@ class RouterSpec(Message):
     hosts: list[DhcpHost] = []
     mtu: int = Field(default=1450, ge=576, le=9000)
     public: PublicSpec | None = None
+    dns: DnsSpec | None = None
+    """None: DHCP only (dnsmasq answers no DNS), as on an offering without the Dns service."""
 
 
 class NetworkSpec(Message):

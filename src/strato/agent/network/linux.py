@@ -1,7 +1,7 @@
 """Host networking with the kernel: a Linux bridge per network, a VXLAN device on it (flood entries to
 the other hosts in the bridge FDB), the NICs' persistent taps, and the virtual router: a network
 namespace held by a small process, joined to the bridge by a veth, holding the gateway address and
-dnsmasq with one static lease per NIC (a hosts file re-read on SIGHUP).
+dnsmasq with one static lease per NIC and, on networks with DNS, the guests' names (dnsmasq.py).
 
 The router's namespace is not a named one (`ip netns add` mounts under /run/netns, which an agent run
 by `ip netns exec` may not share with its next run): it is the network namespace of a holder process
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from typing import Any
 
 from strato.agent.agentlog import get_logger
 from strato.agent.drivers.roles import DriverError
-from strato.agent.network import nftables, publicnat
+from strato.agent.network import dnsmasq, nftables, publicnat
 from strato.agent.network.base import HostNetwork, bridge_name, router_if_name, short_id, veth_name, vxlan_name
 from strato.protocol.messages import (
     ErrorCode,
@@ -82,6 +81,17 @@ def _alive(pid: int | None, mark: str) -> bool:
     except OSError:
         return False
     return mark.encode() in cmdline
+
+
+async def _stop(pid: int) -> None:
+    """SIGTERM, then SIGKILL if it is still there after a second; returns once it is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                return
+            await asyncio.sleep(0.01)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -178,15 +188,20 @@ class LinuxNetwork(HostNetwork):
         await run("ip", "link", "set", inner, "mtu", str(VXLAN_MTU), "up", netns_pid=holder)
         await run("ip", "addr", "replace", f"{router.gateway}/{router.prefix}", "dev", inner, netns_pid=holder)
         await self._ensure_public(network_id, holder, router.public)
-        hosts = "".join(f"{h.mac},{h.ip}\n" for h in router.hosts)
-        hosts_file = state / "dhcp-hosts"
-        changed = not hosts_file.exists() or hosts_file.read_text() != hosts
-        hosts_file.write_text(hosts)
+        changed = dnsmasq.write_if_changed(state / "dhcp-hosts", dnsmasq.dhcp_hosts(router))
+        changed |= dnsmasq.write_if_changed(state / "dns-hosts", dnsmasq.dns_hosts(router))
+        argv = dnsmasq.argv(state, inner, router)
         pid = _read_pid(state / "dnsmasq.pid")
+        args_file = state / "dnsmasq.args"
+        if _alive(pid, str(state)) and args_file.exists() and args_file.read_text() != "\n".join(argv):
+            assert pid is not None
+            await _stop(pid)  # its options changed (DNS on or off, the domain, the upstream): start anew
+            pid = None
         if not _alive(pid, str(state)):
-            pid = await self._start_dnsmasq(state, holder, inner, router)
+            pid = await self._start_dnsmasq(state, holder, argv)
+            args_file.write_text("\n".join(argv))
         elif changed and pid:
-            os.kill(pid, signal.SIGHUP)  # re-reads the hosts file; running leases stay
+            os.kill(pid, signal.SIGHUP)  # re-reads both hosts files; running leases stay
         assert pid is not None
         return pid
 
@@ -238,31 +253,12 @@ class LinuxNetwork(HostNetwork):
         (state / "holder.pid").write_text(str(pid))
         return pid
 
-    async def _start_dnsmasq(self, state: Path, holder: int, inner: str, router: RouterSpec) -> int:
+    async def _start_dnsmasq(self, state: Path, holder: int, argv: list[str]) -> int:
         if shutil.which("dnsmasq") is None:
             raise DriverError(ErrorCode.INTERNAL, "dnsmasq is not installed (Debian package dnsmasq-base)")
-        net = ipaddress.ip_network(f"{router.gateway}/{router.prefix}", strict=False)
         pid_file = state / "dnsmasq.pid"
         pid_file.unlink(missing_ok=True)
-        await run(
-            "dnsmasq",
-            "--conf-file=/dev/null",
-            f"--pid-file={pid_file}",
-            f"--interface={inner}",
-            "--bind-interfaces",
-            "--except-interface=lo",
-            "--port=0",
-            "--user=root",
-            "--dhcp-authoritative",
-            f"--dhcp-range={net.network_address},static,{net.netmask},1h",
-            f"--dhcp-hostsfile={state / 'dhcp-hosts'}",
-            f"--dhcp-leasefile={state / 'leases'}",
-            f"--dhcp-option=option:router,{router.gateway}",
-            f"--dhcp-option=option:mtu,{router.mtu}",
-            f"--log-facility={state / 'dnsmasq.log'}",
-            "--log-dhcp",
-            netns_pid=holder,
-        )
+        await run(*argv, netns_pid=holder)
         pid = _read_pid(pid_file)
         if pid is None:
             raise DriverError(ErrorCode.INTERNAL, f"dnsmasq wrote no pid file in {state}")

@@ -4,7 +4,8 @@ transaction (`nft -j -f -`), replaced whole each time so that applying the same 
 nothing:
 
 - `ip strato_nat`: DNAT of port forwards and static NAT (prerouting), SNAT of the guest subnet to the
-  source NAT address and of a static-NAT guest to its own address (postrouting);
+  source NAT address and of a static-NAT guest to its own address (postrouting); the same DNAT for
+  guests calling a public address of their own network (hairpin NAT);
 - `ip strato_filter`: traffic coming in on the public veth is dropped unless a firewall rule lets it in
   to a public address (or it belongs to a connection already allowed, or one the guests opened); an
   upstream router sending packets straight at the guest subnet gets nothing through either.
@@ -23,7 +24,7 @@ import json
 from typing import Any
 
 from strato.agent.drivers.roles import DriverError
-from strato.agent.network.base import short_id
+from strato.agent.network.base import router_if_name, short_id
 from strato.protocol.messages import EgressMatch, ErrorCode, PortForward, PublicAllow, PublicSpec
 
 NAT_TABLE = "strato_nat"
@@ -117,6 +118,22 @@ def _forwards(dev: str, fwd: PortForward) -> list[list[Expr]]:
     ]
 
 
+def _hairpin(inside: str, spec: PublicSpec) -> list[tuple[str, str, list[Expr]]]:
+    """Guests reaching a public address of their own network: the same DNAT from the guest side, and the
+    reply made to come back through the router (the source becomes the gateway; without it the target
+    guest would answer the caller directly, from an address it never asked). As CloudStack's router,
+    the public firewall is not on this path: it guards the public side."""
+    rules = [(NAT_TABLE, "pre", expr) for f in spec.forwards for expr in _forwards(inside, f)]
+    for nat in spec.static_nats:
+        rules.append((NAT_TABLE, "pre", [_match(_meta("iifname"), inside), _match(_field("ip", "daddr"), nat.public_ip),
+                                         {"dnat": {"addr": nat.private_ip}}]))  # fmt: skip
+    dnatted = _match({"ct": {"key": "status"}}, "dnat", op="in")
+    rules.append((NAT_TABLE, "post", [_match(_meta("oifname"), inside),
+                                      _match(_field("ip", "saddr"), _prefix(spec.guest_cidr)), dnatted,
+                                      {"masquerade": None}]))  # fmt: skip
+    return rules
+
+
 def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
     """The whole transaction: both tables made anew (add + delete + add: idempotent, atomic)."""
     dev = public_if(network_id)
@@ -157,6 +174,7 @@ def ruleset(network_id: str, spec: PublicSpec) -> list[Expr]:
     rules.append((NAT_TABLE, "post", [_match(_meta("oifname"), dev),
                                       _match(_field("ip", "saddr"), _prefix(spec.guest_cidr)),
                                       {"snat": {"addr": spec.source_nat}}]))  # fmt: skip
+    rules += _hairpin(router_if_name(network_id), spec)
     for table, chain, expr in rules:
         out.append({"add": {"rule": {"family": "ip", "table": table, "chain": chain, "expr": expr}}})
     return out

@@ -186,6 +186,7 @@ NET_ID = Param("id", T.UUID, "The ID of the network", required=True)
         Param("startip", T.STRING, "The first address of the range VMs get theirs from", max_length=64),
         Param("endip", T.STRING, "The last address of that range", max_length=64),
         Param("vlan", T.STRING, "The VLAN id, on a VXLAN physical network the VNI", max_length=64),
+        Param("networkdomain", T.STRING, "The DNS domain of the network's guests", max_length=253),
         Param("account", T.STRING, "The owner account (with domainid)", max_length=255),
         Param("domainid", T.UUID, "The owner's domain"),
     ),
@@ -221,10 +222,14 @@ def list_networks(ctx: CallContext, args: dict[str, Any]) -> Listing:
         NET_ID,
         Param("name", T.STRING, "The new name", max_length=255),
         Param("displaytext", T.STRING, "The new display text", max_length=4096),
+        Param("networkdomain", T.STRING, "The new DNS domain (the router answers it at once)", max_length=253),
     ),
 )
 def update_network(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
-    row = networks.update_network(ctx, args)
+    row, resend = networks.update_network(ctx, args)
+    if resend:  # the router's dnsmasq takes the new domain: the restart job sends the wanted state
+        params = network_jobs.NetworkParams(network_id=row.id)
+        return AsyncStarted(jobs.submit_operation(ctx, network_jobs.RestartNetwork, params, "Network", row.id), row.id)
     return _done(ctx, "updateNetwork", "network", v.network(ctx.session, row), "Network")
 
 

@@ -48,6 +48,9 @@ class Network(Entity):
     """The VNI on a VXLAN physical network (the VLAN id on a VLAN one)."""
     router_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None)
     """The host running the network's virtual router (namespace + dnsmasq), chosen at first start."""
+    network_domain: Mapped[str | None] = mapped_column(String(255), default=None)
+    """The DNS domain of the network's guests (createNetwork networkdomain, else the account's, the
+    domain's, or CloudStack's cs<account>cloud.internal); None on rows older than the column."""
 
 
 class Nic(Entity):

@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 
 from strato.db.base import utcnow
 from strato.db.engine import Database
-from strato.db.models import Host, Job, JobResource, VirtualMachine, Volume
+from strato.db.models import Host, Job, JobResource, Network, VirtualMachine, Volume
 from strato.db.models.jobs import JOB_ACTIVE
 from strato.engine import queue
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import Operation, Step, StepData
 from strato.engine.periodic import periodic
-from strato.errors import InvalidParameter
+from strato.errors import CloudError, InvalidParameter
 from strato.protocol.client import AgentClientError
 from strato.protocol.messages import RemoveTaps, RemoveVm, StopVm
 from strato.services.compute.hibernate import HIBERNATED, forget_hibernation
@@ -35,7 +35,7 @@ from strato.services.core.agents import agent_errors, host_client
 from strato.services.core.context import CallContext
 from strato.services.core.states import require_vm_state, vm_to, volume_to
 from strato.services.network.natrules import forget_vm_rules
-from strato.services.network.nics import tap_name, vm_nics
+from strato.services.network.nics import refresh_network, tap_name, vm_nics
 from strato.services.network.secgroups import forget_vm
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import remove_volume_files, remove_volume_layers
@@ -147,12 +147,28 @@ class _Expunging(Operation[Any]):
             for vol in attached_volumes(s, vm.id):
                 vol.vm_id, vol.device_id, vol.attached = None, None, None
             forget_vm_rules(s, vm.id)
+            network_ids = sorted({nic.network_id for nic in vm_nics(s, vm.id)})
             for nic in vm_nics(s, vm.id):
                 s.delete(nic)  # its address and MAC are free again
             forget_vm(s, vm.id)
             vm_to(vm, "Expunged")
             vm.removed, vm.host_id, vm.iso_id = utcnow(), None, None
+        self._tell_routers(network_ids)
         return {}
+
+    def _tell_routers(self, network_ids: list[str]) -> None:
+        """The VM's networks' hosts get their state without its NICs: its lease and DNS name go at once. Best
+        effort: a host that does not answer has them until the network's next restart or rule change."""
+        with self.db.session() as s:
+            calls = [
+                call
+                for nid in network_ids
+                if (net := s.get(Network, nid)) and net.removed is None
+                for call in refresh_network(s, net)
+            ]
+        for call in calls:
+            with contextlib.suppress(CloudError):
+                call.run_if_reachable()
 
     @classmethod
     def failed(cls, session: Session, params: Any) -> None:

@@ -16,7 +16,7 @@ from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
 from strato.services.core.lookup import get_live
 from strato.services.identity.identity import find_account
-from strato.services.network import egress, offerings
+from strato.services.network import dns, egress, offerings
 from strato.services.network.offerings import NetworkOffering
 from strato.services.network.physical import parse_ranges
 from strato.services.network.publicips import public_overlap
@@ -179,6 +179,11 @@ def create_network(ctx: CallContext, args: dict[str, Any]) -> Network:
         start_ip=str(start),
         end_ip=str(end),
         vlan=vni,
+        network_domain=(
+            dns.check_domain(args["networkdomain"])
+            if args.get("networkdomain")
+            else dns.default_domain(ctx.session, owner)
+        ),
     )
     ctx.session.add(row)
     ctx.session.flush()
@@ -214,13 +219,19 @@ def list_networks(ctx: CallContext, args: dict[str, Any], page: Page) -> tuple[l
     return run_page(ctx.session, q, page, (Network.name,), (Network.created, Network.id))
 
 
-def update_network(ctx: CallContext, args: dict[str, Any]) -> Network:
+def update_network(ctx: CallContext, args: dict[str, Any]) -> tuple[Network, bool]:
+    """Returns the network and whether its router must hear of it (the DNS domain changed)."""
     row = get_network(ctx, args["id"])
     if args.get("name"):
         row.name = args["name"]
     if args.get("displaytext"):
         row.display_text = args["displaytext"]
-    return row
+    resend = False
+    if args.get("networkdomain"):
+        domain = dns.check_domain(args["networkdomain"])
+        resend = domain != dns.network_domain(ctx.session, row) and row.router_host_id is not None
+        row.network_domain = domain
+    return row, resend
 
 
 def users_of(session: Session, network: Network) -> list[VirtualMachine]:

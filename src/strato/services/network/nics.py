@@ -26,7 +26,7 @@ from strato.protocol.messages import (
     RouterSpec,
 )
 from strato.services.core.agents import agent_error, agent_errors, host_client
-from strato.services.network import publicips
+from strato.services.network import dns, publicips
 
 ON_HOST_STATES = ("Starting", "Running", "Stopping", "Migrating")
 
@@ -161,12 +161,18 @@ def network_spec(session: Session, network: Network, host: Host, hosts: list[Hos
     router = None
     if network.router_host_id == host.id:
         net = ipaddress.IPv4Network(network.cidr)
-        leases = session.scalars(select(Nic).where(Nic.network_id == network.id).order_by(Nic.ip_address))
+        leases = session.execute(
+            select(Nic, VirtualMachine.name)
+            .join(VirtualMachine, VirtualMachine.id == Nic.vm_id)
+            .where(Nic.network_id == network.id)
+            .order_by(Nic.ip_address)
+        ).tuples()
         router = RouterSpec(
             gateway=network.gateway,
             prefix=net.prefixlen,
-            hosts=[DhcpHost(mac=n.mac_address, ip=n.ip_address) for n in leases],
+            hosts=[DhcpHost(mac=n.mac_address, ip=n.ip_address, hostname=dns.hostname(name)) for n, name in leases],
             public=publicips.public_spec(session, network),
+            dns=dns.dns_spec(session, network),
         )
     return NetworkSpec(
         id=network.id,

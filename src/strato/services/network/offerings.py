@@ -14,8 +14,8 @@ from strato.db.models import NetworkOfferingRow
 
 _NS = uuid.UUID("6f1d9a52-6a61-4c53-9d1c-3a1f0b6e0c12")
 
-ISOLATED_SERVICES = ("Dhcp", "SourceNat", "PortForwarding", "Firewall", "StaticNat")
-SHARED_SERVICES = ("Dhcp", "SecurityGroup")
+ISOLATED_SERVICES = ("Dhcp", "Dns", "SourceNat", "PortForwarding", "Firewall", "StaticNat")
+SHARED_SERVICES = ("Dhcp", "Dns", "SecurityGroup")
 NEEDS_SOURCE_NAT = ("PortForwarding", "Firewall", "StaticNat")
 """These live on the router's public side, which a network has only with source NAT."""
 
@@ -26,7 +26,7 @@ class NetworkOffering:
     display_text: str
     guest_ip_type: str
     services: tuple[str, ...]
-    """Only services this release really provides (DHCP by dnsmasq in the virtual router; source NAT,
+    """Only services this release really provides (DHCP and DNS by dnsmasq in the virtual router; source NAT,
     port forwarding and the public firewall in its namespace, given a public range in the zone)."""
     specify_vlan: bool = False
     specify_ip_ranges: bool = False
@@ -67,7 +67,7 @@ DEFAULT_OFFERINGS = (
         "DefaultIsolatedNetworkOffering",
         "Offering for Isolated networks with no Source Nat service",
         "Isolated",
-        ("Dhcp",),
+        ("Dhcp", "Dns"),
     ),
 )
 BY_ID = {o.id: o for o in DEFAULT_OFFERINGS}
