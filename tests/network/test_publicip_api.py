@@ -278,6 +278,45 @@ def test_a_user_sees_only_its_addresses_and_the_range_is_admins(cloud: Cloud) ->
         api.deleteVlanIpRange(id=made["id"])
 
 
+def test_public_ip_and_network_limits(cloud: Cloud) -> None:
+    """CloudStack's resource types 1 (public_ip, source NAT addresses counted) and 6 (network, isolated
+    ones): shown in listAccounts and listResourceLimits, refused with 532 past the account's limit."""
+    api, zone = cloud.api, cloud.ids["zone"]
+    made = api.createVlanIpRange(zoneid=zone, forvirtualnetwork=True, **{**RANGE, "startip": "198.18.0.60",
+                                                                        "endip": "198.18.0.65"})["vlan"]  # fmt: skip
+    keys = create_user_keys(api, cloud.server.endpoint, username="limituser")
+    user = cloud.server.cs(keys, fetch_result=True)
+    (acct,) = api.listAccounts(name="limituser")["account"]
+    assert (acct["iplimit"], acct["iptotal"], acct["networklimit"], acct["networktotal"]) == ("20", 0, "20", 0)
+    owner = {"account": "limituser", "domainid": acct["domainid"]}
+    api.updateResourceLimit(resourcetype=1, max=2, **owner)
+    api.updateResourceLimit(resourcetype=6, max=1, **owner)
+    net = {"zoneid": zone, "networkofferingid": cloud.offerings[ISOLATED]}
+    mine = user.createNetwork(name="lim", displaytext="lim", **net)["network"]
+    _refused(user.createNetwork, "type network", code=532, name="lim2", displaytext="lim2", **net)
+    vm = cloud.deploy("limitvm", mine["id"], **owner)
+    try:
+        extra = user.associateIpAddress(networkid=mine["id"])["ipaddress"]  # with the source NAT one: 2
+        _refused(user.associateIpAddress, "type public_ip", code=532, networkid=mine["id"])
+        assert user.listPublicIpAddresses()["count"] == 2
+        (acct,) = api.listAccounts(name="limituser")["account"]
+        assert (acct["iptotal"], acct["ipavailable"], acct["networktotal"], acct["networkavailable"]) == (
+            2,
+            "0",
+            1,
+            "0",
+        )
+        (shown,) = api.listResourceLimits(resourcetype=1, **owner)["resourcelimit"]
+        assert (shown["max"], shown["resourcetypename"]) == (2, "public_ip")
+        user.disassociateIpAddress(id=extra["id"])
+        again = user.associateIpAddress(networkid=mine["id"])["ipaddress"]
+        assert again["ipaddress"]
+    finally:
+        api.destroyVirtualMachine(id=vm["id"], expunge=True)
+        user.deleteNetwork(id=mine["id"])
+        api.deleteVlanIpRange(id=made["id"])
+
+
 def test_a_host_failure_leaves_nothing_half_done(cloud: Cloud) -> None:
     api, zone = cloud.api, cloud.ids["zone"]
     made = api.createVlanIpRange(zoneid=zone, forvirtualnetwork=True, **{**RANGE, "startip": "198.18.0.60",

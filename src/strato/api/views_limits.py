@@ -17,8 +17,10 @@ from strato.units import GIB
 
 PREFIX = {
     limits.USER_VM: "vm",
+    limits.PUBLIC_IP: "ip",
     limits.VOLUME: "volume",
     limits.SNAPSHOT: "snapshot",
+    limits.NETWORK: "network",
     limits.PRIMARY_STORAGE: "primarystorage",
     limits.VM_SNAPSHOT: "vmsnapshot",
 }

@@ -133,7 +133,7 @@ def associate_ip(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
         raise InvalidParameter(f"Parameter zoneid is not the zone of network {network.name}")
     if not publicips.has_source_nat(ctx.session, network):
         raise InvalidParameter(f"Network {network.name} (networkid) has no SourceNat service: no public address")
-    ip = publicips.allocate(ctx.session, network, source_nat=False)
+    ip = publicips.associate(ctx.session, network)
     return _apply(ctx, "associateIpAddress", network.id, "ipaddress", ip.id, "IpAddress")
 
 

@@ -1,7 +1,7 @@
-"""Resource limits (CloudStack's resource types 0 VMs, 2 volumes, 3 snapshots, 10 primary storage GiB, and
-Strato's 14 VM snapshots), per account and per domain: a default from the max.account.* / max.domain.*
-settings, overridden per account or domain. A domain's limit caps its whole subtree; ROOT's is always
-unlimited."""
+"""Resource limits (CloudStack's resource types 0 VMs, 1 public IPs, 2 volumes, 3 snapshots, 6 isolated
+networks, 10 primary storage GiB, and Strato's 14 VM snapshots), per account and per domain: a default
+from the max.account.* / max.domain.* settings, overridden per account or domain. A domain's limit caps
+its whole subtree; ROOT's is always unlimited."""
 
 from __future__ import annotations
 
@@ -11,33 +11,49 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Account, Domain, ResourceLimit, Snapshot, VirtualMachine, VMSnapshot, Volume
+from strato.db.models import (
+    Account,
+    Domain,
+    Network,
+    PublicIpAddress,
+    ResourceLimit,
+    Snapshot,
+    VirtualMachine,
+    VMSnapshot,
+    Volume,
+)
 from strato.db.models.identity import ACCOUNT_TYPE_ADMIN
 from strato.errors import ResourceLimitExceeded
 from strato.services.core import settings
 from strato.units import GIB
 
-USER_VM, VOLUME, SNAPSHOT, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 2, 3, 10, 14
+USER_VM, PUBLIC_IP, VOLUME, SNAPSHOT, NETWORK, PRIMARY_STORAGE, VM_SNAPSHOT = 0, 1, 2, 3, 6, 10, 14
 """SNAPSHOT counts volume snapshots (CloudStack's type 3); VM_SNAPSHOT is Strato's addition (CloudStack has
 no limit type for VM snapshots)."""
 NAMES = {
     USER_VM: "user_vm",
+    PUBLIC_IP: "public_ip",
     VOLUME: "volume",
     SNAPSHOT: "snapshot",
+    NETWORK: "network",
     PRIMARY_STORAGE: "primary_storage",
     VM_SNAPSHOT: "vm_snapshot",
 }
 DEFAULTS = {
     USER_VM: "max.account.user.vms",
+    PUBLIC_IP: "max.account.public.ips",
     VOLUME: "max.account.volumes",
     SNAPSHOT: "max.account.snapshots",
+    NETWORK: "max.account.networks",
     PRIMARY_STORAGE: "max.account.primary.storage",
     VM_SNAPSHOT: "max.account.vm.snapshots",
 }
 DOMAIN_DEFAULTS = {
     USER_VM: "max.domain.user.vms",
+    PUBLIC_IP: "max.domain.public.ips",
     VOLUME: "max.domain.volumes",
     SNAPSHOT: "max.domain.snapshots",
+    NETWORK: "max.domain.networks",
     PRIMARY_STORAGE: "max.domain.primary.storage",
     VM_SNAPSHOT: "max.domain.vm.snapshots",
 }
@@ -99,13 +115,25 @@ def _count(resource_type: int, owners: ColumnElement[bool] | None = None) -> Sel
         q = select(func.count()).select_from(Snapshot).where(Snapshot.removed.is_(None), Snapshot.state != "Error")
     elif resource_type == VOLUME:
         q = select(func.count()).select_from(Volume).where(Volume.removed.is_(None))
+    elif resource_type == PUBLIC_IP:
+        # As CloudStack's count: every address an account holds, its networks' source NAT ones included.
+        q = select(func.count()).select_from(PublicIpAddress).where(PublicIpAddress.removed.is_(None))
+    elif resource_type == NETWORK:
+        # Isolated networks only: shared ones are the zone's, made by an admin for every account.
+        q = select(func.count()).select_from(Network).where(Network.removed.is_(None), Network.guest_type == "Isolated")
     else:
         q = select(func.coalesce(func.sum(Volume.size), 0)).where(Volume.removed.is_(None))
     return q if owners is None else q.where(owners)
 
 
 def _owner_column(resource_type: int) -> Any:
-    columns = {USER_VM: VirtualMachine.account_id, VM_SNAPSHOT: VMSnapshot.account_id, SNAPSHOT: Snapshot.account_id}
+    columns = {
+        USER_VM: VirtualMachine.account_id,
+        VM_SNAPSHOT: VMSnapshot.account_id,
+        SNAPSHOT: Snapshot.account_id,
+        PUBLIC_IP: PublicIpAddress.account_id,
+        NETWORK: Network.account_id,
+    }
     return columns.get(resource_type, Volume.account_id)
 
 
@@ -153,6 +181,8 @@ def check(
     storage_bytes: int = 0,
     vm_snapshots: int = 0,
     snapshots: int = 0,
+    public_ips: int = 0,
+    networks: int = 0,
     counted: bool = False,
 ) -> None:
     """Raises 532 naming the limit (the account's, or that of its domain or a parent domain) that the
@@ -163,6 +193,8 @@ def check(
         (SNAPSHOT, snapshots),
         (PRIMARY_STORAGE, storage_bytes),
         (VM_SNAPSHOT, vm_snapshots),
+        (PUBLIC_IP, public_ips),
+        (NETWORK, networks),
     )
     domains = _domain_line(session, account)
     for rtype, extra in wanted:

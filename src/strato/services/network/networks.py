@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from strato.db.base import utcnow
 from strato.db.models import Account, Network, Nic, PhysicalNetwork, VirtualMachine, Zone
 from strato.errors import InvalidParameter, NotFound, PermissionDenied, ResourceInUse
+from strato.services.core import limits
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -140,6 +141,8 @@ def create_network(ctx: CallContext, args: dict[str, Any]) -> Network:
     _check_offering_fits(ctx, offering, zone, args)
     pn = _physical_network(ctx, zone, args.get("physicalnetworkid"))
     owner = find_account(ctx, args["account"], args.get("domainid")) if args.get("account") else ctx.account
+    if offering.guest_ip_type == "Isolated":
+        limits.check(ctx.session, owner, networks=1)
     others = [ipaddress.IPv4Network(n.cidr) for n in zone_networks(ctx, zone.id)]
     gateway, netmask = args.get("gateway"), args.get("netmask")
     if bool(gateway) != bool(netmask):

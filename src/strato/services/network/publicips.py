@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from strato.db.models import (
+    Account,
     Network,
     Nic,
     PhysicalNetwork,
@@ -23,7 +24,7 @@ from strato.db.models import (
 )
 from strato.errors import InsufficientCapacity, InvalidParameter, ResourceInUse
 from strato.protocol.messages import PortForward, PublicAllow, PublicSpec, StaticNat
-from strato.services.core import usage
+from strato.services.core import limits, usage
 from strato.services.core.access import get_owned, owner_scope
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, run_page
@@ -219,6 +220,14 @@ def allocate(session: Session, network: Network, source_nat: bool) -> PublicIpAd
                 return row
             addr += 1
     raise InsufficientCapacity("Insufficient public IP address capacity: the zone's public ranges are used up")
+
+
+def associate(session: Session, network: Network) -> PublicIpAddress:
+    """associateIpAddress: one more address for the network, within its owner's public_ip limit (532)."""
+    owner = session.get(Account, network.account_id)
+    if owner is not None:
+        limits.check(session, owner, public_ips=1)
+    return allocate(session, network, source_nat=False)
 
 
 def ensure_source_nat(session: Session, network: Network) -> PublicIpAddress | None:
