@@ -5,6 +5,7 @@ VM response, and the bad input of issue 12 refused with 431 naming the parameter
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from simcloud import simulated_cloud
 
 from helpers.agentproc import AgentProcess, start_agent
 from helpers.serverproc import ServerProcess, create_user_keys, start_server
+from strato.protocol.messages import ConfigureSimulator
 
 ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
 
@@ -22,6 +24,7 @@ ISOLATED = "DefaultIsolatedNetworkOfferingWithSourceNatService"
 @dataclass
 class Cloud:
     server: ServerProcess
+    agent: AgentProcess
     api: CloudStack
     ids: dict[str, str]
     physical: dict[str, Any]
@@ -41,7 +44,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         api.addTrafficType(physicalnetworkid=pn["id"], traffictype="Guest")
         api.updatePhysicalNetwork(id=pn["id"], state="Enabled")
         offers = {o["name"]: o for o in api.listNetworkOfferings()["networkoffering"]}
-        yield Cloud(server, api, ids, pn, offers[ISOLATED]["id"])
+        yield Cloud(server, agent, api, ids, pn, offers[ISOLATED]["id"])
     finally:
         agent.stop()
         server.stop()
@@ -122,9 +125,6 @@ def test_networks_vnis_overlap_and_nics(cloud: Cloud) -> None:
     shown = api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["nic"]
     assert {n["ipaddress"] for n in shown} == {n["ipaddress"] for n in nics}
 
-    with pytest.raises(CloudStackApiException) as err:
-        api.addNicToVirtualMachine(virtualmachineid=b["id"], networkid=two["id"])
-    assert err.value.error["errorcode"] == 431 and "Running" in err.value.error["errortext"]
     api.stopVirtualMachine(id=b["id"])
     b = api.addNicToVirtualMachine(virtualmachineid=b["id"], networkid=two["id"])["virtualmachine"]
     by_net = {n["networkid"]: n for n in b["nic"]}
@@ -167,3 +167,80 @@ def test_a_user_makes_its_own_network_and_sees_only_its_own(cloud: Cloud) -> Non
     finally:
         user.deleteNetwork(id=mine["id"])
         cloud.api.deleteNetwork(id=admins["id"])
+
+
+def test_nics_of_a_running_vm(cloud: Cloud) -> None:
+    """add/removeNicFromVirtualMachine and updateDefaultNicForVirtualMachine on a Running VM (simulator
+    host): the NIC is plugged by a job and shown at once; the refusals are 431 naming the parameter,
+    with nothing made or removed."""
+    api = cloud.api
+    base = {"zoneid": cloud.ids["zone"], "networkofferingid": cloud.offering}
+    one = api.createNetwork(name="run-one", displaytext="run-one", **base)["network"]
+    two = api.createNetwork(name="run-two", displaytext="run-two", **base)["network"]
+    zone = api.createZone(name="other", networktype="Advanced", dns1="8.8.8.8", internaldns1="8.8.8.8")["zone"]
+    pn = api.createPhysicalNetwork(zoneid=zone["id"], name="g2", isolationmethods="VXLAN", vlan="200-201")
+    pn = pn["physicalnetwork"]
+    api.addTrafficType(physicalnetworkid=pn["id"], traffictype="Guest")
+    api.updatePhysicalNetwork(id=pn["id"], state="Enabled")
+    far = api.createNetwork(name="far", displaytext="far", zoneid=zone["id"], networkofferingid=cloud.offering)
+    far = far["network"]
+    deploy = {"zoneid": cloud.ids["zone"], "serviceofferingid": cloud.ids["offering"],
+              "templateid": cloud.ids["template"]}  # fmt: skip
+    vm = api.deployVirtualMachine(name="hot", networkids=one["id"], **deploy)["virtualmachine"]
+    assert vm["state"] == "Running"
+    vm_id = vm["id"]
+
+    _refused(api.addNicToVirtualMachine, "networkid", virtualmachineid=vm_id, networkid=str(uuid.uuid4()))
+    _refused(api.addNicToVirtualMachine, "networkid", virtualmachineid=vm_id, networkid=far["id"])
+    _refused(api.addNicToVirtualMachine, "networkid", virtualmachineid=vm_id, networkid=one["id"])
+    _refused(api.addNicToVirtualMachine, "ipaddress", virtualmachineid=vm_id, networkid=two["id"],
+             ipaddress="192.0.2.9")  # fmt: skip
+    assert len(api.listNics(virtualmachineid=vm_id)["nic"]) == 1
+
+    added = api.addNicToVirtualMachine(virtualmachineid=vm_id, networkid=two["id"])["virtualmachine"]
+    by_net = {n["networkid"]: n for n in added["nic"]}
+    assert added["state"] == "Running" and set(by_net) == {one["id"], two["id"]}
+    assert by_net[two["id"]]["isdefault"] is False and by_net[two["id"]]["deviceid"] == "1"
+    assert ipaddress.ip_address(by_net[two["id"]]["ipaddress"]) in ipaddress.ip_network(two["cidr"])
+    jobs = api.listAsyncJobs()["asyncjobs"]
+    assert any(j["cmd"].endswith("addNicToVirtualMachine") and j["jobstatus"] == 1 for j in jobs), jobs
+
+    default, second = by_net[one["id"]]["id"], by_net[two["id"]]["id"]
+    _refused(api.removeNicFromVirtualMachine, "default", virtualmachineid=vm_id, nicid=default)
+    _refused(api.removeNicFromVirtualMachine, "nicid", virtualmachineid=vm_id, nicid=str(uuid.uuid4()))
+    _refused(api.updateDefaultNicForVirtualMachine, "nicid", virtualmachineid=vm_id, nicid=default)
+    assert len(api.listNics(virtualmachineid=vm_id)["nic"]) == 2
+
+    moved = api.updateDefaultNicForVirtualMachine(virtualmachineid=vm_id, nicid=second)["virtualmachine"]
+    assert {n["id"]: n["isdefault"] for n in moved["nic"]} == {default: False, second: True}
+    left = api.removeNicFromVirtualMachine(virtualmachineid=vm_id, nicid=default)["virtualmachine"]
+    assert [n["id"] for n in left["nic"]] == [second] and left["state"] == "Running"
+    again = api.addNicToVirtualMachine(virtualmachineid=vm_id, networkid=one["id"])["virtualmachine"]
+    assert sorted(n["deviceid"] for n in again["nic"]) == ["1", "2"]  # no device id given twice
+
+    used = {n["networkid"]: n for n in again["nic"]}[one["id"]]
+
+    # A failed hot-plug leaves no NIC and frees its address; a failed unplug leaves the NIC in place.
+    three = api.createNetwork(name="run-three", displaytext="run-three", **base)["network"]
+    cloud.agent.client().call(ConfigureSimulator(command="attach_nic", fail_count=1, fail_message="no PCI slot"))
+    wanted = str(next(iter(ipaddress.ip_network(three["cidr"]).hosts())) + 20)
+    with pytest.raises(CloudStackApiException) as err:
+        api.addNicToVirtualMachine(virtualmachineid=vm_id, networkid=three["id"], ipaddress=wanted)
+    assert "no PCI slot" in str(err.value.error), err.value.error
+    assert {n["networkid"] for n in api.listNics(virtualmachineid=vm_id)["nic"]} == {one["id"], two["id"]}
+    plugged = api.addNicToVirtualMachine(virtualmachineid=vm_id, networkid=three["id"], ipaddress=wanted)
+    assert {n["networkid"]: n["ipaddress"] for n in plugged["virtualmachine"]["nic"]}[three["id"]] == wanted
+    on_three = {n["networkid"]: n["id"] for n in plugged["virtualmachine"]["nic"]}[three["id"]]
+    cloud.agent.client().call(ConfigureSimulator(command="detach_nic", fail_count=1, fail_message="guest kept it"))
+    with pytest.raises(CloudStackApiException) as err:
+        api.removeNicFromVirtualMachine(virtualmachineid=vm_id, nicid=on_three)
+    assert "guest kept it" in str(err.value.error), err.value.error
+    assert len(api.listNics(virtualmachineid=vm_id)["nic"]) == 3
+    vm_now = api.listVirtualMachines(id=vm_id)["virtualmachine"][0]
+    assert vm_now["state"] == "Running" and used["id"] in {n["id"] for n in vm_now["nic"]}
+    api.removeNicFromVirtualMachine(virtualmachineid=vm_id, nicid=on_three)
+    assert len(api.listNics(virtualmachineid=vm_id)["nic"]) == 2
+
+    api.destroyVirtualMachine(id=vm_id, expunge=True)
+    for net in (one, two, three, far):
+        api.deleteNetwork(id=net["id"])

@@ -352,6 +352,24 @@ class DetachDisk(AgentCommand[VmReport]):
     device_id: int
 
 
+class AttachNic(AgentCommand[VmReport]):
+    """Hot-plug a NIC into a running VM (netdev_add on its tap, which EnsureNetwork made, + device_add)."""
+
+    declared = Declared(Role.LAYERS, "attach_nic")
+    type: Literal["attach_nic"] = "attach_nic"
+    vm_name: str
+    nic: NicSpec
+
+
+class DetachNic(AgentCommand[VmReport]):
+    """Hot-unplug a NIC (device_del, wait until the guest released it, netdev_del); the tap stays."""
+
+    declared = Declared(Role.LAYERS, "detach_nic", timeout_s=30.0)
+    type: Literal["detach_nic"] = "detach_nic"
+    vm_name: str
+    mac: str
+
+
 class ChangeCdrom(AgentCommand[VmReport]):
     """Insert (path) or eject (None) the user CD of a running VM."""
 

@@ -35,6 +35,7 @@ MODULES = (
     "strato.services.infra.vmsync",
     "strato.services.network.netsync",
     "strato.services.network.network_jobs",
+    "strato.services.network.nic_plug",
     "strato.services.network.firewall",
     "strato.services.infra.housekeeping",
 )

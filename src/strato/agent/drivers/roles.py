@@ -24,6 +24,7 @@ from strato.protocol.messages import (
     LayerInfo,
     LayerRef,
     MigrationOutcome,
+    NicSpec,
     PoolRef,
     PoolReport,
     Role,
@@ -199,6 +200,14 @@ class Layers(abc.ABC):
     @abc.abstractmethod
     async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
         """Hot-unplug a disk; INVALID_STATE (disk left attached) when the guest does not release it."""
+
+    @abc.abstractmethod
+    async def attach_nic(self, vm_name: str, nic: NicSpec) -> VmReport:
+        """Hot-plug a NIC on its (existing) tap into a running VM and record it in the VM's spec."""
+
+    @abc.abstractmethod
+    async def detach_nic(self, vm_name: str, mac: str) -> VmReport:
+        """Hot-unplug the NIC with this MAC; INVALID_STATE (NIC left in place) when the guest keeps it."""
 
     @abc.abstractmethod
     async def change_cdrom(self, vm_name: str, path: str | None) -> VmReport:

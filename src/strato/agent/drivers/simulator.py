@@ -46,6 +46,7 @@ from strato.protocol.messages import (
     LayerRef,
     MigrationOutcome,
     MigrationPlace,
+    NicSpec,
     PoolRef,
     PoolReport,
     PowerState,
@@ -728,6 +729,24 @@ class SimulatorDriver(Driver, BlockJobs, MigrationSource, MigrationTarget, SimSn
         if disk.bus == "ide":
             raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-unplugged")
         vm.spec.disks.remove(disk)
+        self._save()
+        return self._vm_report(vm)
+
+    async def attach_nic(self, vm_name: str, nic: NicSpec) -> VmReport:
+        """Recorded in the VM's spec, as the QEMU driver does (no tap: the simulated network has none)."""
+        vm = self._running_vm(vm_name)
+        if any(n.mac == nic.mac for n in vm.spec.nics):
+            raise DriverError(ErrorCode.ALREADY_EXISTS, f"VM {vm_name} already has a NIC {nic.mac}")
+        vm.spec.nics.append(nic)
+        self._save()
+        return self._vm_report(vm)
+
+    async def detach_nic(self, vm_name: str, mac: str) -> VmReport:
+        """The simulated guest always releases the NIC at once."""
+        vm = self._running_vm(vm_name)
+        if not any(n.mac == mac for n in vm.spec.nics):
+            raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no NIC {mac}")
+        vm.spec.nics = [n for n in vm.spec.nics if n.mac != mac]
         self._save()
         return self._vm_report(vm)
 

@@ -16,7 +16,7 @@ from strato.services.core import jobs
 from strato.services.core.access import get_vm
 from strato.services.core.context import CallContext
 from strato.services.core.listing import Page, paginate_rows
-from strato.services.network import network_jobs, networks, nics, offerings, physical
+from strato.services.network import network_jobs, networks, nic_plug, nics, offerings, physical
 
 
 def _done(ctx: CallContext, cmd: str, key: str, obj: dict[str, Any], kind: str) -> AsyncStarted:
@@ -291,7 +291,8 @@ NIC_ID = Param("nicid", T.UUID, "The NIC ID", required=True)
 
 @api(
     "addNicToVirtualMachine",
-    "Adds a NIC on a network to a stopped VM (its address chosen, or the one given)",
+    "Adds a NIC on a network to a VM (its address chosen, or the one given): a stopped VM gets it at its "
+    "next start, a running one has it hot-plugged",
     kind=Kind.ASYNC,
     event="NIC.CREATE",
     params=(
@@ -302,26 +303,31 @@ NIC_ID = Param("nicid", T.UUID, "The NIC ID", required=True)
 )
 def add_nic(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
-    networks.add_nic_to_vm(ctx, vm, args["networkid"], args.get("ipaddress"))
+    if vm.state == "Running":
+        return AsyncStarted(nic_plug.submit_add(ctx, vm, args["networkid"], args.get("ipaddress")), vm.id)
+    network = networks.usable_network(ctx, args["networkid"], "networkid")
+    networks.add_nic_to_vm(ctx, vm, network, args.get("ipaddress"))
     return _vm_done(ctx, "addNicToVirtualMachine", vm.id)
 
 
 @api(
     "removeNicFromVirtualMachine",
-    "Removes a NIC from a stopped VM (not its default NIC while it has others)",
+    "Removes a NIC from a VM (not its default NIC while it has others), hot-unplugged from a running one",
     kind=Kind.ASYNC,
     event="NIC.DELETE",
     params=(VM_ID, NIC_ID),
 )
 def remove_nic(ctx: CallContext, args: dict[str, Any]) -> AsyncStarted:
     vm = get_vm(ctx, args["virtualmachineid"], "virtualmachineid")
+    if vm.state == "Running":
+        return AsyncStarted(nic_plug.submit_remove(ctx, vm, args["nicid"]), vm.id)
     networks.remove_nic_from_vm(ctx, vm, args["nicid"])
     return _vm_done(ctx, "removeNicFromVirtualMachine", vm.id)
 
 
 @api(
     "updateDefaultNicForVirtualMachine",
-    "Makes one NIC of a stopped VM its default",
+    "Makes one NIC of a stopped or running VM its default (a running guest takes it at its next DHCP)",
     kind=Kind.ASYNC,
     event="NIC.UPDATE",
     params=(VM_ID, NIC_ID),

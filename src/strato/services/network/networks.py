@@ -302,27 +302,47 @@ def requested_nics(ctx: CallContext, args: dict[str, Any], zone_id: str) -> list
     return out
 
 
-# --- NICs of an existing VM (stopped VMs only: NIC hot-plug into a running QEMU is not written yet) ---
+# --- NICs of an existing VM: rules here; a stopped VM's change is made in the request, a running VM's
+# is hot-plugged by a job (nic_plug.py) that runs the same checks again under its locks. ---
+
+NIC_CHANGE_STATES = ("Stopped", "Running")
 
 
-def add_nic_to_vm(ctx: CallContext, vm: VirtualMachine, network_id: str, ip: str | None) -> Nic:
+def check_new_nic(session: Session, vm: VirtualMachine, network: Network) -> None:
+    """A NIC may be added on this network: in the VM's zone, the VM's first on it, not being deleted."""
+    from strato.services.network.nics import vm_nics
+
+    if network.zone_id != vm.zone_id:
+        raise InvalidParameter(f"Network {network.name} (networkid) is not in the VM's zone")
+    if any(n.network_id == network.id for n in vm_nics(session, vm.id)):
+        raise InvalidParameter(f"VM {vm.name} already has a NIC on network {network.name} (networkid)")
+    if network.removed is not None or network.state == "Destroy":
+        raise InvalidParameter(f"Network {network.name} (networkid) is being deleted: no NIC can be added to it")
+
+
+def add_nic_to_vm(ctx: CallContext, vm: VirtualMachine, network: Network, ip: str | None) -> Nic:
+    """A stopped VM's new NIC: a row; it is plugged at the next start."""
     from strato.services.core.states import require_vm_state
     from strato.services.network.nics import add_nic, vm_nics
 
     require_vm_state(vm, "Stopped", action="add a NIC to")
-    network = usable_network(ctx, network_id, "networkid")
-    if network.zone_id != vm.zone_id:
-        raise InvalidParameter(f"Network {network.name} (networkid) is not in the VM's zone")
-    existing = vm_nics(ctx.session, vm.id)
-    if any(n.network_id == network.id for n in existing):
-        raise InvalidParameter(f"VM {vm.name} already has a NIC on network {network.name} (networkid)")
-    return add_nic(ctx.session, vm, network, ip, default=not existing)
+    check_new_nic(ctx.session, vm, network)
+    return add_nic(ctx.session, vm, network, ip, default=not vm_nics(ctx.session, vm.id))
 
 
-def _vm_nic(ctx: CallContext, vm: VirtualMachine, nic_id: str) -> Nic:
-    nic = ctx.session.get(Nic, nic_id)
+def vm_nic(session: Session, vm: VirtualMachine, nic_id: str) -> Nic:
+    nic = session.get(Nic, nic_id)
     if nic is None or nic.vm_id != vm.id:
         raise InvalidParameter(f"Unable to find NIC with nicid={nic_id} on VM {vm.name}")
+    return nic
+
+
+def check_removable(session: Session, vm: VirtualMachine, nic_id: str) -> Nic:
+    """The NIC is the VM's and not its default while it has others."""
+    nic = vm_nic(session, vm, nic_id)
+    others = [n for n in session.scalars(select(Nic).where(Nic.vm_id == vm.id)) if n.id != nic.id]
+    if nic.is_default and others:
+        raise InvalidParameter(f"NIC {nic_id} (nicid) is the default: make another NIC the default first")
     return nic
 
 
@@ -330,17 +350,17 @@ def remove_nic_from_vm(ctx: CallContext, vm: VirtualMachine, nic_id: str) -> Non
     from strato.services.core.states import require_vm_state
 
     require_vm_state(vm, "Stopped", action="remove a NIC from")
-    nic = _vm_nic(ctx, vm, nic_id)
-    others = [n for n in ctx.session.scalars(select(Nic).where(Nic.vm_id == vm.id)) if n.id != nic.id]
-    if nic.is_default and others:
-        raise InvalidParameter(f"NIC {nic_id} (nicid) is the default: make another NIC the default first")
-    ctx.session.delete(nic)
+    ctx.session.delete(check_removable(ctx.session, vm, nic_id))
 
 
 def set_default_nic(ctx: CallContext, vm: VirtualMachine, nic_id: str) -> None:
+    """Stopped or Running, as CloudStack: only the database and the responses change; a running guest
+    picks its new default route up at its next DHCP lease."""
     from strato.services.core.states import require_vm_state
 
-    require_vm_state(vm, "Stopped", action="change the default NIC of")
-    chosen = _vm_nic(ctx, vm, nic_id)
+    require_vm_state(vm, *NIC_CHANGE_STATES, action="change the default NIC of")
+    chosen = vm_nic(ctx.session, vm, nic_id)
+    if chosen.is_default:
+        raise InvalidParameter(f"NIC {nic_id} (nicid) is already the default NIC of VM {vm.name}")
     for nic in ctx.session.scalars(select(Nic).where(Nic.vm_id == vm.id)):
         nic.is_default = nic.id == chosen.id

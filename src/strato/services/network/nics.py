@@ -71,7 +71,8 @@ def allocate_ip(session: Session, network: Network, wanted: str | None, param: s
 def add_nic(session: Session, vm: VirtualMachine, network: Network, ip: str | None, default: bool) -> Nic:
     if network.removed is not None or network.state == "Destroy":
         raise InvalidParameter(f"Network {network.name} is being deleted: no NIC can be added to it")
-    device = len(list(session.scalars(select(Nic.id).where(Nic.vm_id == vm.id))))
+    taken = list(session.scalars(select(Nic.device_id).where(Nic.vm_id == vm.id)))
+    device = max(taken) + 1 if taken else 0  # not the count: a NIC removed in between frees no later id
     nic = Nic(
         vm_id=vm.id,
         network_id=network.id,

@@ -56,6 +56,7 @@ from strato.protocol.messages import (
     LayerInfo,
     LayerRef,
     MigrationOutcome,
+    NicSpec,
     PoolRef,
     PoolReport,
     PowerState,
@@ -614,13 +615,8 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Snap
             return await self._report(run)
 
     async def detach_disk(self, vm_name: str, device_id: int) -> VmReport:
-        """device_del, then wait until the device has left QEMU's device tree (what DEVICE_DELETED
-        announces; polled, so the monitor stays free for other calls meanwhile), then blockdev-del.
-
-        A PCI disk is only released once the guest OS acknowledges the ACPI unplug request: a guest
-        without an OS, or one ignoring it, keeps the disk. After `detach_timeout_s` the command fails
-        with INVALID_STATE and the disk stays attached and in spec.json; the request stays pending in
-        QEMU, and a later detach_disk finishes the job once the device is gone."""
+        """Unplug (`_unplug`: the guest must release it; INVALID_STATE after the timeout, the disk stays
+        attached and in spec.json, and a later detach_disk finishes the job), then blockdev-del."""
         run = self._existing(vm_name)
         async with self._vm_locks[vm_name]:
             spec = self._running_spec(run)
@@ -633,27 +629,88 @@ class QemuDriver(Driver, roles.BlockJobs, MigrationSource, MigrationTarget, Snap
             if disk is not None and disk.bus == "ide":
                 raise DriverError(ErrorCode.BAD_REQUEST, "IDE disks cannot be hot-unplugged")
             if present:
-                try:
-                    await self._qmp(run, "device_del", {"id": device})
-                except QmpError:
-                    if await self._device_exists(run, device):
-                        raise
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.detach_timeout_s
-                while await self._device_exists(run, device):
-                    if loop.time() >= deadline:
-                        raise DriverError(
-                            ErrorCode.INVALID_STATE,
-                            f"the guest of VM {vm_name} did not release disk {device_id} within "
-                            f"{self.detach_timeout_s:g} s (no OS running, or no ACPI PCI hot-plug support "
-                            "in the guest); the disk stays attached",
-                        )
-                    await asyncio.sleep(DETACH_POLL_S)
+                await self._unplug(run, device, f"disk {device_id}")
             nodes = list(reversed(process.disk_node_names(device_id)))
             if top is not None and top[0] not in nodes:  # moved live: its nodes are the move's
                 nodes = [top[0], top[0].removesuffix("-fmt") + "-file", *nodes]
             await self._blockdev_del(run, *nodes)
             spec.disks = [d for d in spec.disks if d.device_id != device_id]
+            run.write_spec(spec)
+            return await self._report(run)
+
+    async def _unplug(self, run: RunDir, device: str, what: str) -> None:
+        """device_del, then wait until the device has left QEMU's device tree (what DEVICE_DELETED
+        announces; polled, so the monitor stays free for other calls meanwhile).
+
+        A PCI device is only released once the guest OS acknowledges the ACPI unplug request: a guest
+        without an OS, or one ignoring it, keeps it. After `detach_timeout_s` INVALID_STATE, and the
+        device stays; the request stays pending in QEMU, and a later call finishes once it is gone."""
+        try:
+            await self._qmp(run, "device_del", {"id": device})
+        except QmpError:
+            if await self._device_exists(run, device):
+                raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.detach_timeout_s
+        while await self._device_exists(run, device):
+            if loop.time() >= deadline:
+                raise DriverError(
+                    ErrorCode.INVALID_STATE,
+                    f"the guest of VM {run.path.name} did not release {what} within {self.detach_timeout_s:g} s "
+                    f"(no OS running, or no ACPI PCI hot-plug support in the guest); the {what} stays attached",
+                )
+            await asyncio.sleep(DETACH_POLL_S)
+
+    async def _netdev_del(self, run: RunDir, netdev: str) -> None:
+        """netdev_del; a netdev that is not there is no error (taken back already, or never made)."""
+        try:
+            await self._qmp(run, "netdev_del", {"id": netdev})
+        except QmpError as exc:
+            if exc.error_class != "DeviceNotFound":
+                raise
+
+    async def attach_nic(self, vm_name: str, nic: NicSpec) -> VmReport:
+        """netdev_add on the NIC's tap (made by the host's network layer: a missing tap is refused, as
+        QEMU would make a loose one off the bridge), device_add of a virtio NIC with its MAC on a free
+        slot of the pc machine's bus 0 (ACPI PCI hot-plug), and the NIC is added to spec.json.
+        A failing device_add takes the netdev back."""
+        run = self._existing(vm_name)
+        try:
+            socket.if_nametoindex(nic.tap)  # in the agent's network namespace (sysfs may show another)
+        except OSError:
+            raise DriverError(ErrorCode.NOT_FOUND, f"tap {nic.tap} of NIC {nic.mac} is not on this host") from None
+        async with self._vm_locks[vm_name]:
+            spec = self._running_spec(run)
+            netdev, device = process.nic_ids(nic)
+            if any(n.mac == nic.mac for n in spec.nics) or await self._device_exists(run, device):
+                raise DriverError(ErrorCode.ALREADY_EXISTS, f"VM {vm_name} already has a NIC {nic.mac}")
+            await self._netdev_del(run, netdev)  # one left by an interrupted attach is made again
+            await self._qmp(run, "netdev_add", dict(process.nic_netdev(nic)))
+            try:
+                await self._qmp(run, "device_add", dict(process.nic_device(nic)))
+            except BaseException:
+                with contextlib.suppress(DriverError):
+                    await self._netdev_del(run, netdev)
+                raise
+            spec.nics.append(nic)
+            run.write_spec(spec)
+            return await self._report(run)
+
+    async def detach_nic(self, vm_name: str, mac: str) -> VmReport:
+        """device_del and wait for the guest to release the NIC (`_unplug`: INVALID_STATE after the
+        timeout, the NIC stays in the VM and in spec.json), then netdev_del; the tap is the network
+        layer's to remove."""
+        run = self._existing(vm_name)
+        async with self._vm_locks[vm_name]:
+            spec = self._running_spec(run)
+            nic = next((n for n in spec.nics if n.mac == mac), None)
+            if nic is None:
+                raise DriverError(ErrorCode.NOT_FOUND, f"VM {vm_name} has no NIC {mac}")
+            netdev, device = process.nic_ids(nic)
+            if await self._device_exists(run, device):
+                await self._unplug(run, device, f"NIC {mac}")
+            await self._netdev_del(run, netdev)
+            spec.nics = [n for n in spec.nics if n.mac != mac]
             run.write_spec(spec)
             return await self._report(run)
 

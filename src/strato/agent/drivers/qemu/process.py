@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from strato.agent.drivers.base import DriverError
-from strato.protocol.messages import DiskSpec, ErrorCode, VmSpec
+from strato.protocol.messages import DiskSpec, ErrorCode, NicSpec, VmSpec
 
 Accel = Literal["auto", "kvm", "tcg"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -274,13 +274,32 @@ def command_line(
     return argv
 
 
+def nic_ids(nic: NicSpec) -> tuple[str, str]:
+    """(netdev id, device id) of a NIC, named after its tap: the same at start and at hot-plug, and
+    stable when another NIC is removed (an index would shift)."""
+    return f"net-{nic.tap}", f"nic-{nic.tap}"
+
+
+def nic_netdev(nic: NicSpec) -> dict[str, str]:
+    """netdev_add's arguments: the tap the host's network layer made, opened by name, no scripts."""
+    netdev, _ = nic_ids(nic)
+    return {"type": "tap", "id": netdev, "ifname": nic.tap, "script": "no", "downscript": "no"}
+
+
+def nic_device(nic: NicSpec) -> dict[str, str]:
+    """device_add's arguments (and -device's properties): a virtio NIC with the server's MAC."""
+    netdev, device = nic_ids(nic)
+    return {"driver": "virtio-net-pci", "id": device, "netdev": netdev, "mac": nic.mac}
+
+
 def nic_options(spec: VmSpec) -> list[str]:
-    """Each NIC: the tap the host's network layer made (opened by name, no scripts) and a virtio NIC."""
+    """Each NIC as at hot-plug: its tap netdev and its virtio device."""
     argv: list[str] = []
-    for index, nic in enumerate(spec.nics):
+    for nic in spec.nics:
+        netdev = nic_netdev(nic)
         argv += [
-            "-netdev", f"tap,id=net{index},ifname={_opt(nic.tap)},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=net{index},mac={nic.mac}",
+            "-netdev", f"tap,id={netdev['id']},ifname={_opt(nic.tap)},script=no,downscript=no",
+            "-device", device_option(nic_device(nic)),
         ]  # fmt: skip
     return argv
 
