@@ -1,12 +1,14 @@
 """Rows of every listed kind written straight into a server's database, for the query-count test and
 bench/api.py: the API would take minutes to make hundreds (createAccount hashes a password,
 deployVirtualMachine needs hosts). Each row has what its view shows: a domain of its own, a user, tags,
-a host, a root volume on a chain of layers, template copies, a job result."""
+a host, a root volume on a chain of layers, template copies, a job result; and the network, security
+group, snapshot and usage rows of helpers.bulk_more."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from helpers.bulk_more import Seeded, seed_network, seed_security, seed_snapshots
 from helpers.serverproc import ServerProcess
 
 
@@ -198,6 +200,10 @@ def seed_cloud(server: ServerProcess, n: int) -> None:
                         )
                     )
             s.add_all(tags)
+            seeded = Seeded(accounts=accounts, zones=zones, vms=vms, volumes=volumes, stores=stores)
+            seed_network(s, seeded)
+            seed_security(s, seeded)
+            seed_snapshots(s, seeded)
             s.add_all(
                 m.Event(
                     type="VM.CREATE",

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapper, Session
 
 from strato.db import rows as dbrows
 from strato.db.base import Base
-from strato.db.models import Account, Domain, Layer, Volume
+from strato.db.models import Account, Domain, Layer, Network, NetworkOfferingRow, SecurityGroup, VMSnapshot, Volume
 from strato.db.rows import model_of
 
 _KEY = "strato.pageload"
@@ -29,12 +29,18 @@ CHUNK = 5000  # ids per IN (...): far below SQLite's and PostgreSQL's bind limit
 MAX_DEPTH = 8  # levels of references followed (a layer chain is the deepest)
 
 # References without a database foreign key (a constraint cycle avoided), followed all the same.
-EXTRA_REFS: dict[type, tuple[tuple[str, type], ...]] = {Volume: (("top_layer_id", Layer),)}
+EXTRA_REFS: dict[type, tuple[tuple[str, type], ...]] = {
+    Volume: (("top_layer_id", Layer),),
+    Network: (("network_offering_id", NetworkOfferingRow),),
+}
 # Beyond the rows' own references, what the views follow: owner fields name the account's domain, a
-# volume's chain walks its layers' parents, a domain shows its parent.
+# volume's chain walks its layers' parents, a domain shows its parent, a VM snapshot's shown parent
+# skips hidden ones, a security group rule's peer group names its account.
 FOLLOW: dict[type, tuple[tuple[str, type], ...]] = {
     Account: (("domain_id", Domain),),
     Layer: (("parent_id", Layer),),
+    VMSnapshot: (("parent_id", VMSnapshot),),
+    SecurityGroup: (("account_id", Account),),
 }
 
 

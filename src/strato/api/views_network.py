@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from strato.api.pageload import Loader, related
 from strato.api.viewkit import clean, cs_date, fetch, name_of, owner_fields, register_result
 from strato.db import rows as dbrows
-from strato.db.models import Network, Nic, PhysicalNetwork, Zone
+from strato.db.models import Network, NetworkOfferingRow, Nic, PhysicalNetwork, Zone
 from strato.services.network import offerings
 from strato.services.network.offerings import NetworkOffering
 
@@ -66,9 +66,18 @@ def network_offering(o: NetworkOffering) -> dict[str, Any]:
     }
 
 
+def _offering(session: Session, offering_id: str) -> NetworkOffering | None:
+    """offerings.find through the page's preloaded rows (a network's offering id is no foreign key:
+    pageload follows it all the same)."""
+    if offering_id in offerings.BY_ID:
+        return offerings.BY_ID[offering_id]
+    row = fetch(session, NetworkOfferingRow, offering_id)
+    return offerings.from_row(row) if row is not None and row.removed is None else None
+
+
 def network(session: Session, n: Network) -> dict[str, Any]:
     net = ipaddress.IPv4Network(n.cidr)
-    offering = offerings.find(session, n.network_offering_id)
+    offering = _offering(session, n.network_offering_id)
     return clean(
         {
             "id": n.id,

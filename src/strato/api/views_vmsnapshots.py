@@ -13,7 +13,7 @@ from strato.services.compute.vmsnap_tree import visible_parent
 
 def vm_snapshot(session: Session, snap: VMSnapshot) -> dict[str, Any]:
     vm = fetch(session, VirtualMachine, snap.vm_id)
-    parent = visible_parent(session, snap)
+    parent = visible_parent(session, snap, lambda snap_id: fetch(session, VMSnapshot, snap_id))
     return clean(
         {
             "id": snap.id,

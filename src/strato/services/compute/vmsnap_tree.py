@@ -3,6 +3,7 @@ operations, and the agent calls they share (run outside database sessions)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -177,11 +178,15 @@ def list_snapshots(ctx: Any, args: dict[str, Any], page: Page) -> tuple[list[VMS
     )
 
 
-def visible_parent(session: Session, snap: VMSnapshot) -> VMSnapshot | None:
-    """The nearest ancestor the API shows (hidden nodes are skipped, as if merged away)."""
-    parent = session.get(VMSnapshot, snap.parent_id) if snap.parent_id else None
+def visible_parent(
+    session: Session, snap: VMSnapshot, get: Callable[[str], VMSnapshot | None] | None = None
+) -> VMSnapshot | None:
+    """The nearest ancestor the API shows (hidden nodes are skipped, as if merged away); `get` looks a
+    snapshot up by id (a list page's preloaded rows), session.get by default."""
+    look = get or (lambda snap_id: session.get(VMSnapshot, snap_id))
+    parent = look(snap.parent_id) if snap.parent_id else None
     while parent is not None and parent.hidden:
-        parent = session.get(VMSnapshot, parent.parent_id) if parent.parent_id else None
+        parent = look(parent.parent_id) if parent.parent_id else None
     return parent
 
 
