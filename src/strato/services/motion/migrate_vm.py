@@ -20,6 +20,7 @@ running copy.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -28,13 +29,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from strato.db.models import Host, HypervisorCapability, Layer, StoragePool, VirtualMachine, Volume
+from strato.db.models import Host, HypervisorCapability, Layer, StoragePool, VirtualMachine, Volume, Zone
 from strato.db.models.storage import LAYER_CONFIG_DRIVE
 from strato.engine.allocator import reaches
 from strato.engine.context import JobCancelled
 from strato.engine.jobkinds import JobResult
 from strato.engine.operation import FinishForward, Operation, Step, StepData
-from strato.errors import InvalidParameter, NotFound
+from strato.errors import CloudError, InvalidParameter, NotFound
 from strato.protocol.messages import (
     AbortIncoming,
     CancelMigration,
@@ -67,10 +68,13 @@ from strato.services.motion.vm_rules import (
     host_problem,
     target_pool,
 )
-from strato.services.network.nics import prepare_for_vm
+from strato.services.network.firewall import push, sync_calls
+from strato.services.network.nics import leave_host, prepare_for_vm
 from strato.services.storage.disks import attached_volumes
 from strato.services.storage.layers import ref, remove_layer_file, remove_unfinished_layer
 from strato.units import MIB
+
+log = logging.getLogger("strato.motion")
 
 
 class DiskMove(BaseModel):
@@ -281,12 +285,14 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
         if self._drive_moves():
             out.append(Step("copy config drive", self._copy_drive, undo=self._unless_switched(self._drop_drive)))
         out += [
+            Step("network on target", self._network_on_target, undo=self._unless_switched(self._network_off_target)),
             Step("prepare incoming", self._prepare, undo=self._unless_switched(self._abort)),
             Step("migrate", self._migrate, undo=self._unmigrate, commit=True),
             Step("finish incoming", self._finish),
             *(chain.cleanup_step() for chain in self.chains()),
             *([Step("remove old config drive", self._remove_old_drive)] if self._drive_moves() else []),
             Step("forget at source", self._forget_source),
+            Step("network off source", self._network_off_source),
             Step("mark stable", self._stable),
         ]
         return out
@@ -487,16 +493,50 @@ class MigrateVirtualMachine(Operation[MigrateVmParams]):
                 assert drive is not None and pool is not None
                 spec = spec.model_copy(update={"config_drive": CdromSpec(path=f"{pool.path}/{drive.path}")})
         _source, target, _name = self._hosts()
-        with self.db.session() as s:  # the target's bridges and taps are ready before QEMU opens them
+        listen = urlsplit(target.url).hostname or "127.0.0.1"
+        with agent_errors(target.name):
+            incoming = host_client(target).call(PrepareIncoming(spec=spec, disks=disks, listen_host=listen))
+        return {"incoming": incoming.model_dump(mode="json"), "tops": {v: t[0] for v, t in tops.items()}}
+
+    def _network_on_target(self) -> StepData:
+        """The target's bridges, taps and security-group filter are ready before QEMU opens the taps."""
+        _source, target, _name = self._hosts()
+        with self.db.session() as s:
             target_row = s.get(Host, target.id)
             assert target_row is not None
             network_calls = prepare_for_vm(s, load_vm(s, self.params.vm_id), target_row)
         for call in network_calls:
             call.run()
-        listen = urlsplit(target.url).hostname or "127.0.0.1"
-        with agent_errors(target.name):
-            incoming = host_client(target).call(PrepareIncoming(spec=spec, disks=disks, listen_host=listen))
-        return {"incoming": incoming.model_dump(mode="json"), "tops": {v: t[0] for v, t in tops.items()}}
+        return {}
+
+    def _network_off_target(self) -> None:
+        """A failed or cancelled move: the target keeps nothing of the VM's NICs (its filter follows at
+        the host's next monitor round, once the job no longer counts the VM there)."""
+        _source, target, _name = self._hosts()
+        self._leave(target)
+
+    def _network_off_source(self) -> StepData:
+        """After the switch-over the source loses the VM's taps (and each network nothing else keeps
+        there), and its security-group filter drops the VM's chains now rather than at the next round."""
+        source, _target, _name = self._hosts()
+        self._leave(source)
+        with self.db.session() as s:
+            vm = load_vm(s, self.params.vm_id)
+            zone = s.get(Zone, vm.zone_id)
+            calls = sync_calls(s, vm.zone_id) if zone is not None and zone.security_group_enabled else []
+        push([c for c in calls if c.host_name == source.name])
+        return {}
+
+    def _leave(self, host: Host) -> None:
+        with self.db.session() as s:
+            row = s.get(Host, host.id)
+            calls = leave_host(s, load_vm(s, self.params.vm_id), row) if row is not None else []
+        for call in calls:
+            try:
+                if not call.run_if_reachable():
+                    log.info("host %s unreachable: VM %s's NICs stay there", call.host_name, self.params.vm_id)
+            except CloudError as exc:  # a host refusing the clean-up does not undo a finished move
+                log.warning("host %s: removing VM %s's NICs failed: %s", call.host_name, self.params.vm_id, exc)
 
     def _abort(self) -> None:
         _source, target, name = self._hosts()

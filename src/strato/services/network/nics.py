@@ -23,6 +23,7 @@ from strato.protocol.messages import (
     NetworkSpec,
     NicSpec,
     RemoveNetwork,
+    RemoveTaps,
     RouterSpec,
 )
 from strato.services.core.agents import agent_error, agent_errors, host_client
@@ -238,3 +239,30 @@ def removal_calls(session: Session, network: Network) -> list[HostCall]:
     nothing to do). One that does not answer is told later by network sync (netsync), from its report."""
     hosts = session.scalars(select(Host).where(Host.zone_id == network.zone_id, Host.removed.is_(None)))
     return [HostCall(host_client(h), h.name, RemoveNetwork(network_id=network.id)) for h in hosts]
+
+
+def leave_host(session: Session, vm: VirtualMachine, host: Host) -> list[HostCall]:
+    """What a host the VM no longer runs on (a migration's source after the switch-over, or its target
+    after a failed or cancelled one) must be told: the VM's taps go; a network nothing else keeps
+    there (no other VM of it on that host, not its router's host) is removed from it whole, and the
+    hosts still carrying it drop their flood entries towards it. Computed from the database, where
+    the VM is already recorded on its other host."""
+    calls: list[HostCall] = []
+    by_network: dict[str, list[str]] = {}
+    for nic in vm_nics(session, vm.id):
+        by_network.setdefault(nic.network_id, []).append(tap_name(nic))
+    for network_id, taps in sorted(by_network.items()):
+        network = session.get(Network, network_id)
+        if network is None or network.removed is not None:
+            continue
+        hosts = _carrying_hosts(session, network, None)
+        if any(h.id == host.id for h in hosts):
+            calls.append(HostCall(host_client(host), host.name, RemoveTaps(taps=sorted(taps)), best_effort=True))
+            continue
+        calls.append(HostCall(host_client(host), host.name, RemoveNetwork(network_id=network.id), best_effort=True))
+        calls += [
+            HostCall(host_client(h), h.name, EnsureNetwork(network=network_spec(session, network, h, hosts, None)),
+                     best_effort=True)
+            for h in hosts
+        ]  # fmt: skip
+    return calls
